@@ -1,0 +1,25 @@
+"""cmemd: visible-thermal person re-identification with Cross-Modality Earth Mover's Distance."""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from cmemd.errors import (  # noqa: E402
+    CheckpointError,
+    CmemdError,
+    ConfigError,
+    DatasetError,
+    EvaluationError,
+    SolverError,
+    TrainingError,
+)
+
+__all__ = [
+    "__version__",
+    "CmemdError",
+    "DatasetError",
+    "ConfigError",
+    "CheckpointError",
+    "EvaluationError",
+    "SolverError",
+    "TrainingError",
+]

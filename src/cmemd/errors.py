@@ -1,0 +1,34 @@
+"""One exception family for the project.
+
+Every message names the file (or object), the field and the fix, so that a user who
+points the tool at the wrong folder learns what to do without reading the source.
+"""
+from __future__ import annotations
+
+
+class CmemdError(Exception):
+    """Base class of every error cmemd raises on purpose."""
+
+
+class DatasetError(CmemdError):
+    """A dataset root, split file, record or image is missing or malformed."""
+
+
+class ConfigError(CmemdError):
+    """A configuration key is unknown or has a value of the wrong type."""
+
+
+class CheckpointError(CmemdError):
+    """A checkpoint is missing, corrupt, or does not match the model."""
+
+
+class EvaluationError(CmemdError):
+    """Evaluation inputs are inconsistent (shapes, NaN features, unknown protocol)."""
+
+
+class SolverError(CmemdError):
+    """An optimal-transport problem the chosen solver cannot solve exactly."""
+
+
+class TrainingError(CmemdError):
+    """Training cannot continue (non-finite loss, bad resume state)."""
