@@ -11,7 +11,19 @@ class CmemdError(Exception):
 
 
 class DatasetError(CmemdError):
-    """A dataset root, split file, record or image is missing or malformed."""
+    """A dataset root, split file, record or image is missing or malformed.
+
+    ``problems`` holds every problem found when a scan collected several, so that a
+    user fixes them in one pass instead of one per run.
+    """
+
+    def __init__(self, message: str, problems: "list[str] | None" = None) -> None:
+        self.problems = list(problems) if problems else [message]
+        if problems:
+            shown = "\n  - ".join(problems[:20])
+            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
+            message = f"{message}\n  - {shown}{more}"
+        super().__init__(message)
 
 
 class ConfigError(CmemdError):

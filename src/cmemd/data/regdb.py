@@ -1,0 +1,108 @@
+"""RegDB: reader for the released layout with its 10 train/test trials.
+
+Layout (PROTOCOLS.md)::
+
+    root/Visible/<pid>/<name>_v_<n>_<k>.bmp
+    root/Thermal/<pid>/<name>_t_<n>_<k>.bmp
+    root/idx/{train,test}_{visible,thermal}_{t}.txt     t = 1..10, lines "<relative path> <label>"
+
+Trials are numbered 1..10 as in the idx file names. Evaluate one model per trial: a model
+trained on trial t has seen the other trials' test ids.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from cmemd.data.records import ImageRecord
+from cmemd.errors import DatasetError
+
+#: The one camera -> modality map of RegDB (one aligned dual-camera rig).
+CAMERA_MODALITY: dict[int, str] = {1: "visible", 2: "thermal"}
+MODALITY_CAMERA: dict[str, int] = {m: c for c, m in CAMERA_MODALITY.items()}
+MODALITY_FOLDER: dict[str, str] = {"visible": "Visible", "thermal": "Thermal"}
+TRIALS: tuple[int, ...] = tuple(range(1, 11))
+
+
+def idx_path(root: str | Path, split: str, modality: str, trial: int) -> Path:
+    """``root/idx/{split}_{modality}_{trial}.txt``."""
+    return Path(root) / "idx" / f"{split}_{modality}_{trial}.txt"
+
+
+def read_idx_file(path: str | Path, root: str | Path, modality: str, *, check_exists: bool = True) -> list[ImageRecord]:
+    """Parse one idx file into records; every malformed line is reported at once."""
+    path, root = Path(path), Path(root)
+    if not path.is_file():
+        raise DatasetError(f"{path}: split file not found; RegDB ships idx/ with 10 trials of train/test lists")
+    records, problems = [], []
+    folder = MODALITY_FOLDER[modality]
+    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        where = f"{path}:{lineno}"
+        if len(parts) != 2:
+            problems.append(f"{where}: expected '<relative path> <integer label>', got {line.strip()[:80]!r}")
+            continue
+        rel, label = parts
+        if not label.lstrip("-").isdigit() or int(label) < 0:
+            problems.append(f"{where}: label {label!r} is not a non-negative integer")
+            continue
+        if not rel.replace("\\", "/").startswith(folder + "/"):
+            problems.append(f"{where}: path {rel!r} is not under {folder}/ although the file lists {modality} images")
+            continue
+        full = root / rel
+        if check_exists and not full.is_file():
+            problems.append(f"{where}: image {full} does not exist")
+            continue
+        records.append(ImageRecord(str(full), int(label), MODALITY_CAMERA[modality], modality))
+    if problems:
+        raise DatasetError(f"{path}: {len(problems)} malformed line(s)", problems)
+    if not records:
+        raise DatasetError(f"{path}: no image lines; expected '<relative path> <label>' per line")
+    return records
+
+
+@dataclass
+class RegDB:
+    """The RegDB dataset at ``root``; records are read per trial from ``idx/``."""
+
+    root: Path
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: RegDB root not found; pass the folder that holds Visible/, Thermal/, idx/")
+        missing = [n for n in ("Visible", "Thermal", "idx") if not (self.root / n).is_dir()]
+        if missing:
+            raise DatasetError(
+                f"{self.root}: RegDB folders missing: {missing}; expected Visible/, Thermal/ and idx/ under the root"
+            )
+
+    def _check_trial(self, trial: int) -> None:
+        if trial not in TRIALS:
+            raise DatasetError(f"RegDB trial must be in 1..10 (the idx file suffix), got {trial}")
+
+    def train(self, trial: int) -> list[ImageRecord]:
+        """Visible then thermal training records of a trial, with the idx labels (checked contiguous 0..N-1)."""
+        self._check_trial(trial)
+        records = []
+        for m in ("visible", "thermal"):
+            records += read_idx_file(idx_path(self.root, "train", m, trial), self.root, m)
+        labels = sorted({r.pid for r in records})
+        if labels != list(range(len(labels))):
+            gaps = sorted(set(range(labels[-1] + 1)) - set(labels))[:10]
+            raise DatasetError(
+                f"{idx_path(self.root, 'train', 'visible', trial).parent}: training labels of trial {trial} are not "
+                f"contiguous 0..{len(labels) - 1} (missing {gaps}); relabel the train_*_{trial}.txt files"
+            )
+        per_modality = [{r.pid for r in records if r.modality == m} for m in ("visible", "thermal")]
+        if per_modality[0] != per_modality[1]:
+            diff = sorted(per_modality[0] ^ per_modality[1])[:10]
+            raise DatasetError(f"trial {trial}: labels {diff} appear in only one of train_visible/train_thermal")
+        return records
+
+    def test(self, trial: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
+        """(visible, thermal) test records of a trial; pids are the idx labels."""
+        self._check_trial(trial)
+        return tuple(read_idx_file(idx_path(self.root, "test", m, trial), self.root, m) for m in ("visible", "thermal"))  # type: ignore[return-value]

@@ -1,0 +1,314 @@
+"""SYSU-MM01: reader for the released layout and the two gallery-drawing protocols.
+
+Layout (PROTOCOLS.md)::
+
+    root/cam1 .. cam6/<pid:04d>/<k:04d>.jpg
+    root/exp/train_id.txt val_id.txt test_id.txt    (one line of comma-separated ids)
+
+Trials are numbered 0..9. For ``python-random`` the trial is the seed given to Python's
+``random`` (what the field's public code does with ``for trial in range(10)``); for
+``official`` it is the row of the dataset authors' ``rand_perm_cam.mat``.
+"""
+from __future__ import annotations
+
+import os
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from cmemd.data.records import ImageRecord
+from cmemd.errors import DatasetError
+
+#: The one camera -> modality map of SYSU-MM01.
+CAMERA_MODALITY: dict[int, str] = {1: "visible", 2: "visible", 3: "thermal", 4: "visible", 5: "visible", 6: "thermal"}
+VISIBLE_CAMS: tuple[int, ...] = (1, 2, 4, 5)
+THERMAL_CAMS: tuple[int, ...] = (3, 6)
+#: Gallery cameras per search mode; query cameras are the thermal ones in both modes.
+GALLERY_CAMS: dict[str, tuple[int, ...]] = {"all": (1, 2, 4, 5), "indoor": (1, 2)}
+SPLIT_FILES: dict[str, str] = {"train": "train_id.txt", "val": "val_id.txt", "test": "test_id.txt"}
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp")
+GALLERY_METHODS = ("python-random", "official")
+NUM_TRIALS = 10
+
+
+def read_id_file(path: str | Path) -> list[int]:
+    """Parse a SYSU ``exp/*_id.txt`` file: one line of comma-separated positive integers."""
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(f"{path}: split file not found; SYSU-MM01 ships it in exp/ (copy exp/ from the archive)")
+    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    if len(lines) != 1:
+        raise DatasetError(
+            f"{path}: expected exactly one non-empty line of comma-separated ids (e.g. '1,2,4'), found {len(lines)}"
+        )
+    ids = []
+    for i, token in enumerate(lines[0].split(",")):
+        token = token.strip()
+        if not token.isdigit() or int(token) <= 0:
+            raise DatasetError(f"{path}: id #{i + 1} is {token!r}, expected a positive integer (line: {lines[0][:80]!r})")
+        ids.append(int(token))
+    if len(set(ids)) != len(ids):
+        dup = sorted({x for x in ids if ids.count(x) > 1})
+        raise DatasetError(f"{path}: ids listed twice: {dup[:10]}; each id must appear once")
+    return ids
+
+
+def _list_images(folder: Path) -> tuple[list[str], list[str]]:
+    """Sorted image file names in a folder, and the names of non-image files (hidden files ignored)."""
+    images, others = [], []
+    with os.scandir(folder) as it:
+        for e in it:
+            if e.name.startswith("."):
+                continue
+            (images if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file() else others).append(e.name)
+    return sorted(images), sorted(others)
+
+
+@dataclass
+class SYSUMM01:
+    """The SYSU-MM01 dataset at ``root``, scanned once at construction.
+
+    Every structural problem (missing camera folder or split file, malformed split line,
+    listed id with no images, empty id folder) is collected and raised together as one
+    :class:`DatasetError`.
+    """
+
+    root: Path
+    split_ids: dict[str, list[int]] = field(init=False)
+    _files: dict[tuple[int, int], list[str]] = field(init=False, repr=False)
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise DatasetError(f"{self.root}: SYSU-MM01 root not found; pass the folder that holds cam1..cam6 and exp/")
+        problems: list[str] = []
+        for c in CAMERA_MODALITY:
+            if not (self.root / f"cam{c}").is_dir():
+                problems.append(f"{self.root / f'cam{c}'}: camera folder missing (SYSU-MM01 has cam1..cam6)")
+        self.split_ids = {}
+        for split, name in SPLIT_FILES.items():
+            try:
+                self.split_ids[split] = read_id_file(self.root / "exp" / name)
+            except DatasetError as e:
+                problems.append(str(e))
+                self.split_ids[split] = []
+        self._files = {}
+        listed = sorted({pid for ids in self.split_ids.values() for pid in ids})
+        for pid in listed:
+            found = 0
+            for c in CAMERA_MODALITY:
+                folder = self.root / f"cam{c}" / f"{pid:04d}"
+                if not folder.is_dir():
+                    continue
+                images, others = _list_images(folder)
+                if others:
+                    problems.append(f"{folder}: non-image files {others[:5]}; move them out of the dataset")
+                if not images:
+                    problems.append(f"{folder}: empty id folder; restore its images or delete the folder")
+                    continue
+                self._files[(pid, c)] = images
+                found += len(images)
+            if found == 0:
+                problems.append(
+                    f"id {pid} is listed in exp/ but has no images in any camera folder "
+                    f"(expected cam*/{pid:04d}/*.jpg); restore the images or fix the split file"
+                )
+        overlap = set(self.split_ids["test"]) & (set(self.split_ids["train"]) | set(self.split_ids["val"]))
+        if overlap:
+            problems.append(f"{self.root / 'exp'}: ids in both test and train/val: {sorted(overlap)[:10]}")
+        if problems:
+            raise DatasetError(f"{self.root}: {len(problems)} problem(s) in the SYSU-MM01 layout", problems)
+
+    # ------------------------------------------------------------------ records
+    def _records(self, pids: Sequence[int], cams: Sequence[int], label: dict[int, int] | None = None) -> list[ImageRecord]:
+        out = []
+        for pid in sorted(pids):
+            for c in cams:
+                for name in self._files.get((pid, c), ()):
+                    path = str(self.root / f"cam{c}" / f"{pid:04d}" / name)
+                    out.append(ImageRecord(path, label[pid] if label else pid, c, CAMERA_MODALITY[c]))
+        return out
+
+    @property
+    def train_ids(self) -> list[int]:
+        """Training identities: train + val, sorted (the field trains on both)."""
+        return sorted(set(self.split_ids["train"]) | set(self.split_ids["val"]))
+
+    @property
+    def test_ids(self) -> list[int]:
+        return sorted(self.split_ids["test"])
+
+    def train(self) -> list[ImageRecord]:
+        """Every image of the train + val identities, all six cameras, pids relabelled 0..N-1 in id order."""
+        label = {pid: i for i, pid in enumerate(self.train_ids)}
+        return self._records(self.train_ids, tuple(CAMERA_MODALITY), label)
+
+    def query(self) -> list[ImageRecord]:
+        """Every thermal image (cam3, cam6) of the test ids; the same for all-search and indoor-search."""
+        return self._records(self.test_ids, THERMAL_CAMS)
+
+    def gallery_pool(self, mode: str = "all") -> list[ImageRecord]:
+        """Every visible image of the test ids in the mode's gallery cameras (sorted by id, camera, file)."""
+        return self._records(self.test_ids, _gallery_cams(mode))
+
+    def gallery(
+        self,
+        mode: str = "all",
+        shots: int = 1,
+        trial: int = 0,
+        method: str = "python-random",
+        rand_perm: "RandPerm | str | Path | None" = None,
+    ) -> list[ImageRecord]:
+        """The gallery of one trial, drawn from the pool as the chosen method does."""
+        pool = self.gallery_pool(mode)
+        idx = draw_gallery(
+            [r.pid for r in pool], [r.camid for r in pool], [r.path for r in pool],
+            mode=mode, shots=shots, trial=trial, method=method, rand_perm=rand_perm,
+        )
+        return [pool[i] for i in idx]
+
+
+def _gallery_cams(mode: str) -> tuple[int, ...]:
+    try:
+        return GALLERY_CAMS[mode]
+    except KeyError:
+        raise DatasetError(f"search mode must be one of {sorted(GALLERY_CAMS)}, got {mode!r}") from None
+
+
+# ---------------------------------------------------------------------- official split file
+
+@dataclass(frozen=True)
+class RandPerm:
+    """The dataset authors' ``rand_perm_cam.mat``: ``perm[cam-1][pid-1]`` is a trials × n array of
+    1-based image numbers (n = images of that id in that camera; 0 columns when absent)."""
+
+    path: str
+    perm: tuple[tuple[np.ndarray, ...], ...]
+
+    @property
+    def num_trials(self) -> int:
+        return min((a.shape[0] for cam in self.perm for a in cam if a.size), default=0)
+
+    def numbers(self, cam: int, pid: int, trial: int) -> np.ndarray:
+        entries = self.perm[cam - 1]
+        if pid - 1 >= len(entries):
+            return np.zeros(0, dtype=np.int64)
+        a = entries[pid - 1]
+        if a.size == 0:
+            return np.zeros(0, dtype=np.int64)
+        return a[trial]
+
+
+def load_rand_perm(path: str | Path) -> RandPerm:
+    """Read ``rand_perm_cam.mat`` (a 6×1 MATLAB cell of per-id cells), checking its structure."""
+    import scipy.io
+
+    path = Path(path)
+    if not path.is_file():
+        raise DatasetError(
+            f"{path}: rand_perm_cam.mat not found; it ships with the SYSU-MM01 authors' evaluation code "
+            "(or use --method python-random)"
+        )
+    try:
+        mat = scipy.io.loadmat(str(path))
+    except Exception as e:  # scipy raises several unrelated types for a bad file
+        raise DatasetError(f"{path}: not a readable MATLAB file ({type(e).__name__}: {e})") from None
+    if "rand_perm_cam" not in mat:
+        keys = [k for k in mat if not k.startswith("__")]
+        raise DatasetError(f"{path}: variable 'rand_perm_cam' missing (found {keys}); is this the right file?")
+    cell = mat["rand_perm_cam"]
+    if cell.dtype != object or cell.size != 6:
+        raise DatasetError(f"{path}: 'rand_perm_cam' must be a 6x1 cell (one entry per camera), got shape {cell.shape}")
+    perm = []
+    for c, entry in enumerate(cell.reshape(-1)):
+        if entry.dtype != object:
+            raise DatasetError(f"{path}: rand_perm_cam{{{c + 1}}} must be a cell of per-id matrices")
+        arrays = []
+        for a in entry.reshape(-1):
+            a = np.asarray(a)
+            if a.size and a.ndim != 2:
+                raise DatasetError(f"{path}: rand_perm_cam{{{c + 1}}} holds a {a.ndim}-d entry; expected trials x n")
+            arrays.append(a.astype(np.int64).reshape(a.shape if a.size else (0, 0)))
+        perm.append(tuple(arrays))
+    return RandPerm(str(path), tuple(perm))
+
+
+# ---------------------------------------------------------------------- gallery draws
+
+def draw_gallery(
+    pids: Sequence[int],
+    cams: Sequence[int],
+    paths: Sequence[str],
+    *,
+    mode: str = "all",
+    shots: int = 1,
+    trial: int = 0,
+    method: str = "python-random",
+    rand_perm: RandPerm | str | Path | None = None,
+) -> np.ndarray:
+    """Indices into a gallery pool (arrays of person ids, cameras, paths) for one trial.
+
+    Walks ids in ascending order and, for each, the mode's cameras in order, as the field's
+    code does; the result keeps that order (it decides how ties rank).
+
+    - ``python-random``: ``random.Random(trial)``; per (id, camera) the sorted file list gives
+      ``rng.choice(files)`` (single-shot) or ``rng.sample(files, 10)`` (multi-shot). Where a
+      folder holds fewer than ``shots`` images all are taken (the field's code would raise).
+    - ``official``: row ``trial`` of ``rand_perm_cam.mat``; the first ``shots`` image numbers k
+      select the files named ``{k:04d}.*`` of that (camera, id).
+
+    A pool that the official file does not describe (a listed image missing from the pool, or
+    pool images of a (camera, id) the file leaves empty) raises :class:`DatasetError`.
+    """
+    if shots not in (1, 10):
+        raise DatasetError(f"shots must be 1 (single-shot) or 10 (multi-shot), got {shots}")
+    if method not in GALLERY_METHODS:
+        raise DatasetError(f"gallery method must be one of {GALLERY_METHODS}, got {method!r}")
+    if not (len(pids) == len(cams) == len(paths)):
+        raise DatasetError(f"gallery pool arrays differ in length: pids {len(pids)}, cams {len(cams)}, paths {len(paths)}")
+    gallery_cams = _gallery_cams(mode)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, (p, c) in enumerate(zip(pids, cams)):
+        groups.setdefault((int(p), int(c)), []).append(i)
+    walk = [(p, c) for p in sorted({int(p) for p in pids}) for c in gallery_cams if (p, c) in groups]
+
+    chosen: list[int] = []
+    if method == "python-random":
+        if not 0 <= trial:
+            raise DatasetError(f"trial must be >= 0 (the seed), got {trial}")
+        rng = random.Random(trial)
+        for key in walk:
+            members = sorted(groups[key], key=lambda i: str(paths[i]))
+            if shots == 1:
+                chosen.append(rng.choice(members))
+            else:
+                chosen.extend(rng.sample(members, min(shots, len(members))))
+        return np.asarray(chosen, dtype=np.int64)
+
+    if rand_perm is None:
+        raise DatasetError("method 'official' needs the path of rand_perm_cam.mat (--rand-perm PATH)")
+    rp = rand_perm if isinstance(rand_perm, RandPerm) else load_rand_perm(rand_perm)
+    if not 0 <= trial < rp.num_trials:
+        raise DatasetError(f"{rp.path}: trial must be in 0..{rp.num_trials - 1}, got {trial}")
+    problems = []
+    for pid, cam in walk:
+        by_number = {}
+        for i in groups[(pid, cam)]:
+            stem = Path(str(paths[i])).stem
+            if stem.isdigit():
+                by_number[int(stem)] = i
+        numbers = rp.numbers(cam, pid, trial)
+        if numbers.size == 0:
+            problems.append(f"cam{cam}/{pid:04d}: the pool has images but {rp.path} lists none for this camera and id")
+            continue
+        for k in numbers[:shots]:
+            if int(k) not in by_number:
+                problems.append(f"{rp.path} selects cam{cam}/{pid:04d}/{int(k):04d}.jpg, which is not in the gallery pool")
+            else:
+                chosen.append(by_number[int(k)])
+    if problems:
+        raise DatasetError(f"{rp.path} does not match this gallery pool (trial {trial})", problems)
+    return np.asarray(chosen, dtype=np.int64)
