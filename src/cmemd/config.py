@@ -1,0 +1,282 @@
+"""Typed settings for the command line: dataclasses, YAML files and ``key=value`` overrides.
+
+The library never needs these: the CLI translates them into keyword arguments. Unknown keys
+and values of the wrong type are :class:`ConfigError` naming the key and the file.
+"""
+from __future__ import annotations
+
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import yaml
+
+from cmemd.errors import ConfigError
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "sysu"  # sysu | regdb
+    root: str = "data/synth_sysu"
+    trial: int = 1  # RegDB trial 1..10 (one model per trial)
+    height: int = 288
+    width: int = 144
+    num_ids: int = 8  # P identities per batch
+    num_instances: int = 4  # K images per modality per identity
+    num_workers: int = 2
+    cache: bool = True  # decoded-image cache (uint8, pre-resized, memory-mapped)
+    cache_dir: Optional[str] = None
+    pad: int = 10
+    flip: bool = True
+    random_erasing: float = 0.5
+    channel_aug: bool = True  # channel exchange / grayscale for visible, intensity jitter for thermal
+
+
+@dataclass
+class ModelSettings:
+    arch: str = "resnet50"
+    width: int = 64
+    pretrained: Optional[str] = None  # None | "imagenet" | path to a torchvision-format state dict
+    modality_specific_stages: int = 3  # stem + layer1 + layer2
+    last_stride: int = 1
+    pooling: str = "gem"
+    num_stripes: int = 6
+    local_dim: int = 512
+    accumulate: str = "prefix"  # prefix | cumsum | none
+    use_local: bool = True  # MGS on/off
+    test_feature: str = "concat"  # concat | global | local
+
+
+@dataclass
+class LossSettings:
+    label_smoothing: float = 0.0
+    alignment: str = "cmemd"  # cmemd | all-pairs | hetero-center | mmd | none
+    lambda_align: float = 0.5
+    align_granularities: str = "all"  # all (global + local + accumulated) | global
+    emd_cost: str = "euclidean"  # euclidean | sqeuclidean | cosine
+    emd_normalize: bool = False
+    emd_solver: str = "exact"  # exact | sinkhorn
+    sinkhorn_eps: float = 0.05
+    lambda_dl: float = 0.1
+    dl_variant: str = "plain"  # plain | cross
+    dl_on_global: bool = False
+    lambda_triplet: float = 0.0  # weighted-regularisation triplet (AGW baseline)
+
+
+@dataclass
+class OptimSettings:
+    optimizer: str = "sgd"  # sgd | adamw
+    lr: float = 0.1  # heads (classifiers, BN-necks, reductions)
+    backbone_lr: float = 0.01
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    epochs: int = 80
+    warmup_epochs: int = 10
+    milestones: list = field(default_factory=lambda: [20, 50])
+    gamma: float = 0.1
+    grad_clip: Optional[float] = None
+    amp: str = "none"  # none | fp16 | bf16
+    channels_last: bool = False
+
+
+@dataclass
+class EvalSettings:
+    modes: list = field(default_factory=lambda: ["all", "indoor"])  # SYSU search modes
+    shots: int = 1
+    trials: int = 10
+    method: str = "python-random"  # python-random | official
+    rand_perm: Optional[str] = None
+    batch_size: int = 128
+    every: int = 0  # evaluate every N epochs during training on the TEST split (reporting only, never selection)
+
+
+@dataclass
+class RunSettings:
+    out_dir: str = "runs/default"
+    seed: int = 0
+    deterministic: bool = False
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    threads: Optional[int] = None
+    log_every: int = 20
+    checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
+    max_minutes: Optional[float] = None  # wall-clock budget: stop after the epoch that crosses it
+    selection: str = "none"  # none | val (validation split; never the test set)
+
+
+@dataclass
+class TrainConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelSettings = field(default_factory=ModelSettings)
+    loss: LossSettings = field(default_factory=LossSettings)
+    optim: OptimSettings = field(default_factory=OptimSettings)
+    eval: EvalSettings = field(default_factory=EvalSettings)
+    run: RunSettings = field(default_factory=RunSettings)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------- parsing
+
+def _field_types(cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in fields(cls)}
+
+
+def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
+    """Check/convert ``value`` to the annotated type ``tp``; ConfigError names the key on failure."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "~")):
+            return None
+        return _coerce(value, args[0], key, source)
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0", "on", "off"):
+            return value.lower() in ("true", "yes", "1", "on")
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif tp is list or origin is list:
+        if isinstance(value, str):
+            value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+        if isinstance(value, (list, tuple)):
+            return list(value)
+    else:
+        return value
+    name = getattr(tp, "__name__", str(tp))
+    raise ConfigError(f"{source}: {key} must be {name}, got {value!r} ({type(value).__name__})")
+
+
+def _merge(obj: Any, values: dict, prefix: str, source: str) -> None:
+    if not isinstance(values, dict):
+        raise ConfigError(f"{source}: {prefix or 'the top level'} must be a mapping, got {type(values).__name__}")
+    types_ = _field_types(type(obj))
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if k not in types_:
+            raise ConfigError(f"{source}: unknown key {key!r}; valid keys here: {sorted(types_)}")
+        cur = getattr(obj, k)
+        if is_dataclass(cur):
+            _merge(cur, v, key + ".", source)
+        else:
+            setattr(obj, k, _coerce(v, types_[k], key, source))
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    """Defaults, then the YAML file (which may name a ``base`` file of its own), then ``key=value`` overrides."""
+    cfg = TrainConfig()
+    if path is not None:
+        for layer_path, layer in _yaml_chain(Path(path)):
+            _merge(cfg, layer, "", str(layer_path))
+    apply_overrides(cfg, overrides)
+    validate(cfg)
+    return cfg
+
+
+def _yaml_chain(path: Path, depth: int = 0) -> list[tuple[Path, dict]]:
+    if depth > 8:
+        raise ConfigError(f"{path}: 'base' chain is too deep (a cycle?)")
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found (see configs/ for the provided ones)")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, model:, ...)")
+    base = data.pop("base", None)
+    chain = _yaml_chain((path.parent / base).resolve(), depth + 1) if base else []
+    return chain + [(path, data)]
+
+
+def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) -> TrainConfig:
+    """Apply ``section.key=value`` strings (values parsed as YAML scalars, then type-checked)."""
+    for ov in overrides:
+        if "=" not in ov:
+            raise ConfigError(f"override {ov!r}: expected key=value, e.g. optim.lr=0.05")
+        key, raw = ov.split("=", 1)
+        parts = key.strip().split(".")
+        value: Any = yaml.safe_load(raw) if raw.strip() else ""
+        nested: Any = value
+        for p in reversed(parts):
+            nested = {p: nested}
+        _merge(cfg, nested, "", "command line")
+    return cfg
+
+
+_CHOICES = {
+    "data.dataset": ("sysu", "regdb"),
+    "model.pooling": ("gem", "avg"),
+    "model.accumulate": ("prefix", "cumsum", "none"),
+    "model.test_feature": ("concat", "global", "local"),
+    "loss.alignment": ("cmemd", "all-pairs", "hetero-center", "mmd", "none"),
+    "loss.align_granularities": ("all", "global"),
+    "loss.emd_cost": ("euclidean", "sqeuclidean", "cosine"),
+    "loss.emd_solver": ("exact", "sinkhorn"),
+    "loss.dl_variant": ("plain", "cross"),
+    "optim.optimizer": ("sgd", "adamw"),
+    "optim.amp": ("none", "fp16", "bf16"),
+    "eval.method": ("python-random", "official"),
+    "run.selection": ("none", "val"),
+}
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check enumerated choices and ranges; ConfigError names the key."""
+    for key, choices in _CHOICES.items():
+        section, name = key.split(".")
+        v = getattr(getattr(cfg, section), name)
+        if v not in choices:
+            raise ConfigError(f"{key} must be one of {choices}, got {v!r}")
+    for m in cfg.eval.modes:
+        if m not in ("all", "indoor"):
+            raise ConfigError(f"eval.modes entries must be 'all' or 'indoor', got {m!r}")
+    if cfg.eval.shots not in (1, 10):
+        raise ConfigError(f"eval.shots must be 1 or 10, got {cfg.eval.shots}")
+    if not 1 <= cfg.data.trial <= 10:
+        raise ConfigError(f"data.trial must be in 1..10 (RegDB trial), got {cfg.data.trial}")
+    if not 0 <= cfg.model.modality_specific_stages <= 4:
+        raise ConfigError(f"model.modality_specific_stages must be in 0..4, got {cfg.model.modality_specific_stages}")
+    for key in ("data.num_ids", "data.num_instances", "data.height", "data.width", "optim.epochs"):
+        section, name = key.split(".")
+        if getattr(getattr(cfg, section), name) < 1:
+            raise ConfigError(f"{key} must be >= 1")
+
+
+def config_from_dict(d: dict, source: str = "checkpoint") -> TrainConfig:
+    """Rebuild a TrainConfig from :meth:`TrainConfig.to_dict` output (e.g. stored in a checkpoint)."""
+    cfg = TrainConfig()
+    _merge(cfg, d, "", source)
+    return cfg
+
+
+def dump_config(cfg: TrainConfig, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+__all__ = [
+    "TrainConfig", "DataConfig", "ModelSettings", "LossSettings", "OptimSettings", "EvalSettings", "RunSettings",
+    "load_config", "apply_overrides", "validate", "config_from_dict", "dump_config",
+]

@@ -1,0 +1,54 @@
+from __future__ import annotations
+
+import pytest
+
+from cmemd.config import TrainConfig, config_from_dict, dump_config, load_config
+from cmemd.errors import ConfigError
+
+
+def test_defaults_follow_method_md():
+    cfg = TrainConfig()
+    assert cfg.model.arch == "resnet50" and cfg.model.modality_specific_stages == 3 and cfg.model.last_stride == 1
+    assert cfg.model.num_stripes == 6 and cfg.model.local_dim == 512 and cfg.model.pooling == "gem"
+    assert (cfg.data.num_ids, cfg.data.num_instances, cfg.data.height, cfg.data.width) == (8, 4, 288, 144)
+    assert cfg.optim.milestones == [20, 50] and cfg.optim.epochs == 80 and cfg.optim.warmup_epochs == 10
+    assert cfg.loss.emd_solver == "exact" and cfg.loss.emd_cost == "euclidean"
+
+
+def test_yaml_base_chain_and_overrides(tmp_path):
+    (tmp_path / "base.yaml").write_text("model:\n  arch: resnet18\n  width: 32\noptim:\n  lr: 0.05\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\noptim:\n  epochs: 3\n")
+    cfg = load_config(tmp_path / "child.yaml", ["optim.lr=0.2", "model.use_local=false", "optim.milestones=[1,2]", "optim.grad_clip=none"])
+    assert cfg.model.arch == "resnet18" and cfg.model.width == 32 and cfg.optim.epochs == 3
+    assert cfg.optim.lr == 0.2 and cfg.model.use_local is False and cfg.optim.milestones == [1, 2] and cfg.optim.grad_clip is None
+    dump_config(cfg, tmp_path / "out.yaml")
+    assert load_config(tmp_path / "out.yaml") == cfg
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize(
+    "override,needle",
+    [
+        ("optim.lrr=0.1", "unknown key 'optim.lrr'"),
+        ("optim.epochs=many", "optim.epochs must be int"),
+        ("model.use_local=maybe", "model.use_local must be bool"),
+        ("loss.alignment=magic", "loss.alignment must be one of"),
+        ("nosection.x=1", "unknown key 'nosection'"),
+        ("optim.lr", "expected key=value"),
+        ("eval.shots=3", "eval.shots must be 1 or 10"),
+    ],
+)
+def test_errors_name_the_key(override, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, [override])
+
+
+def test_file_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+    (tmp_path / "bad.yaml").write_text("model:\n  archh: resnet18\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: unknown key 'model.archh'"):
+        load_config(tmp_path / "bad.yaml")
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="must be a mapping"):
+        load_config(tmp_path / "list.yaml")
