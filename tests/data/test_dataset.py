@@ -1,0 +1,103 @@
+"""Dataset and loaders: batch layout, dtypes, worker-independence, cache equivalence."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cmemd.data.dataset import ReIDDataset, build_test_loader, build_train_loader
+from cmemd.data.records import ImageRecord
+from cmemd.data.transforms import IMAGENET_MEAN, IMAGENET_STD, TransformConfig, transforms_from_config
+from cmemd.errors import ConfigError, DatasetError
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ds")
+    rng = np.random.default_rng(0)
+    recs = []
+    for pid in range(5):
+        for mod, n in (("visible", 3), ("thermal", 2)):
+            for k in range(n):
+                p = root / f"{pid}_{mod}_{k}.png"
+                if mod == "thermal":  # single-channel files, as thermal images often are
+                    Image.fromarray(rng.integers(0, 256, (24, 12), dtype=np.uint8), "L").save(p)
+                else:
+                    Image.fromarray(rng.integers(0, 256, (24, 12, 3), dtype=np.uint8)).save(p)
+                recs.append(ImageRecord(str(p), pid, 1 if mod == "visible" else 3, mod))
+    return recs
+
+
+def collect(loader, epoch=0):
+    loader.batch_sampler.set_epoch(epoch)
+    return list(loader)
+
+
+def test_train_batches_layout_and_dtypes(records, tmp_path):
+    loader = build_train_loader(records, height=16, width=8, P=2, K=2, seed=3, cache_dir=tmp_path, channel_aug=0.5)
+    batches = collect(loader)
+    assert len(batches) == len(loader) == 15 // 4  # max(15 visible, 10 thermal) // (P*K)
+    for b in batches:
+        assert b.images.shape == (8, 3, 16, 8) and b.images.dtype == torch.float32
+        assert b.pids.dtype == b.modalities.dtype == b.indices.dtype == torch.long
+        assert b.modalities.tolist() == [0] * 4 + [1] * 4
+        assert torch.equal(b.pids[:4], b.pids[4:])
+        for i, pid, m in zip(b.indices.tolist(), b.pids.tolist(), b.modalities.tolist()):
+            assert records[i].pid == pid and ("visible", "thermal")[m] == records[i].modality
+
+
+def test_same_batches_with_0_and_2_workers_and_with_cache(records, tmp_path):
+    kw = dict(height=16, width=8, P=2, K=2, seed=11, random_erasing=0.5, channel_aug=0.5)
+    b0 = collect(build_train_loader(records, num_workers=0, **kw), epoch=2)
+    b2 = collect(build_train_loader(records, num_workers=2, **kw), epoch=2)
+    bc = collect(build_train_loader(records, num_workers=0, use_cache=True, cache_dir=tmp_path, **kw), epoch=2)
+    for x, y, z in zip(b0, b2, bc):
+        for a, b, c in zip(x, y, z):
+            assert torch.equal(a, b) and torch.equal(a, c)
+    # another epoch gives other augmentations of the same index
+    other = collect(build_train_loader(records, num_workers=0, **kw), epoch=3)
+    assert not all(torch.equal(x.images, y.images) for x, y in zip(b0, other))
+
+
+def test_persistent_workers_follow_the_epoch(records):
+    kw = dict(height=16, width=8, P=2, K=2, seed=5, num_batches=2)
+    ref = build_train_loader(records, num_workers=0, **kw)
+    pers = build_train_loader(records, num_workers=1, persistent_workers=True, **kw)
+    for epoch in (0, 1):
+        for x, y in zip(collect(ref, epoch), collect(pers, epoch)):
+            assert torch.equal(x.images, y.images)
+
+
+def test_same_index_same_epoch_same_tensor(records):
+    ds = ReIDDataset(records, transforms_from_config(TransformConfig(16, 8, channel_aug=1.0), train=True), seed=1)
+    assert torch.equal(ds[(4, 7)][0], ds[(4, 7)][0])
+    ds.set_epoch(4)
+    assert torch.equal(ds[7][0], ds[(4, 7)][0])
+    assert not torch.equal(ds[(4, 7)][0], ds[(5, 7)][0])
+
+
+def test_test_loader_order_and_values(records, tmp_path):
+    loader = build_test_loader(records, height=16, width=8, batch_size=4)
+    batches = list(loader)
+    assert [len(b.indices) for b in batches] == [4] * 6 + [1]
+    assert torch.cat([b.indices for b in batches]).tolist() == list(range(len(records)))
+    assert torch.cat([b.pids for b in batches]).tolist() == [r.pid for r in records]
+    # no augmentation: image 0 is the bilinear resize, normalised
+    ref = np.asarray(Image.open(records[0].path).convert("RGB").resize((8, 16), Image.Resampling.BILINEAR)) / 255.0
+    ref = (ref - np.array(IMAGENET_MEAN)) / np.array(IMAGENET_STD)
+    np.testing.assert_allclose(batches[0].images[0].permute(1, 2, 0).numpy(), ref, atol=1e-5)
+    cached = list(build_test_loader(records, height=16, width=8, batch_size=4, use_cache=True, cache_dir=tmp_path))
+    assert all(torch.equal(a.images, b.images) for a, b in zip(batches, cached))
+
+
+def test_errors(records, tmp_path):
+    with pytest.raises(DatasetError, match="empty"):
+        build_test_loader([], height=16, width=8)
+    with pytest.raises(ConfigError, match="TransformConfig"):
+        build_train_loader(records, height=16, width=8, P=2, K=2, nonsense=1)
+    from cmemd.data.cache import build_cache
+
+    other = build_cache([r.path for r in records[:3]], 16, 8, cache_dir=tmp_path, progress=False)
+    with pytest.raises(DatasetError, match="other paths"):
+        ReIDDataset(records, transforms_from_config(TransformConfig(16, 8), train=False), cache=other)
