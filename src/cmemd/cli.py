@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from cmemd.errors import CmemdError
+from cmemd.errors import CmemdError, ConfigError
 
 app = typer.Typer(
     add_completion=False,
@@ -63,6 +63,311 @@ def data_check(
         typer.secho(f"{len(problems)} problem(s) found in {root}", fg=typer.colors.RED, err=True)
         raise typer.Exit(code=1)
     typer.secho(f"{root}: OK", fg=typer.colors.GREEN)
+
+
+@data_app.command("synth")
+def data_synth(
+    out: Path = typer.Option(..., "--out", help="Output folder (must be empty or absent unless --force)."),
+    layout: str = typer.Option("sysu", help="sysu (SYSU-MM01 layout) or regdb (RegDB layout)."),
+    ids: Optional[int] = typer.Option(None, help="Number of identities [sysu 300, regdb 100]."),
+    seed: int = typer.Option(0, help="Seed; the same seed gives byte-identical files."),
+    height: int = typer.Option(128, help="Image height in pixels."),
+    width: int = typer.Option(64, help="Image width in pixels."),
+    workers: int = typer.Option(1, help="Worker processes (the output does not depend on it)."),
+    images_min: int = typer.Option(10, help="SYSU: fewest images per (id, camera)."),
+    images_max: int = typer.Option(20, help="SYSU: most images per (id, camera)."),
+    palette_size: int = typer.Option(12, help="Colours in the shared palette (2..16)."),
+    variation: float = typer.Option(0.8, help="Pose / view / box variation strength (0..1)."),
+    occlusion_rate: float = typer.Option(0.2, help="Probability that an image is partly occluded."),
+    thermal_noise: float = typer.Option(0.04, help="Thermal sensor noise (0..0.5); blur grows with it."),
+    camera_gap: float = typer.Option(0.7, help="How different the cameras look (0..1)."),
+    force: bool = typer.Option(False, "--force", help="Write into a non-empty folder."),
+) -> None:
+    """Generate the synthetic visible-thermal benchmark in the SYSU-MM01 or RegDB layout."""
+    import json
+    import time
+
+    from cmemd.data.synth import SynthConfig, generate_regdb, generate_sysu
+    from cmemd.errors import ConfigError
+
+    try:
+        if layout not in ("sysu", "regdb"):
+            raise ConfigError(f"--layout {layout!r} is unknown: use sysu or regdb")
+        if out.exists() and any(out.iterdir()) and not force:
+            raise ConfigError(f"--out {out} is not empty: choose an empty folder or pass --force to write into it")
+        cfg = SynthConfig(
+            ids=ids if ids is not None else (300 if layout == "sysu" else 100),
+            images_per_camera=(images_min, images_max), seed=seed, height=height, width=width,
+            palette_size=palette_size, variation=variation, occlusion_rate=occlusion_rate,
+            thermal_noise=thermal_noise, camera_gap=camera_gap,
+        )
+        t0 = time.perf_counter()
+        summary = (generate_sysu if layout == "sysu" else generate_regdb)(out, cfg, workers=workers)
+        dt = time.perf_counter() - t0
+    except CmemdError as e:
+        _fail(e)
+    brief = {k: v for k, v in summary.items() if k not in ("ids", "trials", "config")}
+    if "ids" in summary:
+        brief["ids"] = {s: len(v) for s, v in summary["ids"].items()}
+    typer.echo(json.dumps(brief, indent=1))
+    typer.echo(f"wrote {summary['total']} images to {out} in {dt:.1f} s ({summary['total'] / max(dt, 1e-9):.0f} images/s)")
+
+
+@data_app.command("preview")
+def data_preview(
+    root: Path = typer.Argument(..., help="Dataset root (SYSU-MM01 or RegDB layout, real or synthetic)."),
+    out: Path = typer.Option(Path("preview.png"), "--out", help="PNG file to write."),
+    ids: int = typer.Option(6, help="Number of identities (rows)."),
+    per_camera: int = typer.Option(2, help="Images per camera (SYSU) or pairs / 2 (RegDB)."),
+) -> None:
+    """Write a grid of images: rows are identities, columns cameras (SYSU) or visible/thermal pairs (RegDB)."""
+    from cmemd.data.preview import preview_grid
+
+    try:
+        path = preview_grid(root, out, ids=ids, per_camera=per_camera)
+    except CmemdError as e:
+        _fail(e)
+    typer.echo(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _load_cfg(config: Optional[Path], overrides: List[str]):
+    from cmemd.config import load_config
+
+    return load_config(config, overrides)
+
+
+@app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
+def train_cmd(
+    config: Path = typer.Option(..., "--config", "-c", help="YAML config (see configs/)."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.epochs=5 run.out_dir=runs/x"),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in run.out_dir from its last checkpoint."),
+    all_trials: bool = typer.Option(False, "--all-trials", help="RegDB: train one model per trial 1..10 and report the mean."),
+    no_eval: bool = typer.Option(False, "--no-eval", help="Skip the evaluation after training."),
+) -> None:
+    """Train a model (CM-EMD or a baseline) and evaluate it on the test protocol."""
+    from cmemd.engine.run import format_all, save_results, train
+
+    try:
+        cfg = _load_cfg(config, overrides or [])
+        if all_trials:
+            if cfg.data.dataset != "regdb":
+                raise ConfigError("--all-trials is for RegDB (data.dataset=regdb): SYSU-MM01 has one training split")
+            from dataclasses import replace
+
+            from cmemd.evaluation.results import combine_results
+
+            base = cfg.run.out_dir
+            per_trial: dict = {"v2t": [], "t2v": []}
+            for t in range(1, 11):
+                cfg_t = replace(cfg, data=replace(cfg.data, trial=t), run=replace(cfg.run, out_dir=f"{base}/trial{t}"))
+                typer.echo(f"=== RegDB trial {t}/10 -> {cfg_t.run.out_dir}")
+                if Path(cfg_t.run.out_dir, "results.json").exists() and resume:
+                    typer.echo("    finished earlier; loading its results")
+                out = train(cfg_t, resume=resume, evaluate_after=not no_eval)
+                for name, r in out.results.items():
+                    per_trial[name.rsplit(" ", 1)[-1]].append(r)
+            if not no_eval:
+                combined = {f"regdb 10 trials {k}": combine_results(v) for k, v in per_trial.items() if v}
+                typer.echo(format_all(combined))
+                save_results(combined, Path(base) / "results.json")
+            return
+        outcome = train(cfg, resume=resume, evaluate_after=not no_eval)
+        if outcome.results:
+            typer.echo(format_all(outcome.results))
+            typer.echo(f"run directory: {outcome.out_dir} (checkpoint {outcome.checkpoint}, results.json, metrics.jsonl)")
+    except CmemdError as e:
+        _fail(e)
+
+
+@app.command("eval")
+def eval_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A last.pt written by `cmemd train`."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: the one the model was trained on)."),
+    protocol: Optional[str] = typer.Option(None, help="sysu or regdb (default: the training dataset's)."),
+    mode: Optional[List[str]] = typer.Option(None, help="SYSU search mode(s): all, indoor (repeatable)."),
+    shots: Optional[int] = typer.Option(None, help="SYSU: 1 (single-shot) or 10 (multi-shot)."),
+    method: Optional[str] = typer.Option(None, help="SYSU gallery draw: python-random or official."),
+    rand_perm: Optional[Path] = typer.Option(None, help="rand_perm_cam.mat for --method official."),
+    trials: Optional[int] = typer.Option(None, help="SYSU: number of gallery trials (10 is the protocol)."),
+    trial: Optional[int] = typer.Option(None, help="RegDB trial 1..10 (must be the one the model was trained on)."),
+    out: Optional[Path] = typer.Option(None, help="Write the results as JSON here."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Evaluate a trained checkpoint with the SYSU-MM01 or RegDB protocol."""
+    from dataclasses import replace
+
+    from cmemd.engine.run import evaluate_model, format_all, load_trained, resolve_device, save_results
+
+    try:
+        dev = resolve_device(device)
+        model, cfg = load_trained(checkpoint, device=dev)
+        d, e = cfg.data, cfg.eval
+        if protocol is not None and protocol not in ("sysu", "regdb"):
+            raise ConfigError(f"--protocol must be sysu or regdb, got {protocol!r}")
+        if protocol is not None and protocol != d.dataset:
+            raise ConfigError(f"--protocol {protocol}: this model was trained on {d.dataset}; its classes and "
+                              "modality branches belong to that dataset (pass --data to evaluate on another root)")
+        if trial is not None and d.dataset == "regdb" and trial != d.trial:
+            raise ConfigError(f"--trial {trial}: this model was trained on RegDB trial {d.trial}; testing it on another "
+                              "trial's split leaks training ids (one model per trial)")
+        d = replace(d, root=str(data) if data else d.root)
+        e = replace(e, modes=list(mode) if mode else e.modes, shots=shots or e.shots, method=method or e.method,
+                    rand_perm=str(rand_perm) if rand_perm else e.rand_perm, trials=trials or e.trials)
+        cfg = replace(cfg, data=d, eval=e)
+        from cmemd.config import validate
+
+        validate(cfg)
+        typer.echo(f"checkpoint {checkpoint}: {cfg.model.arch}, test feature '{cfg.model.test_feature}'; data {d.root}")
+        results = evaluate_model(model, cfg, device=dev)
+        typer.echo(format_all(results))
+        if out:
+            save_results(results, out)
+            typer.echo(f"results written to {out}")
+    except CmemdError as err:
+        _fail(err)
+
+
+@app.command("extract")
+def extract_cmd(
+    checkpoint: Path = typer.Option(..., "--checkpoint", help="A last.pt written by `cmemd train`."),
+    out_dir: Path = typer.Option(..., "--out-dir", help="Folder for the .npz files (eval-features format)."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: the training one)."),
+    device: str = typer.Option("auto", help="auto, cpu or cuda."),
+) -> None:
+    """Save query and gallery-pool features (SYSU) or visible/thermal test features (RegDB) as .npz."""
+    from cmemd.engine.extract import extract_features
+    from cmemd.engine.run import load_trained, resolve_device
+    from cmemd.evaluation.features import save_features
+
+    try:
+        dev = resolve_device(device)
+        model, cfg = load_trained(checkpoint, device=dev)
+        root = str(data) if data else cfg.data.root
+        if cfg.data.dataset == "sysu":
+            from cmemd.data.sysu import SYSUMM01
+
+            ds = SYSUMM01(root)
+            sets = {"query": ds.query(), "gallery_pool": ds.gallery_pool("all")}
+        else:
+            from cmemd.data.regdb import RegDB
+
+            vis, th = RegDB(root).test(cfg.data.trial)
+            sets = {f"visible_trial{cfg.data.trial}": vis, f"thermal_trial{cfg.data.trial}": th}
+        out_dir.mkdir(parents=True, exist_ok=True)
+        for name, recs in sets.items():
+            feats = extract_features(model, recs, height=cfg.data.height, width=cfg.data.width,
+                                     batch_size=cfg.eval.batch_size, device=dev, progress=True, desc=name)
+            path = save_features(out_dir / f"{name}.npz", feats, [r.pid for r in recs], [r.camid for r in recs],
+                                 [r.path for r in recs])
+            typer.echo(f"{path}: {feats.shape[0]} x {feats.shape[1]}")
+    except CmemdError as err:
+        _fail(err)
+
+
+@app.command("eval-features")
+def eval_features_cmd(
+    query: Path = typer.Argument(..., help="Query features .npz (arrays feats, pids, cams, paths)."),
+    gallery: Path = typer.Argument(..., help="SYSU: the gallery POOL .npz (all visible test images); RegDB: the other modality."),
+    protocol: str = typer.Option(..., help="sysu or regdb."),
+    mode: str = typer.Option("all", help="SYSU search mode: all or indoor."),
+    shots: int = typer.Option(1, help="SYSU gallery images per (id, camera): 1 (single-shot) or 10 (multi-shot)."),
+    method: str = typer.Option("python-random", help="SYSU gallery draw: python-random or official."),
+    rand_perm: Optional[Path] = typer.Option(None, help="rand_perm_cam.mat for --method official."),
+    trials: int = typer.Option(10, help="SYSU: number of random galleries (trials 0..n-1)."),
+    direction: str = typer.Option("v2t", help="RegDB: v2t (QUERY is visible) or t2v (QUERY is thermal)."),
+    trial: int = typer.Option(1, help="RegDB: the split number (1..10) the features belong to (a label)."),
+    feature_name: Optional[str] = typer.Option(None, help="Name of the feature, shown in the table (e.g. bn-neck)."),
+    per_trial: bool = typer.Option(False, help="Print one row per trial as well."),
+    out: Optional[Path] = typer.Option(None, help="Write the results as JSON here."),
+) -> None:
+    """Evaluate saved features with the SYSU-MM01 or RegDB protocol (no model involved)."""
+    from cmemd.evaluation import evaluate_regdb, evaluate_sysu, format_results, load_features, save_json
+
+    try:
+        if protocol not in ("sysu", "regdb"):
+            raise CmemdError(f"--protocol {protocol!r} is unknown; use sysu or regdb")
+        q, g = load_features(query), load_features(gallery)
+        if protocol == "sysu":
+            res = evaluate_sysu(
+                q.feats, q.pids, q.cams, g.feats, g.pids, g.cams, g.paths,
+                mode=mode, shots=shots, method=method, trials=trials, rand_perm=rand_perm, feature_name=feature_name,
+            )
+        else:
+            vis, th = (q, g) if direction == "v2t" else (g, q)
+            res = evaluate_regdb(vis.feats, vis.pids, th.feats, th.pids, direction=direction, trial=trial,
+                                 feature_name=feature_name)
+        typer.echo(format_results(res, per_trial=per_trial))
+        if out is not None:
+            save_json(res, out)
+            typer.echo(f"wrote {out}")
+    except CmemdError as e:
+        _fail(e)
+
+
+@app.command("demo")
+def demo_cmd(
+    data_dir: Path = typer.Option(Path("data/demo_sysu"), help="Where the synthetic SYSU-layout set goes (reused when it matches)."),
+    out_dir: Path = typer.Option(Path("runs/demo"), help="Run directory (replaced on each demo run)."),
+    config: Path = typer.Option(Path("configs/synth_cmemd.yaml"), "--config", "-c", help="Training config."),
+    ids: int = typer.Option(200, help="Identities in the synthetic set."),
+    epochs: Optional[int] = typer.Option(None, help="Override optim.epochs of the config."),
+) -> None:
+    """Generate the synthetic benchmark (cached), train CM-EMD on CPU, evaluate SYSU all/indoor-search, print the table."""
+    import json
+    import shutil
+    import time
+
+    from cmemd.config import load_config
+    from cmemd.data.inspect import dataset_stats, format_stats
+    from cmemd.data.preview import preview_grid
+    from cmemd.data.synth import SynthConfig, generate_sysu
+    from cmemd.engine.run import format_all, train
+
+    phases: dict[str, float] = {}
+    try:
+        t0 = time.time()
+        synth = SynthConfig(ids=ids, images_per_camera=(10, 12), seed=0)
+        summary_path = data_dir / "synth_summary.json"
+        cached = summary_path.is_file() and json.loads(summary_path.read_text()).get("config") == synth.to_dict()
+        if cached:
+            typer.echo(f"[1/4] synthetic data: reusing {data_dir} (same generator settings)")
+        else:
+            typer.echo(f"[1/4] synthetic data: generating {ids} identities into {data_dir} ...")
+            if data_dir.exists():
+                shutil.rmtree(data_dir)
+            generate_sysu(data_dir, synth, workers=2)
+        typer.echo(format_stats(dataset_stats(data_dir)))
+        preview = preview_grid(data_dir, out_dir.parent / f"{out_dir.name}_preview.png", ids=6, per_camera=2)
+        typer.echo(f"preview of the data: {preview}")
+        phases["data"] = time.time() - t0
+
+        t0 = time.time()
+        overrides = [f"data.root={data_dir}", f"run.out_dir={out_dir}"] + ([f"optim.epochs={epochs}"] if epochs else [])
+        cfg = load_config(config, overrides)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        typer.echo(f"[2/4] training {config} ({cfg.model.arch} width {cfg.model.width}, {cfg.data.height}x{cfg.data.width}, "
+                   f"{cfg.optim.epochs} epochs, alignment {cfg.loss.alignment}) ...")
+        outcome = train(cfg, resume=False, evaluate_after=False)
+        phases["train"] = time.time() - t0
+
+        t0 = time.time()
+        typer.echo("[3/4] evaluating: SYSU-MM01 protocol, all-search and indoor-search, single-shot, 10 trials ...")
+        from cmemd.engine.run import evaluate_model, save_results
+
+        results = evaluate_model(outcome.model, cfg, progress=False)
+        save_results(results, out_dir / "results.json")
+        phases["evaluate"] = time.time() - t0
+        typer.echo("[4/4] results")
+        typer.echo(format_all(results))
+        typer.echo(f"chance Rank-1 is about 1/#test ids; run directory {out_dir}")
+        typer.echo("time per phase: " + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
+                   + f" (total {sum(phases.values()):.0f} s)")
+    except CmemdError as e:
+        _fail(e)
 
 
 def main(argv: Optional[List[str]] = None) -> None:

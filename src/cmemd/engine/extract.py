@@ -1,0 +1,47 @@
+"""Feature extraction: records in, features out, each image through its own modality's branch."""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from cmemd.data.records import ImageRecord
+
+
+@torch.no_grad()
+def extract_features(
+    model: nn.Module,
+    records: Sequence[ImageRecord],
+    *,
+    height: int,
+    width: int,
+    batch_size: int = 128,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    use_cache: bool = False,
+    cache_dir: str | None = None,
+    dataset_root: str | None = None,
+    progress: bool = False,
+    desc: str = "extract",
+) -> np.ndarray:
+    """The model's test feature for every record, in record order (float32, N x D).
+
+    The modality tensor comes from the records, so a query of thermal images goes through the
+    thermal stem and a visible gallery through the visible one, whatever the order.
+    """
+    from tqdm import tqdm
+
+    from cmemd.data.dataset import build_test_loader
+
+    was_training = model.training
+    model.eval()
+    loader = build_test_loader(records, height=height, width=width, batch_size=batch_size, num_workers=num_workers,
+                               use_cache=use_cache, cache_dir=cache_dir, dataset_root=dataset_root)
+    out = []
+    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+        images, modalities = batch[0].to(device), batch[2].to(device)
+        out.append(model(images, modalities).float().cpu())
+    model.train(was_training)
+    return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)

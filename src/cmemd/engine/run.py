@@ -1,0 +1,291 @@
+"""Config -> library calls: what ``cmemd train``, ``cmemd eval`` and ``cmemd extract`` do.
+
+Everything here is a thin composition of the library (readers, loaders, model, objective,
+Trainer, evaluation). A user in a notebook can make the same calls without a config.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+import numpy as np
+import torch
+
+from cmemd.config import TrainConfig, config_from_dict, dump_config
+from cmemd.data.records import ImageRecord
+from cmemd.engine.checkpoint import load_checkpoint
+from cmemd.engine.extract import extract_features
+from cmemd.engine.objective import Objective
+from cmemd.engine.schedule import build_optimizer
+from cmemd.engine.trainer import Trainer, unwrap
+from cmemd.errors import CheckpointError, ConfigError
+
+SELECTION_NOTE = "none: the model of the last epoch is reported; nothing was selected on the test set"
+
+
+# ---------------------------------------------------------------------- environment
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"run.device={name!r} but CUDA is not available; use run.device=cpu")
+    return dev
+
+
+def environment() -> dict[str, Any]:
+    """Versions and the git commit, saved beside every run."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        commit = None
+    from cmemd import __version__
+
+    return {
+        "cmemd": __version__, "git_commit": commit, "python": sys.version.split()[0], "torch": torch.__version__,
+        "numpy": np.__version__, "platform": platform.platform(), "cpu_count": os.cpu_count(),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); starts the process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def set_determinism(seed: int, deterministic: bool) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+# ---------------------------------------------------------------------- data
+
+@dataclass
+class TrainingData:
+    records: list[ImageRecord]
+    num_classes: int
+    description: str
+
+
+def training_data(cfg: TrainConfig) -> TrainingData:
+    d = cfg.data
+    if d.dataset == "sysu":
+        from cmemd.data.sysu import SYSUMM01
+
+        records = SYSUMM01(d.root).train()
+        desc = f"SYSU-MM01 {d.root}: train+val ids"
+    else:
+        from cmemd.data.regdb import RegDB
+
+        records = RegDB(d.root).train(d.trial)
+        desc = f"RegDB {d.root}: trial {d.trial}"
+    return TrainingData(records, len({r.pid for r in records}), desc)
+
+
+def model_config(cfg: TrainConfig, num_classes: int):
+    from cmemd.models import ModelConfig
+
+    m = cfg.model
+    return ModelConfig(
+        num_classes=num_classes, arch=m.arch, width=m.width, modality_specific_stages=m.modality_specific_stages,
+        last_stride=m.last_stride, pooling=m.pooling, num_stripes=m.num_stripes, local_dim=m.local_dim,
+        accumulate=m.accumulate, test_feature=m.test_feature, use_local=m.use_local, pretrained=m.pretrained,
+    )
+
+
+def objective_from_config(cfg: TrainConfig) -> Objective:
+    kw = dataclasses.asdict(cfg.loss)
+    return Objective(**kw)
+
+
+# ---------------------------------------------------------------------- training
+
+@dataclass
+class TrainOutcome:
+    out_dir: Path
+    checkpoint: Path
+    history: list[dict]
+    seconds: float
+    model: Any = None  # the trained model (unwrapped from DDP)
+    results: dict[str, Any] = field(default_factory=dict)
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, evaluate_after: bool = True) -> TrainOutcome:
+    """Train one model as ``cfg`` says (one RegDB trial), write the run directory, evaluate at the end."""
+    from cmemd.data.dataset import build_train_loader
+    from cmemd.models import build_model
+
+    device = resolve_device(cfg.run.device)
+    if cfg.run.threads:
+        torch.set_num_threads(cfg.run.threads)
+    rank, world = init_distributed(device)
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    set_determinism(cfg.run.seed, cfg.run.deterministic)
+    out_dir = Path(cfg.run.out_dir)
+    ckpt = out_dir / "last.pt"
+    if rank == 0:
+        if ckpt.exists() and not resume:
+            raise ConfigError(f"{out_dir} already holds a run (last.pt); pass --resume to continue it, "
+                              "or choose another run.out_dir")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        dump_config(cfg, out_dir / "config.yaml")
+        (out_dir / "environment.json").write_text(json.dumps(environment(), indent=2))
+
+    data = training_data(cfg)
+    d = cfg.data
+    loader = build_train_loader(
+        data.records, height=d.height, width=d.width, P=d.num_ids, K=d.num_instances, seed=cfg.run.seed,
+        num_workers=d.num_workers, use_cache=d.cache, cache_dir=d.cache_dir, dataset_root=d.root,
+        rank=rank, world_size=world, pad=d.pad, flip=d.flip, random_erasing=d.random_erasing,
+        channel_aug=d.channel_aug, persistent_workers=True, pin_memory=device.type == "cuda",
+    )
+    mcfg = model_config(cfg, data.num_classes)
+    model = build_model(mcfg).to(device)
+    if cfg.optim.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    o = cfg.optim
+    optimizer = build_optimizer(model, o.optimizer, lr=o.lr, backbone_lr=o.backbone_lr, weight_decay=o.weight_decay,
+                                momentum=o.momentum, nesterov=o.nesterov)
+    extra = {"config": cfg.to_dict(), "model_config": dataclasses.asdict(mcfg), "num_classes": data.num_classes,
+             "selection": SELECTION_NOTE, "kind": "cmemd-train"}
+    trainer = Trainer(
+        model, objective_from_config(cfg).to(device), optimizer, loader, epochs=o.epochs, out_dir=out_dir, device=device,
+        amp=o.amp, grad_clip=o.grad_clip, channels_last=o.channels_last, warmup_epochs=o.warmup_epochs,
+        milestones=o.milestones, gamma=o.gamma, log_every=cfg.run.log_every,
+        checkpoint_every_steps=cfg.run.checkpoint_every_steps, max_minutes=cfg.run.max_minutes,
+        extra_state=extra, rank=rank, progress=progress,
+    )
+    if resume and ckpt.exists():
+        used = trainer.resume(ckpt)
+        if rank == 0:
+            print(f"resumed from {used}: epoch {trainer.epoch + 1}, batch {trainer.batches_done}, step {trainer.step}", flush=True)
+    elif resume and rank == 0:
+        print(f"--resume: no checkpoint in {out_dir} yet, starting from scratch", flush=True)
+    if rank == 0 and progress:
+        print(f"training on {data.description}: {len(data.records)} images, {data.num_classes} ids, "
+              f"{len(loader.batch_sampler)} steps/epoch x {o.epochs} epochs, device {device}, world size {world}; "
+              f"model selection: {SELECTION_NOTE}", flush=True)
+    t0 = time.time()
+    history = trainer.fit()
+    seconds = time.time() - t0
+    outcome = TrainOutcome(out_dir, ckpt, history, seconds, model=unwrap(model))
+    if evaluate_after and trainer.epoch >= o.epochs and rank == 0:
+        outcome.results = evaluate_model(unwrap(model), cfg, device=device, progress=progress)
+        save_results(outcome.results, out_dir / "results.json")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.barrier()
+    return outcome
+
+
+# ---------------------------------------------------------------------- evaluation
+
+def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[str] = None, device: Any = "cpu",
+                   progress: bool = True, protocol: Optional[dict] = None) -> dict[str, Any]:
+    """Evaluate a model on the dataset of ``cfg`` (or ``root``) with the protocol in ``cfg.eval``.
+
+    Returns ``{setting name: ProtocolResult}``: SYSU modes (features extracted once for the
+    query and the whole all-search pool), or RegDB's two directions of the trained trial.
+    """
+    from cmemd.evaluation import evaluate_regdb, evaluate_sysu
+
+    d, e = cfg.data, cfg.eval
+    root = root or d.root
+    feature = f"{cfg.model.test_feature} feature (BN-neck global{' + holistic' if cfg.model.test_feature == 'concat' else ''})" \
+        if cfg.model.test_feature != "local" else "local (holistic) feature"
+    kw = dict(height=d.height, width=d.width, batch_size=e.batch_size, device=device, progress=progress)
+    results: dict[str, Any] = {}
+    if d.dataset == "sysu":
+        from cmemd.data.sysu import SYSUMM01
+
+        ds = SYSUMM01(root)
+        query, pool = ds.query(), ds.gallery_pool("all")
+        qf = extract_features(model, query, desc="query", **kw)
+        pf = extract_features(model, pool, desc="gallery pool", **kw)
+        for mode in e.modes:
+            results[f"sysu {mode}-search {'single' if e.shots == 1 else 'multi'}-shot"] = evaluate_sysu(
+                qf, [r.pid for r in query], [r.camid for r in query], pf, [r.pid for r in pool], [r.camid for r in pool],
+                [r.path for r in pool], mode=mode, shots=e.shots, method=e.method, trials=e.trials,
+                rand_perm=e.rand_perm, feature_name=feature,
+            )
+    else:
+        from cmemd.data.regdb import RegDB
+
+        vis, th = RegDB(root).test(d.trial)
+        vf = extract_features(model, vis, desc="visible", **kw)
+        tf = extract_features(model, th, desc="thermal", **kw)
+        for direction in ("v2t", "t2v"):
+            results[f"regdb trial {d.trial} {direction}"] = evaluate_regdb(
+                vf, [r.pid for r in vis], tf, [r.pid for r in th], direction=direction, trial=d.trial, feature_name=feature)
+    return results
+
+
+def save_results(results: dict[str, Any], path: str | Path) -> Path:
+    from cmemd.evaluation.results import to_dict
+
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({k: to_dict(v) for k, v in results.items()}, indent=2))
+    os.replace(tmp, path)
+    return path
+
+
+def format_all(results: dict[str, Any]) -> str:
+    from cmemd.evaluation.results import format_results
+
+    return "\n\n".join(f"== {name}\n{format_results(r)}" for name, r in results.items())
+
+
+# ---------------------------------------------------------------------- checkpoints -> models
+
+def load_trained(checkpoint: str | Path, device: Any = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
+    """The model and config stored in a ``cmemd train`` checkpoint, weights verified to fit.
+
+    A file that is not a cmemd checkpoint, a training state without a model, or weights that do
+    not fit the stored architecture are :class:`CheckpointError` (never a silent fallback to
+    freshly initialised weights).
+    """
+    from cmemd.models import ModelConfig, build_model
+
+    state, used = load_checkpoint(checkpoint, map_location="cpu")
+    for key in ("model", "model_config", "config"):
+        if key not in state:
+            raise CheckpointError(f"{used}: no {key!r} entry; this is not a checkpoint written by `cmemd train`")
+    mc = dict(state["model_config"])
+    mc["pretrained"] = None  # the weights come from the checkpoint, never from ImageNet
+    model = build_model(ModelConfig(**mc))
+    try:
+        model.load_state_dict(state["model"], strict=True)
+    except RuntimeError as e:
+        raise CheckpointError(f"{used}: weights do not fit the stored architecture: {str(e).splitlines()[0]}") from None
+    cfg = config_from_dict(state["config"], source=str(used))
+    return model.to(device).eval(), cfg

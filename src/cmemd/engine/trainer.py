@@ -1,0 +1,284 @@
+"""The training loop: one ``forward_backward`` per batch, checkpoints, resume, logging.
+
+The loop is deliberately small. ``Trainer.forward_backward`` is the hook to override for a new
+method (torchreid's engine shape); everything else (schedule, AMP, clipping, checkpoints,
+logs) stays as it is.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+from torch import nn
+
+from cmemd.engine.checkpoint import load_checkpoint, save_checkpoint
+from cmemd.engine.schedule import lr_factor, set_lr
+from cmemd.errors import CheckpointError, TrainingError
+
+AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Trainer:
+    """Trains ``model`` with ``objective`` on batches from ``loader``.
+
+    Args:
+        model: returns a named output in train mode (``model(images, modalities)``); may be DDP-wrapped.
+        objective: ``objective(output, pids, modalities) -> (total loss, {term: value})``.
+        optimizer: its groups carry ``initial_lr``; the schedule scales them every step.
+        loader: a DataLoader whose ``batch_sampler`` has ``set_epoch``/``state_dict``/``load_state_dict``.
+        epochs: total epochs of the run.
+        out_dir: run directory (``last.pt``, ``metrics.jsonl``); only rank 0 writes.
+        amp: ``"none" | "fp16" | "bf16"`` (fp16 only on CUDA, with a grad scaler).
+        checkpoint_every_steps: also checkpoint inside an epoch every N steps (0: epoch ends only).
+        extra_state: saved in every checkpoint (e.g. the resolved config, the label count).
+        on_epoch_end: ``callback(trainer, epoch)`` after each epoch's checkpoint (e.g. evaluation).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        objective: Callable,
+        optimizer: torch.optim.Optimizer,
+        loader: Any,
+        *,
+        epochs: int,
+        out_dir: str | Path,
+        device: str | torch.device = "cpu",
+        amp: str = "none",
+        grad_clip: Optional[float] = None,
+        channels_last: bool = False,
+        warmup_epochs: float = 0,
+        milestones: tuple[int, ...] | list[int] = (),
+        gamma: float = 0.1,
+        log_every: int = 20,
+        checkpoint_every_steps: int = 0,
+        max_minutes: Optional[float] = None,
+        extra_state: Optional[dict] = None,
+        rank: int = 0,
+        progress: bool = True,
+        on_epoch_end: Optional[Callable[["Trainer", int], None]] = None,
+    ) -> None:
+        self.model, self.objective, self.optimizer, self.loader = model, objective, optimizer, loader
+        self.epochs, self.out_dir = int(epochs), Path(out_dir)
+        self.device = torch.device(device)
+        if amp not in ("none", *AMP_DTYPES):
+            raise TrainingError(f"amp must be 'none', 'fp16' or 'bf16', got {amp!r}")
+        if amp == "fp16" and self.device.type != "cuda":
+            raise TrainingError("amp='fp16' needs a CUDA device; use amp='bf16' on CPU or amp='none'")
+        self.amp = amp
+        self.scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+        self.grad_clip, self.channels_last = grad_clip, channels_last
+        self.warmup_epochs, self.milestones, self.gamma = warmup_epochs, list(milestones), gamma
+        self.log_every, self.checkpoint_every_steps = max(1, log_every), checkpoint_every_steps
+        self.max_minutes, self.extra_state = max_minutes, dict(extra_state or {})
+        self.rank, self.progress, self.on_epoch_end = rank, progress, on_epoch_end
+        self.epoch = 0  # the epoch in progress (or the next one to run)
+        self.batches_done = 0  # batches of self.epoch already trained on
+        self.step = 0  # optimiser steps in the whole run
+        self.history: list[dict] = []
+        self.last_checkpoint: Optional[Path] = None
+
+    # ------------------------------------------------------------------ hook
+    def forward_backward(self, batch) -> dict[str, float]:
+        """One optimisation step on one batch; returns the logged loss terms.
+
+        A non-finite loss stops training with :class:`TrainingError` before any update, so the
+        last checkpoint stays the last good state.
+        """
+        images, pids, modalities = batch[0], batch[1], batch[2]
+        images = images.to(self.device, non_blocking=True)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        pids, modalities = pids.to(self.device), modalities.to(self.device)
+        autocast = (torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp]) if self.amp != "none" else nullcontext())
+        with autocast:
+            out = self.model(images, modalities)
+        # Losses run in float32: the OT costs and variance ratios lose too much in half precision.
+        total, terms = self.objective(_to_float(out), pids, modalities)
+        if not torch.isfinite(total):
+            bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
+            where = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
+            raise TrainingError(
+                f"non-finite loss at epoch {self.epoch} step {self.step} (terms {bad or terms}){where}. "
+                "Lower the learning rate, enable optim.grad_clip, or check the input images."
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.scaler is not None:
+            self.scaler.scale(total).backward()
+            self.scaler.unscale_(self.optimizer)
+        else:
+            total.backward()
+        if self.grad_clip:
+            terms["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        return terms
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        sampler = self.loader.batch_sampler
+        if self.batches_done >= len(sampler):
+            epoch, done = self.epoch + 1, 0
+        else:
+            epoch, done = self.epoch, self.batches_done
+        sampler_state = sampler.state_dict(batches_done=done) if epoch == sampler.epoch else {
+            **sampler.state_dict(batches_done=0), "epoch": epoch, "start_batch": 0}
+        return {
+            "model": unwrap(self.model).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "sampler": sampler_state,
+            "rng": rng_state(),
+            "epoch": epoch,
+            "batches_done": done,
+            "step": self.step,
+            "epochs": self.epochs,
+            **self.extra_state,
+        }
+
+    def save(self, name: str = "last.pt") -> Optional[Path]:
+        if self.rank != 0:
+            return None
+        self.last_checkpoint = save_checkpoint(self.state_dict(), self.out_dir / name)
+        return self.last_checkpoint
+
+    def resume(self, path: str | Path) -> Path:
+        """Restore everything a checkpoint holds; the run continues as if never stopped."""
+        state, used = load_checkpoint(path, map_location=self.device)
+        try:
+            unwrap(self.model).load_state_dict(state["model"])
+        except (RuntimeError, KeyError) as e:
+            raise CheckpointError(f"{used}: the checkpoint does not fit this model ({str(e).splitlines()[0]}); "
+                                  "resume with the same configuration it was trained with") from None
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.loader.batch_sampler.load_state_dict(state["sampler"])
+        set_rng_state(state["rng"])
+        self.epoch, self.batches_done, self.step = int(state["epoch"]), int(state["batches_done"]), int(state["step"])
+        self.last_checkpoint = used
+        if self.rank == 0:
+            _truncate_metrics(self.out_dir / "metrics.jsonl", self.step)
+        return used
+
+    # ------------------------------------------------------------------ loop
+    def _log(self, record: dict) -> None:
+        if self.rank != 0:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.out_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def fit(self) -> list[dict]:
+        """Run (or continue) training up to ``epochs``; returns the per-epoch summaries."""
+        from tqdm import tqdm
+
+        self.model.train()
+        started = time.time()
+        sampler = self.loader.batch_sampler
+        steps_per_epoch = len(sampler)
+        while self.epoch < self.epochs:
+            sampler.set_epoch(self.epoch)
+            if hasattr(self.loader.dataset, "set_epoch"):
+                self.loader.dataset.set_epoch(self.epoch)
+            sums: dict[str, float] = {}
+            n, images_seen, t0 = 0, 0, time.time()
+            bar = tqdm(total=steps_per_epoch, initial=self.batches_done, desc=f"epoch {self.epoch + 1}/{self.epochs}",
+                       disable=not self.progress or self.rank != 0, leave=False, dynamic_ncols=True)
+            for batch in self.loader:
+                set_lr(self.optimizer, lr_factor(self.epoch + self.batches_done / steps_per_epoch,
+                                                 warmup_epochs=self.warmup_epochs, milestones=self.milestones, gamma=self.gamma))
+                terms = self.forward_backward(batch)
+                self.batches_done += 1
+                self.step += 1
+                n += 1
+                images_seen += int(batch[0].shape[0])
+                for k, v in terms.items():
+                    sums[k] = sums.get(k, 0.0) + v
+                rate = images_seen / max(time.time() - t0, 1e-9)
+                bar.update(1)
+                bar.set_postfix(loss=f"{terms['loss']:.3f}", img_s=f"{rate:.0f}")
+                if self.step % self.log_every == 0:
+                    self._log({"kind": "step", "epoch": self.epoch, "step": self.step,
+                               "lr": self.optimizer.param_groups[-1]["lr"], **terms, "img_per_s": rate})
+                if self.checkpoint_every_steps and self.step % self.checkpoint_every_steps == 0 \
+                        and self.batches_done < steps_per_epoch:
+                    self.save()
+            bar.close()
+            summary = {"kind": "epoch", "epoch": self.epoch, "step": self.step,
+                       **{k: v / max(n, 1) for k, v in sums.items()},
+                       "img_per_s": images_seen / max(time.time() - t0, 1e-9), "seconds": time.time() - t0}
+            self.history.append(summary)
+            self._log(summary)
+            if self.rank == 0 and self.progress:
+                shown = " ".join(f"{k}={v:.3f}" for k, v in summary.items() if k not in ("kind", "epoch", "step"))
+                print(f"epoch {self.epoch + 1}/{self.epochs}: {shown}", flush=True)
+            self.batches_done = steps_per_epoch
+            self.save()
+            finished = self.epoch
+            self.epoch, self.batches_done = self.epoch + 1, 0
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(self, finished)
+            if self.max_minutes is not None and (time.time() - started) / 60 > self.max_minutes and self.epoch < self.epochs:
+                print(f"stopping after epoch {self.epoch}: the {self.max_minutes:g}-minute budget is spent "
+                      f"(resume with --resume to continue)", flush=True)
+                break
+        return self.history
+
+
+def _to_float(out: Any) -> Any:
+    """Cast every floating tensor of a model output (dataclass, tensor, list) to float32."""
+    if isinstance(out, torch.Tensor):
+        return out.float() if out.is_floating_point() else out
+    if isinstance(out, (list, tuple)):
+        return type(out)(_to_float(o) for o in out)
+    if hasattr(out, "__dataclass_fields__"):
+        import dataclasses
+
+        return dataclasses.replace(out, **{f: _to_float(getattr(out, f)) for f in out.__dataclass_fields__})
+    return out
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint being resumed (they will be written again)."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line).get("step", 0)) <= step:
+                keep.append(line)
+        except (ValueError, AttributeError):
+            continue
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(x + "\n" for x in keep))
+    os.replace(tmp, path)

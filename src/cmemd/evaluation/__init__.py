@@ -1,0 +1,45 @@
+"""Evaluation on features (never on models): CMC, mAP, mINP and the SYSU-MM01 / RegDB protocols."""
+from __future__ import annotations
+
+from cmemd.evaluation.features import FeatureSet, load_features, save_features
+from cmemd.evaluation.metrics import (
+    CMC_KINDS,
+    METRICS,
+    REMOVAL_RULES,
+    EvalResult,
+    evaluate,
+    evaluate_similarity,
+)
+from cmemd.evaluation.protocols import evaluate_regdb, evaluate_sysu
+from cmemd.evaluation.results import (
+    METRIC_NAMES,
+    ProtocolResult,
+    combine_results,
+    format_results,
+    metric_row,
+    save_json,
+    to_dict,
+    to_json,
+)
+
+__all__ = [
+    "CMC_KINDS",
+    "METRICS",
+    "REMOVAL_RULES",
+    "METRIC_NAMES",
+    "EvalResult",
+    "ProtocolResult",
+    "FeatureSet",
+    "evaluate",
+    "evaluate_similarity",
+    "evaluate_sysu",
+    "evaluate_regdb",
+    "combine_results",
+    "format_results",
+    "metric_row",
+    "to_dict",
+    "to_json",
+    "save_json",
+    "save_features",
+    "load_features",
+]

@@ -1,0 +1,458 @@
+"""Re-identification metrics on features: CMC, mAP, mINP, vectorised and chunked over queries.
+
+Ranking rule (the field's): gallery items are sorted by similarity, descending, with a *stable*
+sort, so that equal similarities keep gallery order (smaller gallery index first).
+
+How it is computed without a full sort per query. Every (query, gallery item) pair gets an
+integer key that orders exactly like that stable ranking: the similarity's bits mapped to an
+order-preserving integer (descending) in the high 32 bits, the gallery index in the low 32 bits.
+Keys are unique per row, so
+
+- the true matches of a query (at most ``P`` = largest number of gallery images of one id) are
+  gathered and sorted: ``T_0 < T_1 < ...``;
+- every other non-removed item is located among them with ``searchsorted`` (``G log P``), and a
+  histogram of those locations gives, for each true match, how many non-matches rank before it:
+  ``rank(T_i) = i + 1 + #{non-matches with key < T_i}``;
+- identity-deduplicated CMC counts the distinct ids that have an image ranked before the best
+  true match: gallery columns are grouped by id once, so that is a cumulative sum per row.
+
+Removed items get the largest key and are never counted. Float64 similarities (float64
+features) are ranked by their dense rank within the chunk instead of their bits, which keeps the
+result exact for them too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Union
+
+import numpy as np
+import torch
+
+from cmemd.errors import EvaluationError
+
+ArrayLike = Union[np.ndarray, torch.Tensor]
+
+REMOVAL_RULES = ("none", "sysu-same-location", "same-pid-same-cam")
+CMC_KINDS = ("standard", "identity-dedup")
+METRICS = ("cosine", "euclidean")
+
+# SYSU-MM01: cam3 (IR) and cam2 (RGB) watch the same room.
+SYSU_QUERY_CAM = 3
+SYSU_REMOVED_GALLERY_CAM = 2
+
+_MAX_KEY = torch.iinfo(torch.int64).max
+# Bytes per (query, gallery) element of the working tensors of one chunk (similarity, keys,
+# searchsorted output, masks, cumulative sums); used to size chunks from a memory budget.
+_BYTES_PER_PAIR = 48
+DEFAULT_MEMORY_BUDGET = 512 * 2**20
+
+
+@dataclass
+class EvalResult:
+    """Metrics of one query set against one gallery.
+
+    ``cmc[k-1]`` is Rank-k (fraction of valid queries). ``mAP``/``mINP`` are fractions in [0, 1].
+    Per-query arrays ``ap``, ``inp``, ``first_hit`` (1-based rank of the first true match, in the
+    CMC kind used) cover the valid queries in query order; ``valid_mask`` marks them among all
+    queries (a query is invalid when it has no true match after the removal rule).
+    """
+
+    cmc: np.ndarray
+    mAP: float
+    mINP: float
+    num_valid: int
+    num_excluded: int
+    ap: np.ndarray
+    inp: np.ndarray
+    first_hit: np.ndarray
+    valid_mask: np.ndarray
+    removal: str = "none"
+    cmc_kind: str = "standard"
+    metric: str = "cosine"
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def rank(self, k: int) -> float:
+        """Rank-k accuracy (fraction); Rank-k beyond ``max_rank`` is not known."""
+        if not 1 <= k <= len(self.cmc):
+            raise EvaluationError(f"rank k={k} outside 1..{len(self.cmc)} (raise max_rank in evaluate())")
+        return float(self.cmc[k - 1])
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
+    if isinstance(x, torch.Tensor):
+        return x.detach()
+    try:
+        arr = np.asarray(x)
+    except Exception as e:  # pragma: no cover - exotic inputs
+        raise EvaluationError(f"{name}: cannot convert to an array ({e}); pass a numpy array or torch tensor") from e
+    if arr.dtype == object or arr.dtype.kind in "USV":
+        raise EvaluationError(f"{name}: dtype {arr.dtype} is not numeric; pass numbers (integer ids / float features)")
+    return torch.from_numpy(np.ascontiguousarray(arr))
+
+
+def _check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
+    if value not in choices:
+        raise EvaluationError(f"{name}={value!r} is unknown; use one of {', '.join(repr(c) for c in choices)}")
+
+
+def _check_feats(x: ArrayLike, name: str) -> torch.Tensor:
+    t = _as_tensor(x, name)
+    if t.dim() != 2:
+        raise EvaluationError(f"{name}: expected a 2-D (N, D) feature matrix, got shape {tuple(t.shape)}; reshape or stack the features")
+    if t.shape[0] == 0:
+        raise EvaluationError(f"{name}: no rows; pass at least one feature vector")
+    if not (t.is_floating_point()):
+        t = t.to(torch.float32)
+    bad = ~torch.isfinite(t).all(dim=1)
+    if bool(bad.any()):
+        idx = torch.nonzero(bad).flatten().tolist()
+        raise EvaluationError(
+            f"{name}: {len(idx)} row(s) contain NaN or inf (indices {_show(idx)}); "
+            "fix the feature extraction (e.g. a diverged model or fp16 overflow) before evaluating"
+        )
+    return t
+
+
+def _check_labels(x: ArrayLike, name: str, n: int, feats_name: str) -> torch.Tensor:
+    t = _as_tensor(x, name)
+    if t.dim() != 1:
+        raise EvaluationError(f"{name}: expected a 1-D array, got shape {tuple(t.shape)}")
+    if t.shape[0] != n:
+        raise EvaluationError(
+            f"{name}: length {t.shape[0]} does not match {feats_name} ({n} rows); pass one label per feature row"
+        )
+    if t.is_floating_point():
+        if not bool((t == torch.round(t)).all()):
+            raise EvaluationError(f"{name}: labels must be integers, got non-integer values")
+    elif t.dtype == torch.bool or t.is_complex():
+        raise EvaluationError(f"{name}: labels must be integers, got dtype {t.dtype}")
+    return t.to(torch.int64)
+
+
+def _show(idx: list[int], limit: int = 10) -> str:
+    head = ", ".join(str(i) for i in idx[:limit])
+    return head + (f", ... ({len(idx) - limit} more)" if len(idx) > limit else "")
+
+
+def _work_dtype(*feats: torch.Tensor) -> torch.dtype:
+    # float64 features are ranked in float64; everything else in float32 (the field's choice).
+    return torch.float64 if any(f.dtype == torch.float64 for f in feats) else torch.float32
+
+
+def _prepare_feats(t: torch.Tensor, name: str, metric: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    t = t.to(device=device, dtype=dtype)
+    if metric == "cosine":
+        norms = torch.linalg.vector_norm(t, dim=1)
+        zero = norms == 0
+        if bool(zero.any()):
+            idx = torch.nonzero(zero).flatten().tolist()
+            raise EvaluationError(
+                f"{name}: {len(idx)} zero-norm row(s) (indices {_show(idx)}) cannot be L2-normalised for "
+                "metric='cosine'; drop those rows or fix the feature extractor (a dead feature is a bug, not a tie)"
+            )
+        t = t / norms[:, None]
+    return t
+
+
+def _resolve_device(device: Optional[Union[str, torch.device]], *xs: Any) -> torch.device:
+    if device is not None:
+        return torch.device(device)
+    for x in xs:
+        if isinstance(x, torch.Tensor):
+            return x.device
+    return torch.device("cpu")
+
+
+# --------------------------------------------------------------------------- gallery layout
+
+
+@dataclass
+class _Gallery:
+    """Gallery columns regrouped by id (stable), with each id's contiguous segment."""
+
+    order: torch.Tensor  # (G,) original gallery index of each regrouped column
+    pids: torch.Tensor  # (G,) regrouped pids
+    cams: torch.Tensor  # (G,) regrouped cams
+    ids: torch.Tensor  # (U,) distinct ids, ascending
+    starts: torch.Tensor  # (U,) first column of each id
+    counts: torch.Tensor  # (U,)
+    max_count: int
+
+
+def _group_gallery(pids: torch.Tensor, cams: torch.Tensor) -> _Gallery:
+    order = torch.argsort(pids, stable=True)
+    sp = pids[order]
+    ids, counts = torch.unique_consecutive(sp, return_counts=True)
+    starts = torch.cumsum(counts, 0) - counts
+    return _Gallery(order, sp, cams[order], ids, starts, counts, int(counts.max()))
+
+
+# --------------------------------------------------------------------------- ranking core
+
+
+def _order_keys(sim: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """int64 keys, ascending = similarity descending, then original gallery index ascending."""
+    if sim.dtype == torch.float64:
+        # Dense rank of the values inside this chunk (exact for float64).
+        _, inv = torch.unique(sim, sorted=True, return_inverse=True)
+        high = -inv.to(torch.int64)
+    else:
+        s = sim.to(torch.float32) + 0.0  # + 0.0 turns -0.0 into +0.0 so that equal values share a key
+        bits = s.contiguous().view(torch.int32)
+        ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone in the float value
+        high = -ordered.to(torch.int64)
+    return high * (1 << 32) + order[None, :]
+
+
+def _rank_chunk(
+    sim: torch.Tensor,
+    qp: torch.Tensor,
+    qc: torch.Tensor,
+    g: _Gallery,
+    removal: str,
+    cmc: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per query of the chunk: (valid, ap, inp, first_hit). ``sim`` columns follow ``g.order``."""
+    n, G = sim.shape
+    dev = sim.device
+    key = _order_keys(sim, g.order)
+    del sim
+    is_match = qp[:, None] == g.pids[None, :]
+    if removal == "sysu-same-location":
+        removed = (qc == SYSU_QUERY_CAM)[:, None] & (g.cams == SYSU_REMOVED_GALLERY_CAM)[None, :]
+        key.masked_fill_(removed, _MAX_KEY)
+    elif removal == "same-pid-same-cam":
+        removed = is_match & (qc[:, None] == g.cams[None, :])
+        key.masked_fill_(removed, _MAX_KEY)
+
+    # Keys of each query's true matches (its id's contiguous segment), sorted.
+    P = g.max_count
+    pos = torch.searchsorted(g.ids, qp).clamp_(max=len(g.ids) - 1)
+    present = g.ids[pos] == qp
+    cnt = torch.where(present, g.counts[pos], torch.zeros_like(pos))
+    ar = torch.arange(P, device=dev)
+    cols = (g.starts[pos][:, None] + ar[None, :]).clamp_(max=G - 1)
+    tkeys = key.gather(1, cols)
+    tkeys.masked_fill_(ar[None, :] >= cnt[:, None], _MAX_KEY)
+    tkeys, _ = torch.sort(tkeys, dim=1)
+    R = (tkeys != _MAX_KEY).sum(1)
+    valid = R > 0
+
+    # Non-matches located among the true matches.
+    key.masked_fill_(is_match, _MAX_KEY)
+    del is_match
+    loc = torch.searchsorted(tkeys, key)  # (n, G): number of true keys below each item
+    hist = torch.zeros(n, P + 1, dtype=torch.int64, device=dev)
+    hist.scatter_add_(1, loc, torch.ones(1, dtype=torch.int64, device=dev).expand(n, G))
+    del loc
+    before = torch.cumsum(hist, 1)[:, :P]
+    ranks = before + (ar + 1)[None, :]  # rank of the i-th true match (valid for i < R)
+    in_r = ar[None, :] < R[:, None]
+    Rf = R.clamp(min=1).to(torch.float64)
+    prec = torch.where(in_r, (ar + 1)[None, :].to(torch.float64) / ranks.to(torch.float64), 0.0)
+    ap = prec.sum(1) / Rf
+    last = ranks.gather(1, (R - 1).clamp(min=0)[:, None])[:, 0]
+    inp = Rf / last.to(torch.float64)
+
+    if cmc == "standard":
+        first = ranks[:, 0]
+    else:
+        best = tkeys[:, 0]
+        ahead = key < best[:, None]  # non-removed non-matches ranked before the best true match
+        cs = torch.cumsum(ahead, 1, dtype=torch.int32)
+        ends = cs[:, (g.starts + g.counts - 1)]
+        begins = torch.where(g.starts[None, :] > 0, cs[:, (g.starts - 1).clamp(min=0)], torch.zeros_like(ends))
+        first = ((ends - begins) > 0).sum(1) + 1
+    return valid, ap, inp, first
+
+
+def _chunk_rows(num_gallery: int, chunk_size: Optional[int], num_query: int, memory_budget: int) -> int:
+    if chunk_size is not None:
+        if int(chunk_size) < 1:
+            raise EvaluationError(f"chunk_size={chunk_size} must be >= 1 (or None to size chunks from memory)")
+        return int(chunk_size)
+    return max(1, min(num_query, memory_budget // (_BYTES_PER_PAIR * max(num_gallery, 1))))
+
+
+def _summarise(
+    parts: list[tuple[torch.Tensor, ...]], max_rank: int, removal: str, cmc: str, metric: str
+) -> EvalResult:
+    valid = torch.cat([p[0] for p in parts]).cpu().numpy()
+    ap = torch.cat([p[1] for p in parts]).cpu().numpy()[valid]
+    inp = torch.cat([p[2] for p in parts]).cpu().numpy()[valid]
+    first = torch.cat([p[3] for p in parts]).cpu().numpy().astype(np.int64)[valid]
+    nv = int(valid.sum())
+    if nv == 0:
+        raise EvaluationError(
+            f"no query has a true match in the gallery after removal={removal!r} ({len(valid)} queries); "
+            "check that query and gallery pids use the same labels and that the removal rule fits the dataset"
+        )
+    ks = np.arange(1, max_rank + 1)
+    cmc_curve = (first[None, :] <= ks[:, None]).mean(1)
+    return EvalResult(
+        cmc=cmc_curve,
+        mAP=float(ap.mean()),
+        mINP=float(inp.mean()),
+        num_valid=nv,
+        num_excluded=int(len(valid) - nv),
+        ap=ap,
+        inp=inp,
+        first_hit=first,
+        valid_mask=valid,
+        removal=removal,
+        cmc_kind=cmc,
+        metric=metric,
+    )
+
+
+def _check_options(removal: str, cmc: str, max_rank: int) -> None:
+    _check_choice(removal, REMOVAL_RULES, "removal")
+    _check_choice(cmc, CMC_KINDS, "cmc")
+    if not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
+        raise EvaluationError(f"max_rank={max_rank!r} must be a positive integer (20 for the usual Rank-1..20)")
+
+
+def _similarity(q: torch.Tensor, g: torch.Tensor, g_sq: Optional[torch.Tensor], metric: str) -> torch.Tensor:
+    if metric == "cosine":
+        return q @ g.T
+    # Negative squared Euclidean distance: same order as the distance, no sqrt rounding.
+    return 2.0 * (q @ g.T) - (q * q).sum(1)[:, None] - g_sq[None, :]
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def evaluate(
+    query_feats: ArrayLike,
+    query_pids: ArrayLike,
+    query_cams: ArrayLike,
+    gallery_feats: ArrayLike,
+    gallery_pids: ArrayLike,
+    gallery_cams: ArrayLike,
+    *,
+    removal: str = "none",
+    cmc: str = "standard",
+    metric: str = "cosine",
+    max_rank: int = 20,
+    chunk_size: Optional[int] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> EvalResult:
+    """CMC, mAP and mINP of query features against gallery features.
+
+    Args:
+        query_feats, gallery_feats: (N, D) float arrays or tensors.
+        query_pids, query_cams, gallery_pids, gallery_cams: 1-D integer labels, one per row.
+        removal: gallery items dropped per query — ``"none"``; ``"sysu-same-location"`` (a cam3
+            query drops every cam2 gallery image, SYSU-MM01); ``"same-pid-same-cam"`` (Market-1501).
+        cmc: ``"standard"`` (RegDB, Market) or ``"identity-dedup"`` (SYSU-MM01: each gallery id
+            counts once, at its best-ranked image). mAP/mINP always use the full ranked list.
+        metric: ``"cosine"`` (on L2-normalised features; zero-norm rows raise) or ``"euclidean"``
+            (on the raw features).
+        max_rank: length of the returned CMC curve.
+        chunk_size: queries per chunk; by default sized so one chunk's work tensors fit
+            ``memory_budget`` bytes.
+        device: where to compute (default: the features' device, else CPU).
+
+    Similarities are computed in float32 (float64 when a feature matrix is float64); ties are
+    ranked by gallery index, as a stable sort does. Queries without a true match after removal
+    are excluded from every metric and counted in ``num_excluded``.
+
+    Raises:
+        EvaluationError: inconsistent lengths, non-finite or zero-norm (cosine) features, unknown
+            option names, or no query with a true match.
+    """
+    _check_options(removal, cmc, max_rank)
+    _check_choice(metric, METRICS, "metric")
+    qf = _check_feats(query_feats, "query_feats")
+    gf = _check_feats(gallery_feats, "gallery_feats")
+    if qf.shape[1] != gf.shape[1]:
+        raise EvaluationError(
+            f"query_feats have dimension {qf.shape[1]} but gallery_feats {gf.shape[1]}; "
+            "extract both with the same model and feature (e.g. both after the BN-neck)"
+        )
+    qp = _check_labels(query_pids, "query_pids", qf.shape[0], "query_feats")
+    qc = _check_labels(query_cams, "query_cams", qf.shape[0], "query_feats")
+    gp = _check_labels(gallery_pids, "gallery_pids", gf.shape[0], "gallery_feats")
+    gc = _check_labels(gallery_cams, "gallery_cams", gf.shape[0], "gallery_feats")
+    dev = _resolve_device(device, query_feats, gallery_feats)
+    dtype = _work_dtype(qf, gf)
+    qf = _prepare_feats(qf, "query_feats", metric, dev, dtype)
+    gf = _prepare_feats(gf, "gallery_feats", metric, dev, dtype)
+    qp, qc, gp, gc = (t.to(dev) for t in (qp, qc, gp, gc))
+
+    g = _group_gallery(gp, gc)
+    gf = gf[g.order]
+    g_sq = (gf * gf).sum(1) if metric == "euclidean" else None
+    step = _chunk_rows(gf.shape[0], chunk_size, qf.shape[0], memory_budget)
+    parts = []
+    with torch.no_grad():
+        for s in range(0, qf.shape[0], step):
+            sim = _similarity(qf[s : s + step], gf, g_sq, metric)
+            parts.append(_rank_chunk(sim, qp[s : s + step], qc[s : s + step], g, removal, cmc))
+    return _summarise(parts, int(max_rank), removal, cmc, metric)
+
+
+def evaluate_similarity(
+    similarity: ArrayLike,
+    query_pids: ArrayLike,
+    query_cams: ArrayLike,
+    gallery_pids: ArrayLike,
+    gallery_cams: ArrayLike,
+    *,
+    removal: str = "none",
+    cmc: str = "standard",
+    max_rank: int = 20,
+    chunk_size: Optional[int] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> EvalResult:
+    """Same metrics as :func:`evaluate` from a precomputed (Q, G) similarity matrix (higher = closer).
+
+    For distances pass ``-distance``. The ranking is exact for the given values (float64 stays
+    float64; other dtypes are ranked as float32).
+    """
+    _check_options(removal, cmc, max_rank)
+    sim = _as_tensor(similarity, "similarity")
+    if sim.dim() != 2 or sim.shape[0] == 0 or sim.shape[1] == 0:
+        raise EvaluationError(f"similarity: expected a non-empty (Q, G) matrix, got shape {tuple(sim.shape)}")
+    if not sim.is_floating_point():
+        sim = sim.to(torch.float64)
+    if not bool(torch.isfinite(sim).all()):
+        raise EvaluationError("similarity: contains NaN or inf; fix the features or distances it was computed from")
+    Q, G = sim.shape
+    qp = _check_labels(query_pids, "query_pids", Q, "similarity rows")
+    qc = _check_labels(query_cams, "query_cams", Q, "similarity rows")
+    gp = _check_labels(gallery_pids, "gallery_pids", G, "similarity columns")
+    gc = _check_labels(gallery_cams, "gallery_cams", G, "similarity columns")
+    dev = _resolve_device(device, similarity)
+    step = _chunk_rows(G, chunk_size, Q, memory_budget)
+    return _evaluate_checked_similarity(sim, qp, qc, gp, gc, removal, cmc, int(max_rank), step, dev, "precomputed")
+
+
+def _evaluate_checked_similarity(
+    sim: torch.Tensor,
+    qp: torch.Tensor,
+    qc: torch.Tensor,
+    gp: torch.Tensor,
+    gc: torch.Tensor,
+    removal: str,
+    cmc: str,
+    max_rank: int,
+    step: int,
+    dev: torch.device,
+    metric: str,
+) -> EvalResult:
+    """The chunk loop of :func:`evaluate_similarity` on inputs already validated."""
+    qp, qc, gp, gc = (t.to(dev) for t in (qp, qc, gp, gc))
+    g = _group_gallery(gp, gc)
+    order = g.order.to(sim.device)
+    parts = []
+    with torch.no_grad():
+        for s in range(0, sim.shape[0], step):
+            chunk = sim[s : s + step].index_select(1, order).to(dev)
+            parts.append(_rank_chunk(chunk, qp[s : s + step], qc[s : s + step], g, removal, cmc))
+    return _summarise(parts, max_rank, removal, cmc, metric)

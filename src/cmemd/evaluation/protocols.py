@@ -1,0 +1,224 @@
+"""The SYSU-MM01 and RegDB evaluation protocols on precomputed features.
+
+SYSU-MM01: the gallery pool (every visible test image, all four visible cameras) is featurised
+ONCE; each trial selects its gallery by indices (``cmemd.data.sysu.draw_gallery``). Similarities
+are computed once against the union of all trials' galleries and each trial takes its columns,
+in draw order (draw order decides how exact ties rank, as in the field's code).
+Removal ``sysu-same-location`` (cam3 query drops cam2 gallery), CMC ``identity-dedup``.
+
+RegDB: query = all test images of one modality, gallery = all test images of the other; no
+removal, standard CMC. One call evaluates one trial (one model per trial; PROTOCOLS.md);
+:func:`~cmemd.evaluation.results.combine_results` averages trials.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, Union
+
+import numpy as np
+import torch
+
+from cmemd.errors import EvaluationError
+from cmemd.evaluation.metrics import (
+    DEFAULT_MEMORY_BUDGET,
+    METRICS,
+    ArrayLike,
+    _as_tensor,
+    _check_choice,
+    _check_feats,
+    _check_labels,
+    _prepare_feats,
+    _resolve_device,
+    _similarity,
+    _work_dtype,
+    evaluate,
+    _check_options,
+    _chunk_rows,
+    _evaluate_checked_similarity,
+)
+from cmemd.evaluation.results import ProtocolResult
+
+SYSU_MODES = ("all", "indoor")
+SYSU_SHOTS = (1, 10)
+SYSU_METHODS = ("python-random", "official")
+SYSU_QUERY_CAMS = (3, 6)
+SYSU_GALLERY_CAMS = (1, 2, 4, 5)
+REGDB_DIRECTIONS = ("v2t", "t2v")
+
+DrawFn = Callable[..., np.ndarray]
+
+
+def _trial_list(trials: Union[int, Sequence[int]]) -> list[int]:
+    if isinstance(trials, (int, np.integer)):
+        if trials < 1:
+            raise EvaluationError(f"trials={trials} must be >= 1 (10 is the protocol) or a list of trial indices")
+        return list(range(int(trials)))
+    out = [int(t) for t in trials]
+    if not out:
+        raise EvaluationError("trials: empty list; pass a count (10) or trial indices such as [0, 1]")
+    if len(set(out)) != len(out) or min(out) < 0:
+        raise EvaluationError(f"trials={out}: indices must be distinct and >= 0 (0-based)")
+    return out
+
+
+def _check_cams(cams: np.ndarray, allowed: tuple[int, ...], name: str) -> None:
+    bad = sorted(set(int(c) for c in np.unique(cams)) - set(allowed))
+    if bad:
+        raise EvaluationError(
+            f"{name}: camera numbers {bad} are not SYSU-MM01 {'query' if allowed == SYSU_QUERY_CAMS else 'gallery'} "
+            f"cameras {list(allowed)}; pass the dataset's camera numbers (cam1..cam6, not 0-based indices), "
+            "which the same-location rule (cam3 query drops cam2 gallery) depends on"
+        )
+
+
+def evaluate_sysu(
+    query_feats: ArrayLike,
+    query_pids: ArrayLike,
+    query_cams: ArrayLike,
+    pool_feats: ArrayLike,
+    pool_pids: ArrayLike,
+    pool_cams: ArrayLike,
+    pool_paths: Sequence[str],
+    *,
+    mode: str = "all",
+    shots: int = 1,
+    method: str = "python-random",
+    trials: Union[int, Sequence[int]] = 10,
+    rand_perm: Any = None,
+    feature_name: Optional[str] = None,
+    metric: str = "cosine",
+    max_rank: int = 20,
+    chunk_size: Optional[int] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    draw: Optional[DrawFn] = None,
+) -> ProtocolResult:
+    """SYSU-MM01 evaluation over ``trials`` random galleries drawn from a featurised pool.
+
+    Args:
+        query_*: features, ids and cameras (3 or 6) of the thermal queries.
+        pool_*: features, ids, cameras (1, 2, 4, 5) and file paths of every visible test image;
+            paths are what the gallery draw sorts and (for ``official``) names by.
+        mode: ``"all"`` (cams 1, 2, 4, 5) or ``"indoor"`` (cams 1, 2) search.
+        shots: 1 (single-shot) or 10 (multi-shot) images per (id, camera).
+        method: ``"python-random"`` (trial t seeds Python's random with t) or ``"official"``
+            (``rand_perm_cam.mat``; give ``rand_perm`` as its path or the loaded object).
+        trials: number of trials (0..n-1) or explicit 0-based trial indices.
+        draw: the gallery-draw function (default ``cmemd.data.sysu.draw_gallery``).
+
+    Returns a :class:`ProtocolResult`: one result per trial, mean and (population) std.
+    """
+    _check_choice(mode, SYSU_MODES, "mode")
+    if shots not in SYSU_SHOTS:
+        raise EvaluationError(f"shots={shots!r} is unknown; use 1 (single-shot) or 10 (multi-shot)")
+    _check_choice(method, SYSU_METHODS, "method")
+    _check_choice(metric, METRICS, "metric")
+    _check_options("sysu-same-location", "identity-dedup", max_rank)
+    trial_ids = _trial_list(trials)
+    if method == "official" and rand_perm is None:
+        raise EvaluationError("method='official' needs rand_perm: the path of rand_perm_cam.mat (--rand-perm PATH)")
+
+    qf = _check_feats(query_feats, "query_feats")
+    pf = _check_feats(pool_feats, "pool_feats")
+    if qf.shape[1] != pf.shape[1]:
+        raise EvaluationError(f"query_feats have dimension {qf.shape[1]} but pool_feats {pf.shape[1]}; extract both with the same feature")
+    qp = _check_labels(query_pids, "query_pids", qf.shape[0], "query_feats")
+    qc = _check_labels(query_cams, "query_cams", qf.shape[0], "query_feats")
+    pp = _check_labels(pool_pids, "pool_pids", pf.shape[0], "pool_feats")
+    pc = _check_labels(pool_cams, "pool_cams", pf.shape[0], "pool_feats")
+    paths = [str(p) for p in pool_paths]
+    if len(paths) != pf.shape[0]:
+        raise EvaluationError(f"pool_paths: length {len(paths)} does not match pool_feats ({pf.shape[0]} rows); pass one path per pool image")
+    _check_cams(qc.cpu().numpy(), SYSU_QUERY_CAMS, "query_cams")
+    _check_cams(pc.cpu().numpy(), SYSU_GALLERY_CAMS, "pool_cams")
+
+    if draw is None:
+        from cmemd.data.sysu import draw_gallery as draw
+        if method == "official" and not hasattr(rand_perm, "numbers"):
+            from cmemd.data.sysu import load_rand_perm
+
+            rand_perm = load_rand_perm(rand_perm)  # once, not per trial
+    pp_np, pc_np = pp.cpu().numpy(), pc.cpu().numpy()
+    draws = []
+    for t in trial_ids:
+        idx = np.asarray(draw(pp_np, pc_np, paths, mode=mode, shots=shots, trial=t, method=method, rand_perm=rand_perm), dtype=np.int64)
+        if idx.ndim != 1 or idx.size == 0 or idx.min() < 0 or idx.max() >= pf.shape[0]:
+            raise EvaluationError(f"trial {t}: the gallery draw returned invalid pool indices (shape {idx.shape}); check the pool arrays")
+        draws.append(idx)
+
+    settings = dict(
+        mode=mode, shots=shots, method=method, feature_name=feature_name, metric=metric,
+        removal="sysu-same-location", cmc="identity-dedup",
+        rand_perm=str(getattr(rand_perm, "path", rand_perm)) if method == "official" else None,
+    )
+    common = dict(removal="sysu-same-location", cmc="identity-dedup", max_rank=max_rank, chunk_size=chunk_size, memory_budget=memory_budget)
+
+    dev = _resolve_device(device, query_feats, pool_feats)
+    union, inverse = np.unique(np.concatenate(draws), return_inverse=True)
+    if qf.shape[0] * len(union) * 4 > 4 * memory_budget:
+        # Too large to keep one similarity matrix: evaluate each trial on its own features.
+        results = []
+        for d in draws:
+            dt = torch.from_numpy(d)
+            results.append(evaluate(qf, qp, qc, pf[dt], pp[dt], pc[dt], metric=metric, device=dev, **common))
+    else:
+        dtype = _work_dtype(qf, pf)
+        qn = _prepare_feats(qf, "query_feats", metric, dev, dtype)
+        un = _prepare_feats(pf[torch.from_numpy(union)], "pool_feats", metric, dev, dtype)
+        u_sq = (un * un).sum(1) if metric == "euclidean" else None
+        with torch.no_grad():
+            sim = _similarity(qn, un, u_sq, metric)
+        results = []
+        offsets = np.cumsum([0] + [len(d) for d in draws])
+        for i, d in enumerate(draws):
+            cols = torch.from_numpy(inverse[offsets[i] : offsets[i + 1]]).to(dev)
+            dt = torch.from_numpy(d)
+            step = _chunk_rows(len(d), chunk_size, qf.shape[0], memory_budget)
+            r = _evaluate_checked_similarity(sim.index_select(1, cols), qp, qc, pp[dt], pc[dt], "sysu-same-location",
+                                             "identity-dedup", int(max_rank), step, dev, metric)
+            results.append(r)
+    for t, r, d in zip(trial_ids, results, draws):
+        r.info.update(protocol="sysu", trial=t, gallery_size=int(len(d)))
+    return ProtocolResult("sysu", settings, trial_ids, results)
+
+
+def evaluate_regdb(
+    visible_feats: ArrayLike,
+    visible_pids: ArrayLike,
+    thermal_feats: ArrayLike,
+    thermal_pids: ArrayLike,
+    *,
+    direction: str = "v2t",
+    trial: int = 1,
+    feature_name: Optional[str] = None,
+    metric: str = "cosine",
+    max_rank: int = 20,
+    chunk_size: Optional[int] = None,
+    device: Optional[Union[str, torch.device]] = None,
+) -> ProtocolResult:
+    """RegDB evaluation of one trial: ``v2t`` queries the visible test images against all thermal
+    test images, ``t2v`` the reverse. No removal, standard CMC.
+
+    ``trial`` (RegDB's 1..10 split number) only labels the result; evaluate each trial with the
+    model trained on that trial's split and average them with ``combine_results``.
+    """
+    _check_choice(direction, REGDB_DIRECTIONS, "direction")
+    # Validate under the caller's names before the roles become query/gallery.
+    vf = _check_feats(visible_feats, "visible_feats")
+    tf = _check_feats(thermal_feats, "thermal_feats")
+    vp = _check_labels(visible_pids, "visible_pids", vf.shape[0], "visible_feats")
+    tp = _check_labels(thermal_pids, "thermal_pids", tf.shape[0], "thermal_feats")
+    if device is None:
+        device = _resolve_device(None, visible_feats, thermal_feats)
+    if direction == "v2t":
+        q, qpids, g, gpids, qn, gn = vf, vp, tf, tp, "visible", "thermal"
+    else:
+        q, qpids, g, gpids, qn, gn = tf, tp, vf, vp, "thermal", "visible"
+    qlen = len(qpids)
+    glen = len(gpids)
+    r = evaluate(
+        q, qpids, np.zeros(qlen, dtype=np.int64), g, gpids, np.ones(glen, dtype=np.int64),
+        removal="none", cmc="standard", metric=metric, max_rank=max_rank, chunk_size=chunk_size, device=device,
+    )
+    r.info.update(protocol="regdb", trial=int(trial), query=qn, gallery=gn)
+    settings = dict(direction=direction, feature_name=feature_name, metric=metric, removal="none", cmc="standard")
+    return ProtocolResult("regdb", settings, [int(trial)], [r])

@@ -1,0 +1,49 @@
+"""Identity classification loss: cross-entropy with label smoothing."""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from cmemd.errors import TrainingError
+
+__all__ = ["cross_entropy_label_smooth", "CrossEntropyLabelSmooth"]
+
+
+def cross_entropy_label_smooth(logits: Tensor, targets: Tensor, epsilon: float = 0.1) -> Tensor:
+    """Mean cross-entropy against smoothed one-hot targets ``(1 - eps) * onehot + eps / C``.
+
+    This is the label-smoothed identity loss of the AGW / BoT baselines (Szegedy et al. 2016);
+    ``epsilon = 0`` is plain cross-entropy.
+
+    Args:
+        logits: ``(N, C)`` unnormalised scores.
+        targets: ``(N,)`` integer class indices in ``[0, C)``.
+        epsilon: smoothing mass spread uniformly over the ``C`` classes, in ``[0, 1)``.
+    """
+    if logits.dim() != 2 or targets.shape != logits.shape[:1]:
+        raise TrainingError(
+            f"cross_entropy_label_smooth: logits must be (N, C) and targets (N,), got "
+            f"{tuple(logits.shape)} and {tuple(targets.shape)}"
+        )
+    if not 0.0 <= epsilon < 1.0:
+        raise TrainingError(f"cross_entropy_label_smooth: epsilon must be in [0, 1), got {epsilon}")
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= logits.shape[1]):
+        raise TrainingError(
+            f"cross_entropy_label_smooth: targets must lie in [0, {logits.shape[1]}); got range "
+            f"[{int(targets.min())}, {int(targets.max())}] -- is num_classes the number of training ids?"
+        )
+    return F.cross_entropy(logits, targets.long(), label_smoothing=epsilon)
+
+
+class CrossEntropyLabelSmooth(nn.Module):
+    """Module form of :func:`cross_entropy_label_smooth`."""
+
+    def __init__(self, epsilon: float = 0.1) -> None:
+        super().__init__()
+        self.epsilon = float(epsilon)
+
+    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
+        return cross_entropy_label_smooth(logits, targets, self.epsilon)
+
+    def extra_repr(self) -> str:
+        return f"epsilon={self.epsilon}"
