@@ -266,3 +266,56 @@ def test_preview_of_sysu_layout(sysu, tmp_path):
     root, _, _ = sysu
     im = Image.open(preview_grid(root, tmp_path / "p.png", ids=4, per_camera=1))
     assert im.width == 34 + 6 * (64 + 2) and im.height == 14 + 4 * (128 + 2)
+
+
+# --------------------------------------------------------------------------- the real readers on generated data
+
+
+def test_sysu_reader_counts_equal_generator_summary(sysu):
+    from cmemd.data.sysu import SYSUMM01
+
+    root, cfg, summary = sysu
+    ds = SYSUMM01(root)
+    assert {s: sorted(v) for s, v in ds.split_ids.items()} == {s: sorted(v) for s, v in summary["ids"].items()}
+    train = ds.train()
+    for c in range(1, 7):
+        expected = summary["images"]["train"][f"cam{c}"] + summary["images"]["val"][f"cam{c}"]
+        assert sum(r.camid == c for r in train) == expected
+    assert len({r.pid for r in train}) == len(summary["ids"]["train"]) + len(summary["ids"]["val"])
+    test = summary["images"]["test"]
+    assert len(ds.query()) == test["cam3"] + test["cam6"]
+    assert len(ds.gallery_pool("all")) == sum(test[f"cam{c}"] for c in VISIBLE_CAMS)
+    assert len(ds.gallery_pool("indoor")) == test["cam1"] + test["cam2"]
+    # single-shot: one image per (test id, gallery camera) present; multi-shot: min(10, n) each
+    present = {(r.pid, r.camid) for r in ds.gallery_pool("all")}
+    assert len(ds.gallery("all", 1, 0)) == len(present)
+    assert len(ds.gallery("indoor", 1, 5)) == len({p for p in present if p[1] in (1, 2)})
+
+
+def test_sysu_official_draw_on_generated_mat(sysu):
+    """The generated rand_perm_cam.mat drives the 'official' draw: row t, first column (single-shot)."""
+    from cmemd.data.sysu import SYSUMM01, load_rand_perm
+
+    root, cfg, summary = sysu
+    ds = SYSUMM01(root)
+    rp = load_rand_perm(root / "exp" / "rand_perm_cam.mat")
+    for trial in (0, 7):
+        g = ds.gallery("all", 1, trial, method="official", rand_perm=rp)
+        for r in g:
+            pid, cam = int(Path(r.path).parent.name), r.camid
+            assert int(Path(r.path).stem) == rp.perm[cam - 1][pid - 1][trial, 0]
+        assert len(g) == len({(r.pid, r.camid) for r in ds.gallery_pool("all")})
+
+
+def test_regdb_reader_on_generated_trials(regdb):
+    from cmemd.data.regdb import RegDB
+
+    root, cfg, summary = regdb
+    ds = RegDB(root)
+    for t in range(1, 11):
+        train = ds.train(t)
+        vis, th = ds.test(t)
+        info = summary["trials"][str(t)]
+        assert len({r.pid for r in train}) == len(info["train_ids"])
+        assert len(train) == 20 * len(info["train_ids"]) and len(vis) == len(th) == 10 * len(info["test_ids"])
+        assert {r.pid for r in vis} == set(info["test_ids"])
