@@ -22,4 +22,14 @@ __all__ = [
     "EvaluationError",
     "SolverError",
     "TrainingError",
+    "load",
 ]
+
+
+def __getattr__(name: str):
+    # ``cmemd.load`` imports torch on first use, so ``import cmemd`` stays light.
+    if name == "load":
+        from cmemd.api import load
+
+        return load
+    raise AttributeError(f"module 'cmemd' has no attribute {name!r}")

@@ -31,7 +31,7 @@ class DataConfig:
     pad: int = 10
     flip: bool = True
     random_erasing: float = 0.5
-    channel_aug: bool = True  # channel exchange / grayscale for visible, intensity jitter for thermal
+    channel_aug: float = 0.5  # probability: channel exchange / grayscale (visible), intensity jitter (thermal)
 
 
 @dataclass

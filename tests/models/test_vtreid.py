@@ -107,9 +107,10 @@ def test_parameter_copies(m, use_local):
     heads = 2 * C + C * K  # global BN-neck + classifier
     if use_local:
         heads += S * (C * D + 2 * D) + S * 2 * D + S * D * K + (C * D + 2 * D) + S
+        heads += S * 2 * D + S * D * K  # BN-neck + classifier of each accumulated feature
     assert count_parameters(model) == backbone + heads
     assert count_parameters(model, trainable_only=True) == backbone + heads - C - (
-        S * D if use_local else 0)  # frozen BN-neck biases
+        2 * S * D if use_local else 0)  # frozen BN-neck biases
     if m == 4:  # layer3 is modality-specific, the streams own layer4 only
         assert hasattr(model.modality_parts[0], "layer3")
         assert not hasattr(model.global_stream, "layer3")
@@ -124,6 +125,7 @@ def _all_losses(out: VTOutput, y: torch.Tensor) -> torch.Tensor:
         loss = loss + out.holistic.pow(2).mean()
         if out.accumulated_feats is not None:
             loss = loss + out.accumulated_feats.pow(2).mean()
+            loss = loss + sum(F.cross_entropy(lg, y) for lg in out.accumulated_logits)
     return loss
 
 

@@ -81,7 +81,9 @@ class Objective(nn.Module):
         total = terms["ce_global"]
         local = getattr(out, "local_feats", None)
         if getattr(out, "local_logits", None):
-            terms["ce_local"] = torch.stack([self._ce(lg, pids) for lg in out.local_logits]).mean()
+            # every fine granularity is classified: the S local and (when present) S accumulated features
+            fine = list(out.local_logits) + list(getattr(out, "accumulated_logits", None) or [])
+            terms["ce_local"] = torch.stack([self._ce(lg, pids) for lg in fine]).mean()
             total = total + terms["ce_local"]
 
         if self.lambda_align > 0 and self.alignment_name != "none":

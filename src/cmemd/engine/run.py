@@ -210,12 +210,21 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
 # ---------------------------------------------------------------------- evaluation
 
 def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[str] = None, device: Any = "cpu",
-                   progress: bool = True, protocol: Optional[dict] = None) -> dict[str, Any]:
+                   progress: bool = True, protocol: Optional[dict] = None, return_features: bool = False) -> Any:
     """Evaluate a model on the dataset of ``cfg`` (or ``root``) with the protocol in ``cfg.eval``.
 
     Returns ``{setting name: ProtocolResult}``: SYSU modes (features extracted once for the
     query and the whole all-search pool), or RegDB's two directions of the trained trial.
+    With ``return_features=True`` returns ``(results, features)``, ``features`` = ``{"query":
+    FeatureSet, "gallery": FeatureSet, "query_modality", "gallery_modality", "removal"}`` (thermal
+    queries against the SYSU visible pool / the RegDB visible test images), for reports.
     """
+    from cmemd.evaluation.features import FeatureSet
+
+    def fset(feats, recs) -> FeatureSet:
+        return FeatureSet(feats, np.array([r.pid for r in recs], np.int64), np.array([r.camid for r in recs], np.int64),
+                          np.array([r.path for r in recs], dtype=str))
+
     from cmemd.evaluation import evaluate_regdb, evaluate_sysu
 
     d, e = cfg.data, cfg.eval
@@ -237,6 +246,7 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
                 [r.path for r in pool], mode=mode, shots=e.shots, method=e.method, trials=e.trials,
                 rand_perm=e.rand_perm, feature_name=feature,
             )
+        feats = {"query": fset(qf, query), "gallery": fset(pf, pool), "removal": "sysu-same-location"}
     else:
         from cmemd.data.regdb import RegDB
 
@@ -246,7 +256,43 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
         for direction in ("v2t", "t2v"):
             results[f"regdb trial {d.trial} {direction}"] = evaluate_regdb(
                 vf, [r.pid for r in vis], tf, [r.pid for r in th], direction=direction, trial=d.trial, feature_name=feature)
+        feats = {"query": fset(tf, th), "gallery": fset(vf, vis), "removal": "none"}
+    if return_features:
+        return results, dict(feats, query_modality="thermal", gallery_modality="visible")
     return results
+
+
+def modality_diagnostics(model: torch.nn.Module, root: str, *, height: int, width: int, device: Any = "cpu",
+                         batch_size: int = 256) -> dict[str, float]:
+    """Rank-1 and mAP within and across modalities on the SYSU test ids (no gallery draws).
+
+    visible->visible: cams 1, 2 against cams 4, 5; thermal->thermal: cam3 against cam6;
+    thermal->visible: every thermal image against every visible one (same-location removal).
+    A large within/across gap that stays flat over training means the data (or the model) has
+    no shared signal to learn, which is what calibrating the synthetic benchmark watches.
+    """
+    from cmemd.data.sysu import SYSUMM01
+    from cmemd.evaluation import evaluate
+
+    ds = SYSUMM01(root)
+    query, pool = ds.query(), ds.gallery_pool("all")
+    recs = query + pool
+    feats = extract_features(model, recs, height=height, width=width, batch_size=batch_size, device=device)
+    pids = np.array([r.pid for r in recs])
+    cams = np.array([r.camid for r in recs])
+
+    def run(q, g, removal="none"):
+        r = evaluate(feats[q], pids[q], cams[q], feats[g], pids[g], cams[g], removal=removal, cmc="standard")
+        return float(r.cmc[0]), float(r.mAP)
+
+    out = {}
+    for name, q, g, removal in (
+        ("v2v", np.isin(cams, (1, 2)), np.isin(cams, (4, 5)), "none"),
+        ("t2t", cams == 3, cams == 6, "none"),
+        ("t2v", np.isin(cams, (3, 6)), np.isin(cams, (1, 2, 4, 5)), "sysu-same-location"),
+    ):
+        out[f"{name}_R1"], out[f"{name}_mAP"] = run(q, g, removal)
+    return out
 
 
 def save_results(results: dict[str, Any], path: str | Path) -> Path:

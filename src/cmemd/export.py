@@ -1,0 +1,100 @@
+"""ONNX export of the feature extractor: ``cmemd export --checkpoint last.pt --out model.onnx``.
+
+One file serves both modalities: inputs ``images`` (float32 N x 3 x H x W, preprocessed as in
+evaluation) and ``modality`` (int64 (N,), 0 visible / 1 thermal); output ``features``
+(float32 N x D, L2-normalised, as :meth:`cmemd.api.ReIDModel.encode` returns). The batch
+dimension is dynamic; H and W are fixed to the training size.
+
+The model routes images to their modality's stem with data-dependent ``nonzero`` /
+``index_select`` / ``index_copy``, which a traced graph would freeze to the example batch.
+The exported graph instead runs both stems on the whole batch and picks each row's with
+``torch.where`` (:func:`export_route`): numerically the same (eval-mode BatchNorm is per
+sample), at the cost of running the modality-specific stages twice.
+"""
+from __future__ import annotations
+
+import copy
+import types
+import warnings
+from pathlib import Path
+from typing import Any, Optional, Union
+
+import torch
+from torch import Tensor, nn
+
+from cmemd.errors import ConfigError
+
+
+def export_route(self: nn.Module, x: Tensor, modality: Optional[Tensor]) -> Tensor:
+    """Branch-free replacement for ``VTReIDModel._route``: both stems, then a per-row select."""
+    if self.modality_parts is None:
+        return x
+    if modality is None:
+        raise ConfigError("export: modality is required (0 visible / 1 thermal per image)")
+    outs = [part(x) for part in self.modality_parts]
+    m = modality.reshape(-1, *([1] * (outs[0].dim() - 1)))
+    return torch.where(m == 1, outs[1], outs[0])
+
+
+class ExportWrapper(nn.Module):
+    """``(images, modality) -> L2-normalised features`` with export-friendly routing."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        net = copy.deepcopy(model).eval()
+        net._route = types.MethodType(export_route, net)  # instance attribute shadows the method
+        self.net = net
+
+    def forward(self, images: Tensor, modality: Tensor) -> Tensor:
+        f = nn.functional.normalize(self.net(images, modality), dim=1)
+        if self.net.modality_parts is None:
+            # A model without modality-specific stages ignores the modality; keep it a graph input
+            # (the exporter drops unused inputs) so every exported file has the same signature.
+            f = f + 0 * modality.to(f.dtype).unsqueeze(1)
+        return f
+
+
+def export_onnx(model: nn.Module, out: Union[str, Path], *, height: int, width: int, opset: int = 17,
+                check: bool = True) -> dict[str, Any]:
+    """Write ``model`` (eval mode) as ONNX to ``out``; returns a summary (path, inputs, outputs, max
+    difference to PyTorch on a probe batch when onnxruntime is installed and ``check``)."""
+    out = Path(out)
+    if not out.parent.exists():
+        raise ConfigError(f"export: folder {out.parent} does not exist; create it first")
+    wrapper = ExportWrapper(model).cpu()
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 3, height, width, generator=g)
+    m = torch.tensor([0, 1, 0], dtype=torch.int64)
+    with torch.no_grad(), warnings.catch_warnings():
+        # the TorchScript exporter is deprecated in favour of dynamo (which needs onnxscript); it still works
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(
+            wrapper, (x, m), str(out), input_names=["images", "modality"], output_names=["features"],
+            dynamic_axes={"images": {0: "batch"}, "modality": {0: "batch"}, "features": {0: "batch"}},
+            opset_version=opset, dynamo=False,
+        )
+    summary: dict[str, Any] = {"path": str(out), "inputs": {"images": f"float32 N x 3 x {height} x {width}",
+                                                          "modality": "int64 N (0 visible, 1 thermal)"},
+                               "outputs": {"features": "float32 N x D, L2-normalised"}}
+    if check:
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            summary["check"] = "skipped: onnxruntime is not installed (pip install cmemd[export])"
+            return summary
+        sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+        x = torch.randn(5, 3, height, width, generator=g)
+        m = torch.tensor([1, 0, 1, 1, 0], dtype=torch.int64)
+        with torch.no_grad():
+            ref = nn.functional.normalize(model.cpu().eval()(x, m), dim=1).numpy()
+        got = sess.run(None, {"images": x.numpy(), "modality": m.numpy()})[0]
+        summary["max_abs_diff"] = float(abs(got - ref).max())
+    return summary
+
+
+def export_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], **kw: Any) -> dict[str, Any]:
+    """Load a ``cmemd train`` checkpoint and export it (see :func:`export_onnx`)."""
+    from cmemd.engine.run import load_trained
+
+    model, cfg = load_trained(checkpoint, device="cpu")
+    return export_onnx(model, out, height=cfg.data.height, width=cfg.data.width, **kw)

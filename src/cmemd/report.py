@@ -1,0 +1,301 @@
+"""An evaluation report to look at: ``cmemd eval ... --report DIR`` writes ``DIR/index.html``.
+
+:func:`write_report` takes features + metadata + protocol results (never a model) and writes
+PNG figures with matplotlib's Agg backend:
+
+- ``cmc.png``: the mean CMC curve of every evaluated setting;
+- ``ranked_lists.png``: the top-k gallery images of a seeded sample of queries, true matches
+  framed green and wrong ones red, the query's modality written above it;
+- ``embedding.png``: a 2-D t-SNE (exact, numpy, :func:`tsne`) of query and gallery features of a
+  sample of identities, colour = identity, marker = modality;
+- the per-trial metric table and ``index.html`` showing everything together.
+"""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any, Mapping, Optional, Union
+
+import numpy as np
+
+from cmemd.errors import ConfigError, EvaluationError
+from cmemd.evaluation.features import FeatureSet
+from cmemd.evaluation.results import METRIC_NAMES, ProtocolResult
+
+REMOVALS = ("none", "sysu-same-location")
+
+
+def _plt():
+    try:
+        import matplotlib
+    except ImportError:
+        raise ConfigError("the evaluation report needs matplotlib: pip install 'cmemd[report]'") from None
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+# ------------------------------------------------------------------------------ t-SNE
+
+def _p_conditional(d2: np.ndarray, perplexity: float, tol: float = 1e-5, iters: int = 60) -> np.ndarray:
+    """Row-wise Gaussian affinities whose entropy matches log(perplexity) (binary search on beta)."""
+    n = d2.shape[0]
+    P = np.zeros_like(d2)
+    target = np.log(perplexity)
+    for i in range(n):
+        d = np.delete(d2[i], i)
+        lo, hi, beta = 0.0, np.inf, 1.0
+        for _ in range(iters):
+            p = np.exp(-(d - d.min()) * beta)
+            s = p.sum()
+            h = np.log(s) + beta * np.sum(d * p) / s - beta * d.min()
+            if abs(h - target) < tol:
+                break
+            if h > target:
+                lo, beta = beta, beta * 2 if hi == np.inf else (beta + hi) / 2
+            else:
+                hi, beta = beta, (beta + lo) / 2
+        P[i, np.arange(n) != i] = p / s
+    return P
+
+
+def tsne(x: np.ndarray, *, perplexity: float = 30.0, iterations: int = 500, seed: int = 0,
+         learning_rate: Optional[float] = None) -> np.ndarray:
+    """Exact t-SNE (van der Maaten & Hinton 2008) of ``x`` (N x D, N up to ~1,000) to N x 2.
+
+    Symmetrised perplexity-calibrated affinities, Student-t similarities in 2-D, gradient descent
+    with momentum 0.5 -> 0.8, early exaggeration 12 for the first 100 steps and per-coordinate
+    gains, as in the reference implementation.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = x.shape[0]
+    if n < 3:
+        raise EvaluationError(f"tsne: needs at least 3 points, got {n}")
+    perplexity = min(perplexity, (n - 1) / 3)
+    sq = (x * x).sum(1)
+    d2 = np.maximum(sq[:, None] + sq[None] - 2 * x @ x.T, 0)
+    P = _p_conditional(d2, perplexity)
+    P = (P + P.T) / (2 * n)
+    P = np.maximum(P, 1e-12)
+    lr = learning_rate or max(n / 12 / 4, 50.0)
+    rng = np.random.default_rng(seed)
+    y = rng.normal(0, 1e-4, (n, 2))
+    vel = np.zeros_like(y)
+    gains = np.ones_like(y)
+    for it in range(iterations):
+        exag = 12.0 if it < 100 else 1.0
+        yy = (y * y).sum(1)
+        num = 1.0 / (1.0 + np.maximum(yy[:, None] + yy[None] - 2 * y @ y.T, 0))
+        np.fill_diagonal(num, 0)
+        Q = np.maximum(num / num.sum(), 1e-12)
+        W = (exag * P - Q) * num
+        grad = 4 * (np.diag(W.sum(1)) - W) @ y
+        mom = 0.5 if it < 250 else 0.8
+        gains = np.where(np.sign(grad) != np.sign(vel), gains + 0.2, gains * 0.8).clip(0.01)
+        vel = mom * vel - lr * gains * grad
+        y = y + vel
+        y -= y.mean(0)
+    return y.astype(np.float32)
+
+
+# ------------------------------------------------------------------------------ ranking
+
+def _normalise(f: np.ndarray) -> np.ndarray:
+    f = np.asarray(f, dtype=np.float32)
+    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+def ranked_lists(query: FeatureSet, gallery: FeatureSet, rows: np.ndarray, *, top_k: int = 10,
+                 removal: str = "none") -> tuple[np.ndarray, np.ndarray]:
+    """Top-``top_k`` gallery indices and cosine scores for the queries ``rows`` (ties by gallery
+    index, as the evaluation's stable sort); ``sysu-same-location`` hides cam2 from cam3 queries."""
+    if removal not in REMOVALS:
+        raise EvaluationError(f"report: removal {removal!r} is not supported here; use one of {REMOVALS}")
+    sim = _normalise(query.feats[rows]) @ _normalise(gallery.feats).T
+    if removal == "sysu-same-location":
+        sim[np.ix_(query.cams[rows] == 3, gallery.cams == 2)] = -np.inf
+    k = min(top_k, sim.shape[1])
+    order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
+    return order, np.take_along_axis(sim, order, 1)
+
+
+# ------------------------------------------------------------------------------ figures
+
+def _thumb(path: str, h: int = 96, w: int = 48) -> np.ndarray:
+    from PIL import Image
+
+    from cmemd.data.images import load_image
+
+    try:
+        return np.asarray(load_image(path).resize((w, h), Image.Resampling.BILINEAR))
+    except Exception:  # a moved dataset: show a grey tile rather than failing the whole report
+        return np.full((h, w, 3), 128, np.uint8)
+
+
+def plot_cmc(results: Mapping[str, ProtocolResult], out: Path) -> Path:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4), dpi=100)
+    for name, r in results.items():
+        curve = 100 * np.mean([t.cmc for t in r.trials], axis=0)
+        m = r.mean
+        ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", ms=3,
+                label=f"{name} (R1 {100 * m['R1']:.1f}, mAP {100 * m['mAP']:.1f})")
+    ax.set_xlabel("rank k")
+    ax.set_ylabel("matching rate at rank k (%)")
+    ax.set_title("CMC (mean over trials)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_ranked_lists(query: FeatureSet, gallery: FeatureSet, rows: np.ndarray, out: Path, *, top_k: int,
+                      removal: str, query_modality: str, gallery_modality: str) -> Path:
+    plt = _plt()
+    from matplotlib.patches import Rectangle
+
+    order, scores = ranked_lists(query, gallery, rows, top_k=top_k, removal=removal)
+    k = order.shape[1]
+    fig, axes = plt.subplots(len(rows), k + 1, figsize=(1.0 * (k + 1), 2.1 * len(rows)), dpi=100, squeeze=False)
+    for i, q in enumerate(rows):
+        ax = axes[i, 0]
+        ax.imshow(_thumb(query.paths[q]))
+        ax.set_title(f"query\n{query_modality}\nid {query.pids[q]}", fontsize=7)
+        for j in range(k):
+            g = order[i, j]
+            ax = axes[i, j + 1]
+            ax.imshow(_thumb(gallery.paths[g]))
+            ok = gallery.pids[g] == query.pids[q]
+            ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, lw=4,
+                                   edgecolor="#1a9e2f" if ok else "#d62020", clip_on=False))
+            ax.set_title(f"{j + 1}: {scores[i, j]:.2f}\nid {gallery.pids[g]}", fontsize=7)
+        for ax in axes[i]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"{query_modality} queries -> {gallery_modality} gallery: top-{k} by cosine similarity "
+                 "(green = same identity, red = different)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+def plot_embedding(query: FeatureSet, gallery: FeatureSet, out: Path, *, query_modality: str, gallery_modality: str,
+                   max_ids: int = 12, max_points: int = 600, seed: int = 0, method: str = "tsne") -> Path:
+    plt = _plt()
+    rng = np.random.default_rng(seed)
+    shared = np.intersect1d(query.pids, gallery.pids)
+    if len(shared) == 0:
+        shared = np.unique(np.concatenate([query.pids, gallery.pids]))
+    ids = np.sort(rng.choice(shared, size=min(max_ids, len(shared)), replace=False))
+    qi = np.nonzero(np.isin(query.pids, ids))[0]
+    gi = np.nonzero(np.isin(gallery.pids, ids))[0]
+    per = max_points // 2
+    qi = np.sort(rng.choice(qi, min(per, len(qi)), replace=False))
+    gi = np.sort(rng.choice(gi, min(max_points - len(qi), len(gi)), replace=False))
+    x = np.concatenate([_normalise(query.feats[qi]), _normalise(gallery.feats[gi])])
+    pids = np.concatenate([query.pids[qi], gallery.pids[gi]])
+    is_q = np.arange(len(x)) < len(qi)
+    if method == "tsne" and len(x) >= 10:
+        y, label = tsne(x, seed=seed), "t-SNE"
+    else:  # too few points for t-SNE: the two principal components
+        xc = x - x.mean(0)
+        y, label = xc @ np.linalg.svd(xc, full_matrices=False)[2][:2].T, "PCA (fallback)"
+    cmap = plt.get_cmap("tab20" if len(ids) > 10 else "tab10")
+    colour = {p: cmap(i % cmap.N) for i, p in enumerate(ids)}
+    fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
+    for mask, marker, mod in ((is_q, "^", query_modality), (~is_q, "o", gallery_modality)):
+        ax.scatter(y[mask, 0], y[mask, 1], c=[colour[p] for p in pids[mask]], marker=marker, s=22,
+                   edgecolors="k", linewidths=0.3, label=f"{mod} ({int(mask.sum())})")
+    ax.set_title(f"{label} of {len(ids)} identities (colour = identity, marker = modality)", fontsize=9)
+    ax.set_xticks([])
+    ax.set_yticks([])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+# ------------------------------------------------------------------------------ the report
+
+def _table(name: str, r: ProtocolResult) -> str:
+    def cell(x: float) -> str:
+        return "-" if np.isnan(x) else f"{100 * x:.2f}"
+
+    head = "".join(f"<th>{k}</th>" for k in METRIC_NAMES)
+    body = "".join(f"<tr><td>trial {t}</td>" + "".join(f"<td>{cell(row[k])}</td>" for k in METRIC_NAMES) + "</tr>"
+                   for t, row in zip(r.trial_ids, r.rows()))
+    m, s = r.mean, r.std
+    body += "<tr class='mean'><td>mean ± std</td>" + "".join(
+        f"<td>{cell(m[k])} ± {cell(s[k])}</td>" for k in METRIC_NAMES) + "</tr>"
+    return (f"<h3>{html.escape(name)}</h3><p class='desc'>{html.escape(r.describe())}</p>"
+            f"<table><tr><th></th>{head}</tr>{body}</table>")
+
+
+def write_report(out_dir: Union[str, Path], results: Mapping[str, ProtocolResult], query: FeatureSet,
+                 gallery: FeatureSet, *, query_modality: str = "thermal", gallery_modality: str = "visible",
+                 removal: str = "none", title: str = "cmemd evaluation report", num_queries: int = 6,
+                 top_k: int = 10, max_ids: int = 12, max_points: int = 600, embedding: str = "tsne",
+                 seed: int = 0, notes: Optional[Mapping[str, Any]] = None) -> Path:
+    """Write the figures, the per-trial tables and ``index.html`` into ``out_dir``; returns the
+    ``index.html`` path.
+
+    Args:
+        results: ``{setting name: ProtocolResult}`` as ``evaluate_model`` returns.
+        query, gallery: features with pids, cams and image paths (the ranked lists show the images).
+        removal: gallery items hidden per query in the ranked lists (``none`` or ``sysu-same-location``).
+        num_queries: queries drawn (seeded) for the ranked lists; top_k: images per list.
+        max_ids, max_points: identities / points in the embedding plot.
+        embedding: ``tsne`` or ``pca``.
+        notes: extra ``{label: value}`` lines shown at the top (checkpoint, data root, ...).
+    """
+    if embedding not in ("tsne", "pca"):
+        raise ConfigError(f"write_report: embedding must be 'tsne' or 'pca', got {embedding!r}")
+    if not results:
+        raise EvaluationError("write_report: no results to report")
+    if len(query) == 0 or len(gallery) == 0:
+        raise EvaluationError(f"write_report: empty features (query {len(query)}, gallery {len(gallery)})")
+    if query.feats.shape[1] != gallery.feats.shape[1]:
+        raise EvaluationError(f"write_report: query features are {query.feats.shape[1]}-d but gallery "
+                              f"{gallery.feats.shape[1]}-d; extract both with the same model")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(query), size=min(num_queries, len(query)), replace=False))
+    plot_cmc(results, out / "cmc.png")
+    plot_ranked_lists(query, gallery, rows, out / "ranked_lists.png", top_k=top_k, removal=removal,
+                      query_modality=query_modality, gallery_modality=gallery_modality)
+    plot_embedding(query, gallery, out / "embedding.png", query_modality=query_modality,
+                   gallery_modality=gallery_modality, max_ids=max_ids, max_points=max_points, seed=seed, method=embedding)
+    info = {"query": f"{len(query)} {query_modality} images", "gallery": f"{len(gallery)} {gallery_modality} images",
+            "ranked lists": f"{len(rows)} seeded queries against the whole gallery above (removal {removal})"}
+    info.update({str(k): str(v) for k, v in (notes or {}).items()})
+    info_html = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in info.items())
+    tables = "".join(_table(n, r) for n, r in results.items())
+    page = f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+<style>
+body {{ font-family: sans-serif; margin: 24px; background: #fff; color: #222; }}
+h1 {{ font-size: 22px; }} h2 {{ font-size: 18px; border-bottom: 1px solid #ccc; }} h3 {{ font-size: 15px; }}
+table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border: 1px solid #bbb; padding: 3px 8px; text-align: right; }}
+tr.mean td {{ font-weight: bold; background: #eef; }} .desc {{ font-size: 12px; color: #555; }}
+.row {{ display: flex; gap: 16px; }} .row img {{ max-width: 49%; height: auto; }} img {{ max-width: 100%; border: 1px solid #ddd; }}
+</style></head><body>
+<h1>{html.escape(title)}</h1>
+<ul>{info_html}</ul>
+<h2>Metrics per trial (%)</h2>
+{tables}
+<h2>CMC and embedding</h2>
+<div class="row"><img src="cmc.png" alt="CMC curves"><img src="embedding.png" alt="feature embedding"></div>
+<h2>Ranked lists</h2>
+<img src="ranked_lists.png" alt="ranked lists">
+</body></html>
+"""
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index

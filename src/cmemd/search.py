@@ -1,0 +1,133 @@
+"""Cross-modal search with a trained model: encode a folder once (``cmemd index``), then rank it
+for any query image (``cmemd search``) without re-encoding the gallery.
+
+The gallery file is the eval-features ``.npz`` (``feats``, ``pids``, ``cams``, ``paths``; pids -1 and
+cams 0 when unknown) plus a ``modality`` array naming the gallery's modality; features are
+L2-normalised, so scores are cosine similarities.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import numpy as np
+
+from cmemd.errors import ConfigError, DatasetError, EvaluationError
+from cmemd.evaluation.features import FeatureSet, _validate, load_features
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+
+def list_images(folder: Union[str, Path]) -> list[Path]:
+    """Every image file under ``folder`` (recursive, sorted by path)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: not a folder; pass --images DIR holding the gallery images")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise DatasetError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) found in it or below it")
+    return files
+
+
+def build_index(model: Any, folder: Union[str, Path], out: Union[str, Path], *, modality: str,
+                batch_size: int = 64, progress: bool = True) -> FeatureSet:
+    """Encode every image under ``folder`` with ``model`` (a :class:`cmemd.api.ReIDModel`) and write
+    the gallery file ``out``; returns it as a :class:`FeatureSet`."""
+    from tqdm import tqdm
+
+    files = list_images(folder)
+    out = Path(out)
+    if not out.parent.exists():
+        raise ConfigError(f"--out {out}: folder {out.parent} does not exist; create it first")
+    chunks = []
+    with tqdm(total=len(files), desc=f"encoding {modality}", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+        for s in range(0, len(files), batch_size):
+            part = files[s:s + batch_size]
+            chunks.append(model.encode(part, modality, batch_size=batch_size))
+            bar.update(len(part))
+    feats = np.concatenate(chunks).astype(np.float32)
+    pids = np.full(len(files), -1, np.int64)
+    cams = np.zeros(len(files), np.int64)
+    paths = np.asarray([str(p) for p in files], dtype=str)
+    _validate(feats, pids, cams, paths, str(out))
+    np.savez(out, feats=feats, pids=pids, cams=cams, paths=paths, modality=np.asarray(modality),
+             feature_dim=np.asarray(feats.shape[1]))
+    return FeatureSet(feats, pids, cams, paths, str(out))
+
+
+def load_gallery(path: Union[str, Path]) -> tuple[FeatureSet, str]:
+    """A gallery file and its modality ("unknown" for a plain eval-features file)."""
+    fs = load_features(path)
+    with np.load(path, allow_pickle=False) as z:
+        modality = str(z["modality"]) if "modality" in z.files else "unknown"
+    return fs, modality
+
+
+@dataclass
+class Match:
+    rank: int
+    index: int
+    path: str
+    score: float
+    pid: int
+
+
+def search(gallery: FeatureSet, query_feats: np.ndarray, *, top_k: int = 10) -> list[list[Match]]:
+    """Top-``top_k`` gallery matches (cosine similarity, ties by gallery order) of each query row."""
+    q = np.asarray(query_feats, dtype=np.float32)
+    if q.ndim != 2:
+        raise EvaluationError(f"search: query features must be (N, D), got shape {q.shape}")
+    if q.shape[1] != gallery.feats.shape[1]:
+        raise EvaluationError(
+            f"{gallery.source or 'gallery'}: features are {gallery.feats.shape[1]}-d but the model gives "
+            f"{q.shape[1]}-d features; re-index the gallery with this checkpoint (cmemd index)")
+    if top_k < 1:
+        raise ConfigError(f"--top-k must be >= 1, got {top_k}")
+    g = gallery.feats.astype(np.float32)
+    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+    sim = q @ g.T
+    k = min(top_k, sim.shape[1])
+    if k < sim.shape[1]:
+        part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
+        # order the k best by score, then by gallery index (a stable order for ties)
+        order = np.array([p[np.lexsort((p, -s[p]))] for p, s in zip(part, sim)])
+    else:
+        order = np.argsort(-sim, axis=1, kind="stable")
+    return [[Match(r + 1, int(i), str(gallery.paths[i]), float(sim[n, i]), int(gallery.pids[i]))
+             for r, i in enumerate(row)] for n, row in enumerate(order)]
+
+
+def draw_strip(query_image: Union[str, Path], matches: Sequence[Match], out: Union[str, Path], *,
+               query_modality: str, gallery_modality: str, height: int = 160, width: Optional[int] = None) -> Path:
+    """A PNG strip: the query, then each match with its rank and score, modalities labelled."""
+    from PIL import Image, ImageDraw
+
+    from cmemd.data.images import load_image
+
+    width = width or height // 2
+    label_h, pad = 30, 6
+    n = len(matches) + 1
+    canvas = Image.new("RGB", (pad + n * (width + pad) + pad, label_h + height + pad), "white")
+    draw = ImageDraw.Draw(canvas)
+
+    def tile(path: Union[str, Path], x: int) -> None:
+        try:
+            im = load_image(path).resize((width, height), Image.Resampling.BILINEAR)
+        except DatasetError:
+            im = Image.new("RGB", (width, height), (128, 128, 128))
+        canvas.paste(im, (x, label_h))
+
+    x = pad
+    tile(query_image, x)
+    draw.rectangle([x - 3, label_h - 3, x + width + 2, label_h + height + 2], outline=(40, 90, 200), width=3)
+    draw.text((x, 2), f"query\n{query_modality}", fill="black")
+    x += width + 2 * pad  # a gap after the query
+    for m in matches:
+        tile(m.path, x)
+        draw.text((x, 2), f"#{m.rank} {m.score:.3f}\n{gallery_modality}", fill="black")
+        x += width + pad
+    out = Path(out)
+    canvas.save(out)
+    return out
