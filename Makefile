@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench venv clean
+.PHONY: demo test bench bench-ablation venv clean
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# The long ablation study (about an hour on 2 cores); resumable: a rerun skips finished runs.
+bench-ablation: $(STAMP)
+	$(PY) bench/ablation.py
 
 clean:
 	rm -rf $(VENV) data/demo runs/demo

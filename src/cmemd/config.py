@@ -25,6 +25,7 @@ class DataConfig:
     width: int = 144
     num_ids: int = 8  # P identities per batch
     num_instances: int = 4  # K images per modality per identity
+    steps_per_epoch: Optional[int] = None  # None: the field's convention (largest modality // (P*K))
     num_workers: int = 2
     cache: bool = True  # decoded-image cache (uint8, pre-resized, memory-mapped)
     cache_dir: Optional[str] = None
