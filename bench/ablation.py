@@ -26,7 +26,7 @@ IMAGES = ROOT / "docs" / "results" / "ablation"
 
 # The same budget for every run.
 BUDGET = ["optim.epochs=4", "optim.warmup_epochs=1", "optim.milestones=[3]", "data.steps_per_epoch=100",
-          "eval.trials=10", "eval.shots=1", "run.log_every=10", "run.threads=2"]
+          "eval.trials=10", "eval.shots=1", "run.log_every=10", "run.threads=1"]
 BASELINE = ["model.modality_specific_stages=1", "model.use_local=false", "model.test_feature=global",
             "loss.label_smoothing=0.1", "loss.alignment=none", "loss.lambda_dl=0", "loss.lambda_triplet=1"]
 GLOBAL_EMD = ["loss.alignment=cmemd", "loss.align_granularities=global"]

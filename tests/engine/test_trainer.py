@@ -128,3 +128,21 @@ def test_train_then_evaluate_writes_the_run(tiny_sysu, tmp_path):
     with pytest.raises(CheckpointError):
         torch.save({"model": {}}, tmp_path / "x.pt")
         load_trained(tmp_path / "x.pt")
+
+
+def test_validation_selection_keeps_best_and_never_uses_test(tiny_sysu, tmp_path):
+    from cmemd.data.sysu import SYSUMM01
+
+    out = tmp_path / "val"
+    cfg = load_config(None, tiny_overrides(tiny_sysu, out, **{"run.selection": "val"}))
+    outcome = train(cfg, progress=False)
+    ds = SYSUMM01(tiny_sysu)
+    held_out = {int(r.path.split("/")[-2]) for r in ds.query("val")}
+    trained_ids = sorted(ds.split_ids["train"])
+    assert outcome.model.cfg.num_classes == len(trained_ids) and not held_out & set(trained_ids)
+    vals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"kind": "val"' in x]
+    assert [v["epoch"] for v in vals] == [0, 1]
+    best = read_checkpoint(out / "best.pt")
+    assert best["best_val_mAP"] == max(v["val_mAP"] for v in vals)
+    assert vals[best["best_epoch"]]["val_mAP"] == best["best_val_mAP"]
+    assert "val ids" in best["selection"] and "test set is never used" in best["selection"]

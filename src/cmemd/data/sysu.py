@@ -39,7 +39,12 @@ def read_id_file(path: str | Path) -> list[int]:
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"{path}: split file not found; SYSU-MM01 ships it in exp/ (copy exp/ from the archive)")
-    lines = [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not a text file ({e.reason} at byte {e.start}); expected one line of "
+                           "comma-separated ids, e.g. '1,2,4'") from None
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if len(lines) != 1:
         raise DatasetError(
             f"{path}: expected exactly one non-empty line of comma-separated ids (e.g. '1,2,4'), found {len(lines)}"
@@ -47,7 +52,7 @@ def read_id_file(path: str | Path) -> list[int]:
     ids = []
     for i, token in enumerate(lines[0].split(",")):
         token = token.strip()
-        if not token.isdigit() or int(token) <= 0:
+        if not (token.isascii() and token.isdigit()) or int(token) <= 0:  # isdigit alone accepts '²'
             raise DatasetError(f"{path}: id #{i + 1} is {token!r}, expected a positive integer (line: {lines[0][:80]!r})")
         ids.append(int(token))
     if len(set(ids)) != len(ids):
@@ -84,6 +89,12 @@ class SYSUMM01:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: SYSU-MM01 root not found; pass the folder that holds cam1..cam6 and exp/")
+        if not any((self.root / f"cam{c}").is_dir() for c in CAMERA_MODALITY) and \
+                all((self.root / n).is_dir() for n in ("Visible", "Thermal")):
+            raise DatasetError(
+                f"{self.root}: this looks like a RegDB root (Visible/, Thermal/), not SYSU-MM01 (cam1..cam6, exp/); "
+                "use data.dataset=regdb (cmemd.data.regdb.RegDB), or point data.root at the SYSU-MM01 folder"
+            )
         problems: list[str] = []
         for c in CAMERA_MODALITY:
             if not (self.root / f"cam{c}").is_dir():
@@ -141,18 +152,28 @@ class SYSUMM01:
     def test_ids(self) -> list[int]:
         return sorted(self.split_ids["test"])
 
-    def train(self) -> list[ImageRecord]:
-        """Every image of the train + val identities, all six cameras, pids relabelled 0..N-1 in id order."""
-        label = {pid: i for i, pid in enumerate(self.train_ids)}
-        return self._records(self.train_ids, tuple(CAMERA_MODALITY), label)
+    def train(self, include_val: bool = True) -> list[ImageRecord]:
+        """Every image of the training identities, all six cameras, pids relabelled 0..N-1 in id order.
 
-    def query(self) -> list[ImageRecord]:
-        """Every thermal image (cam3, cam6) of the test ids; the same for all-search and indoor-search."""
-        return self._records(self.test_ids, THERMAL_CAMS)
+        The field trains on train + val; ``include_val=False`` holds the val ids out (for model
+        selection on :meth:`query`/:meth:`gallery_pool` with ``split="val"``).
+        """
+        ids = self.train_ids if include_val else sorted(self.split_ids["train"])
+        label = {pid: i for i, pid in enumerate(ids)}
+        return self._records(ids, tuple(CAMERA_MODALITY), label)
 
-    def gallery_pool(self, mode: str = "all") -> list[ImageRecord]:
-        """Every visible image of the test ids in the mode's gallery cameras (sorted by id, camera, file)."""
-        return self._records(self.test_ids, _gallery_cams(mode))
+    def query(self, split: str = "test") -> list[ImageRecord]:
+        """Every thermal image (cam3, cam6) of the split's ids; the same for all-search and indoor-search."""
+        return self._records(self._split(split), THERMAL_CAMS)
+
+    def gallery_pool(self, mode: str = "all", split: str = "test") -> list[ImageRecord]:
+        """Every visible image of the split's ids in the mode's gallery cameras (sorted by id, camera, file)."""
+        return self._records(self._split(split), _gallery_cams(mode))
+
+    def _split(self, split: str) -> list[int]:
+        if split not in ("test", "val"):
+            raise DatasetError(f"split must be 'test' or 'val', got {split!r}")
+        return sorted(self.split_ids[split])
 
     def gallery(
         self,

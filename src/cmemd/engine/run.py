@@ -29,6 +29,8 @@ from cmemd.engine.trainer import Trainer, unwrap
 from cmemd.errors import CheckpointError, ConfigError
 
 SELECTION_NOTE = "none: the model of the last epoch is reported; nothing was selected on the test set"
+VAL_SELECTION_NOTE = ("val: best.pt is the epoch with the best mAP on the held-out val ids (thermal queries, "
+                      "visible gallery, trial 0); last.pt is the last epoch; the test set is never used")
 
 
 # ---------------------------------------------------------------------- environment
@@ -96,9 +98,13 @@ def training_data(cfg: TrainConfig) -> TrainingData:
     if d.dataset == "sysu":
         from cmemd.data.sysu import SYSUMM01
 
-        records = SYSUMM01(d.root).train()
-        desc = f"SYSU-MM01 {d.root}: train+val ids"
+        held_out = cfg.run.selection == "val"
+        records = SYSUMM01(d.root).train(include_val=not held_out)
+        desc = f"SYSU-MM01 {d.root}: {'train ids (val ids held out for selection)' if held_out else 'train+val ids'}"
     else:
+        if cfg.run.selection == "val":
+            raise ConfigError("run.selection=val needs a validation split; RegDB has none (train/test per trial). "
+                              "Use run.selection=none (the last epoch is reported)")
         from cmemd.data.regdb import RegDB
 
         records = RegDB(d.root).train(d.trial)
@@ -174,14 +180,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
     o = cfg.optim
     optimizer = build_optimizer(model, o.optimizer, lr=o.lr, backbone_lr=o.backbone_lr, weight_decay=o.weight_decay,
                                 momentum=o.momentum, nesterov=o.nesterov)
+    selection = SELECTION_NOTE if cfg.run.selection == "none" else VAL_SELECTION_NOTE
     extra = {"config": cfg.to_dict(), "model_config": dataclasses.asdict(mcfg), "num_classes": data.num_classes,
-             "selection": SELECTION_NOTE, "kind": "cmemd-train"}
+             "selection": selection, "kind": "cmemd-train"}
     trainer = Trainer(
         model, objective_from_config(cfg).to(device), optimizer, loader, epochs=o.epochs, out_dir=out_dir, device=device,
         amp=o.amp, grad_clip=o.grad_clip, channels_last=o.channels_last, warmup_epochs=o.warmup_epochs,
         milestones=o.milestones, gamma=o.gamma, log_every=cfg.run.log_every,
         checkpoint_every_steps=cfg.run.checkpoint_every_steps, max_minutes=cfg.run.max_minutes,
         extra_state=extra, rank=rank, progress=progress,
+        on_epoch_end=_val_selector(cfg, device) if cfg.run.selection == "val" and rank == 0 else None,
     )
     if resume and ckpt.exists():
         used = trainer.resume(ckpt)
@@ -192,19 +200,54 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
     if rank == 0 and progress:
         print(f"training on {data.description}: {len(data.records)} images, {data.num_classes} ids, "
               f"{len(loader.batch_sampler)} steps/epoch x {o.epochs} epochs, device {device}, world size {world}; "
-              f"model selection: {SELECTION_NOTE}", flush=True)
+              f"model selection: {selection}", flush=True)
     t0 = time.time()
     history = trainer.fit()
     seconds = time.time() - t0
     outcome = TrainOutcome(out_dir, ckpt, history, seconds, model=unwrap(model))
     if evaluate_after and trainer.epoch >= o.epochs and rank == 0:
-        outcome.results = evaluate_model(unwrap(model), cfg, device=device, progress=progress)
+        final = unwrap(model)
+        if cfg.run.selection == "val" and (out_dir / "best.pt").is_file():
+            best, _ = load_checkpoint(out_dir / "best.pt", map_location=device)
+            final.load_state_dict(best["model"])
+            print(f"evaluating best.pt (epoch {best['best_epoch'] + 1}, selected on the val ids)", flush=True)
+        outcome.results = evaluate_model(final, cfg, device=device, progress=progress)
         save_results(outcome.results, out_dir / "results.json")
     if world > 1:
         import torch.distributed as dist
 
         dist.barrier()
     return outcome
+
+
+def _val_selector(cfg: TrainConfig, device: torch.device):
+    """on_epoch_end hook: evaluate on the val ids, keep best.pt (by mAP), log a 'val' line."""
+    from cmemd.data.sysu import SYSUMM01
+    from cmemd.engine.checkpoint import save_checkpoint
+    from cmemd.evaluation import evaluate_sysu
+
+    ds = SYSUMM01(cfg.data.root)
+    query, pool = ds.query("val"), ds.gallery_pool("all", "val")
+    kw = dict(height=cfg.data.height, width=cfg.data.width, batch_size=cfg.eval.batch_size, device=device)
+
+    def on_epoch_end(trainer: Trainer, epoch: int) -> None:
+        model = unwrap(trainer.model)
+        qf, pf = extract_features(model, query, **kw), extract_features(model, pool, **kw)
+        r = evaluate_sysu(qf, [x.pid for x in query], [x.camid for x in query], pf, [x.pid for x in pool],
+                          [x.camid for x in pool], [x.path for x in pool], mode="all", shots=1, trials=[0])
+        score = r.mean["mAP"]
+        best = trainer.extra_state.get("best_val_mAP")
+        trainer._log({"kind": "val", "epoch": epoch, "step": trainer.step, "val_R1": r.mean["R1"], "val_mAP": score})
+        if best is None or score > best:
+            trainer.extra_state["best_val_mAP"] = score
+            trainer.extra_state["best_epoch"] = epoch
+            save_checkpoint(trainer.state_dict(), trainer.out_dir / "best.pt", keep_previous=False)
+            trainer.save()  # last.pt records the new best too, so a resume keeps comparing against it
+        print(f"validation (val ids) after epoch {epoch + 1}: R1 {100 * r.mean['R1']:.2f} mAP {100 * score:.2f}"
+              f" (best {100 * trainer.extra_state['best_val_mAP']:.2f} at epoch {trainer.extra_state['best_epoch'] + 1})",
+              flush=True)
+
+    return on_epoch_end
 
 
 # ---------------------------------------------------------------------- evaluation

@@ -146,7 +146,7 @@ class Trainer:
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         sampler = self.loader.batch_sampler
-        if self.batches_done >= len(sampler):
+        if self.batches_done >= _epoch_length(sampler):
             epoch, done = self.epoch + 1, 0
         else:
             epoch, done = self.epoch, self.batches_done
@@ -179,12 +179,13 @@ class Trainer:
         except (RuntimeError, KeyError) as e:
             raise CheckpointError(f"{used}: the checkpoint does not fit this model ({str(e).splitlines()[0]}); "
                                   "resume with the same configuration it was trained with") from None
-        self.optimizer.load_state_dict(state["optimizer"])
+        _load_optimizer(self.optimizer, state.get("optimizer"), used)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.loader.batch_sampler.load_state_dict(state["sampler"])
         set_rng_state(state["rng"])
         self.epoch, self.batches_done, self.step = int(state["epoch"]), int(state["batches_done"]), int(state["step"])
+        self.extra_state.update({k: v for k, v in state.items() if k.startswith("best_")})  # model-selection memory
         self.last_checkpoint = used
         if self.rank == 0:
             _truncate_metrics(self.out_dir / "metrics.jsonl", self.step)
@@ -205,7 +206,8 @@ class Trainer:
         self.model.train()
         started = time.time()
         sampler = self.loader.batch_sampler
-        steps_per_epoch = len(sampler)
+        # the full epoch length: after a mid-epoch resume len(sampler) is only the batches left
+        steps_per_epoch = _epoch_length(sampler)
         while self.epoch < self.epochs:
             sampler.set_epoch(self.epoch)
             if hasattr(self.loader.dataset, "set_epoch"):
@@ -253,6 +255,31 @@ class Trainer:
                       f"(resume with --resume to continue)", flush=True)
                 break
         return self.history
+
+
+def _load_optimizer(optimizer: torch.optim.Optimizer, saved: Any, used: Path) -> None:
+    """Restore the optimiser state; another optimiser (or one over other parameters) is a CheckpointError."""
+    fix = "resume with the same optim.* settings the run was started with"
+    if not isinstance(saved, dict) or "param_groups" not in saved:
+        raise CheckpointError(f"{used}: no optimizer state in the checkpoint; {fix}")
+    # a few hyper-parameter names tell the optimisers apart (SGD: momentum, dampening; Adam: betas, eps);
+    # other keys come and go between torch versions
+    kind = {"momentum", "dampening", "betas", "eps"}
+    now = [set(g) & kind for g in optimizer.state_dict()["param_groups"]]
+    then = [set(g) & kind for g in saved["param_groups"]]
+    if now != then:
+        raise CheckpointError(f"{used}: the checkpoint's optimizer state is for another optimizer "
+                              f"({type(optimizer).__name__} now); {fix}")
+    try:
+        optimizer.load_state_dict(saved)
+    except (ValueError, KeyError, RuntimeError) as e:
+        raise CheckpointError(f"{used}: the optimizer state does not fit ({type(e).__name__}: {e}); {fix}") from None
+
+
+def _epoch_length(sampler: Any) -> int:
+    """Batches in a whole epoch (``len`` of a resumed sampler counts only the batches still to come)."""
+    n = getattr(sampler, "num_batches", None)
+    return int(n) if n is not None else len(sampler)
 
 
 def _to_float(out: Any) -> Any:
