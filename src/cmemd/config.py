@@ -76,7 +76,7 @@ class OptimSettings:
     weight_decay: float = 5e-4
     epochs: int = 80
     warmup_epochs: int = 10
-    milestones: list = field(default_factory=lambda: [20, 50])
+    milestones: list[int] = field(default_factory=lambda: [20, 50])
     gamma: float = 0.1
     grad_clip: Optional[float] = None
     amp: str = "none"  # none | fp16 | bf16
@@ -85,7 +85,7 @@ class OptimSettings:
 
 @dataclass
 class EvalSettings:
-    modes: list = field(default_factory=lambda: ["all", "indoor"])  # SYSU search modes
+    modes: list[str] = field(default_factory=lambda: ["all", "indoor"])  # SYSU search modes
     shots: int = 1
     trials: int = 10
     method: str = "python-random"  # python-random | official
@@ -161,9 +161,13 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             return str(value)
     elif tp is list or origin is list:
         if isinstance(value, str):
-            value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+            try:
+                value = yaml.safe_load(value if value.strip().startswith("[") else f"[{value}]")
+            except yaml.YAMLError:
+                pass  # reported below as a wrong type
         if isinstance(value, (list, tuple)):
-            return list(value)
+            args = typing.get_args(tp)
+            return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)] if args else list(value)
     else:
         return value
     name = getattr(tp, "__name__", str(tp))
@@ -202,12 +206,14 @@ def _yaml_chain(path: Path, depth: int = 0) -> list[tuple[Path, dict]]:
     if not path.is_file():
         raise ConfigError(f"{path}: config file not found (see configs/ for the provided ones)")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, model:, ...)")
     base = data.pop("base", None)
+    if base is not None and not isinstance(base, str):
+        raise ConfigError(f"{path}: base must be a file name (relative to this file), got {base!r}")
     chain = _yaml_chain((path.parent / base).resolve(), depth + 1) if base else []
     return chain + [(path, data)]
 
@@ -219,7 +225,11 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
             raise ConfigError(f"override {ov!r}: expected key=value, e.g. optim.lr=0.05")
         key, raw = ov.split("=", 1)
         parts = key.strip().split(".")
-        value: Any = yaml.safe_load(raw) if raw.strip() else ""
+        try:
+            value: Any = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {ov!r}: the value is not valid YAML ({str(e).splitlines()[0]}); "
+                              "write a number, a word, or a list like [10, 20]") from None
         nested: Any = value
         for p in reversed(parts):
             nested = {p: nested}

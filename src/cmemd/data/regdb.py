@@ -36,7 +36,12 @@ def read_idx_file(path: str | Path, root: str | Path, modality: str, *, check_ex
         raise DatasetError(f"{path}: split file not found; RegDB ships idx/ with 10 trials of train/test lists")
     records, problems = [], []
     folder = MODALITY_FOLDER[modality]
-    for lineno, line in enumerate(path.read_text().splitlines(), start=1):
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not a text file ({e.reason} at byte {e.start}); expected "
+                           "'<relative path> <integer label>' per line") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         parts = line.split()
@@ -45,7 +50,7 @@ def read_idx_file(path: str | Path, root: str | Path, modality: str, *, check_ex
             problems.append(f"{where}: expected '<relative path> <integer label>', got {line.strip()[:80]!r}")
             continue
         rel, label = parts
-        if not label.lstrip("-").isdigit() or int(label) < 0:
+        if not (label.isascii() and label.isdigit()):  # isdigit alone accepts '²'
             problems.append(f"{where}: label {label!r} is not a non-negative integer")
             continue
         if not rel.replace("\\", "/").startswith(folder + "/"):
@@ -74,6 +79,11 @@ class RegDB:
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: RegDB root not found; pass the folder that holds Visible/, Thermal/, idx/")
         missing = [n for n in ("Visible", "Thermal", "idx") if not (self.root / n).is_dir()]
+        if len(missing) == 3 and any((self.root / f"cam{c}").is_dir() for c in range(1, 7)):
+            raise DatasetError(
+                f"{self.root}: this looks like a SYSU-MM01 root (cam1..cam6), not RegDB (Visible/, Thermal/, idx/); "
+                "use data.dataset=sysu (cmemd.data.sysu.SYSUMM01), or point data.root at the RegDB folder"
+            )
         if missing:
             raise DatasetError(
                 f"{self.root}: RegDB folders missing: {missing}; expected Visible/, Thermal/ and idx/ under the root"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,9 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, *, keep_previous: b
             f.write(payload)
             f.flush()
             os.fsync(f.fileno())
+        slow = os.environ.get("CMEMD_TEST_SLOW_CHECKPOINT_WRITE")
+        if slow:  # test hook (see the module docstring)
+            time.sleep(float(slow))
         if keep_previous and path.exists():
             prev = previous_path(path)
             prev_tmp = prev.with_name(f".{prev.name}.tmp-{os.getpid()}")
@@ -75,7 +79,18 @@ def save_checkpoint(state: dict[str, Any], path: str | Path, *, keep_previous: b
             f"{path}: writing the checkpoint failed ({e.strerror or e}); the previous checkpoint is intact. "
             "Free disk space or choose another run.out_dir, then resume."
         ) from e
+    _remove_stale_temps(path)
     return path
+
+
+def _remove_stale_temps(path: Path) -> None:
+    """Delete temporary files of earlier writers of ``path`` that were killed mid-write (one writer per path)."""
+    for name in (path.name, previous_path(path).name):
+        for stale in path.parent.glob(f".{name}.tmp-*"):
+            try:
+                stale.unlink()
+            except OSError:
+                pass
 
 
 def previous_path(path: str | Path) -> Path:

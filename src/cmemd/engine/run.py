@@ -199,7 +199,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
         print(f"--resume: no checkpoint in {out_dir} yet, starting from scratch", flush=True)
     if rank == 0 and progress:
         print(f"training on {data.description}: {len(data.records)} images, {data.num_classes} ids, "
-              f"{len(loader.batch_sampler)} steps/epoch x {o.epochs} epochs, device {device}, world size {world}; "
+              f"{loader.batch_sampler.num_batches} steps/epoch x {o.epochs} epochs, device {device}, world size {world}; "
               f"model selection: {selection}", flush=True)
     t0 = time.time()
     history = trainer.fit()

@@ -1,0 +1,178 @@
+"""A training run SIGKILLed at random points and resumed with ``--resume`` ends where an uninterrupted run ends.
+
+One uninterrupted CLI run is the reference. A second run of the same command is killed
+(seeded random points) inside steps, inside a checkpoint write (``CMEMD_TEST_SLOW_CHECKPOINT_WRITE``
+holds the temp file open), and inside the final evaluation, with a damaged ``last.pt`` thrown in;
+each time it is rerun with ``--resume``. The final weights and every logged step loss must be
+bit-identical to the reference (CPU, deterministic settings, one thread), ``last.pt`` must always
+be a complete checkpoint, and ``metrics.jsonl`` must hold each step once.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from cmemd.engine.checkpoint import previous_path, read_checkpoint
+from tests.engine.conftest import tiny_overrides, tiny_sysu  # noqa: F401  (tiny_sysu is a fixture)
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIG = REPO / "configs" / "synth_cmemd.yaml"
+
+# `python -m cmemd` with evaluate_model wrapped: when KILLTEST_EVAL_MARK is set, it touches that file,
+# evaluates, then sleeps before returning, so that a kill lands inside evaluation (before results.json).
+LAUNCHER = """
+import os, sys, time
+import cmemd.engine.run as run
+_real = run.evaluate_model
+def _wrapped(*a, **k):
+    mark = os.environ.get("KILLTEST_EVAL_MARK")
+    if mark:
+        open(mark, "w").close()
+    out = _real(*a, **k)
+    if mark:
+        time.sleep(60)
+    return out
+run.evaluate_model = _wrapped
+sys.argv[0] = "cmemd"
+from cmemd.cli import main
+main()
+"""
+
+
+def _overrides(root, out) -> list[str]:
+    return tiny_overrides(root, out, **{"run.threads": 1, "run.checkpoint_every_steps": 1})
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONWARNINGS="default")
+    env.pop("CMEMD_TEST_SLOW_CHECKPOINT_WRITE", None)
+    env.update(extra)
+    return env
+
+
+def _start(args: list[str], log: Path, **env) -> subprocess.Popen:
+    cmd = [sys.executable, "-c", LAUNCHER, "train", "-c", str(CONFIG), *args]
+    return subprocess.Popen(cmd, cwd=REPO, env=_env(**env), stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+
+def _step_records(out: Path) -> list[dict]:
+    recs = []
+    p = out / "metrics.jsonl"
+    if p.is_file():
+        for line in p.read_text().splitlines():
+            try:
+                recs.append(json.loads(line))
+            except ValueError:
+                pass  # a line being written right now
+    return recs
+
+
+def _steps_logged(out: Path) -> int:
+    return max((r["step"] for r in _step_records(out) if r.get("kind") == "step"), default=0)
+
+
+def _kill_when(proc: subprocess.Popen, ready, *, delay: float = 0.0, timeout: float = 90.0) -> None:
+    """SIGKILL ``proc`` ``delay`` seconds after ``ready()`` turns true; fails if it exits first."""
+    t0 = time.time()
+    while not ready():
+        assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before the kill point"
+        assert time.time() - t0 < timeout, "kill point never reached"
+        time.sleep(0.01)
+    time.sleep(delay)
+    assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before the kill point"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+def _assert_last_is_whole(out: Path) -> int:
+    """``last.pt`` is a complete, verified checkpoint (never a half-written temp file)."""
+    state = read_checkpoint(out / "last.pt")  # no fallback: the newest file itself must verify
+    return int(state["step"])
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_sigkill_anywhere_then_resume_matches_uninterrupted(tiny_sysu, tmp_path):  # noqa: F811
+    rng = random.Random(9)
+    ref_out, out = tmp_path / "ref", tmp_path / "killed"
+
+    ref = subprocess.run([sys.executable, "-m", "cmemd", "train", "-c", str(CONFIG), *_overrides(tiny_sysu, ref_out)],
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+    ref_state = read_checkpoint(ref_out / "last.pt")
+    total = int(ref_state["step"])
+    per_epoch = total // 2
+    assert per_epoch >= 8, "the tiny set should give enough steps per epoch for several kill points"
+    args = _overrides(tiny_sysu, out)
+    logs = iter(tmp_path / f"log{i}.txt" for i in range(10))
+
+    # 1. fresh run, killed inside a step of epoch 1
+    k1 = rng.randint(2, per_epoch - 3)
+    _kill_when(_start(args, next(logs)), lambda: _steps_logged(out) >= k1, delay=rng.uniform(0, 0.2))
+    at = _assert_last_is_whole(out)
+
+    # 2. resumed, killed inside a step of epoch 2
+    k2 = rng.randint(max(at, per_epoch) + 2, total - 6)
+    _kill_when(_start(args + ["--resume"], next(logs)), lambda: _steps_logged(out) >= k2, delay=rng.uniform(0, 0.2))
+    at = _assert_last_is_whole(out)
+    assert at >= k2 - 1
+
+    # 3. last.pt damaged (a copy cut short): resume must name it, fall back to last.prev.pt and say so;
+    #    then killed inside a checkpoint write (temp file written, not yet renamed)
+    prev_step = int(read_checkpoint(previous_path(out / "last.pt"))["step"])
+    data = (out / "last.pt").read_bytes()
+    (out / "last.pt").write_bytes(data[: len(data) // 3])
+    log3 = next(logs)
+    p3 = _start(args + ["--resume"], log3, CMEMD_TEST_SLOW_CHECKPOINT_WRITE="0.8")
+    k3 = at + rng.randint(1, 3)
+    tmp_name = out / f".last.pt.tmp-{p3.pid}"
+    _kill_when(p3, lambda: _steps_logged(out) >= k3 and tmp_name.exists(), delay=rng.uniform(0, 0.3))
+    text = log3.read_text()
+    assert "last.pt" in text and "truncated checkpoint" in text and "previous good checkpoint" in text, text
+    assert f"resumed from {previous_path(out / 'last.pt')}" in text and f"step {prev_step}" in text, text
+    at = _assert_last_is_whole(out)
+    # the write in flight was complete in its temp file but never became last.pt
+    assert int(read_checkpoint(tmp_name)["step"]) == at + 1 >= k3
+
+    # 4. resumed, trains to the end, killed inside the final evaluation (before results.json)
+    mark = tmp_path / "evaluating"
+    _kill_when(_start(args + ["--resume"], next(logs), KILLTEST_EVAL_MARK=str(mark)), mark.exists,
+               delay=rng.uniform(0, 0.3))
+    assert not (out / "results.json").exists()
+    assert _assert_last_is_whole(out) == total
+
+    # 5. resumed once more: nothing left to train, so it only evaluates
+    log5 = next(logs)
+    p5 = _start(args + ["--resume"], log5)
+    assert p5.wait(timeout=120) == 0, log5.read_text()
+    assert f"epoch 3, batch 0, step {total}" in log5.read_text()
+    assert json.loads((out / "results.json").read_text()).keys() == json.loads((ref_out / "results.json").read_text()).keys()
+
+    # final weights are bit-identical to the uninterrupted run's
+    state = read_checkpoint(out / "last.pt")
+    assert state["model"].keys() == ref_state["model"].keys()
+    for k, v in ref_state["model"].items():
+        assert torch.equal(state["model"][k], v), k
+    # every step is logged exactly once, with the same loss as in the uninterrupted run
+    recs, ref_recs = _step_records(out), _step_records(ref_out)
+    steps = [r for r in recs if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, total + 1))
+    assert [r["loss"] for r in steps] == [r["loss"] for r in ref_recs if r["kind"] == "step"]
+    assert [r["epoch"] for r in recs if r["kind"] == "epoch"] == [0, 1]
+    # no temp file of a killed writer is left behind
+    assert not list(out.glob(".*.tmp-*")), list(out.iterdir())
