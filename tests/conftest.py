@@ -13,3 +13,16 @@ def shared_dir() -> Path:
     if not SHARED.is_dir():
         pytest.skip("../shared is not present beside the checkout")
     return SHARED
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Every test runs torch on one thread (restored afterwards): the suite's models are tiny, and a
+    second OpenMP thread spinning against a busy core (another job on a 2-core machine) makes them
+    up to ~100x slower."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

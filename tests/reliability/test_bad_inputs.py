@@ -24,14 +24,6 @@ from cmemd.errors import CheckpointError, DatasetError, TrainingError
 from tests.engine.conftest import tiny_overrides, tiny_sysu  # noqa: F401  (tiny_sysu is a fixture)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny_regdb(tmp_path_factory):
     root = tmp_path_factory.mktemp("regdb") / "regdb"

@@ -99,14 +99,6 @@ def _assert_last_is_whole(out: Path) -> int:
     return int(state["step"])
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def test_sigkill_anywhere_then_resume_matches_uninterrupted(tiny_sysu, tmp_path):  # noqa: F811
     rng = random.Random(9)
     ref_out, out = tmp_path / "ref", tmp_path / "killed"

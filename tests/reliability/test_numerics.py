@@ -30,14 +30,6 @@ STEPS = 1000
 KINDS = ("normal", "identical", "same-across-modalities", "collinear", "zeros", "huge", "tiny", "bf16", "normal")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _labels(rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
     """pids/modalities for 1-4 identities with 1-3 images per modality; with 1/3 chance some
     identities (never all) have only one modality."""

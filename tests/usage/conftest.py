@@ -17,21 +17,9 @@ def tiny_checkpoint(tiny_sysu, tmp_path_factory):  # noqa: F811
     out = tmp_path_factory.mktemp("usage") / "run"
     cfg = load_config(None, tiny_overrides(tiny_sysu, out, **{"optim.epochs": 1}))
     n = torch.get_num_threads()
-    torch.set_num_threads(1)  # see _one_thread (session fixtures are set up before module ones)
+    torch.set_num_threads(1)  # see tests/conftest.py::_one_thread (session fixtures are set up before module ones)
     try:
         outcome = train(cfg, progress=False, evaluate_after=False)
     finally:
         torch.set_num_threads(n)
     return outcome.checkpoint
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models run fastest on one thread, and a second OpenMP thread spinning against a busy
-    core (another job on a 2-core machine) makes them ~100x slower; restored afterwards."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
