@@ -13,6 +13,7 @@ PNG figures with matplotlib's Agg backend:
 from __future__ import annotations
 
 import html
+import warnings
 from pathlib import Path
 from typing import Any, Mapping, Optional, Union
 
@@ -127,9 +128,12 @@ def _thumb(path: str, h: int = 96, w: int = 48) -> np.ndarray:
 
     from cmemd.data.images import load_image
 
+    from cmemd.errors import DatasetError
+
     try:
         return np.asarray(load_image(path).resize((w, h), Image.Resampling.BILINEAR))
-    except Exception:  # a moved dataset: show a grey tile rather than failing the whole report
+    except DatasetError as e:  # a moved dataset: a grey tile (and a warning) rather than no report at all
+        warnings.warn(f"report: {e}; drawing a grey tile instead", stacklevel=2)
         return np.full((h, w, 3), 128, np.uint8)
 
 
