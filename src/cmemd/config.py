@@ -91,7 +91,6 @@ class EvalSettings:
     method: str = "python-random"  # python-random | official
     rand_perm: Optional[str] = None
     batch_size: int = 128
-    every: int = 0  # evaluate every N epochs during training on the TEST split (reporting only, never selection)
 
 
 @dataclass
