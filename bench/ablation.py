@@ -72,13 +72,19 @@ def run_one(name: str, overrides: list[str], seed: int, data: Path) -> dict:
     out = WORK / name / f"seed{seed}"
     done = out / "results.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        cached = json.loads(done.read_text())
+        meta = cached.get("_meta", {})
+        if meta.get("overrides") == overrides and meta.get("budget", BUDGET) == BUDGET:
+            return cached
+        print(f"{name} seed {seed}: cached run used other settings ({meta.get('budget')}, {meta.get('overrides')}); "
+              "running it again", flush=True)
+        shutil.rmtree(out)
     cfg = load_config(ROOT / "configs/synth_cmemd.yaml",
                       [f"data.root={data}", f"run.out_dir={out}", f"run.seed={seed}", *BUDGET, *overrides])
     t0 = time.time()
     outcome = train(cfg, resume=(out / "last.pt").exists(), progress=False)
     res = {k: to_dict(v) for k, v in outcome.results.items()}
-    res["_meta"] = {"row": name, "seed": seed, "overrides": overrides, "seconds": time.time() - t0}
+    res["_meta"] = {"row": name, "seed": seed, "overrides": overrides, "budget": BUDGET, "seconds": time.time() - t0}
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(res))
     tmp.replace(done)
