@@ -138,6 +138,9 @@ def write_report(command: str, wall: float | None) -> None:
     IMAGES.mkdir(parents=True, exist_ok=True)
     plots = _plots(rows, sweeps)
     lines += [f"![{p.stem}](ablation/{p.name})" for p in plots]
+    notes = REPORT.with_name("ablation_notes.md")  # the hand-written reading of the numbers, kept across reruns
+    if notes.is_file():
+        lines += ["", notes.read_text().strip()]
     REPORT.write_text("\n".join(lines) + "\n")
     print(f"wrote {REPORT}")
 
@@ -190,7 +193,7 @@ def main() -> None:
     ap.add_argument("--no-sweeps", action="store_true")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
-    command = "python bench/ablation.py " + " ".join(sys.argv[1:])
+    command = ("python bench/ablation.py " + " ".join(sys.argv[1:])).strip()
     t0 = time.time()
     if not args.report_only:
         data = ensure_data(args.ids)
