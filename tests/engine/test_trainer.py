@@ -146,3 +146,11 @@ def test_validation_selection_keeps_best_and_never_uses_test(tiny_sysu, tmp_path
     assert best["best_val_mAP"] == max(v["val_mAP"] for v in vals)
     assert vals[best["best_epoch"]]["val_mAP"] == best["best_val_mAP"]
     assert "val ids" in best["selection"] and "test set is never used" in best["selection"]
+
+
+def test_tensorboard_events_when_installed(tiny_sysu, tmp_path):
+    pytest.importorskip("tensorboard")
+    out = tmp_path / "tb"
+    train(load_config(None, tiny_overrides(tiny_sysu, out, **{"optim.epochs": 1})), progress=False, evaluate_after=False)
+    events = list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 0

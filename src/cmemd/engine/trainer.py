@@ -198,6 +198,24 @@ class Trainer:
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with open(self.out_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
+        writer = self._tensorboard()
+        if writer is not None:
+            kind = record.get("kind", "step")
+            for k, v in record.items():
+                if k not in ("kind", "epoch", "step") and isinstance(v, (int, float)):
+                    writer.add_scalar(f"{kind}/{k}", v, record.get("step", 0))
+            writer.flush()
+
+    def _tensorboard(self):
+        """A SummaryWriter on ``out_dir/tensorboard`` when the tensorboard package is installed, else None."""
+        if not hasattr(self, "_tb"):
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:  # tensorboard is optional: metrics.jsonl always has the same numbers
+                self._tb = None
+            else:
+                self._tb = SummaryWriter(str(self.out_dir / "tensorboard"))
+        return self._tb
 
     def fit(self) -> list[dict]:
         """Run (or continue) training up to ``epochs``; returns the per-epoch summaries."""
