@@ -193,7 +193,8 @@ def main() -> None:
     ap.add_argument("--no-sweeps", action="store_true")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
-    command = ("python bench/ablation.py " + " ".join(sys.argv[1:])).strip()
+    # the command that produces the runs (--report-only only re-renders them)
+    command = ("python bench/ablation.py " + " ".join(a for a in sys.argv[1:] if a != "--report-only")).strip()
     t0 = time.time()
     if not args.report_only:
         data = ensure_data(args.ids)
