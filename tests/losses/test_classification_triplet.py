@@ -8,6 +8,7 @@ import torch
 
 from cmemd.errors import TrainingError
 from cmemd.losses import CrossEntropyLabelSmooth, WeightedRegularizedTriplet, cross_entropy_label_smooth, wrt_triplet
+from tests.losses.degenerate import CASES, degenerate_batch
 
 
 def test_label_smoothing_matches_hand_formula():
@@ -59,17 +60,9 @@ def test_wrt_matches_loop_reference(seed):
         wrt_reference(xn, pids), rel=1e-5)
 
 
-@pytest.mark.parametrize("case", ["identical", "zeros", "huge", "tiny", "one_id", "singletons"])
+@pytest.mark.parametrize("case", CASES)
 def test_wrt_degenerate_finite(case):
-    torch.manual_seed(0)
-    pids = torch.tensor([0, 0, 1, 1, 2, 2])
-    x = {"identical": torch.ones(6, 5), "zeros": torch.zeros(6, 5), "huge": torch.randn(6, 5) * 1e4,
-         "tiny": torch.randn(6, 5) * 1e-8, "one_id": torch.randn(6, 5), "singletons": torch.randn(6, 5)}[case]
-    if case == "one_id":
-        pids = torch.zeros(6, dtype=torch.long)
-    if case == "singletons":
-        pids = torch.arange(6)
-    x.requires_grad_(True)
+    x, pids = degenerate_batch(case)
     loss = wrt_triplet(x, pids)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all()

@@ -6,6 +6,7 @@ import torch
 
 from cmemd.errors import ConfigError, TrainingError
 from cmemd.losses import CMDLLoss, cmdl_loss
+from tests.losses.degenerate import CASES, degenerate_batch
 
 
 def clusters():
@@ -50,19 +51,11 @@ def test_scale_invariance_and_gradient():
     assert torch.autograd.gradcheck(lambda t: cmdl_loss(t, pids), (x.clone().requires_grad_(True),))
 
 
-@pytest.mark.parametrize("case", ["identical", "zeros", "huge", "tiny", "one_id", "singletons"])
+@pytest.mark.parametrize("case", CASES)
 @pytest.mark.parametrize("cross", [False, True])
 def test_degenerate_finite(case, cross):
-    torch.manual_seed(0)
-    pids = torch.tensor([0, 0, 1, 1, 2, 2])
+    x, pids = degenerate_batch(case)
     mods = torch.tensor([0, 1, 0, 1, 0, 0])
-    x = {"identical": torch.ones(6, 5), "zeros": torch.zeros(6, 5), "huge": torch.randn(6, 5) * 1e4,
-         "tiny": torch.randn(6, 5) * 1e-8, "one_id": torch.randn(6, 5), "singletons": torch.randn(6, 5)}[case]
-    if case == "one_id":
-        pids = torch.zeros(6, dtype=torch.long)
-    if case == "singletons":
-        pids = torch.arange(6)
-    x.requires_grad_(True)
     loss = cmdl_loss(x, pids, mods, cross=cross)
     loss.backward()
     assert torch.isfinite(loss) and torch.isfinite(x.grad).all()
