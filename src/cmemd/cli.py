@@ -250,23 +250,16 @@ def extract_cmd(
 ) -> None:
     """Save query and gallery-pool features (SYSU) or visible/thermal test features (RegDB) as .npz."""
     from cmemd.engine.extract import extract_features
-    from cmemd.engine.run import load_trained, resolve_device
+    from cmemd.engine.run import evaluation_records, load_trained, resolve_device
     from cmemd.evaluation.features import save_features
 
     try:
         dev = resolve_device(device)
         model, cfg = load_trained(checkpoint, device=dev)
-        root = str(data) if data else cfg.data.root
-        if cfg.data.dataset == "sysu":
-            from cmemd.data.sysu import SYSUMM01
-
-            ds = SYSUMM01(root)
-            sets = {"query": ds.query(), "gallery_pool": ds.gallery_pool("all")}
-        else:
-            from cmemd.data.regdb import RegDB
-
-            vis, th = RegDB(root).test(cfg.data.trial)
-            sets = {f"visible_trial{cfg.data.trial}": vis, f"thermal_trial{cfg.data.trial}": th}
+        query, gallery = evaluation_records(cfg, str(data) if data else None)
+        t = cfg.data.trial
+        sets = ({"query": query, "gallery_pool": gallery} if cfg.data.dataset == "sysu"
+                else {f"visible_trial{t}": gallery, f"thermal_trial{t}": query})
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, recs in sets.items():
             feats = extract_features(model, recs, height=cfg.data.height, width=cfg.data.width,

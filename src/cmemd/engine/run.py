@@ -252,8 +252,26 @@ def _val_selector(cfg: TrainConfig, device: torch.device):
 
 # ---------------------------------------------------------------------- evaluation
 
+def evaluation_records(cfg: TrainConfig, root: Optional[str] = None) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """(thermal queries, visible gallery) that the protocol of ``cfg`` evaluates on ``root`` (default: the training root).
+
+    SYSU-MM01: every cam3/cam6 test image and the whole all-search pool (each trial draws its gallery from it);
+    RegDB: the thermal and visible test images of the trained trial.
+    """
+    root = root or cfg.data.root
+    if cfg.data.dataset == "sysu":
+        from cmemd.data.sysu import SYSUMM01
+
+        ds = SYSUMM01(root)
+        return ds.query(), ds.gallery_pool("all")
+    from cmemd.data.regdb import RegDB
+
+    vis, th = RegDB(root).test(cfg.data.trial)
+    return th, vis
+
+
 def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[str] = None, device: Any = "cpu",
-                   progress: bool = True, protocol: Optional[dict] = None, return_features: bool = False) -> Any:
+                   progress: bool = True, return_features: bool = False) -> Any:
     """Evaluate a model on the dataset of ``cfg`` (or ``root``) with the protocol in ``cfg.eval``.
 
     Returns ``{setting name: ProtocolResult}``: SYSU modes (features extracted once for the
@@ -271,16 +289,13 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
     from cmemd.evaluation import evaluate_regdb, evaluate_sysu
 
     d, e = cfg.data, cfg.eval
-    root = root or d.root
+    query, gallery = evaluation_records(cfg, root)
     feature = f"{cfg.model.test_feature} feature (BN-neck global{' + holistic' if cfg.model.test_feature == 'concat' else ''})" \
         if cfg.model.test_feature != "local" else "local (holistic) feature"
     kw = dict(height=d.height, width=d.width, batch_size=e.batch_size, device=device, progress=progress)
     results: dict[str, Any] = {}
     if d.dataset == "sysu":
-        from cmemd.data.sysu import SYSUMM01
-
-        ds = SYSUMM01(root)
-        query, pool = ds.query(), ds.gallery_pool("all")
+        pool = gallery
         qf = extract_features(model, query, desc="query", **kw)
         pf = extract_features(model, pool, desc="gallery pool", **kw)
         for mode in e.modes:
@@ -291,9 +306,7 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
             )
         feats = {"query": fset(qf, query), "gallery": fset(pf, pool), "removal": "sysu-same-location"}
     else:
-        from cmemd.data.regdb import RegDB
-
-        vis, th = RegDB(root).test(d.trial)
+        th, vis = query, gallery
         vf = extract_features(model, vis, desc="visible", **kw)
         tf = extract_features(model, th, desc="thermal", **kw)
         for direction in ("v2t", "t2v"):
