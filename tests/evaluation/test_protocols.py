@@ -11,6 +11,7 @@ from cmemd.evaluation import (
     combine_results,
     evaluate,
     evaluate_regdb,
+    evaluate_regdb_directions,
     evaluate_sysu,
     format_results,
     metric_row,
@@ -149,3 +150,31 @@ def test_regdb_directions_and_combining_trials():
         evaluate_regdb(vis, ids, th, ids[:3])
     with pytest.raises(EvaluationError, match="direction='vt' is unknown"):
         evaluate_regdb(vis, ids, th, ids, direction="vt")
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("budget", [DEFAULT_MEMORY_BUDGET, 64])  # one shared matrix / per-direction streaming
+def test_regdb_both_directions_from_one_matrix_equal_separate_evaluations(dtype, budget):
+    rng = np.random.default_rng(7)
+    ids = np.repeat(np.arange(15), 6)
+    proto = rng.normal(size=(15, 6))
+    # Integer features and squared Euclidean distances: every similarity is exact whatever the summation order,
+    # so the many exact ties (ranked by gallery index, which differs between rows and columns) must agree exactly.
+    vis = np.round(proto[ids] + rng.normal(size=(90, 6)), 0).astype(dtype)
+    th = np.round(proto[ids] + rng.normal(size=(90, 6)), 0).astype(dtype)
+    th[5] = th[4]
+    out = evaluate_regdb_directions(vis, ids, th, ids, trial=3, metric="euclidean", memory_budget=budget)
+    assert list(out) == ["v2t", "t2v"]
+    for d, (q, g) in {"v2t": (vis, th), "t2v": (th, vis)}.items():
+        ref = evaluate(q, ids, np.zeros(90), g, ids, np.ones(90), metric="euclidean", chunk_size=7)
+        got = out[d].trials[0]
+        np.testing.assert_array_equal(got.first_hit, ref.first_hit)
+        np.testing.assert_allclose(got.ap, ref.ap, rtol=0, atol=1e-12)
+        np.testing.assert_allclose(got.inp, ref.inp, rtol=0, atol=1e-12)
+        assert out[d].settings["direction"] == d and out[d].trial_ids == [3]
+        single = evaluate_regdb(vis, ids, th, ids, direction=d, trial=3, metric="euclidean")
+        assert single.mean == pytest.approx(out[d].mean)
+    with pytest.raises(EvaluationError, match="directions"):
+        evaluate_regdb_directions(vis, ids, th, ids, directions="v2t")
+    with pytest.raises(EvaluationError, match="dimension"):
+        evaluate_regdb_directions(vis, ids, th[:, :3], ids)

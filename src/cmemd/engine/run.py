@@ -286,7 +286,7 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
         return FeatureSet(feats, np.array([r.pid for r in recs], np.int64), np.array([r.camid for r in recs], np.int64),
                           np.array([r.path for r in recs], dtype=str))
 
-    from cmemd.evaluation import evaluate_regdb, evaluate_sysu
+    from cmemd.evaluation import evaluate_regdb_directions, evaluate_sysu
 
     d, e = cfg.data, cfg.eval
     query, gallery = evaluation_records(cfg, root)
@@ -309,9 +309,10 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
         th, vis = query, gallery
         vf = extract_features(model, vis, desc="visible", **kw)
         tf = extract_features(model, th, desc="thermal", **kw)
-        for direction in ("v2t", "t2v"):
-            results[f"regdb trial {d.trial} {direction}"] = evaluate_regdb(
-                vf, [r.pid for r in vis], tf, [r.pid for r in th], direction=direction, trial=d.trial, feature_name=feature)
+        both = evaluate_regdb_directions(vf, [r.pid for r in vis], tf, [r.pid for r in th], trial=d.trial,
+                                         feature_name=feature)
+        for direction, res in both.items():
+            results[f"regdb trial {d.trial} {direction}"] = res
         feats = {"query": fset(tf, th), "gallery": fset(vf, vis), "removal": "none"}
     if return_features:
         return results, dict(feats, query_modality="thermal", gallery_modality="visible")

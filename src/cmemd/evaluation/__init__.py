@@ -10,7 +10,7 @@ from cmemd.evaluation.metrics import (
     evaluate,
     evaluate_similarity,
 )
-from cmemd.evaluation.protocols import evaluate_regdb, evaluate_sysu
+from cmemd.evaluation.protocols import evaluate_regdb, evaluate_regdb_directions, evaluate_sysu
 from cmemd.evaluation.results import (
     METRIC_NAMES,
     ProtocolResult,
@@ -34,6 +34,7 @@ __all__ = [
     "evaluate_similarity",
     "evaluate_sysu",
     "evaluate_regdb",
+    "evaluate_regdb_directions",
     "combine_results",
     "format_results",
     "metric_row",

@@ -193,18 +193,30 @@ def _group_gallery(pids: torch.Tensor, cams: torch.Tensor) -> _Gallery:
 # --------------------------------------------------------------------------- ranking core
 
 
+def ordered_bits(sim: torch.Tensor) -> torch.Tensor:
+    """int32 codes of float32 values, monotone in the value (equal values, -0.0 and +0.0 included, share a code).
+
+    Computing them once for a similarity matrix lets every gallery drawn from its columns skip the conversion.
+    """
+    bits = sim.to(torch.float32).contiguous().view(torch.int32)
+    sign = bits >> 31  # 0 for +, -1 for -
+    # negatives: flip the magnitude bits so larger floats get larger codes, then shift up by one so -0.0 meets +0.0
+    return (bits ^ (sign & 0x7FFFFFFF)).sub_(sign)
+
+
 def _order_keys(sim: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
-    """int64 keys, ascending = similarity descending, then original gallery index ascending."""
+    """int64 keys, ascending = similarity descending, then original gallery index ascending.
+
+    ``sim`` is a float similarity block or its :func:`ordered_bits` (int32).
+    """
     if sim.dtype == torch.float64:
         # Dense rank of the values inside this chunk (exact for float64).
         _, inv = torch.unique(sim, sorted=True, return_inverse=True)
-        high = -inv.to(torch.int64)
+        key = -inv.to(torch.int64)
     else:
-        s = sim.to(torch.float32) + 0.0  # + 0.0 turns -0.0 into +0.0 so that equal values share a key
-        bits = s.contiguous().view(torch.int32)
-        ordered = torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)  # monotone in the float value
-        high = -ordered.to(torch.int64)
-    return high * (1 << 32) + order[None, :]
+        codes = sim if sim.dtype == torch.int32 else ordered_bits(sim)
+        key = codes.bitwise_not().to(torch.int64)  # ~x = -x - 1: descending in the value
+    return key.bitwise_left_shift_(32).add_(order[None, :])
 
 
 def _rank_chunk(
@@ -445,11 +457,17 @@ def _evaluate_checked_similarity(
     step: int,
     dev: torch.device,
     metric: str,
+    columns: Optional[torch.Tensor] = None,
 ) -> EvalResult:
-    """The chunk loop of :func:`evaluate_similarity` on inputs already validated."""
+    """The chunk loop of :func:`evaluate_similarity` on inputs already validated.
+
+    ``sim`` may be :func:`ordered_bits` codes; ``columns`` picks the gallery's columns out of a wider matrix.
+    """
     qp, qc, gp, gc = (t.to(dev) for t in (qp, qc, gp, gc))
     g = _group_gallery(gp, gc)
     order = g.order.to(sim.device)
+    if columns is not None:
+        order = columns.to(sim.device)[order]  # one gather per chunk: gallery selection and id grouping together
     parts = []
     with torch.no_grad():
         for s in range(0, sim.shape[0], step):

@@ -34,6 +34,7 @@ from cmemd.evaluation.metrics import (
     _check_options,
     _chunk_rows,
     _evaluate_checked_similarity,
+    ordered_bits,
 )
 from cmemd.evaluation.results import ProtocolResult
 
@@ -167,14 +168,16 @@ def evaluate_sysu(
         u_sq = (un * un).sum(1) if metric == "euclidean" else None
         with torch.no_grad():
             sim = _similarity(qn, un, u_sq, metric)
+            if sim.dtype == torch.float32:
+                sim = ordered_bits(sim)  # once for the union instead of once per trial
         results = []
         offsets = np.cumsum([0] + [len(d) for d in draws])
         for i, d in enumerate(draws):
             cols = torch.from_numpy(inverse[offsets[i] : offsets[i + 1]]).to(dev)
             dt = torch.from_numpy(d)
             step = _chunk_rows(len(d), chunk_size, qf.shape[0], memory_budget)
-            r = _evaluate_checked_similarity(sim.index_select(1, cols), qp, qc, pp[dt], pc[dt], "sysu-same-location",
-                                             "identity-dedup", int(max_rank), step, dev, metric)
+            r = _evaluate_checked_similarity(sim, qp, qc, pp[dt], pc[dt], "sysu-same-location", "identity-dedup",
+                                             int(max_rank), step, dev, metric, columns=cols)
             results.append(r)
     for t, r, d in zip(trial_ids, results, draws):
         r.info.update(protocol="sysu", trial=t, gallery_size=int(len(d)))
@@ -199,26 +202,82 @@ def evaluate_regdb(
     test images, ``t2v`` the reverse. No removal, standard CMC.
 
     ``trial`` (RegDB's 1..10 split number) only labels the result; evaluate each trial with the
-    model trained on that trial's split and average them with ``combine_results``.
+    model trained on that trial's split and average them with ``combine_results``. For both
+    directions use :func:`evaluate_regdb_directions`, which computes the similarities once.
     """
     _check_choice(direction, REGDB_DIRECTIONS, "direction")
+    return evaluate_regdb_directions(
+        visible_feats, visible_pids, thermal_feats, thermal_pids, directions=(direction,), trial=trial,
+        feature_name=feature_name, metric=metric, max_rank=max_rank, chunk_size=chunk_size, device=device,
+    )[direction]
+
+
+def evaluate_regdb_directions(
+    visible_feats: ArrayLike,
+    visible_pids: ArrayLike,
+    thermal_feats: ArrayLike,
+    thermal_pids: ArrayLike,
+    *,
+    directions: Sequence[str] = REGDB_DIRECTIONS,
+    trial: int = 1,
+    feature_name: Optional[str] = None,
+    metric: str = "cosine",
+    max_rank: int = 20,
+    chunk_size: Optional[int] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> dict[str, ProtocolResult]:
+    """RegDB evaluation of one trial in each of ``directions`` (``v2t``, ``t2v``): ``{direction: result}``.
+
+    The two directions rank the same visible x thermal similarities by rows and by columns, so the
+    matrix is computed once (when it fits 4 x ``memory_budget``; otherwise each direction streams
+    its own chunks, as :func:`~cmemd.evaluation.evaluate` does). Results equal separate calls.
+    """
+    if isinstance(directions, str) or not directions:
+        raise EvaluationError(f"directions={directions!r}: give a non-empty list drawn from {REGDB_DIRECTIONS}")
+    for d in directions:
+        _check_choice(d, REGDB_DIRECTIONS, "direction")
+    _check_choice(metric, METRICS, "metric")
+    _check_options("none", "standard", max_rank)
     # Validate under the caller's names before the roles become query/gallery.
     vf = _check_feats(visible_feats, "visible_feats")
     tf = _check_feats(thermal_feats, "thermal_feats")
+    if vf.shape[1] != tf.shape[1]:
+        raise EvaluationError(f"visible_feats have dimension {vf.shape[1]} but thermal_feats {tf.shape[1]}; "
+                              "extract both with the same model and feature")
     vp = _check_labels(visible_pids, "visible_pids", vf.shape[0], "visible_feats")
     tp = _check_labels(thermal_pids, "thermal_pids", tf.shape[0], "thermal_feats")
-    if device is None:
-        device = _resolve_device(None, visible_feats, thermal_feats)
-    if direction == "v2t":
-        q, qpids, g, gpids, qn, gn = vf, vp, tf, tp, "visible", "thermal"
+    dev = _resolve_device(device, visible_feats, thermal_feats)
+    cams = {"v2t": (torch.zeros(len(vp), dtype=torch.int64), torch.ones(len(tp), dtype=torch.int64)),
+            "t2v": (torch.zeros(len(tp), dtype=torch.int64), torch.ones(len(vp), dtype=torch.int64))}
+    roles = {"v2t": (vp, tp, "visible", "thermal"), "t2v": (tp, vp, "thermal", "visible")}
+    settings = dict(feature_name=feature_name, metric=metric, removal="none", cmc="standard")
+    out = {}
+    if vf.shape[0] * tf.shape[0] * 4 > 4 * memory_budget:
+        for d in directions:
+            q, g = (vf, tf) if d == "v2t" else (tf, vf)
+            qpids, gpids = roles[d][:2]
+            out[d] = evaluate(q, qpids, cams[d][0], g, gpids, cams[d][1], removal="none", cmc="standard",
+                              metric=metric, max_rank=max_rank, chunk_size=chunk_size, device=dev,
+                              memory_budget=memory_budget)
     else:
-        q, qpids, g, gpids, qn, gn = tf, tp, vf, vp, "thermal", "visible"
-    qlen = len(qpids)
-    glen = len(gpids)
-    r = evaluate(
-        q, qpids, np.zeros(qlen, dtype=np.int64), g, gpids, np.ones(glen, dtype=np.int64),
-        removal="none", cmc="standard", metric=metric, max_rank=max_rank, chunk_size=chunk_size, device=device,
-    )
-    r.info.update(protocol="regdb", trial=int(trial), query=qn, gallery=gn)
-    settings = dict(direction=direction, feature_name=feature_name, metric=metric, removal="none", cmc="standard")
-    return ProtocolResult("regdb", settings, [int(trial)], [r])
+        dtype = _work_dtype(vf, tf)
+        vn = _prepare_feats(vf, "visible_feats", metric, dev, dtype)
+        tn = _prepare_feats(tf, "thermal_feats", metric, dev, dtype)
+        t_sq = (tn * tn).sum(1) if metric == "euclidean" else None
+        with torch.no_grad():
+            sim = _similarity(vn, tn, t_sq, metric)  # (visible, thermal), symmetric in the two roles
+            if sim.dtype == torch.float32:
+                sim = ordered_bits(sim)
+        for d in directions:
+            s = sim if d == "v2t" else sim.T.contiguous()
+            qpids, gpids = roles[d][:2]
+            step = _chunk_rows(s.shape[1], chunk_size, s.shape[0], memory_budget)
+            out[d] = _evaluate_checked_similarity(s, qpids, cams[d][0], gpids, cams[d][1], "none", "standard",
+                                                  int(max_rank), step, dev, metric)
+    results = {}
+    for d in directions:
+        r = out[d]
+        r.info.update(protocol="regdb", trial=int(trial), query=roles[d][2], gallery=roles[d][3])
+        results[d] = ProtocolResult("regdb", dict(settings, direction=d), [int(trial)], [r])
+    return results
