@@ -13,8 +13,9 @@ the modality-specific part is shared by both modalities. ``m = 0``: no modality-
 ``modality`` argument is then optional); ``m = 1``: stem only (AGW style); ``m = 3``: stem + layer1
 + layer2 (default, the paper's). With ``use_local=False`` there is only the global stream.
 
-Routing: the images of modality v are gathered (``index_select``), run through copy v and
-scattered back (``index_copy``) in the original order, so a batch may mix modalities in any order.
+Routing: the batch is grouped by modality (slices when it already is, else one gather), each group
+runs through its copy, and the outputs return in the original order, so a batch may mix
+modalities in any order.
 A training batch holding both modalities uses every trainable parameter (DDP needs no
 ``find_unused_parameters``); a single-modality batch leaves the other copy without gradient, which
 is why the project's sampler always draws both modalities.
@@ -322,19 +323,21 @@ class VTReIDModel(nn.Module):
         if modality.numel() and (int(modality.min()) < 0 or int(modality.max()) > 1):
             raise ConfigError("VTReIDModel.forward: modality values must be 0 (visible) or "
                               f"1 (thermal), got {sorted(set(modality.tolist()))}")
-        out: Optional[Tensor] = None
-        for v, part in enumerate(self.modality_parts):
-            idx = (modality == v).nonzero(as_tuple=True)[0]
-            if idx.numel() == 0:
-                continue
-            y = part(x.index_select(0, idx))
-            if idx.numel() == x.shape[0]:
-                return y
-            if out is None:
-                out = y.new_zeros((x.shape[0],) + tuple(y.shape[1:]))
-            out = out.index_copy(0, idx, y)  # out-of-place keeps the autograd graph
-        assert out is not None
-        return out
+        # Group the batch by modality: contiguous slices (views, no copy) when it already is, as the identity
+        # sampler's batches are; otherwise one gather in and one gather back out.
+        n = x.shape[0]
+        order = torch.argsort(modality, stable=True)
+        arange = torch.arange(n, device=x.device)
+        grouped = bool(torch.equal(order, arange))
+        counts = torch.bincount(modality, minlength=len(self.modality_parts)).tolist()
+        xs = x if grouped else x.index_select(0, order)
+        ys = [part(chunk) for part, chunk in zip(self.modality_parts, xs.split(counts)) if chunk.shape[0]]
+        y = torch.cat(ys) if len(ys) > 1 else ys[0]
+        if grouped:
+            return y
+        inverse = torch.empty_like(order)
+        inverse[order] = arange
+        return y.index_select(0, inverse)
 
     def forward_output(self, x: Tensor, modality: Optional[Tensor] = None) -> VTOutput:
         """Run the model and return every feature and logit as a :class:`VTOutput`."""
