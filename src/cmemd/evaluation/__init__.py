@@ -10,7 +10,7 @@ from cmemd.evaluation.metrics import (
     evaluate,
     evaluate_similarity,
 )
-from cmemd.evaluation.protocols import evaluate_regdb, evaluate_regdb_directions, evaluate_sysu
+from cmemd.evaluation.protocols import evaluate_regdb, evaluate_regdb_directions, evaluate_sysu, sysu_gallery_draws
 from cmemd.evaluation.results import (
     METRIC_NAMES,
     ProtocolResult,
@@ -33,6 +33,7 @@ __all__ = [
     "evaluate",
     "evaluate_similarity",
     "evaluate_sysu",
+    "sysu_gallery_draws",
     "evaluate_regdb",
     "evaluate_regdb_directions",
     "combine_results",

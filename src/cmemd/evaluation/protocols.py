@@ -71,6 +71,43 @@ def _check_cams(cams: np.ndarray, allowed: tuple[int, ...], name: str) -> None:
         )
 
 
+def sysu_gallery_draws(
+    pool_pids: ArrayLike,
+    pool_cams: ArrayLike,
+    pool_paths: Sequence[str],
+    *,
+    mode: str = "all",
+    shots: int = 1,
+    method: str = "python-random",
+    trials: Union[int, Sequence[int]] = 10,
+    rand_perm: Any = None,
+    draw: Optional[DrawFn] = None,
+) -> list[np.ndarray]:
+    """The pool indices of each trial's gallery, in draw order: what :func:`evaluate_sysu` selects.
+
+    The draws depend on the pool's ids, cameras and paths only, so a caller can featurise just the
+    images some trial uses (their union) before evaluating.
+    """
+    if draw is None:
+        from cmemd.data.sysu import draw_gallery as draw
+        if method == "official" and not hasattr(rand_perm, "numbers"):
+            from cmemd.data.sysu import load_rand_perm
+
+            rand_perm = load_rand_perm(rand_perm)
+    pp = np.asarray(pool_pids).reshape(-1)
+    pc = np.asarray(pool_cams).reshape(-1)
+    paths = [str(p) for p in pool_paths]
+    draws = []
+    for t in _trial_list(trials):
+        idx = np.asarray(draw(pp, pc, paths, mode=mode, shots=shots, trial=t, method=method, rand_perm=rand_perm),
+                         dtype=np.int64)
+        if idx.ndim != 1 or idx.size == 0 or idx.min() < 0 or idx.max() >= len(pp):
+            raise EvaluationError(f"trial {t}: the gallery draw returned invalid pool indices (shape {idx.shape}); "
+                                  "check the pool arrays")
+        draws.append(idx)
+    return draws
+
+
 def evaluate_sysu(
     query_feats: ArrayLike,
     query_pids: ArrayLike,
@@ -132,19 +169,12 @@ def evaluate_sysu(
     _check_cams(qc.cpu().numpy(), SYSU_QUERY_CAMS, "query_cams")
     _check_cams(pc.cpu().numpy(), SYSU_GALLERY_CAMS, "pool_cams")
 
-    if draw is None:
-        from cmemd.data.sysu import draw_gallery as draw
-        if method == "official" and not hasattr(rand_perm, "numbers"):
-            from cmemd.data.sysu import load_rand_perm
+    if draw is None and method == "official" and not hasattr(rand_perm, "numbers"):
+        from cmemd.data.sysu import load_rand_perm
 
-            rand_perm = load_rand_perm(rand_perm)  # once, not per trial
-    pp_np, pc_np = pp.cpu().numpy(), pc.cpu().numpy()
-    draws = []
-    for t in trial_ids:
-        idx = np.asarray(draw(pp_np, pc_np, paths, mode=mode, shots=shots, trial=t, method=method, rand_perm=rand_perm), dtype=np.int64)
-        if idx.ndim != 1 or idx.size == 0 or idx.min() < 0 or idx.max() >= pf.shape[0]:
-            raise EvaluationError(f"trial {t}: the gallery draw returned invalid pool indices (shape {idx.shape}); check the pool arrays")
-        draws.append(idx)
+        rand_perm = load_rand_perm(rand_perm)  # once, not per trial
+    draws = sysu_gallery_draws(pp.cpu().numpy(), pc.cpu().numpy(), paths, mode=mode, shots=shots, method=method,
+                               trials=trial_ids, rand_perm=rand_perm, draw=draw)
 
     settings = dict(
         mode=mode, shots=shots, method=method, feature_name=feature_name, metric=metric,
