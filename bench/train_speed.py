@@ -97,7 +97,7 @@ def bench_rows(arch, width, h, w, P, K, iters, device, amp_dtype):
             opt.step()
         return _time(step, iters, device), sum(p.numel() for p in model.parameters())
 
-    def agw(channels_last=False):
+    def agw(channels_last=False, amp=False):
         model = AGWStyle(arch, width, 395).to(device)
         xv, xt = x[: n // 2], x[n // 2:]
         if channels_last:
@@ -106,8 +106,9 @@ def bench_rows(arch, width, h, w, P, K, iters, device, amp_dtype):
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
         def step():
-            _, logits = model(xv, xt)
-            loss = nn.functional.cross_entropy(logits, pids)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp):
+                _, logits = model(xv, xt)
+            loss = nn.functional.cross_entropy(logits.float(), pids)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -120,11 +121,18 @@ def bench_rows(arch, width, h, w, P, K, iters, device, amp_dtype):
     rows.append(("ours, same computation (stem-only split, global, CE)", t, p))
     t, p = ours(base_kw, "ce", channels_last=True)
     rows.append(("ours, same, channels_last", t, p))
+    amp_name = str(amp_dtype).split('.')[-1]
+    t, p = agw(amp=True)
+    rows.append((f"AGW-style layout, AMP {amp_name}", t, p))
+    t, p = ours(base_kw, "ce", amp=True)
+    rows.append((f"ours, same computation, AMP {amp_name}", t, p))
+    t, p = ours(base_kw, "ce", channels_last=True, amp=True)
+    rows.append((f"ours, same computation, channels_last + AMP {amp_name}", t, p))
     full = Objective()
     t_full, p = ours({}, full)
     rows.append(("ours, full CM-EMD model and loss", t_full, p))
     t, p = ours({}, full, amp=True)
-    rows.append((f"ours, full, AMP {str(amp_dtype).split('.')[-1]}", t, p))
+    rows.append((f"ours, full, AMP {amp_name}", t, p))
     # the CM-EMD loss's share of a full step: forward + backward of the alignment term alone
     from cmemd.losses import CMEMDLoss
 
