@@ -11,6 +11,7 @@ last checkpoint. Results: SYSU-MM01 protocol, all-search and indoor-search, sing
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import shutil
 import sys
@@ -25,7 +26,9 @@ REPORT = ROOT / "docs" / "results" / "ablation.md"
 IMAGES = ROOT / "docs" / "results" / "ablation"
 
 # The same budget for every run.
-BUDGET = ["optim.epochs=4", "optim.warmup_epochs=1", "optim.milestones=[3]", "data.steps_per_epoch=100",
+# 1,600 steps of 8 x (4 + 4) images. At 400 steps the baseline's all-search Rank-1 was 9% and at 1,000 steps 15%
+# (100 test ids, chance 1%): too close to chance to tell methods apart, so the budget grew (see the report).
+BUDGET = ["optim.epochs=8", "optim.warmup_epochs=1", "optim.milestones=[6]", "data.steps_per_epoch=200",
           "eval.trials=10", "eval.shots=1", "run.log_every=10", "run.threads=1"]
 BASELINE = ["model.modality_specific_stages=1", "model.use_local=false", "model.test_feature=global",
             "loss.label_smoothing=0.1", "loss.alignment=none", "loss.lambda_dl=0", "loss.lambda_triplet=1"]
@@ -51,16 +54,29 @@ SWEEPS: dict[str, tuple[str, list[str]]] = {
 }
 
 
+# train : val : test ids. Training uses train + val; 100 test ids at the default 300 ids (CALIBRATION.md asks for
+# at least 100), with fewer training classes than the generator's 60/20/20 so 1,000 steps go further.
+SPLIT = (3.0, 1.0, 2.0)
+# Generator knobs that differ from `cmemd data synth`'s defaults (see the report for why and the before/after).
+SYNTH_KNOBS: dict = {}
+
+
 def ensure_data(ids: int) -> Path:
+    import hashlib
+
     from cmemd.data.synth import SynthConfig, generate_sysu
 
-    cfg = SynthConfig(ids=ids, images_per_camera=(10, 12), seed=0)
-    root = WORK / f"synth_{ids}"
+    cfg = SynthConfig(ids=ids, images_per_camera=(10, 12), seed=0, split=SPLIT, **SYNTH_KNOBS)
+    tag = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    root = WORK / f"synth_{ids}_{tag}"
     summary = root / "synth_summary.json"
-    if not (summary.is_file() and json.loads(summary.read_text()).get("config") == cfg.to_dict()):
-        shutil.rmtree(root, ignore_errors=True)
-        print(f"generating {ids} identities into {root}", flush=True)
-        generate_sysu(root, cfg, workers=2)
+    WORK.mkdir(parents=True, exist_ok=True)
+    with open(WORK / ".data.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # shards started together: one generates, the others wait for it
+        if not (summary.is_file() and json.loads(summary.read_text()).get("config") == cfg.to_dict()):
+            shutil.rmtree(root, ignore_errors=True)
+            print(f"generating {ids} identities into {root}", flush=True)
+            generate_sysu(root, cfg, workers=2)
     return root
 
 
@@ -74,7 +90,8 @@ def run_one(name: str, overrides: list[str], seed: int, data: Path) -> dict:
     if done.is_file():
         cached = json.loads(done.read_text())
         meta = cached.get("_meta", {})
-        if meta.get("overrides") == overrides and meta.get("budget", BUDGET) == BUDGET:
+        if (meta.get("overrides") == overrides and meta.get("budget", BUDGET) == BUDGET
+                and meta.get("data") == data.name):
             return cached
         print(f"{name} seed {seed}: cached run used other settings ({meta.get('budget')}, {meta.get('overrides')}); "
               "running it again", flush=True)
@@ -84,7 +101,8 @@ def run_one(name: str, overrides: list[str], seed: int, data: Path) -> dict:
     t0 = time.time()
     outcome = train(cfg, resume=(out / "last.pt").exists(), progress=False)
     res = {k: to_dict(v) for k, v in outcome.results.items()}
-    res["_meta"] = {"row": name, "seed": seed, "overrides": overrides, "budget": BUDGET, "seconds": time.time() - t0}
+    res["_meta"] = {"row": name, "seed": seed, "overrides": overrides, "budget": BUDGET, "data": data.name,
+                    "seconds": time.time() - t0}
     tmp = done.with_suffix(".tmp")
     tmp.write_text(json.dumps(res))
     tmp.replace(done)
@@ -97,6 +115,7 @@ def collect(names) -> dict[str, list[dict]]:
     out = {}
     for name in names:
         runs = [json.loads(p.read_text()) for p in sorted((WORK / name).glob("seed*/results.json"))]
+        runs = [r for r in runs if r.get("_meta", {}).get("budget") == BUDGET]  # stale runs of another budget
         if runs:
             out[name] = runs
     return out
@@ -106,17 +125,25 @@ def _metric(run: dict, setting: str, key: str) -> float:
     return 100 * run[f"sysu {setting}-search single-shot"]["mean"][key]
 
 
-def write_report(command: str, wall: float | None) -> None:
+def _split_sizes(ids: int) -> tuple[int, int, int]:
+    fr = np.asarray(SPLIT) / sum(SPLIT)  # the generator's rounding (cmemd.data.synth._sysu_plan)
+    val, test = max(1, int(round(ids * fr[1]))), max(1, int(round(ids * fr[2])))
+    return ids - val - test, val, test
+
+
+def write_report(command: str, wall: float | None, ids: int) -> None:
     rows, sweeps = collect(ROWS), collect(SWEEPS)
+    ntr, nva, nte = _split_sizes(ids)
     if not rows:
         print("no finished runs yet")
         return
     lines = ["# Ablation on the synthetic SYSU-layout benchmark", "",
              f"Command: `{command}` (rerun it to finish missing runs; finished ones are cached).", "",
-             "Data: `cmemd data synth` defaults, 500 identities (300 train + 100 val used for training, 100 test ids), "
+             f"Data: `cmemd data synth` difficulty defaults, {ids} identities split {ntr} train + {nva} val (both used for "
+             f"training) + {nte} test, "
              "SYSU-MM01 protocol (thermal queries, single-shot visible galleries, 10 trials, python-random draw). "
              "Budget per run: " + " ".join(BUDGET) + " on top of `configs/synth_cmemd.yaml` (ResNet-18 width 32, "
-             "64x32). Chance Rank-1 with 100 gallery ids: about 1%.", ""]
+             f"64x32). Chance Rank-1 with {nte} gallery ids: about {100 / nte:.0f}%.", ""]
     if wall:
         lines += [f"Wall time of this invocation: {wall / 60:.0f} min.", ""]
     lines += ["| row | seeds | all R1 | all mAP | all mINP | indoor R1 | indoor mAP | indoor mINP | all R1 - baseline (paired) |",
@@ -189,7 +216,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", nargs="*", default=None, help=f"subset of {list(ROWS)}")
     ap.add_argument("--seeds", nargs="*", type=int, default=[0, 1, 2])
-    ap.add_argument("--ids", type=int, default=500)  # 100 test ids (CALIBRATION.md: at least 100)
+    ap.add_argument("--ids", type=int, default=300)  # 100 test ids with SPLIT (CALIBRATION.md: at least 100)
+    ap.add_argument("--shard", default="1/1", help="K/N: run every N-th run starting at the K-th, so N processes "
+                    "(one thread each) can share the study; finish with --report-only")
     ap.add_argument("--no-sweeps", action="store_true")
     ap.add_argument("--report-only", action="store_true")
     args = ap.parse_args()
@@ -199,15 +228,15 @@ def main() -> None:
     if not args.report_only:
         data = ensure_data(args.ids)
         names = args.rows or list(ROWS)
-        for seed in args.seeds:  # seed-major: every row gets seed 0 before any gets seed 1
-            for name in names:
-                run_one(name, ROWS[name][1], seed, data)
-                write_report(command, None)
+        # seed-major: every row gets seed 0 before any gets seed 1
+        plan = [(name, ROWS[name][1], seed) for seed in args.seeds for name in names]
         if not args.no_sweeps and not args.rows:
-            for name, (_, ov) in SWEEPS.items():
-                run_one(name, ov, 0, data)
-                write_report(command, None)
-    write_report(command, None if args.report_only else time.time() - t0)
+            plan += [(name, ov, 0) for name, (_, ov) in SWEEPS.items()]
+        k, n = (int(v) for v in args.shard.split("/"))
+        for name, ov, seed in plan[k - 1::n]:
+            run_one(name, ov, seed, data)
+            write_report(command, None, args.ids)
+    write_report(command, None if args.report_only else time.time() - t0, args.ids)
 
 
 if __name__ == "__main__":
