@@ -11,6 +11,7 @@ QUICK = [
     ["synth_speed.py", "--ids", "20"],
     ["ot_speed.py"],
     ["eval_speed.py", "--quick", "--threads", "1"],
+    ["protocol_speed.py", "--threads", "1"],
     ["pipeline_speed.py"],
     ["train_speed.py", "--iters", "2"],
 ]

@@ -18,6 +18,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -59,9 +60,9 @@ def _batch(P, K, h, w, device):
     return x, pids, mods
 
 
-def _time(step, iters, device) -> float:
-    step()  # warm-up
-    step()
+def _time(step, iters, device, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
@@ -72,7 +73,7 @@ def _time(step, iters, device) -> float:
     return (time.perf_counter() - t0) / iters
 
 
-def bench_rows(arch, width, h, w, P, K, iters, device, amp_dtype):
+def bench_rows(arch, width, h, w, P, K, iters, device, amp_dtype, rounds=3):
     from cmemd.engine.objective import Objective
     from cmemd.models import ModelConfig, build_model
 
@@ -95,7 +96,7 @@ def bench_rows(arch, width, h, w, P, K, iters, device, amp_dtype):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        return _time(step, iters, device), sum(p.numel() for p in model.parameters())
+        return step, sum(p.numel() for p in model.parameters())
 
     def agw(channels_last=False, amp=False):
         model = AGWStyle(arch, width, 395).to(device)
@@ -112,27 +113,29 @@ def bench_rows(arch, width, h, w, P, K, iters, device, amp_dtype):
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        return _time(step, iters, device), sum(p.numel() for p in model.parameters())
+        return step, sum(p.numel() for p in model.parameters())
 
     base_kw = dict(modality_specific_stages=1, use_local=False, test_feature="global")
-    t_ref, p_ref = agw()
-    rows.append(("AGW-style layout (3 full ResNets, CE)", t_ref, p_ref))
-    t, p = ours(base_kw, "ce")
-    rows.append(("ours, same computation (stem-only split, global, CE)", t, p))
-    t, p = ours(base_kw, "ce", channels_last=True)
-    rows.append(("ours, same, channels_last", t, p))
     amp_name = str(amp_dtype).split('.')[-1]
-    t, p = agw(amp=True)
-    rows.append((f"AGW-style layout, AMP {amp_name}", t, p))
-    t, p = ours(base_kw, "ce", amp=True)
-    rows.append((f"ours, same computation, AMP {amp_name}", t, p))
-    t, p = ours(base_kw, "ce", channels_last=True, amp=True)
-    rows.append((f"ours, same computation, channels_last + AMP {amp_name}", t, p))
     full = Objective()
-    t_full, p = ours({}, full)
-    rows.append(("ours, full CM-EMD model and loss", t_full, p))
-    t, p = ours({}, full, amp=True)
-    rows.append((f"ours, full, AMP {amp_name}", t, p))
+    named = [
+        ("AGW-style layout (3 full ResNets, CE)", agw()),
+        ("ours, same computation (stem-only split, global, CE)", ours(base_kw, "ce")),
+        ("ours, same, channels_last", ours(base_kw, "ce", channels_last=True)),
+        (f"AGW-style layout, AMP {amp_name}", agw(amp=True)),
+        (f"ours, same computation, AMP {amp_name}", ours(base_kw, "ce", amp=True)),
+        (f"ours, same computation, channels_last + AMP {amp_name}", ours(base_kw, "ce", channels_last=True, amp=True)),
+        ("ours, full CM-EMD model and loss", ours({}, full)),
+        (f"ours, full, AMP {amp_name}", ours({}, full, amp=True)),
+    ]
+    # Round-robin: every row is timed once per round and the median round counts, so a slow spell of a shared
+    # machine hits all rows alike instead of whichever ran during it.
+    times: dict[str, list[float]] = {name: [] for name, _ in named}
+    for r in range(rounds):
+        for name, (step, _) in named:
+            times[name].append(_time(step, iters, device, warmup=2 if r == 0 else 0))
+    rows = [(name, float(np.median(times[name])), params) for name, (_, params) in named]
+    t_ref, t_full = rows[0][1], rows[6][1]
     # the CM-EMD loss's share of a full step: forward + backward of the alignment term alone
     from cmemd.losses import CMEMDLoss
 
@@ -152,7 +155,8 @@ def bench_rows(arch, width, h, w, P, K, iters, device, amp_dtype):
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--iters", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=3, help="steps per timing")
+    ap.add_argument("--rounds", type=int, default=3, help="round-robin rounds over the rows; the median counts")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--skip-paper", action="store_true")
     args = ap.parse_args()
@@ -167,10 +171,11 @@ def main() -> None:
     gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else None
     lines = ["# Training throughput", "", f"Command: `python bench/train_speed.py {' '.join(sys.argv[1:])}`", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-             f"{torch.get_num_threads()} threads{', GPU ' + gpu if gpu else ''}. Mean over {args.iters} steps after "
-             "2 warm-up steps (forward, loss, backward, SGD step on random images).", ""]
+             f"{torch.get_num_threads()} threads{', GPU ' + gpu if gpu else ''}. Each timing: mean over {args.iters} steps "
+             f"after 2 warm-up steps (forward, loss, backward, SGD step on random images); rows are timed round-robin, "
+             f"{args.rounds} rounds, median shown.", ""]
     for title, (arch, width, h, w, P, K) in settings:
-        rows, n, t_ref, t_full, t_loss = bench_rows(arch, width, h, w, P, K, args.iters, device, amp_dtype)
+        rows, n, t_ref, t_full, t_loss = bench_rows(arch, width, h, w, P, K, args.iters, device, amp_dtype, args.rounds)
         lines += [f"## {title}", "", "| layout | parameters (M) | s / step | images/s | vs AGW-style |", "|---|---|---|---|---|"]
         for name, t, p in rows:
             lines.append(f"| {name} | {p / 1e6:.1f} | {t:.3f} | {n / t:.0f} | {t_ref / t:.2f}x |")
