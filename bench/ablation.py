@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 WORK = ROOT / "data" / "ablation"
@@ -87,17 +88,21 @@ def run_one(name: str, overrides: list[str], seed: int, data: Path) -> dict:
 
     out = WORK / name / f"seed{seed}"
     done = out / "results.json"
+    cfg = load_config(ROOT / "configs/synth_cmemd.yaml",
+                      [f"data.root={data}", f"run.out_dir={out}", f"run.seed={seed}", *BUDGET, *overrides])
     if done.is_file():
         cached = json.loads(done.read_text())
         meta = cached.get("_meta", {})
+        # The run's own saved config must still be what the row asks for (configs/synth_cmemd.yaml may change).
+        saved = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else None
         if (meta.get("overrides") == overrides and meta.get("budget", BUDGET) == BUDGET
-                and meta.get("data") == data.name):
+                and meta.get("data") == data.name and saved == cfg.to_dict()):
             return cached
-        print(f"{name} seed {seed}: cached run used other settings ({meta.get('budget')}, {meta.get('overrides')}); "
-              "running it again", flush=True)
+        print(f"{name} seed {seed}: the cached run used other settings; running it again", flush=True)
         shutil.rmtree(out)
-    cfg = load_config(ROOT / "configs/synth_cmemd.yaml",
-                      [f"data.root={data}", f"run.out_dir={out}", f"run.seed={seed}", *BUDGET, *overrides])
+    elif (out / "config.yaml").is_file() and yaml.safe_load((out / "config.yaml").read_text()) != cfg.to_dict():
+        print(f"{name} seed {seed}: an unfinished run of other settings is there; starting afresh", flush=True)
+        shutil.rmtree(out)  # resuming it would mix two configurations (train() refuses to)
     t0 = time.time()
     outcome = train(cfg, resume=(out / "last.pt").exists(), progress=False)
     res = {k: to_dict(v) for k, v in outcome.results.items()}
@@ -162,6 +167,7 @@ def write_report(command: str, wall: float | None, ids: int) -> None:
         lines.append(f"| {label} | {len(runs)} | " + " | ".join(cells) + f" | {d} |")
     lines += ["", "Mean ± population std over seeds; the last column is the per-seed difference to the baseline "
               "(same seed, same data), mean ± std. A difference smaller than its spread is not resolved.", ""]
+    lines += _paired_table(rows)
     IMAGES.mkdir(parents=True, exist_ok=True)
     plots = _plots(rows, sweeps)
     lines += [f"![{p.stem}](ablation/{p.name})" for p in plots]
@@ -172,6 +178,34 @@ def write_report(command: str, wall: float | None, ids: int) -> None:
     print(f"wrote {REPORT}")
 
 
+# (row a, row b): the questions the study asks, answered by per-seed differences a - b in all-search Rank-1.
+COMPARISONS = [
+    ("emd_global", "baseline"), ("emd_global_dl", "emd_global"), ("emd_mgs_dl", "emd_global_dl"),
+    ("full", "baseline"), ("full", "full_allpairs"), ("full", "full_hetero"), ("full", "full_mmd"),
+    ("full", "full_sinkhorn"),
+]
+
+
+def _paired_table(rows) -> list[str]:
+    """Per-seed differences in all-search Rank-1 with a verdict: resolved when every seed agrees in sign and the
+    mean exceeds the spread."""
+    out = ["Paired differences in all-search Rank-1 (a - b, same seed and data):", "",
+           "| a | b | per seed | mean ± std | resolved? |", "|---|---|---|---|---|"]
+    for a, b in COMPARISONS:
+        if a not in rows or b not in rows:
+            continue
+        bs = {r["_meta"]["seed"]: r for r in rows[b]}
+        d = [_metric(r, "all", "R1") - _metric(bs[r["_meta"]["seed"]], "all", "R1")
+             for r in rows[a] if r["_meta"]["seed"] in bs]
+        if not d:
+            continue
+        m, sd = float(np.mean(d)), float(np.std(d))
+        agree = all(x > 0 for x in d) or all(x < 0 for x in d)
+        verdict = ("yes: a is better" if m > 0 else "yes: b is better") if len(d) > 1 and agree and abs(m) > sd else "no"
+        out.append(f"| {ROWS[a][0]} | {ROWS[b][0]} | {', '.join(f'{x:+.2f}' for x in d)} | {m:+.2f} ± {sd:.2f} | {verdict} |")
+    return out + [""]
+
+
 def _plots(rows, sweeps) -> list[Path]:
     import matplotlib
 
@@ -179,17 +213,29 @@ def _plots(rows, sweeps) -> list[Path]:
     import matplotlib.pyplot as plt
 
     made = []
-    lam = [(float(n.split("_")[-1]), runs) for n, runs in sweeps.items() if n.startswith("lambda_emd_")]
-    if "full" in rows:
-        lam.append((0.5, rows["full"]))
-    if lam:
-        lam.sort()
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.errorbar([x for x, _ in lam], [np.mean([_metric(r, "all", "R1") for r in runs]) for _, runs in lam],
-                    yerr=[np.std([_metric(r, "all", "R1") for r in runs]) for _, runs in lam], marker="o")
-        ax.set_xlabel("lambda_emd"), ax.set_ylabel("all-search Rank-1 (%)"), ax.set_title("Rank-1 vs lambda_emd")
-        fig.tight_layout(), fig.savefig(IMAGES / "rank1_vs_lambda.png", dpi=100), plt.close(fig)
+    def setting(name: str, section: str, key: str) -> float:
+        # read from the run's own saved config, so the plot stays right if the config's defaults change
+        return float(yaml.safe_load((WORK / name / "seed0" / "config.yaml").read_text())[section][key])
+
+    sweeps_for = [("lambda_emd", "loss", "lambda_align"), ("lambda_dl", "loss", "lambda_dl")]
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5), sharey=True)
+    any_points = False
+    for ax, (prefix, section, key) in zip(axes, sweeps_for):
+        pts = [(setting(n, section, key), runs) for n, runs in sweeps.items() if n.startswith(prefix + "_")]
+        if "full" in rows:
+            pts.append((setting("full", section, key), rows["full"]))
+        if not pts:
+            continue
+        any_points = True
+        pts.sort(key=lambda p: p[0])
+        ax.errorbar([x for x, _ in pts], [np.mean([_metric(r, "all", "R1") for r in runs]) for _, runs in pts],
+                    yerr=[np.std([_metric(r, "all", "R1") for r in runs]) for _, runs in pts], marker="o")
+        ax.set_xlabel(prefix), ax.set_title(f"full model, Rank-1 vs {prefix}")
+    axes[0].set_ylabel("all-search Rank-1 (%)")
+    if any_points:
+        fig.tight_layout(), fig.savefig(IMAGES / "rank1_vs_lambda.png", dpi=100)
         made.append(IMAGES / "rank1_vs_lambda.png")
+    plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name in ("baseline", "emd_global", "full", "full_allpairs"):
         if name in rows:

@@ -50,6 +50,13 @@ def test_resume_equals_uninterrupted(tiny_sysu, tmp_path):
                     evaluate_after=False)
     for k, v in _params(resumed.model).items():
         assert torch.equal(v, ref[k]), k
+    # ...but never under settings that change training: that would silently mix two configurations
+    changed = load_config(None, tiny_overrides(tiny_sysu, tmp_path / "split", **{"optim.epochs": 3, "optim.lr": 0.1,
+                                                                                  "run.log_every": 5}))
+    with pytest.raises(ConfigError, match=r"optim\.lr: 0\.05 -> 0\.1") as err:
+        train(changed, resume=True, progress=False, evaluate_after=False)
+    assert "optim.epochs" not in str(err.value) and "run.log_every" not in str(err.value)
+    assert "lr: 0.05" in (tmp_path / "split" / "config.yaml").read_text()  # the run's record is left as it was
 
     # checkpointing every step must not perturb training (no RNG drawn, no state changed)
     mid = tiny_overrides(tiny_sysu, tmp_path / "mid", **{"run.checkpoint_every_steps": 1})

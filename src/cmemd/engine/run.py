@@ -140,6 +140,32 @@ class TrainOutcome:
     results: dict[str, Any] = field(default_factory=dict)
 
 
+# What a resumed run may change: where and how it logs, evaluates and finds its data, and how many epochs it runs
+# (the warm-up + step schedule does not depend on the total, so 1 epoch + resume to 2 equals 2 in one go).
+_RESUME_MAY_CHANGE = ("run.", "eval.", "data.root", "data.num_workers", "data.cache", "data.cache_dir",
+                      "optim.epochs")
+
+
+def _check_resume_config(saved_path: Path, cfg: TrainConfig) -> None:
+    """Refuse to continue a run under different training settings (a silent mix of two configs)."""
+    import yaml
+
+    saved, new = yaml.safe_load(saved_path.read_text()) or {}, cfg.to_dict()
+    changes = []
+    for section in sorted(set(saved) | set(new)):
+        old_s, new_s = saved.get(section) or {}, new.get(section) or {}
+        for key in sorted(set(old_s) | set(new_s)):
+            name = f"{section}.{key}"
+            if not name.startswith(_RESUME_MAY_CHANGE) and old_s.get(key) != new_s.get(key):
+                changes.append(f"{name}: {old_s.get(key)!r} -> {new_s.get(key)!r}")
+    if changes:
+        raise ConfigError(
+            f"{saved_path.parent}: --resume with settings that differ from the run's own ({saved_path}): "
+            + "; ".join(changes) + f". Resume with the run's settings (cmemd train -c {saved_path} --resume) "
+            "or start a new run.out_dir"
+        )
+
+
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, evaluate_after: bool = True) -> TrainOutcome:
     """Train one model as ``cfg`` says (one RegDB trial), write the run directory, evaluate at the end."""
     from cmemd.data.dataset import build_train_loader
@@ -159,6 +185,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
         if ckpt.exists() and not resume:
             raise ConfigError(f"{out_dir} already holds a run (last.pt); pass --resume to continue it, "
                               "or choose another run.out_dir")
+        if ckpt.exists() and (out_dir / "config.yaml").is_file():
+            _check_resume_config(out_dir / "config.yaml", cfg)
         out_dir.mkdir(parents=True, exist_ok=True)
         dump_config(cfg, out_dir / "config.yaml")
         (out_dir / "environment.json").write_text(json.dumps(environment(), indent=2))
