@@ -20,7 +20,7 @@ from cmemd.data.regdb import RegDB
 from cmemd.data.synth import SynthConfig, generate_regdb
 from cmemd.data.sysu import SYSUMM01
 from cmemd.engine.run import train, training_data
-from cmemd.errors import CheckpointError, DatasetError, TrainingError
+from cmemd.errors import CheckpointError, ConfigError, DatasetError, TrainingError
 from tests.engine.conftest import tiny_overrides, tiny_sysu  # noqa: F401  (tiny_sysu is a fixture)
 
 
@@ -111,6 +111,13 @@ def test_resume_with_a_different_configuration(tiny_sysu, tmp_path):  # noqa: F8
     """--resume with another architecture, another number of classes or another batch layout is refused."""
     out = tmp_path / "run"
     train(load_config(None, tiny_overrides(tiny_sysu, out, **{"optim.epochs": 1})), progress=False, evaluate_after=False)
+    # First line of defence: the run's config.yaml, compared key by key.
+    for key, value in (("model.width", 16), ("data.num_ids", 2), ("optim.optimizer", "adamw")):
+        with pytest.raises(ConfigError, match=rf"{key}: .* -> {value!r}"):
+            train(load_config(None, tiny_overrides(tiny_sysu, out, **{key: value})), resume=True, progress=False,
+                  evaluate_after=False)
+    # Second line, for a run without its config.yaml: the checkpoint's own contents.
+    (out / "config.yaml").unlink()
     with pytest.raises(CheckpointError, match=r"last.pt: the checkpoint does not fit this model.*same configuration"):
         train(load_config(None, tiny_overrides(tiny_sysu, out, **{"model.width": 16})), resume=True, progress=False,
               evaluate_after=False)

@@ -188,7 +188,6 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
         if ckpt.exists() and (out_dir / "config.yaml").is_file():
             _check_resume_config(out_dir / "config.yaml", cfg)
         out_dir.mkdir(parents=True, exist_ok=True)
-        dump_config(cfg, out_dir / "config.yaml")
         (out_dir / "environment.json").write_text(json.dumps(environment(), indent=2))
 
     data = training_data(cfg)
@@ -225,6 +224,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
             print(f"resumed from {used}: epoch {trainer.epoch + 1}, batch {trainer.batches_done}, step {trainer.step}", flush=True)
     elif resume and rank == 0:
         print(f"--resume: no checkpoint in {out_dir} yet, starting from scratch", flush=True)
+    if rank == 0:  # after a successful resume only: a refused one leaves the run's record as it was
+        dump_config(cfg, out_dir / "config.yaml")
     if rank == 0 and progress:
         print(f"training on {data.description}: {len(data.records)} images, {data.num_classes} ids, "
               f"{loader.batch_sampler.num_batches} steps/epoch x {o.epochs} epochs, device {device}, world size {world}; "
