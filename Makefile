@@ -26,9 +26,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
-# The long ablation study (about an hour on 2 cores); resumable: a rerun skips finished runs.
+# The long ablation study (about two hours on 2 cores, two shard processes); resumable: a rerun skips finished runs.
 bench-ablation: $(STAMP)
-	$(PY) bench/ablation.py
+	$(PY) bench/ablation.py --jobs 2
 
 clean:
 	rm -rf $(VENV) data/demo runs/demo
