@@ -129,3 +129,17 @@ def test_continuous_features_match_reference_on_a_larger_problem():
         ref = reference(qf, qids, qc, gf, ids, gc, removal, cmc, "cosine")
         res = evaluate(qf, qids, qc, gf, ids, gc, removal=removal, cmc=cmc, chunk_size=17)
         _assert_same(res, ref)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(allow_nan=False, allow_infinity=False, width=32), min_size=2, max_size=40))
+def test_ordered_bits_order_equals_float_order(values):
+    """The int32 codes used for ranking compare exactly as the float32 values do (-0.0 == +0.0 included)."""
+    import torch
+
+    from cmemd.evaluation.metrics import ordered_bits
+
+    x = torch.tensor(values + [0.0, -0.0, 1e-45, -1e-45], dtype=torch.float32)
+    codes = ordered_bits(x)
+    assert torch.equal(torch.sign(codes[:, None].long() - codes[None, :].long()),
+                       torch.sign(x[:, None].double() - x[None, :].double()).long())
