@@ -93,7 +93,7 @@ def sysu_gallery_draws(
         if method == "official" and not hasattr(rand_perm, "numbers"):
             from cmemd.data.sysu import load_rand_perm
 
-            rand_perm = load_rand_perm(rand_perm)
+            rand_perm = load_rand_perm(rand_perm)  # once, not per trial
     pp = np.asarray(pool_pids).reshape(-1)
     pc = np.asarray(pool_cams).reshape(-1)
     paths = [str(p) for p in pool_paths]
@@ -169,10 +169,6 @@ def evaluate_sysu(
     _check_cams(qc.cpu().numpy(), SYSU_QUERY_CAMS, "query_cams")
     _check_cams(pc.cpu().numpy(), SYSU_GALLERY_CAMS, "pool_cams")
 
-    if draw is None and method == "official" and not hasattr(rand_perm, "numbers"):
-        from cmemd.data.sysu import load_rand_perm
-
-        rand_perm = load_rand_perm(rand_perm)  # once, not per trial
     draws = sysu_gallery_draws(pp.cpu().numpy(), pc.cpu().numpy(), paths, mode=mode, shots=shots, method=method,
                                trials=trial_ids, rand_perm=rand_perm, draw=draw)
 
