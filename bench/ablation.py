@@ -244,7 +244,7 @@ def _plots(rows, sweeps) -> list[Path]:
         made.append(IMAGES / "rank1_vs_lambda.png")
     plt.close(fig)
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for name in ("baseline", "emd_global", "full", "full_allpairs"):
+    for name in ("baseline", "emd_global", "emd_mgs_dl", "full", "full_allpairs"):
         if name in rows:
             cmc = np.mean([np.mean([t["cmc"] for t in r["sysu all-search single-shot"]["trials"]], axis=0)
                            for r in rows[name]], axis=0)
