@@ -64,18 +64,23 @@ SWEEPS: dict[str, tuple[str, list[str]]] = {
 # train : val : test ids. Training uses train + val; 100 test ids at the default 300 ids (CALIBRATION.md asks for
 # at least 100), with fewer training classes than the generator's 60/20/20 so 1,000 steps go further.
 SPLIT = (3.0, 1.0, 2.0)
-# Generator knobs that differ from `cmemd data synth`'s defaults (see the report for why and the before/after).
-SYNTH_KNOBS: dict = {}
+
+
+def data_root(ids: int):
+    """The generator config of the study's data and the folder it goes to (named by the config's hash)."""
+    import hashlib
+
+    from cmemd.data.synth import SynthConfig
+
+    cfg = SynthConfig(ids=ids, images_per_camera=(10, 12), seed=0, split=SPLIT)
+    tag = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    return cfg, WORK / f"synth_{ids}_{tag}"
 
 
 def ensure_data(ids: int) -> Path:
-    import hashlib
+    from cmemd.data.synth import generate_sysu
 
-    from cmemd.data.synth import SynthConfig, generate_sysu
-
-    cfg = SynthConfig(ids=ids, images_per_camera=(10, 12), seed=0, split=SPLIT, **SYNTH_KNOBS)
-    tag = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
-    root = WORK / f"synth_{ids}_{tag}"
+    cfg, root = data_root(ids)
     summary = root / "synth_summary.json"
     WORK.mkdir(parents=True, exist_ok=True)
     with open(WORK / ".data.lock", "w") as lock:
@@ -89,27 +94,23 @@ def ensure_data(ids: int) -> Path:
 
 def run_one(name: str, overrides: list[str], seed: int, data: Path) -> dict:
     from cmemd.config import load_config
-    from cmemd.engine.run import save_results, train
+    from cmemd.engine.run import train
     from cmemd.evaluation.results import to_dict
 
     out = WORK / name / f"seed{seed}"
     done = out / "results.json"
     cfg = load_config(ROOT / "configs/synth_cmemd.yaml",
                       [f"data.root={data}", f"run.out_dir={out}", f"run.seed={seed}", *BUDGET, *overrides])
-    if done.is_file():
-        cached = json.loads(done.read_text())
-        meta = cached.get("_meta", {})
-        # The run's own saved config (budget, data and overrides resolved) must still be what the row asks for:
-        # configs/synth_cmemd.yaml may change after the study.
-        saved = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else None
-        if saved == cfg.to_dict():
-            cached["_meta"] = dict(meta, overrides=overrides)  # the row's current spelling of the same settings
-            return cached
-        print(f"{name} seed {seed}: the cached run used other settings; running it again", flush=True)
+    # The run's own saved config (budget, data and overrides resolved) must still be what the row asks for:
+    # configs/synth_cmemd.yaml may change after the study, and resuming a run of other settings would mix two.
+    saved = yaml.safe_load((out / "config.yaml").read_text()) if (out / "config.yaml").is_file() else None
+    if saved != cfg.to_dict() and (done.is_file() or saved is not None):
+        print(f"{name} seed {seed}: the run there used other settings; starting afresh", flush=True)
         shutil.rmtree(out)
-    elif (out / "config.yaml").is_file() and yaml.safe_load((out / "config.yaml").read_text()) != cfg.to_dict():
-        print(f"{name} seed {seed}: an unfinished run of other settings is there; starting afresh", flush=True)
-        shutil.rmtree(out)  # resuming it would mix two configurations (train() refuses to)
+    elif done.is_file():
+        cached = json.loads(done.read_text())
+        cached["_meta"] = dict(cached.get("_meta", {}), overrides=overrides)  # the row's current spelling
+        return cached
     t0 = time.time()
     outcome = train(cfg, resume=(out / "last.pt").exists(), progress=False)
     res = {k: to_dict(v) for k, v in outcome.results.items()}
@@ -138,17 +139,17 @@ def _metric(run: dict, setting: str, key: str) -> float:
 
 
 def _split_sizes(ids: int) -> tuple[int, int, int]:
-    fr = np.asarray(SPLIT) / sum(SPLIT)  # the generator's rounding (cmemd.data.synth._sysu_plan)
-    val, test = max(1, int(round(ids * fr[1]))), max(1, int(round(ids * fr[2])))
-    return ids - val - test, val, test
+    """(train, val, test) id counts, as the generator's summary of the study's data records them."""
+    summary = json.loads((data_root(ids)[1] / "synth_summary.json").read_text())
+    return tuple(len(summary["ids"][k]) for k in ("train", "val", "test"))
 
 
 def write_report(command: str, wall: float | None, ids: int) -> None:
     rows, sweeps = collect(ROWS), collect(SWEEPS)
-    ntr, nva, nte = _split_sizes(ids)
     if not rows:
         print("no finished runs yet")
         return
+    ntr, nva, nte = _split_sizes(ids)
     lines = ["# Ablation on the synthetic SYSU-layout benchmark", "",
              f"Command: `{command}` (rerun it to finish missing runs; finished ones are cached).", "",
              f"Data: `cmemd data synth` difficulty defaults, {ids} identities split {ntr} train + {nva} val (both used for "
