@@ -325,13 +325,13 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
     results: dict[str, Any] = {}
     if d.dataset == "sysu":
         pool = gallery
+        ids, cams, paths = [r.pid for r in pool], [r.camid for r in pool], [r.path for r in pool]
         qf = extract_features(model, query, desc="query", **kw)
         if return_features:  # reports and `cmemd extract` want every pool image
             pf = extract_features(model, pool, desc="gallery pool", **kw)
         else:
             # Featurise only the pool images some trial of some mode draws (the draws need no features): a
             # single-shot evaluation then encodes about 40% of the SYSU-MM01 pool. Rows no trial reads stay zero.
-            ids, cams, paths = [r.pid for r in pool], [r.camid for r in pool], [r.path for r in pool]
             used = np.unique(np.concatenate([
                 idx for mode in e.modes for idx in sysu_gallery_draws(
                     ids, cams, paths, mode=mode, shots=e.shots, method=e.method, trials=e.trials, rand_perm=e.rand_perm)]))
@@ -340,8 +340,7 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
             pf[used] = part
         for mode in e.modes:
             results[f"sysu {mode}-search {'single' if e.shots == 1 else 'multi'}-shot"] = evaluate_sysu(
-                qf, [r.pid for r in query], [r.camid for r in query], pf, [r.pid for r in pool], [r.camid for r in pool],
-                [r.path for r in pool], mode=mode, shots=e.shots, method=e.method, trials=e.trials,
+                qf, [r.pid for r in query], [r.camid for r in query], pf, ids, cams, paths, mode=mode, shots=e.shots, method=e.method, trials=e.trials,
                 rand_perm=e.rand_perm, feature_name=feature,
             )
         feats = {"query": fset(qf, query), "gallery": fset(pf, pool), "removal": "sysu-same-location"}
