@@ -340,8 +340,8 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
             pf[used] = part
         for mode in e.modes:
             results[f"sysu {mode}-search {'single' if e.shots == 1 else 'multi'}-shot"] = evaluate_sysu(
-                qf, [r.pid for r in query], [r.camid for r in query], pf, ids, cams, paths, mode=mode, shots=e.shots, method=e.method, trials=e.trials,
-                rand_perm=e.rand_perm, feature_name=feature,
+                qf, [r.pid for r in query], [r.camid for r in query], pf, ids, cams, paths, mode=mode, shots=e.shots,
+                method=e.method, trials=e.trials, rand_perm=e.rand_perm, feature_name=feature,
             )
         feats = {"query": fset(qf, query), "gallery": fset(pf, pool), "removal": "sysu-same-location"}
     else:
