@@ -47,6 +47,7 @@ class ModelSettings:
     local_dim: int = 512
     accumulate: str = "prefix"  # prefix | cumsum | none
     use_local: bool = True  # MGS on/off
+    accumulated_heads: bool = True  # BN-neck + identity classifier on each accumulated feature
     test_feature: str = "concat"  # concat | global | local
 
 
@@ -56,14 +57,17 @@ class LossSettings:
     alignment: str = "cmemd"  # cmemd | all-pairs | hetero-center | mmd | none
     lambda_align: float = 0.5
     align_granularities: str = "all"  # all (global + local + accumulated) | global
+    align_feature: str = "pooled"  # pooled (pre-BN) | bn (BN-neck outputs)
     emd_cost: str = "euclidean"  # euclidean | sqeuclidean | cosine
     emd_normalize: bool = False
     emd_solver: str = "exact"  # exact | sinkhorn
     sinkhorn_eps: float = 0.05
+    sinkhorn_iters: int = 200
     lambda_dl: float = 0.1
     dl_variant: str = "plain"  # plain | cross
     dl_on_global: bool = False
     lambda_triplet: float = 0.0  # weighted-regularisation triplet (AGW baseline)
+    lambda_accum_ce: float = 1.0  # identity loss on the accumulated features (with model.accumulated_heads)
 
 
 @dataclass
@@ -104,6 +108,7 @@ class RunSettings:
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
     max_minutes: Optional[float] = None  # wall-clock budget: stop after the epoch that crosses it
     selection: str = "none"  # none | val (validation split; never the test set)
+    diagnostics_ids: int = 30  # modality gap + plan purity on this many val ids after each epoch (0: off)
 
 
 @dataclass
@@ -243,6 +248,7 @@ _CHOICES = {
     "model.test_feature": ("concat", "global", "local"),
     "loss.alignment": ("cmemd", "all-pairs", "hetero-center", "mmd", "none"),
     "loss.align_granularities": ("all", "global"),
+    "loss.align_feature": ("pooled", "bn"),
     "loss.emd_cost": ("euclidean", "sqeuclidean", "cosine"),
     "loss.emd_solver": ("exact", "sinkhorn"),
     "loss.dl_variant": ("plain", "cross"),

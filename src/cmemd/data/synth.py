@@ -712,6 +712,60 @@ def _render_sysu_id(args: Tuple[str, SynthConfig, int, Dict[int, int]]) -> None:
             _encode(img, d / f"{k:04d}.jpg", shot.quality)
 
 
+NUISANCE_FILE = "synth_nuisance.csv"
+NUISANCE_FIELDS = ("path", "pid", "cam", "view", "phase", "scale", "cx", "top", "occlusion", "occlusion_extent")
+
+
+def sysu_nuisance(config: SynthConfig, plan: Dict[int, Dict[int, int]]) -> List[dict]:
+    """Each image's nuisance (view, walking phase, box scale/shift, occlusion), re-drawn from the same seeds
+    as the rendering (cheap: nothing is rendered). ``path`` is relative to the dataset root."""
+    rows = []
+    for pid in sorted(plan):
+        for cam, n in plan[pid].items():
+            look = camera_look(config.seed, cam, SYSU_CAMERAS[cam][2], config.camera_gap, config.width)
+            for k in range(1, n + 1):
+                shot = sample_shot(_rng(config.seed, _T_SHOT, pid, cam, k), config, look.view_bias)
+                occ = shot.occlusion
+                rows.append({"path": f"cam{cam}/{pid:04d}/{k:04d}.jpg", "pid": pid, "cam": cam, "view": shot.view,
+                             "phase": round(shot.phase, 6), "scale": round(shot.scale, 6), "cx": round(shot.cx, 6),
+                             "top": round(shot.top, 6), "occlusion": occ[0] if occ else "",
+                             "occlusion_extent": round(occ[1], 6) if occ else 0.0})
+    return rows
+
+
+def _write_nuisance(path: Path, rows: List[dict]) -> None:
+    import csv
+
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=NUISANCE_FIELDS)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_nuisance(root: str | Path) -> Optional[Dict[str, dict]]:
+    """The generator's nuisance sidecar of a synthetic dataset, ``{relative path: row}``; None where the
+    root has none (real datasets never do). Numbers come back as floats, ``pid``/``cam`` as ints."""
+    import csv
+
+    path = Path(root) / NUISANCE_FILE
+    if not path.is_file():
+        return None
+    out = {}
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = set(NUISANCE_FIELDS) - set(reader.fieldnames or ())
+        if missing:
+            raise ConfigError(f"{path}: missing columns {sorted(missing)}; regenerate the data with `cmemd data synth`")
+        for i, row in enumerate(reader, start=2):
+            try:
+                row = dict(row, pid=int(row["pid"]), cam=int(row["cam"]),
+                           **{k: float(row[k]) for k in ("phase", "scale", "cx", "top", "occlusion_extent")})
+            except ValueError as e:
+                raise ConfigError(f"{path}, line {i}: {e}; regenerate the data with `cmemd data synth`") from None
+            out[row["path"]] = row
+    return out
+
+
 def _run(fn, jobs: list, workers: int) -> None:
     if workers <= 1:
         for j in jobs:
@@ -754,7 +808,9 @@ def generate_sysu(out_dir: str | Path, config: Optional[SynthConfig] = None, wor
 
     Layout: ``cam1..cam6/<pid:04d>/<k:04d>.jpg`` (cams 1, 2, 4, 5 visible; 3, 6 thermal; cam2 and
     cam3 share a scene), ``exp/{train,val,test,available}_id.txt`` (one line of comma-separated
-    1-based ids), ``exp/rand_perm_cam.mat`` and ``synth_summary.json``. Every id has visible and
+    1-based ids), ``exp/rand_perm_cam.mat``, ``synth_summary.json`` and, outside the real layout (the
+    readers ignore it), ``synth_nuisance.csv``: each image's view, walking phase, box scale/shift and
+    occlusion, for the alignment diagnostics (:func:`read_nuisance`). Every id has visible and
     thermal images; every test id has query images (cam3/cam6) and an indoor gallery (cam1/cam2).
 
     The summary: ``ids`` per split, ``images[split]["cam<c>"]`` counts, ``modalities[split]``,
@@ -770,6 +826,7 @@ def generate_sysu(out_dir: str | Path, config: Optional[SynthConfig] = None, wor
                       ("available", list(range(1, config.ids + 1)))):
         (exp / f"{name}_id.txt").write_text(",".join(str(i) for i in ids) + "\n")
     _write_rand_perm(exp / "rand_perm_cam.mat", config, plan)
+    _write_nuisance(out / NUISANCE_FILE, sysu_nuisance(config, plan))
     images = {s: {f"cam{c}": sum(plan[p].get(c, 0) for p in ids) for c in range(1, 7)} for s, ids in splits.items()}
     mods = {s: {"visible": sum(v for k, v in cams.items() if SYSU_CAMERAS[int(k[3:])][0] == "visible"),
                 "thermal": sum(v for k, v in cams.items() if SYSU_CAMERAS[int(k[3:])][0] == "thermal")}
@@ -866,6 +923,8 @@ def generate_regdb(out_dir: str | Path, config: Optional[SynthConfig] = None, wo
 
 __all__ = [
     "SynthConfig",
+    "read_nuisance",
+    "sysu_nuisance",
     "Identity",
     "Shot",
     "Scene",

@@ -45,3 +45,35 @@ def extract_features(
         out.append(model(images, modalities).float().cpu())
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
+
+
+@torch.no_grad()
+def extract_outputs(
+    model: nn.Module,
+    records: Sequence[ImageRecord],
+    fields: Sequence[str],
+    *,
+    height: int,
+    width: int,
+    batch_size: int = 128,
+    device: str | torch.device = "cpu",
+) -> dict[str, np.ndarray]:
+    """Named parts of the model's eval-mode output for every record, in record order.
+
+    ``fields`` are :class:`~cmemd.models.VTOutput` attribute names (e.g. ``global_feat``,
+    ``local_feats``) or ``"test"`` for the test feature; a field the model does not produce is left out.
+    """
+    from cmemd.data.dataset import build_test_loader
+
+    was_training = model.training
+    model.eval()
+    loader = build_test_loader(records, height=height, width=width, batch_size=batch_size)
+    parts: dict[str, list[torch.Tensor]] = {f: [] for f in fields}
+    for batch in loader:
+        out = model.forward_output(batch[0].to(device), batch[2].to(device))
+        for f in fields:
+            x = model.test_feature(out) if f == "test" else getattr(out, f, None)
+            if x is not None:
+                parts[f].append(x.float().cpu())
+    model.train(was_training)
+    return {f: torch.cat(v).numpy() for f, v in parts.items() if v}

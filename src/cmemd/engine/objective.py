@@ -12,9 +12,40 @@ import torch
 from torch import Tensor, nn
 
 from cmemd.errors import ConfigError
+from cmemd.evaluation.modality import feature_health
 from cmemd.losses.alignment import make_alignment_loss
 from cmemd.losses.classification import cross_entropy_label_smooth
 from cmemd.losses.triplet import wrt_triplet
+
+
+ALIGN_FEATURES = ("pooled", "bn")
+
+
+def aligned_features(out: Any, granularities: str = "all", feature: str = "pooled") -> list[Tensor]:
+    """The features an alignment loss sees, one ``(N, D)`` tensor per granularity: the global feature,
+    then (``granularities="all"``, when the model has them) each local and each accumulated feature.
+    ``feature="pooled"``: the pooled features before the BN-neck; ``"bn"``: the BN-neck outputs (the
+    accumulated features have BN-necks only with their classifiers; else their pooled form is used)."""
+    bn = feature == "bn"
+    feats = [out.global_bn if bn else out.global_feat]
+    local = getattr(out, "local_feats", None)
+    if granularities == "all" and local is not None:
+        feats += list((out.local_bn if bn else local).unbind(1))
+        acc = getattr(out, "accumulated_bn", None) if bn else None
+        acc = acc if acc is not None else getattr(out, "accumulated_feats", None)
+        if acc is not None:
+            feats += list(acc.unbind(1))
+    return feats
+
+
+def health_terms(out: Any) -> dict[str, float]:
+    """Mean norm and dead-entry fraction of the pooled (pre-BN) global, local and accumulated features."""
+    terms = {}
+    for name, attr in (("global", "global_feat"), ("local", "local_feats"), ("accum", "accumulated_feats")):
+        x = getattr(out, attr, None)
+        if x is not None:
+            terms[f"norm_{name}"], terms[f"dead_{name}"] = feature_health(x)
+    return terms
 
 
 class Objective(nn.Module):
@@ -26,8 +57,14 @@ class Objective(nn.Module):
         lambda_align: weight of the alignment loss.
         align_granularities: ``all`` (global + each local + each accumulated feature, each one
             granularity) or ``global``.
-        emd_cost, emd_normalize, emd_solver, sinkhorn_eps: the CM-EMD cost and plan options
-            (cost/normalize also apply to all-pairs and hetero-centre).
+        align_feature: which feature the alignment sees: ``pooled`` (pre-BN, the paper's figure) or
+            ``bn`` (the BN-neck outputs).
+        emd_cost, emd_normalize, emd_solver, sinkhorn_eps, sinkhorn_iters: the cost and plan options
+            (cost/normalize apply to every alignment loss alike -- MMD takes ``normalize`` -- so the
+            ablation compares alignment strategies, not scalings).
+        lambda_accum_ce: weight of the identity loss on the accumulated features (mean over their S
+            classifiers), a term of its own beside ``ce_local`` (mean over the S local classifiers, weight 1
+            as METHOD.md writes it); used when the model has accumulated classifiers.
         lambda_dl: weight of CM-DL on the holistic feature (the global one when there is no
             local stream); ``dl_variant`` ``plain`` | ``cross``; ``dl_on_global`` adds it on the global feature.
         lambda_triplet: weight of the weighted-regularisation triplet on the global feature.
@@ -40,10 +77,13 @@ class Objective(nn.Module):
         alignment: str = "cmemd",
         lambda_align: float = 0.5,
         align_granularities: str = "all",
+        align_feature: str = "pooled",
         emd_cost: str = "euclidean",
         emd_normalize: bool = False,
         emd_solver: str = "exact",
         sinkhorn_eps: float = 0.05,
+        sinkhorn_iters: int = 200,
+        lambda_accum_ce: float = 1.0,
         lambda_dl: float = 0.1,
         dl_variant: str = "plain",
         dl_on_global: bool = False,
@@ -52,10 +92,14 @@ class Objective(nn.Module):
         super().__init__()
         if align_granularities not in ("all", "global"):
             raise ConfigError(f"align_granularities must be 'all' or 'global', got {align_granularities!r}")
-        self.label_smoothing = label_smoothing
+        if align_feature not in ALIGN_FEATURES:
+            raise ConfigError(f"align_feature must be one of {ALIGN_FEATURES}, got {align_feature!r}")
+        self.label_smoothing, self.lambda_accum_ce = label_smoothing, lambda_accum_ce
         self.lambda_align, self.align_granularities = lambda_align, align_granularities
+        self.align_feature = align_feature
         if alignment == "cmemd":
-            kw: dict[str, Any] = dict(cost=emd_cost, normalize=emd_normalize, solver=emd_solver, eps=sinkhorn_eps)
+            kw: dict[str, Any] = dict(cost=emd_cost, normalize=emd_normalize, solver=emd_solver, eps=sinkhorn_eps,
+                                      sinkhorn_iters=sinkhorn_iters)
         elif alignment in ("all-pairs", "hetero-center"):
             kw = dict(cost=emd_cost, normalize=emd_normalize)
         elif alignment == "mmd":
@@ -81,18 +125,14 @@ class Objective(nn.Module):
         total = terms["ce_global"]
         local = getattr(out, "local_feats", None)
         if getattr(out, "local_logits", None):
-            # every fine granularity is classified: the S local and (when present) S accumulated features
-            fine = list(out.local_logits) + list(getattr(out, "accumulated_logits", None) or [])
-            terms["ce_local"] = torch.stack([self._ce(lg, pids) for lg in fine]).mean()
+            terms["ce_local"] = torch.stack([self._ce(lg, pids) for lg in out.local_logits]).mean()
             total = total + terms["ce_local"]
+        if getattr(out, "accumulated_logits", None) and self.lambda_accum_ce > 0:
+            terms["ce_accum"] = torch.stack([self._ce(lg, pids) for lg in out.accumulated_logits]).mean()
+            total = total + self.lambda_accum_ce * terms["ce_accum"]
 
         if self.lambda_align > 0 and self.alignment_name != "none":
-            feats = [out.global_feat]
-            if self.align_granularities == "all" and local is not None:
-                feats += list(local.unbind(1))
-                acc = getattr(out, "accumulated_feats", None)
-                if acc is not None:
-                    feats += list(acc.unbind(1))
+            feats = aligned_features(out, self.align_granularities, self.align_feature)
             res = self.align(feats, pids, modalities)
             terms["align"] = res.loss
             per = res.per_granularity.detach()
@@ -118,4 +158,5 @@ class Objective(nn.Module):
 
         logged = {"loss": float(total.detach())}
         logged.update({k: float(v.detach()) for k, v in terms.items()})
+        logged.update(health_terms(out))
         return total, logged

@@ -120,6 +120,7 @@ def model_config(cfg: TrainConfig, num_classes: int):
         num_classes=num_classes, arch=m.arch, width=m.width, modality_specific_stages=m.modality_specific_stages,
         last_stride=m.last_stride, pooling=m.pooling, num_stripes=m.num_stripes, local_dim=m.local_dim,
         accumulate=m.accumulate, test_feature=m.test_feature, use_local=m.use_local, pretrained=m.pretrained,
+        accumulated_heads=m.accumulated_heads,
     )
 
 
@@ -210,13 +211,18 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
     selection = SELECTION_NOTE if cfg.run.selection == "none" else VAL_SELECTION_NOTE
     extra = {"config": cfg.to_dict(), "model_config": dataclasses.asdict(mcfg), "num_classes": data.num_classes,
              "selection": selection, "kind": "cmemd-train"}
+    hooks = []
+    if cfg.run.selection == "val" and rank == 0:
+        hooks.append(_val_selector(cfg, device))
+    if cfg.run.diagnostics_ids > 0 and rank == 0:
+        hooks.append(_diagnostics_hook(cfg, device, progress))
     trainer = Trainer(
         model, objective_from_config(cfg).to(device), optimizer, loader, epochs=o.epochs, out_dir=out_dir, device=device,
         amp=o.amp, grad_clip=o.grad_clip, channels_last=o.channels_last, warmup_epochs=o.warmup_epochs,
         milestones=o.milestones, gamma=o.gamma, log_every=cfg.run.log_every,
         checkpoint_every_steps=cfg.run.checkpoint_every_steps, max_minutes=cfg.run.max_minutes,
         extra_state=extra, rank=rank, progress=progress,
-        on_epoch_end=_val_selector(cfg, device) if cfg.run.selection == "val" and rank == 0 else None,
+        on_epoch_end=_chain(hooks),
     )
     if resume and ckpt.exists():
         used = trainer.resume(ckpt)
@@ -247,6 +253,58 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
 
         dist.barrier()
     return outcome
+
+
+def _chain(hooks: list):
+    """One on_epoch_end callback running ``hooks`` in order (None when there are none)."""
+    if not hooks:
+        return None
+
+    def run_all(trainer: Trainer, epoch: int) -> None:
+        for hook in hooks:
+            hook(trainer, epoch)
+
+    return run_all
+
+
+def diagnostic_records(cfg: TrainConfig) -> tuple[list[ImageRecord], str]:
+    """The records the per-epoch diagnostics use, and a note saying what they are: the val ids of a SYSU-layout
+    root (trained on unless ``run.selection=val``); RegDB has no val split, so none."""
+    if cfg.data.dataset != "sysu":
+        return [], "RegDB has no validation split: per-epoch modality diagnostics are off"
+    from cmemd.data.sysu import SYSUMM01
+    from cmemd.engine.diagnostics import select_identities
+
+    ds = SYSUMM01(cfg.data.root)
+    recs = select_identities(ds.query("val") + ds.gallery_pool("all", "val"), cfg.run.diagnostics_ids)
+    held = "held out" if cfg.run.selection == "val" else "trained on: run.selection=none"
+    return recs, f"{len({r.pid for r in recs})} val ids ({held})"
+
+
+def _diagnostics_hook(cfg: TrainConfig, device: torch.device, progress: bool):
+    """on_epoch_end hook: modality gap and (on synthetic data) plan purity on val ids, logged as a 'diag' line."""
+    from cmemd.engine.diagnostics import alignment_diagnostics, diagnostics_record, nuisance_of
+
+    recs, note = diagnostic_records(cfg)
+    if not recs:
+        if progress:
+            print(f"diagnostics: {note}", flush=True)
+        return lambda trainer, epoch: None
+    nuisance = nuisance_of(recs, cfg.data.root)
+    loss = cfg.loss
+    feature = "global_bn" if loss.align_feature == "bn" else "global_feat"
+
+    def on_epoch_end(trainer: Trainer, epoch: int) -> None:
+        diag = alignment_diagnostics(unwrap(trainer.model), recs, height=cfg.data.height, width=cfg.data.width,
+                                     device=device, batch_size=cfg.eval.batch_size, nuisance=nuisance,
+                                     cost=loss.emd_cost, normalize=loss.emd_normalize, feature=feature)
+        trainer._log({"kind": "diag", "epoch": epoch, "step": trainer.step, **diagnostics_record(diag)})
+        if progress:
+            print(f"after epoch {epoch + 1}, {note}: {diag['modality_gap'].format()}", flush=True)
+            if diag["plan_purity"] is not None:
+                print(f"  {diag['plan_purity'].format()}", flush=True)
+
+    return on_epoch_end
 
 
 def _val_selector(cfg: TrainConfig, device: torch.device):

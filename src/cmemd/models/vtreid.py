@@ -86,6 +86,9 @@ class ModelConfig:
         accumulate: ``"prefix"`` [default] | ``"cumsum"`` | ``"none"``.
         test_feature: ``"concat"`` [default] | ``"global"`` | ``"local"``.
         use_local: MGS on [True]; False gives the global-only model.
+        accumulated_heads: a BN-neck + identity classifier on each accumulated feature [True]. Without
+            them only alignment losses read the accumulated features, and those can be lowered by
+            collapsing the features to a constant (docs/method.md).
         zero_init_residual: torchvision's option for the backbone init [False].
         pretrained: None [default], a torchvision-format file, or ``"imagenet"``; loaded into every
             backbone copy by :func:`build_model`.
@@ -104,6 +107,7 @@ class ModelConfig:
     accumulate: str = "prefix"
     test_feature: str = "concat"
     use_local: bool = True
+    accumulated_heads: bool = True
     zero_init_residual: bool = False
     pretrained: Optional[str] = None
 
@@ -155,6 +159,7 @@ class VTOutput:
     local_bn: Optional[Tensor] = None        # N x S x D_l (BN-neck of f_k)
     local_logits: Optional[list[Tensor]] = None
     accumulated_feats: Optional[Tensor] = None  # N x S x D_l (a_k)
+    accumulated_bn: Optional[Tensor] = None  # N x S x D_l (BN-neck of a_k, with accumulated_heads)
     accumulated_logits: Optional[list[Tensor]] = None  # S tensors N x num_classes (BN-neck + classifier of a_k)
     holistic: Optional[Tensor] = None        # N x (S*D_l)
     stripe_weights: Optional[Tensor] = None  # S, softmax of the stripe logits
@@ -274,9 +279,9 @@ class VTReIDModel(nn.Module):
             self.local_classifiers = nn.ModuleList([_classifier(D, cfg.num_classes)
                                                     for _ in range(S)])
             self.accum_reduce = _reduction(c, D) if cfg.accumulate == "prefix" else None
-            # Identity supervision of each accumulated feature: without it, an alignment loss alone
-            # collapses them to a constant (measured: CM-EMD on them fell to ~0 within 2 epochs).
-            if cfg.accumulate != "none":
+            # Identity supervision of each accumulated feature: without it an alignment loss alone can
+            # collapse them to a constant (docs/method.md has the measurement).
+            if cfg.accumulate != "none" and cfg.accumulated_heads:
                 self.accum_necks = nn.ModuleList([_bn_neck(D) for _ in range(S)])
                 self.accum_classifiers = nn.ModuleList([_classifier(D, cfg.num_classes) for _ in range(S)])
             self.stripe_logits = nn.Parameter(torch.zeros(S))
@@ -366,9 +371,10 @@ class VTReIDModel(nn.Module):
             out.accumulated_feats = self.accum_reduce(prefix.reshape(n * s_, c)).reshape(n, s_, -1)
         elif self.cfg.accumulate == "cumsum":
             out.accumulated_feats = f.cumsum(dim=1)
-        if out.accumulated_feats is not None:
-            out.accumulated_logits = [clf(neck(out.accumulated_feats[:, k])) for k, (neck, clf)
-                                      in enumerate(zip(self.accum_necks, self.accum_classifiers))]
+        if out.accumulated_feats is not None and self.cfg.accumulated_heads:
+            out.accumulated_bn = torch.stack([neck(out.accumulated_feats[:, k])
+                                              for k, neck in enumerate(self.accum_necks)], dim=1)
+            out.accumulated_logits = [clf(out.accumulated_bn[:, k]) for k, clf in enumerate(self.accum_classifiers)]
         w = self.stripe_weights()
         out.stripe_weights = w
         out.holistic = (f * w.view(1, -1, 1)).flatten(1)

@@ -1,0 +1,230 @@
+"""Does CM-EMD align the modalities, and does its plan pick the pairs with small intra-identity variation?
+
+    python bench/alignment_study.py --jobs 2                 # every group in order, resumable, then the report
+    python bench/alignment_study.py --groups cost --jobs 2   # one group
+    python bench/alignment_study.py --report-only            # rebuild docs/results/alignment_study.md
+
+Groups (each run: train, evaluate with the SYSU-MM01 protocol, then diagnostics on the test ids):
+  cost       the alignment-cost candidates at a short budget: feature norms and dead units per granularity
+  core       baseline, + CM-EMD (global), full CM-EMD and its alignment swapped (all-pairs, hetero-centre,
+             Sinkhorn plan), seeds 0..4 at the study budget
+  settings   what separates the full model from the best earlier row: modality-specific stages, triplet,
+             label smoothing (each switched alone on the full model), seeds 0..4
+  variation  the generator's view/pose variation at three levels, full CM-EMD against all-pairs, seeds 0..2
+
+Each finished run writes a small JSON file under docs/results/alignment_study/runs/ (commit it): a rerun on any
+machine skips every run whose file is there with the same settings, so the study outlives a session.
+Checkpoints of unfinished runs live under data/alignment_study/ and resume.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / "data" / "alignment_study"
+OUT = ROOT / "docs" / "results" / "alignment_study"
+RUNS = OUT / "runs"
+REPORT = ROOT / "docs" / "results" / "alignment_study.md"
+COMMAND = "python bench/alignment_study.py --jobs 2"
+
+# The earlier ablation's budget (docs/results/ablation.md): 1,600 steps of 8 x (4 + 4), which put the baseline at
+# 19.5 ± 1.5 all-search Rank-1 on the 300-id set.
+BUDGET = ["optim.epochs=8", "optim.warmup_epochs=1", "optim.milestones=[6]", "data.steps_per_epoch=200",
+          "eval.trials=10", "eval.shots=1", "run.log_every=20", "run.threads=1", "run.diagnostics_ids=30"]
+SHORT = ["optim.epochs=2", "optim.warmup_epochs=1", "optim.milestones=[2]", "data.steps_per_epoch=100",
+         "eval.trials=10", "eval.shots=1", "run.log_every=10", "run.threads=1", "run.diagnostics_ids=30"]
+BASELINE = ["model.modality_specific_stages=1", "model.use_local=false", "model.test_feature=global",
+            "loss.label_smoothing=0.1", "loss.alignment=none", "loss.lambda_dl=0", "loss.lambda_triplet=1"]
+FULL = ["loss.alignment=cmemd", "loss.lambda_align=0.5", "loss.lambda_dl=0.1", "model.num_stripes=4"]
+SPLIT = (3.0, 1.0, 2.0)  # train : val : test ids, as the earlier ablation (100 test ids of 300)
+
+# group -> row -> (label, overrides); the cost group at the short budget on 80 ids, the rest at BUDGET on 300.
+COST_ROWS = {
+    "none": ("no alignment (reference norms)", FULL + ["loss.lambda_align=0"]),
+    "euclidean": ("Euclidean on pooled features (the old default)", FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=false"]),
+    "euclidean_l2": ("Euclidean on L2-normalised pooled features", FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=true"]),
+    "cosine": ("cosine distance on pooled features", FULL + ["loss.emd_cost=cosine"]),
+    "euclidean_bn": ("Euclidean on BN-neck features", FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=false",
+                                                            "loss.align_feature=bn"]),
+    "euclidean_l2_noheads": ("Euclidean L2, no accumulated classifiers", FULL + ["loss.emd_cost=euclidean",
+                                                                                  "loss.emd_normalize=true",
+                                                                                  "model.accumulated_heads=false"]),
+}
+GROUPS: dict[str, dict] = {
+    "cost": {"ids": 80, "budget": SHORT, "seeds": [0], "rows": COST_ROWS, "variation": None},
+}
+
+
+def synth_config(ids: int, variation: float | None):
+    from cmemd.data.synth import SynthConfig
+
+    kw = {} if variation is None else {"variation": variation}
+    return SynthConfig(ids=ids, images_per_camera=(10, 12), seed=0, split=SPLIT, **kw)
+
+
+def ensure_data(ids: int, variation: float | None) -> Path:
+    from cmemd.data.synth import NUISANCE_FILE, generate_sysu
+
+    cfg = synth_config(ids, variation)
+    tag = hashlib.sha256(json.dumps(cfg.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+    root = WORK / f"synth_{ids}_{tag}"
+    summary = root / "synth_summary.json"
+    WORK.mkdir(parents=True, exist_ok=True)
+    with open(WORK / ".data.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # shards started together: one generates, the others wait
+        ok = summary.is_file() and json.loads(summary.read_text()).get("config") == cfg.to_dict()
+        if not ok or not (root / NUISANCE_FILE).is_file():
+            shutil.rmtree(root, ignore_errors=True)
+            print(f"generating {ids} identities (variation {cfg.variation}) into {root}", flush=True)
+            generate_sysu(root, cfg, workers=2)
+    return root
+
+
+def _stable(cfg_dict: dict) -> dict:
+    """The settings that define a run (paths left out: they differ between machines)."""
+    d = json.loads(json.dumps(cfg_dict))
+    d["data"].pop("root", None), d["data"].pop("cache_dir", None), d["run"].pop("out_dir", None)
+    return d
+
+
+def run_path(group: str, row: str, seed: int) -> Path:
+    return RUNS / group / row / f"seed{seed}.json"
+
+
+def run_one(group: str, row: str, seed: int) -> dict:
+    from cmemd.config import load_config
+    from cmemd.data.sysu import SYSUMM01
+    from cmemd.engine.diagnostics import alignment_diagnostics, diagnostics_record, nuisance_of
+    from cmemd.engine.run import train
+
+    g = GROUPS[group]
+    label, overrides = g["rows"][row]
+    data = ensure_data(g["ids"], g["variation"] if not callable(g["variation"]) else g["variation"](row))
+    out = WORK / group / row / f"seed{seed}"
+    cfg = load_config(ROOT / "configs/synth_cmemd.yaml",
+                      [f"data.root={data}", f"run.out_dir={out}", f"run.seed={seed}", *g["budget"], *overrides])
+    done = run_path(group, row, seed)
+    if done.is_file():
+        rec = json.loads(done.read_text())
+        if rec.get("config") == _stable(cfg.to_dict()):
+            return rec
+        print(f"{group}/{row} seed {seed}: the saved run used other settings; running it again", flush=True)
+    saved = out / "config.yaml"
+    if saved.is_file():
+        import yaml
+
+        if _stable(yaml.safe_load(saved.read_text())) != _stable(cfg.to_dict()):
+            shutil.rmtree(out)
+    t0 = time.time()
+    outcome = train(cfg, resume=(out / "last.pt").exists(), progress=False)
+    ds = SYSUMM01(data)
+    test = ds.query() + ds.gallery_pool("all")
+    loss = cfg.loss
+    diag = alignment_diagnostics(outcome.model, test, height=cfg.data.height, width=cfg.data.width,
+                                 batch_size=256, nuisance=nuisance_of(test, data), cost=loss.emd_cost,
+                                 normalize=loss.emd_normalize,
+                                 feature="global_bn" if loss.align_feature == "bn" else "global_feat")
+    hist = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    epochs = [h for h in hist if h.get("kind") == "epoch"]
+    diags = [h for h in hist if h.get("kind") == "diag"]
+    rec = {
+        "group": group, "row": row, "label": label, "seed": seed, "overrides": overrides,
+        "config": _stable(cfg.to_dict()), "seconds": time.time() - t0,
+        "results": {name: {"mean": r.mean, "std": r.std, "trials": [t["R1"] for t in r.rows()]}
+                    for name, r in outcome.results.items()},
+        "test_diagnostics": diagnostics_record(diag),
+        "last_epoch": {k: v for k, v in epochs[-1].items() if k.startswith(("norm_", "dead_", "align", "ce_", "loss"))},
+        "epochs": [{k: v for k, v in e.items() if k.startswith(("norm_", "dead_", "align", "epoch"))} for e in epochs],
+        "val_diagnostics": diags,
+        "data": data.name,
+    }
+    done.parent.mkdir(parents=True, exist_ok=True)
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec, indent=1))
+    tmp.replace(done)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)
+    r1 = rec["results"]["sysu all-search single-shot"]["mean"]["R1"]
+    print(f"{group}/{row} seed {seed}: all-search R1 {100 * r1:.2f}, "
+          f"gap ratio {rec['test_diagnostics']['gap_centre_ratio']:.2f} ({time.time() - t0:.0f} s)", flush=True)
+    return rec
+
+
+def load_runs(group: str) -> dict[str, list[dict]]:
+    out: dict[str, list[dict]] = {}
+    for row in GROUPS[group]["rows"]:
+        runs = [json.loads(p.read_text()) for p in sorted((RUNS / group / row).glob("seed*.json"))]
+        if runs:
+            out[row] = runs
+    return out
+
+
+def plan(groups: list[str]) -> list[tuple[str, str, int]]:
+    """Seed-major within each group, so every row gets seed 0 before any gets seed 1."""
+    return [(g, row, seed) for g in groups for seed in GROUPS[g]["seeds"] for row in GROUPS[g]["rows"]]
+
+
+def write_report(wall: float | None = None) -> None:
+    from alignment_report import write  # noqa: the report lives beside this script
+
+    write(GROUPS, load_runs, REPORT, OUT, COMMAND, wall)
+
+
+def _strip(argv: list[str], flags=("--jobs", "--shard")) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in flags:
+            skip = True
+        elif not a.startswith(tuple(f + "=" for f in flags)):
+            out.append(a)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--groups", nargs="*", default=None, help=f"subset of {list(GROUPS)}")
+    ap.add_argument("--rows", nargs="*", default=None)
+    ap.add_argument("--seeds", nargs="*", type=int, default=None)
+    ap.add_argument("--jobs", type=int, default=1)
+    ap.add_argument("--shard", default="1/1")
+    ap.add_argument("--report-only", action="store_true")
+    args = ap.parse_args()
+    t0 = time.time()
+    if args.report_only:
+        write_report()
+        return
+    groups = args.groups or list(GROUPS)
+    todo = [(g, r, s) for g, r, s in plan(groups) if (not args.rows or r in args.rows)
+            and (args.seeds is None or s in args.seeds)]
+    if args.jobs > 1:
+        for g in groups:  # data first, once
+            var = GROUPS[g]["variation"]
+            for v in ({var(r) for r in GROUPS[g]["rows"]} if callable(var) else {var}):
+                ensure_data(GROUPS[g]["ids"], v)
+        procs = [subprocess.Popen([sys.executable, __file__, *_strip(sys.argv[1:]), "--shard", f"{k}/{args.jobs}"])
+                 for k in range(1, args.jobs + 1)]
+        codes = [p.wait() for p in procs]
+        write_report(time.time() - t0)
+        if any(codes):
+            sys.exit(f"shard exit codes {codes}: rerun the same command to finish (finished runs are kept)")
+        return
+    k, n = (int(v) for v in args.shard.split("/"))
+    for g, row, seed in todo[k - 1::n]:
+        run_one(g, row, seed)
+    if n == 1:
+        write_report(time.time() - t0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+"""Is the alignment doing its job? Modality gap and plan purity of a model on a set of records.
+
+A thin layer over :mod:`cmemd.evaluation.modality` (which works on features only): it extracts the
+features a model aligns and tests with, draws identity groups the way the training sampler does, and
+reads the synthetic generator's nuisance sidecar when the data has one.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from cmemd.data.records import ImageRecord, modality_index
+from cmemd.engine.extract import extract_outputs
+from cmemd.evaluation.modality import ModalityGap, PlanPurity, modality_gap, plan_purity, sample_identity_groups
+from cmemd.losses.alignment import cross_cost
+
+NUISANCE_NUMBERS = ("phase", "scale", "cx", "top", "occlusion_extent")
+
+
+def nuisance_of(records: Sequence[ImageRecord], root: str | Path) -> Optional[dict[str, np.ndarray]]:
+    """Per-record nuisance arrays (``view`` and the numeric ones) from the generator's sidecar under
+    ``root``; None when the data has no sidecar. A record missing from the sidecar is an error (the
+    sidecar belongs to other data)."""
+    from cmemd.data.synth import NUISANCE_FILE, read_nuisance
+    from cmemd.errors import DatasetError
+
+    table = read_nuisance(root)
+    if table is None:
+        return None
+    base = Path(root).resolve()
+    rows = []
+    for r in records:
+        try:
+            rel = Path(r.path).resolve().relative_to(base).as_posix()
+        except ValueError:
+            rel = r.path
+        if rel not in table:
+            raise DatasetError(f"{base / NUISANCE_FILE}: no entry for {rel}; the sidecar is not of this data "
+                               "(regenerate it with `cmemd data synth`)")
+        rows.append(table[rel])
+    out = {"view": np.array([x["view"] for x in rows])}
+    out.update({k: np.array([x[k] for x in rows], np.float64) for k in NUISANCE_NUMBERS})
+    return out
+
+
+def select_identities(records: Sequence[ImageRecord], max_ids: int, seed: int = 0) -> list[ImageRecord]:
+    """The records of at most ``max_ids`` identities (a fixed random choice), to keep diagnostics cheap."""
+    ids = sorted({r.pid for r in records})
+    if len(ids) > max_ids:
+        ids = set(np.random.default_rng(seed).choice(ids, max_ids, replace=False).tolist())
+    return [r for r in records if r.pid in ids]
+
+
+def alignment_diagnostics(
+    model: nn.Module,
+    records: Sequence[ImageRecord],
+    *,
+    height: int,
+    width: int,
+    device: Any = "cpu",
+    batch_size: int = 256,
+    nuisance: Optional[dict[str, np.ndarray]] = None,
+    cost: str = "euclidean",
+    normalize: bool = False,
+    feature: str = "global_feat",
+    k: int = 4,
+    draws: int = 4,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """``{"modality_gap": ModalityGap, "plan_purity": PlanPurity | None}`` of ``model`` on ``records``.
+
+    The gap is measured on the test feature; the plan on ``feature`` (the global feature the CM-EMD
+    loss aligns, pre-BN by default) with the loss's ``cost``/``normalize``, for identity groups of
+    ``k`` visible + ``k`` thermal images (``draws`` rounds, seeded), in eval mode.
+    """
+    feats = extract_outputs(model, records, ("test", feature), height=height, width=width,
+                            batch_size=batch_size, device=device)
+    pids = np.array([r.pid for r in records])
+    mods = np.array([modality_index(r.modality) for r in records])
+    cams = np.array([r.camid for r in records])
+    out: dict[str, Any] = {"modality_gap": modality_gap(feats["test"], pids, mods, cams), "plan_purity": None}
+    if nuisance is not None and feature in feats:
+        groups = sample_identity_groups(pids, mods, k, draws=draws, seed=seed)
+        if groups:
+            out["plan_purity"] = plan_purity(
+                torch.from_numpy(feats[feature]), groups, nuisance["view"],
+                {n: nuisance[n] for n in NUISANCE_NUMBERS},
+                cost=lambda v, t: cross_cost(v, t, cost, normalize))
+    return out
+
+
+def diagnostics_record(diag: dict[str, Any]) -> dict[str, float]:
+    """A flat ``{name: number}`` form for metrics.jsonl and result files."""
+    rec: dict[str, float] = {}
+    gap: ModalityGap = diag["modality_gap"]
+    for key in ("centre_ratio", "probe_accuracy", "r1_v2v", "r1_t2t", "r1_t2v"):
+        rec[f"gap_{key}"] = float(getattr(gap, key))
+    pur: Optional[PlanPurity] = diag.get("plan_purity")
+    if pur is not None:
+        rec.update(purity_plan=pur.same_view_plan, purity_uniform=pur.same_view_uniform, purity_ratio=pur.ratio)
+        for n in pur.nuisance_plan:
+            rec[f"nuisance_{n}_plan"], rec[f"nuisance_{n}_uniform"] = pur.nuisance_plan[n], pur.nuisance_uniform[n]
+    return rec
