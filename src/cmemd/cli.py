@@ -177,6 +177,7 @@ def train_cmd(
         outcome = train(cfg, resume=resume, evaluate_after=not no_eval)
         if outcome.results:
             typer.echo(format_all(outcome.results))
+            typer.echo(outcome.modality_gap.format())
             typer.echo(f"run directory: {outcome.out_dir} (checkpoint {outcome.checkpoint}, results.json, metrics.jsonl)")
     except CmemdError as e:
         _fail(e)
@@ -200,7 +201,7 @@ def eval_cmd(
     """Evaluate a trained checkpoint with the SYSU-MM01 or RegDB protocol."""
     from dataclasses import replace
 
-    from cmemd.engine.run import evaluate_model, format_all, load_trained, resolve_device, save_results
+    from cmemd.engine.run import evaluate_model, format_all, load_trained, modality_gap_of, resolve_device, save_results
 
     try:
         dev = resolve_device(device)
@@ -223,9 +224,11 @@ def eval_cmd(
         validate(cfg)
         typer.echo(f"checkpoint {checkpoint}: {cfg.model.arch}, test feature '{cfg.model.test_feature}'; data {d.root}")
         results, feats = evaluate_model(model, cfg, device=dev, return_features=True)
+        gap = modality_gap_of(feats)
         typer.echo(format_all(results))
+        typer.echo(gap.format())
         if out:
-            save_results(results, out)
+            save_results(results, out, gap)
             typer.echo(f"results written to {out}")
         if report:
             index = _write_report(report, results, feats, checkpoint=checkpoint, data=d.root)
@@ -360,13 +363,15 @@ def demo_cmd(
 
         t0 = time.time()
         typer.echo("[3/4] evaluating: SYSU-MM01 protocol, all-search and indoor-search, single-shot, 10 trials ...")
-        from cmemd.engine.run import evaluate_model, save_results
+        from cmemd.engine.run import evaluate_model, modality_gap_of, save_results
 
         results, feats = evaluate_model(outcome.model, cfg, progress=False, return_features=True)
-        save_results(results, out_dir / "results.json")
+        gap = modality_gap_of(feats)
+        save_results(results, out_dir / "results.json", gap)
         phases["evaluate"] = time.time() - t0
         typer.echo("[4/4] results")
         typer.echo(format_all(results))
+        typer.echo(gap.format())
         typer.echo(f"chance Rank-1 is about 1/#test ids; run directory {out_dir}")
         typer.echo("time per phase: " + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
                    + f" (total {sum(phases.values()):.0f} s)")

@@ -59,7 +59,7 @@ class LossSettings:
     align_granularities: str = "all"  # all (global + local + accumulated) | global
     align_feature: str = "pooled"  # pooled (pre-BN) | bn (BN-neck outputs)
     emd_cost: str = "euclidean"  # euclidean | sqeuclidean | cosine
-    emd_normalize: bool = False
+    emd_normalize: bool = True  # L2-normalise before the cost: scale-safe (docs/method.md)
     emd_solver: str = "exact"  # exact | sinkhorn
     sinkhorn_eps: float = 0.05
     sinkhorn_iters: int = 200

@@ -276,6 +276,9 @@ def write_report(out_dir: Union[str, Path], results: Mapping[str, ProtocolResult
                       query_modality=query_modality, gallery_modality=gallery_modality)
     plot_embedding(query, gallery, out / "embedding.png", query_modality=query_modality,
                    gallery_modality=gallery_modality, max_ids=max_ids, max_points=max_points, seed=seed, method=embedding)
+    from cmemd.evaluation.modality import feature_sets_gap
+
+    gap = feature_sets_gap(query, gallery, query_modality, gallery_modality)
     info = {"query": f"{len(query)} {query_modality} images", "gallery": f"{len(gallery)} {gallery_modality} images",
             "ranked lists": f"{len(rows)} seeded queries against the whole gallery above (removal {removal})"}
     info.update({str(k): str(v) for k, v in (notes or {}).items()})
@@ -296,6 +299,7 @@ tr.mean td {{ font-weight: bold; background: #eef; }} .desc {{ font-size: 12px; 
 {tables}
 <h2>CMC and embedding</h2>
 <div class="row"><img src="cmc.png" alt="CMC curves"><img src="embedding.png" alt="feature embedding"></div>
+<p class="gap"><b>Modality gap</b> (all query and gallery features; the embedding shows a sample): {html.escape(gap.format())}</p>
 <h2>Ranked lists</h2>
 <img src="ranked_lists.png" alt="ranked lists">
 </body></html>

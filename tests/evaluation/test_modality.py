@@ -20,9 +20,15 @@ from cmemd.evaluation.modality import (
 
 def test_feature_health_closed_form():
     x = torch.tensor([[3.0, 4.0, 0.0, 0.0], [0.0, 0.0, 0.0, 1e-6]])
-    norm, dead = feature_health(x)
-    assert norm == pytest.approx((5.0 + 1e-6) / 2)
-    assert dead == pytest.approx(6 / 8)  # row 1: two zeros; row 2: three zeros and GeM's 1e-6 floor
+    h = feature_health(x)
+    assert h.norm == pytest.approx((5.0 + 1e-6) / 2)
+    assert h.zero_entries == pytest.approx(6 / 8)  # row 1: two zeros; row 2: three zeros and GeM's 1e-6 floor
+    assert h.dead_units == pytest.approx(2 / 4)  # columns 3 and 4 are zero in every row
+    # a stack of stripe features: every stripe's units count
+    stack = torch.zeros(3, 2, 5)
+    stack[:, 0, :] = 1.0
+    stack[0, 1, 0] = 2.0
+    assert feature_health(stack).dead_units == pytest.approx(4 / 10)
 
 
 def _two_modality_set(gap: float, n_ids=8, k=5, d=16, seed=0):

@@ -85,13 +85,13 @@ def test_cmemd_matches_pot_per_identity(cost, normalize):
 def test_multi_granularity_mean_and_gradient_is_plan_weighted():
     feats, pids, mods = paper_batch(D=6, ids=3, kv=4, kt=4)
     g2 = torch.randn(len(pids), 3, dtype=torch.float64)
-    out = cmemd_loss([feats, g2], pids, mods)
+    out = cmemd_loss([feats, g2], pids, mods, normalize=False)
     r1, r2 = ref_cmemd(feats, pids, mods), ref_cmemd(g2, pids, mods)
     torch.testing.assert_close(out.per_granularity, torch.tensor([r1, r2], dtype=torch.float64))
     assert out.loss.item() == pytest.approx((r1 + r2) / 2)
     # gradient vs finite differences (the plan is locally constant for generic inputs)
     f = feats.clone().requires_grad_(True)
-    loss = cmemd_loss(f, pids, mods).loss
+    loss = cmemd_loss(f, pids, mods, normalize=False).loss
     (grad,) = torch.autograd.grad(loss, f)
     h = 1e-6
     for idx in [(0, 0), (5, 3), (11, 2)]:
@@ -110,22 +110,22 @@ def test_closed_forms():
         vis = (pids == p) & (mods == 0)
         th = (pids == p) & (mods == 1)
         same[th] = feats[vis].flip(0)
-    assert cmemd_loss(same, pids, mods).loss.item() == 0.0
+    assert cmemd_loss(same, pids, mods, normalize=False).loss.item() == 0.0
     # K_v = K_t = 1: the pair distance
     pids1, mods1 = torch.tensor([0, 0, 1, 1]), torch.tensor([0, 1, 1, 0])
     x = torch.tensor([[0.0, 0.0], [3.0, 4.0], [1.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
-    assert cmemd_loss(x, pids1, mods1).loss.item() == pytest.approx((5.0 + 1.0) / 2)
-    assert cmemd_loss(x, pids1, mods1, cost="sqeuclidean").loss.item() == pytest.approx((25.0 + 1.0) / 2)
+    assert cmemd_loss(x, pids1, mods1, normalize=False).loss.item() == pytest.approx((5.0 + 1.0) / 2)
+    assert cmemd_loss(x, pids1, mods1, cost="sqeuclidean", normalize=False).loss.item() == pytest.approx((25.0 + 1.0) / 2)
     # hetero-centre: centres (1, 0) and (4, 4) -> distance 5
     hp, hm = torch.zeros(4, dtype=torch.long), torch.tensor([0, 0, 1, 1])
     hx = torch.tensor([[0.0, 0.0], [2.0, 0.0], [4.0, 3.0], [4.0, 5.0]], dtype=torch.float64)
-    assert hetero_center_loss(hx, hp, hm).loss.item() == pytest.approx(5.0)
+    assert hetero_center_loss(hx, hp, hm, normalize=False).loss.item() == pytest.approx(5.0)
     # all-pairs: mean of the 4 distances
     d = [np.hypot(4, 3), np.hypot(4, 5), np.hypot(2, 3), np.hypot(2, 5)]
-    assert all_pairs_loss(hx, hp, hm).loss.item() == pytest.approx(np.mean(d))
+    assert all_pairs_loss(hx, hp, hm, normalize=False).loss.item() == pytest.approx(np.mean(d))
     # CM-EMD on the same: best matching of 2 x 2
     best = min(d[0] + d[3], d[1] + d[2]) / 2
-    assert cmemd_loss(hx, hp, hm).loss.item() == pytest.approx(best)
+    assert cmemd_loss(hx, hp, hm, normalize=False).loss.item() == pytest.approx(best)
 
 
 @settings(max_examples=40, deadline=None)
@@ -133,19 +133,19 @@ def test_closed_forms():
        st.sampled_from(["euclidean", "sqeuclidean", "cosine"]))
 def test_property_cmemd_never_exceeds_all_pairs(kv, kt, ids, seed, cost):
     feats, pids, mods = paper_batch(D=4, ids=ids, kv=kv, kt=kt, seed=seed)
-    e = cmemd_loss(feats, pids, mods, cost=cost).per_granularity
-    a = all_pairs_loss(feats, pids, mods, cost=cost).per_granularity
+    e = cmemd_loss(feats, pids, mods, cost=cost, normalize=False).per_granularity
+    a = all_pairs_loss(feats, pids, mods, cost=cost, normalize=False).per_granularity
     assert (e <= a * (1 + 1e-12) + 1e-12).all()
     # and is at least the hetero-centre distance for the (convex) Euclidean cost (Jensen)
     if cost == "euclidean":
-        hc = hetero_center_loss(feats, pids, mods).per_granularity
+        hc = hetero_center_loss(feats, pids, mods, normalize=False).per_granularity
         assert (e >= hc * (1 - 1e-9) - 1e-12).all()
 
 
 def test_sinkhorn_solver_close_to_exact_and_above():
     feats, pids, mods = paper_batch(D=8, ids=4, kv=4, kt=4)
-    exact = cmemd_loss(feats, pids, mods).loss
-    ent = cmemd_loss(feats, pids, mods, solver="sinkhorn", eps=0.01, sinkhorn_iters=2000).loss
+    exact = cmemd_loss(feats, pids, mods, normalize=False).loss
+    ent = cmemd_loss(feats, pids, mods, solver="sinkhorn", eps=0.01, sinkhorn_iters=2000, normalize=False).loss
     assert ent.item() >= exact.item() - 1e-9
     assert ent.item() == pytest.approx(exact.item(), rel=2e-2)
 
@@ -155,9 +155,9 @@ def test_mmd_zero_for_identical_positive_for_shifted():
     x = torch.randn(8, 4, generator=g, dtype=torch.float64)
     pids = torch.arange(8).repeat(2)
     mods = torch.tensor([0] * 8 + [1] * 8)
-    same = mmd_loss(torch.cat([x, x]), pids, mods).loss
+    same = mmd_loss(torch.cat([x, x]), pids, mods, normalize=False).loss
     assert abs(same.item()) < 1e-12
-    shifted = mmd_loss(torch.cat([x, x + 2.0]), pids, mods).loss
+    shifted = mmd_loss(torch.cat([x, x + 2.0]), pids, mods, normalize=False).loss
     assert shifted.item() > 0.1
     # reference: V-statistic with the median heuristic, computed with loops
     z = torch.cat([x, x + 2.0]).numpy()
@@ -222,8 +222,18 @@ def test_bad_inputs():
     with pytest.raises(ConfigError, match="solver"):
         CMEMDLoss(solver="auction")
     with pytest.raises(TrainingError, match="modalities"):
-        cmemd_loss(f, p, m + 1)
+        cmemd_loss(f, p, m + 1, normalize=False)
     with pytest.raises(TrainingError, match="pids"):
-        cmemd_loss(f, p[:-1], m)
+        cmemd_loss(f, p[:-1], m, normalize=False)
     with pytest.raises(TrainingError, match="feats\\[1\\]"):
-        cmemd_loss([f, f[:-1]], p, m)
+        cmemd_loss([f, f[:-1]], p, m, normalize=False)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.floats(0.01, 100.0), st.sampled_from(["cmemd", "all-pairs", "hetero-center", "mmd"]))
+def test_property_default_losses_cannot_be_lowered_by_rescaling(seed, scale, name):
+    """The default of every alignment loss is scale-safe: rescaling all features leaves the loss unchanged."""
+    feats, pids, mods = paper_batch(D=6, ids=3, kv=3, kt=2, seed=seed)
+    loss = make_alignment_loss(name)
+    a, b = loss(feats, pids, mods).loss.item(), loss(feats * scale, pids, mods).loss.item()
+    assert b == pytest.approx(a, rel=1e-6, abs=1e-9)

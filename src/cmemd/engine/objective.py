@@ -39,12 +39,14 @@ def aligned_features(out: Any, granularities: str = "all", feature: str = "poole
 
 
 def health_terms(out: Any) -> dict[str, float]:
-    """Mean norm and dead-entry fraction of the pooled (pre-BN) global, local and accumulated features."""
+    """Mean norm, dead-unit and zero-entry shares of the pooled (pre-BN) global, local and accumulated features
+    (:func:`cmemd.evaluation.modality.feature_health`; local and accumulated: every stripe's units together)."""
     terms = {}
     for name, attr in (("global", "global_feat"), ("local", "local_feats"), ("accum", "accumulated_feats")):
         x = getattr(out, attr, None)
         if x is not None:
-            terms[f"norm_{name}"], terms[f"dead_{name}"] = feature_health(x)
+            h = feature_health(x)
+            terms[f"norm_{name}"], terms[f"dead_{name}"], terms[f"zero_{name}"] = h
     return terms
 
 
@@ -79,7 +81,7 @@ class Objective(nn.Module):
         align_granularities: str = "all",
         align_feature: str = "pooled",
         emd_cost: str = "euclidean",
-        emd_normalize: bool = False,
+        emd_normalize: bool = True,
         emd_solver: str = "exact",
         sinkhorn_eps: float = 0.05,
         sinkhorn_iters: int = 200,

@@ -139,6 +139,7 @@ class TrainOutcome:
     seconds: float
     model: Any = None  # the trained model (unwrapped from DDP)
     results: dict[str, Any] = field(default_factory=dict)
+    modality_gap: Any = None  # ModalityGap of the test features, with results
 
 
 # What a resumed run may change: where and how it logs, evaluates and finds its data, and how many epochs it runs
@@ -246,8 +247,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
             best, _ = load_checkpoint(out_dir / "best.pt", map_location=device)
             final.load_state_dict(best["model"])
             print(f"evaluating best.pt (epoch {best['best_epoch'] + 1}, selected on the val ids)", flush=True)
-        outcome.results = evaluate_model(final, cfg, device=device, progress=progress)
-        save_results(outcome.results, out_dir / "results.json")
+        outcome.results, feats = evaluate_model(final, cfg, device=device, progress=progress, return_features=True)
+        outcome.modality_gap = modality_gap_of(feats)
+        save_results(outcome.results, out_dir / "results.json", outcome.modality_gap)
+        if progress:
+            print(outcome.modality_gap.format(), flush=True)
     if world > 1:
         import torch.distributed as dist
 
@@ -449,12 +453,24 @@ def modality_diagnostics(model: torch.nn.Module, root: str, *, height: int, widt
     return out
 
 
-def save_results(results: dict[str, Any], path: str | Path) -> Path:
+def modality_gap_of(feats: dict[str, Any]):
+    """:class:`~cmemd.evaluation.modality.ModalityGap` of the query and gallery features that
+    ``evaluate_model(..., return_features=True)`` returns (every test image of both modalities)."""
+    from cmemd.evaluation.modality import feature_sets_gap
+
+    return feature_sets_gap(feats["query"], feats["gallery"], feats["query_modality"], feats["gallery_modality"])
+
+
+def save_results(results: dict[str, Any], path: str | Path, modality_gap: Any = None) -> Path:
+    """``results.json``: every protocol result by setting name, plus ``"modality_gap"`` when given."""
     from cmemd.evaluation.results import to_dict
 
     path = Path(path)
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({k: to_dict(v) for k, v in results.items()}, indent=2))
+    data = {k: to_dict(v) for k, v in results.items()}
+    if modality_gap is not None:
+        data["modality_gap"] = modality_gap.to_dict()
+    tmp.write_text(json.dumps(data, indent=2))
     os.replace(tmp, path)
     return path
 

@@ -1,7 +1,7 @@
 """Is the modality gap closing? Measures computed from features and labels only (never a model).
 
-* :func:`feature_health`: mean L2 norm and the fraction of dead (zero) entries of a feature batch --
-  an alignment cost that can be lowered by shrinking features shows up here first.
+* :func:`feature_health`: mean L2 norm, dead units and zero entries of a feature batch -- an alignment
+  cost that can be lowered by shrinking features shows up here first.
 * :func:`modality_gap`: how far apart an identity's visible and thermal features sit, against how spread
   each modality is (:attr:`ModalityGap.centre_ratio`); whether a linear probe can still tell the
   modalities apart (:attr:`ModalityGap.probe_accuracy`, 0.5 = indistinguishable); and Rank-1 within
@@ -17,7 +17,7 @@ global rescaling of the features.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,9 +28,11 @@ from cmemd.errors import EvaluationError
 
 __all__ = [
     "DEAD_BELOW",
+    "FeatureHealth",
     "feature_health",
     "ModalityGap",
     "modality_gap",
+    "feature_sets_gap",
     "PlanPurity",
     "plan_purity",
     "sample_identity_groups",
@@ -41,13 +43,26 @@ __all__ = [
 DEAD_BELOW = 1e-5
 
 
-def feature_health(feats: Tensor | np.ndarray, dead_below: float = DEAD_BELOW) -> tuple[float, float]:
-    """``(mean L2 norm of the rows, fraction of entries with |x| <= dead_below)`` of ``(N, D)`` features
-    (any leading shape: rows are the last dimension)."""
+class FeatureHealth(NamedTuple):
+    """``norm``: mean L2 norm of the rows. ``dead_units``: share of units (columns) at or below
+    :data:`DEAD_BELOW` for every row -- units that carry nothing. ``zero_entries``: share of all entries at
+    or below it (BN + ReLU features sit near 50% by construction; far above that, the features are
+    collapsing)."""
+
+    norm: float
+    dead_units: float
+    zero_entries: float
+
+
+def feature_health(feats: Tensor | np.ndarray, dead_below: float = DEAD_BELOW) -> FeatureHealth:
+    """:class:`FeatureHealth` of ``(N, ...)`` features: rows are the first dimension, the rest are units
+    (a ``(N, S, D)`` stack of stripe features has ``S * D`` units)."""
     x = torch.as_tensor(feats).detach().float()
-    if x.numel() == 0:
-        raise EvaluationError("feature_health: got an empty feature tensor")
-    return float(x.norm(dim=-1).mean()), float((x.abs() <= dead_below).float().mean())
+    if x.dim() < 2 or x.shape[0] == 0 or x[0].numel() == 0:
+        raise EvaluationError(f"feature_health: need a non-empty (N, D) feature tensor, got shape {tuple(x.shape)}")
+    x = x.reshape(x.shape[0], -1)
+    zero = x.abs() <= dead_below
+    return FeatureHealth(float(x.norm(dim=1).mean()), float(zero.all(0).float().mean()), float(zero.float().mean()))
 
 
 # ----------------------------------------------------------------------------- modality gap
@@ -204,6 +219,19 @@ def modality_gap(feats: Tensor | np.ndarray, pids: Sequence[int] | np.ndarray, m
         probe_accuracy=_probe_accuracy(f[keep], p[keep], m[keep]) if keep.any() else nan,
         r1_v2v=r1["v2v"], r1_t2t=r1["t2t"], r1_t2v=r1["t2v"], num_ids=len(both), num_images=n,
     )
+
+
+def feature_sets_gap(query: Any, gallery: Any, query_modality: str, gallery_modality: str) -> ModalityGap:
+    """:func:`modality_gap` of a query and a gallery :class:`~cmemd.evaluation.features.FeatureSet` taken
+    together, each of one modality (``"visible"`` or ``"thermal"``)."""
+    codes = {"visible": 0, "thermal": 1}
+    for name, m in (("query_modality", query_modality), ("gallery_modality", gallery_modality)):
+        if m not in codes:
+            raise EvaluationError(f"feature_sets_gap: {name} must be 'visible' or 'thermal', got {m!r}")
+    mods = np.concatenate([np.full(len(query.pids), codes[query_modality]),
+                           np.full(len(gallery.pids), codes[gallery_modality])])
+    return modality_gap(np.concatenate([query.feats, gallery.feats]), np.concatenate([query.pids, gallery.pids]),
+                        mods, np.concatenate([query.cams, gallery.cams]))
 
 
 # ----------------------------------------------------------------------------- plan purity

@@ -12,6 +12,10 @@ and return an :class:`AlignmentOutput` ``(loss, per_granularity, num_identities,
 granularities (the global feature weighs as one granularity). Identities present in only one
 modality cannot be aligned; they are left out and counted in ``num_skipped`` (never silently).
 
+Every loss L2-normalises the features before its cost by default (``normalize=True``): on raw features
+an alignment cost can be lowered by shrinking the features, which the BN-neck hides from the identity
+loss (measured: docs/results/alignment_study.md). ``normalize=False`` gives the raw-feature losses.
+
 Per-identity losses (CM-EMD, all-pairs, hetero-centre) group identities by their
 ``(K_v, K_t)`` shape, so every group (and all granularities of it) is ONE batched solver call.
 """
@@ -189,7 +193,7 @@ def cmemd_loss(
     pids: Tensor,
     modalities: Tensor,
     cost: str = "euclidean",
-    normalize: bool = False,
+    normalize: bool = True,
     solver: str = "exact",
     eps: float = 0.05,
     sinkhorn_iters: int = 200,
@@ -204,7 +208,7 @@ def cmemd_loss(
     Args:
         feats, pids, modalities: see the module docstring.
         cost: ``euclidean`` (default), ``sqeuclidean`` or ``cosine``.
-        normalize: L2-normalise the features before the cost.
+        normalize: L2-normalise the features before the cost [True: scale-safe].
         solver: ``exact`` (:func:`cmemd.ot.emd`) or ``sinkhorn`` (:func:`cmemd.ot.sinkhorn`,
             ``eps`` relative to each problem's largest cost).
         eps, sinkhorn_iters: Sinkhorn settings (ignored by ``exact``).
@@ -231,7 +235,7 @@ def cmemd_loss(
 
 
 def all_pairs_loss(
-    feats: Feats, pids: Tensor, modalities: Tensor, cost: str = "euclidean", normalize: bool = False
+    feats: Feats, pids: Tensor, modalities: Tensor, cost: str = "euclidean", normalize: bool = True
 ) -> AlignmentOutput:
     """Mean cost over ALL cross-modality pairs of an identity (the independent coupling
     ``1/(K_v K_t)``; what the optimal plan avoids). Always >= the CM-EMD with the same cost."""
@@ -244,7 +248,7 @@ def all_pairs_loss(
 
 
 def hetero_center_loss(
-    feats: Feats, pids: Tensor, modalities: Tensor, cost: str = "euclidean", normalize: bool = False
+    feats: Feats, pids: Tensor, modalities: Tensor, cost: str = "euclidean", normalize: bool = True
 ) -> AlignmentOutput:
     """Hetero-centre alignment (Zhu et al. 2020): cost between an identity's visible centre and its
     thermal centre (Euclidean by default), mean over identities. ``normalize`` normalises the
@@ -267,7 +271,7 @@ def mmd_loss(
     pids: Tensor,
     modalities: Tensor,
     bandwidths: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
-    normalize: bool = False,
+    normalize: bool = True,
 ) -> AlignmentOutput:
     """Squared MMD between ALL visible and ALL thermal features of the batch (identity-agnostic).
 
@@ -310,7 +314,7 @@ def mmd_loss(
 class CMEMDLoss(nn.Module):
     """Module form of :func:`cmemd_loss`; ``forward(feats, pids, modalities) -> AlignmentOutput``."""
 
-    def __init__(self, cost: str = "euclidean", normalize: bool = False, solver: str = "exact",
+    def __init__(self, cost: str = "euclidean", normalize: bool = True, solver: str = "exact",
                  eps: float = 0.05, sinkhorn_iters: int = 200) -> None:
         super().__init__()
         _check_cost(cost, "CMEMDLoss")
@@ -330,7 +334,7 @@ class CMEMDLoss(nn.Module):
 class AllPairsLoss(nn.Module):
     """Module form of :func:`all_pairs_loss`."""
 
-    def __init__(self, cost: str = "euclidean", normalize: bool = False) -> None:
+    def __init__(self, cost: str = "euclidean", normalize: bool = True) -> None:
         super().__init__()
         _check_cost(cost, "AllPairsLoss")
         self.cost, self.normalize = cost, normalize
@@ -342,7 +346,7 @@ class AllPairsLoss(nn.Module):
 class HeteroCenterLoss(nn.Module):
     """Module form of :func:`hetero_center_loss`."""
 
-    def __init__(self, cost: str = "euclidean", normalize: bool = False) -> None:
+    def __init__(self, cost: str = "euclidean", normalize: bool = True) -> None:
         super().__init__()
         _check_cost(cost, "HeteroCenterLoss")
         self.cost, self.normalize = cost, normalize
@@ -355,7 +359,7 @@ class MMDLoss(nn.Module):
     """Module form of :func:`mmd_loss`."""
 
     def __init__(self, bandwidths: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
-                 normalize: bool = False) -> None:
+                 normalize: bool = True) -> None:
         super().__init__()
         self.bandwidths, self.normalize = tuple(bandwidths), normalize
 
