@@ -53,7 +53,7 @@ COST_ROWS = {
     "none": ("no alignment (reference norms)", FULL + ["loss.lambda_align=0"]),
     "euclidean": ("Euclidean on pooled features (the old default)", FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=false"]),
     "euclidean_l2": ("Euclidean on L2-normalised pooled features", FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=true"]),
-    "cosine": ("cosine distance on pooled features", FULL + ["loss.emd_cost=cosine"]),
+    "cosine": ("cosine distance on pooled features", FULL + ["loss.emd_cost=cosine", "loss.emd_normalize=false"]),
     "euclidean_bn": ("Euclidean on BN-neck features", FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=false",
                                                             "loss.align_feature=bn"]),
     "euclidean_l2_noheads": ("Euclidean L2, no accumulated classifiers", FULL + ["loss.emd_cost=euclidean",

@@ -240,8 +240,11 @@ def eval_cmd(
 def _write_report(folder: Path, results, feats: dict, **notes) -> Path:
     from cmemd.report import write_report
 
+    checkpoint = notes.get("checkpoint")
+    metrics = Path(checkpoint).parent / "metrics.jsonl" if checkpoint else None
     return write_report(folder, results, feats["query"], feats["gallery"], query_modality=feats["query_modality"],
-                        gallery_modality=feats["gallery_modality"], removal=feats["removal"], notes=notes)
+                        gallery_modality=feats["gallery_modality"], removal=feats["removal"], notes=notes,
+                        metrics=metrics)
 
 
 @app.command("extract")

@@ -157,6 +157,52 @@ def plot_cmc(results: Mapping[str, ProtocolResult], out: Path) -> Path:
     return out
 
 
+def plot_training(metrics: Union[str, Path], out: Path) -> Optional[Path]:
+    """Training curves from a run's ``metrics.jsonl``: loss terms, feature norms and dead units per granularity,
+    and (when the run logged them) the per-epoch modality gap and plan purity on the val ids. None when the
+    file has no epoch lines."""
+    import json
+
+    recs = [json.loads(x) for x in Path(metrics).read_text().splitlines() if x.strip()]
+    epochs = [r for r in recs if r.get("kind") == "epoch"]
+    diags = [r for r in recs if r.get("kind") == "diag"]
+    if not epochs:
+        return None
+    plt = _plt()
+    fig, axes = plt.subplots(1, 4, figsize=(16, 3.4), dpi=100)
+    x = [r["epoch"] + 1 for r in epochs]
+    for key in ("loss", "ce_global", "ce_local", "align", "cmdl", "triplet"):
+        if key in epochs[0]:
+            axes[0].plot(x, [r[key] for r in epochs], marker="o", ms=3, label=key)
+    axes[0].set_title("loss terms (epoch means)")
+    for g in ("global", "local", "accum"):
+        if f"norm_{g}" in epochs[0]:
+            axes[1].plot(x, [r[f"norm_{g}"] for r in epochs], marker="o", ms=3, label=g)
+            axes[2].plot(x, [100 * r[f"dead_{g}"] for r in epochs], marker="o", ms=3, label=f"{g} dead units")
+            if f"zero_{g}" in epochs[0]:
+                axes[2].plot(x, [100 * r[f"zero_{g}"] for r in epochs], ls="--", label=f"{g} zero entries")
+    axes[1].set_title("pooled feature norm (aligned features)")
+    axes[2].set_title("dead units / zero entries (%)")
+    if diags:
+        dx = [r["epoch"] + 1 for r in diags]
+        axes[3].plot(dx, [r["gap_centre_ratio"] for r in diags], marker="o", ms=3, label="gap centre ratio")
+        axes[3].plot(dx, [2 * r["gap_probe_accuracy"] for r in diags], marker="o", ms=3,
+                     label="modality probe acc. x2 (1 = chance)")
+        if "purity_ratio" in diags[0]:
+            axes[3].plot(dx, [r["purity_ratio"] for r in diags], marker="o", ms=3, label="plan same-view x uniform")
+        axes[3].axhline(1.0, color="grey", lw=0.8)
+    axes[3].set_title("modality gap / plan purity (val ids)")
+    for ax in axes:
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
 def plot_ranked_lists(query: FeatureSet, gallery: FeatureSet, rows: np.ndarray, out: Path, *, top_k: int,
                       removal: str, query_modality: str, gallery_modality: str) -> Path:
     plt = _plt()
@@ -245,7 +291,8 @@ def write_report(out_dir: Union[str, Path], results: Mapping[str, ProtocolResult
                  gallery: FeatureSet, *, query_modality: str = "thermal", gallery_modality: str = "visible",
                  removal: str = "none", title: str = "cmemd evaluation report", num_queries: int = 6,
                  top_k: int = 10, max_ids: int = 12, max_points: int = 600, embedding: str = "tsne",
-                 seed: int = 0, notes: Optional[Mapping[str, Any]] = None) -> Path:
+                 seed: int = 0, notes: Optional[Mapping[str, Any]] = None,
+                 metrics: Optional[Union[str, Path]] = None) -> Path:
     """Write the figures, the per-trial tables and ``index.html`` into ``out_dir``; returns the
     ``index.html`` path.
 
@@ -257,6 +304,7 @@ def write_report(out_dir: Union[str, Path], results: Mapping[str, ProtocolResult
         max_ids, max_points: identities / points in the embedding plot.
         embedding: ``tsne`` or ``pca``.
         notes: extra ``{label: value}`` lines shown at the top (checkpoint, data root, ...).
+        metrics: the run's ``metrics.jsonl``, for the training curves (optional).
     """
     if embedding not in ("tsne", "pca"):
         raise ConfigError(f"write_report: embedding must be 'tsne' or 'pca', got {embedding!r}")
@@ -279,6 +327,8 @@ def write_report(out_dir: Union[str, Path], results: Mapping[str, ProtocolResult
     from cmemd.evaluation.modality import feature_sets_gap
 
     gap = feature_sets_gap(query, gallery, query_modality, gallery_modality)
+    curves = plot_training(metrics, out / "training.png") if metrics and Path(metrics).is_file() else None
+    training_html = ('<h2>Training</h2>\n<img src="training.png" alt="training curves">' if curves else "")
     info = {"query": f"{len(query)} {query_modality} images", "gallery": f"{len(gallery)} {gallery_modality} images",
             "ranked lists": f"{len(rows)} seeded queries against the whole gallery above (removal {removal})"}
     info.update({str(k): str(v) for k, v in (notes or {}).items()})
@@ -302,6 +352,7 @@ tr.mean td {{ font-weight: bold; background: #eef; }} .desc {{ font-size: 12px; 
 <p class="gap"><b>Modality gap</b> (all query and gallery features; the embedding shows a sample): {html.escape(gap.format())}</p>
 <h2>Ranked lists</h2>
 <img src="ranked_lists.png" alt="ranked lists">
+{training_html}
 </body></html>
 """
     index = out / "index.html"

@@ -39,6 +39,11 @@ def test_report_files(eval_report):
     assert page.count("<td>trial 0</td>") == 2 and page.count("<td>trial 1</td>") == 2
     assert page.count("mean ± std") == 2
     assert "thermal" in page and "visible" in page
+    # the modality gap of the reported features, and the run's training curves (metrics.jsonl beside last.pt)
+    assert "Modality gap" in page and "modality probe" in page
+    assert 'src="training.png"' in page
+    im = Image.open(eval_report / "training.png")
+    assert im.width > 600 and np.asarray(im.convert("L")).std() > 5
 
 
 def _brute_force_top(q, qc, g, gc, k, removal):
