@@ -319,3 +319,41 @@ def test_regdb_reader_on_generated_trials(regdb):
         assert len({r.pid for r in train}) == len(info["train_ids"])
         assert len(train) == 20 * len(info["train_ids"]) and len(vis) == len(th) == 10 * len(info["test_ids"])
         assert {r.pid for r in vis} == set(info["test_ids"])
+
+
+def test_nuisance_sidecar_describes_every_image_and_the_readers_ignore_it(sysu):
+    from cmemd.data.inspect import check_dataset
+    from cmemd.data.synth import NUISANCE_FILE, VIEWS, read_nuisance
+
+    sysu = sysu[0]
+    table = read_nuisance(sysu)
+    images = {p.relative_to(sysu).as_posix() for p in sysu.glob("cam*/*/*.jpg")}
+    assert set(table) == images  # one row per written image, nothing else
+    for path, row in table.items():
+        cam, pid = path.split("/")[:2]
+        assert row["cam"] == int(cam[3:]) and row["pid"] == int(pid)
+        assert row["view"] in VIEWS and 0 <= row["phase"] < 2 * np.pi and 0.5 < row["scale"] < 1.2
+        assert row["occlusion"] in ("", "bottom", "left", "right")
+    assert check_dataset(sysu, decode=False) == []  # the sidecar sits outside the real layout
+    assert (sysu / NUISANCE_FILE).is_file() and read_nuisance(sysu / "exp") is None
+
+
+def test_nuisance_is_the_rendered_shot(tmp_path):
+    """The sidecar re-draws each image's shot from its seed; rendering that shot gives the written image."""
+    from cmemd.data import synth
+
+    cfg = synth.SynthConfig(ids=3, images_per_camera=(2, 2), height=32, width=16, seed=5, occlusion_rate=0.5)
+    synth.generate_sysu(tmp_path / "d", cfg)
+    row = synth.read_nuisance(tmp_path / "d")["cam3/0002/0002.jpg"]
+    r = synth._rng(cfg.seed, synth._T_SHOT, 2, 3, 2)
+    look = synth.camera_look(cfg.seed, 3, True, cfg.camera_gap, cfg.width)
+    shot = synth.sample_shot(r, cfg, look.view_bias)
+    assert (shot.view, round(shot.phase, 6), round(shot.scale, 6)) == (row["view"], row["phase"], row["scale"])
+    scene = synth.make_scene(cfg.seed, 2, True, cfg.height, cfg.width)
+    img = synth.render_image(synth.sample_identity(cfg.seed, 2, cfg.palette_size), shot, "thermal", scene, look, cfg, r)
+    rendered = np.asarray(img, dtype=float)
+    written = np.asarray(Image.open(tmp_path / "d" / "cam3/0002/0002.jpg").convert("RGB"), dtype=float)
+    other = np.asarray(Image.open(tmp_path / "d" / "cam3/0002/0001.jpg").convert("RGB"), dtype=float)
+    assert rendered.shape == written.shape
+    # the same image up to JPEG noise, much closer than the same person's other image
+    assert np.abs(written - rendered).mean() < 0.3 * np.abs(other - rendered).mean()
