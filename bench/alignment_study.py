@@ -50,30 +50,36 @@ SPLIT = (3.0, 1.0, 2.0)  # train : val : test ids, as the earlier ablation (100 
 
 # group -> row -> (label, overrides); the cost group at the short budget on 80 ids, the rest at BUDGET on 300.
 COST_ROWS = {
-    "none": ("no alignment (reference norms)", FULL + ["loss.lambda_align=0"]),
+    "none": ("no alignment (reference norms)", FULL + ["loss.lambda_align=0", "loss.emd_normalize=false"]),
     "euclidean": ("Euclidean on pooled features (the old default)", FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=false"]),
     "euclidean_l2": ("Euclidean on L2-normalised pooled features", FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=true"]),
-    "cosine": ("cosine distance on pooled features", FULL + ["loss.emd_cost=cosine", "loss.emd_normalize=false"]),
+    "cosine": ("cosine distance on pooled features", FULL + ["loss.emd_cost=cosine"]),
     "euclidean_bn": ("Euclidean on BN-neck features", FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=false",
                                                             "loss.align_feature=bn"]),
+    "euclidean_l2_lambda2": ("Euclidean L2, lambda 2", FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=true",
+                                                           "loss.lambda_align=2"]),
+    "euclidean_l2_lambda5": ("Euclidean L2, lambda 5", FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=true",
+                                                           "loss.lambda_align=5"]),
     "euclidean_l2_noheads": ("Euclidean L2, no accumulated classifiers", FULL + ["loss.emd_cost=euclidean",
                                                                                   "loss.emd_normalize=true",
                                                                                   "model.accumulated_heads=false"]),
 }
 # The alignment cost every alignment row uses, spelled out so the study stays the same if the config's default moves.
 COST = ["loss.emd_cost=euclidean", "loss.emd_normalize=true", "loss.align_feature=pooled"]
-CORE_ROWS = {
+CORE_ROWS = {  # in order of interest: with few seeds done, the main comparison is there first
     "baseline": ("baseline (AGW-style: stem-only split, CE+LS, WRT triplet, no alignment)", BASELINE),
-    "emd_global": ("+ CM-EMD (global feature)", BASELINE + ["loss.alignment=cmemd", "loss.align_granularities=global"] + COST),
     "full": ("full CM-EMD (MGS, CM-DL, 3 modality-specific stages)", FULL + COST),
     "full_allpairs": ("full, all-pairs alignment instead", FULL + COST + ["loss.alignment=all-pairs"]),
+    "emd_global": ("+ CM-EMD (global feature)", BASELINE + ["loss.alignment=cmemd", "loss.align_granularities=global"] + COST),
     "full_hetero": ("full, hetero-centre alignment instead", FULL + COST + ["loss.alignment=hetero-center"]),
     "full_sinkhorn": ("full, Sinkhorn plan instead of the exact one", FULL + COST + ["loss.emd_solver=sinkhorn"]),
+    "full_cosine": ("full, cosine cost instead of Euclidean on the sphere", FULL + COST + ["loss.emd_cost=cosine"]),
 }
 SETTINGS_ROWS = {
     "full_m1": ("full, stem-only modality split (1 stage)", FULL + COST + ["model.modality_specific_stages=1"]),
     "full_triplet": ("full + WRT triplet", FULL + COST + ["loss.lambda_triplet=1"]),
     "full_ls": ("full + label smoothing 0.1", FULL + COST + ["loss.label_smoothing=0.1"]),
+    "full_noheads": ("full, no identity classifiers on the accumulated features", FULL + COST + ["model.accumulated_heads=false"]),
 }
 VARIATIONS = (0.2, 0.7)  # and the default 0.4: the core rows
 VARIATION_ROWS = {f"{name}_v{v}": (f"{label}, variation {v}", CORE_ROWS[name][1])
@@ -90,12 +96,13 @@ GROUPS: dict[str, dict] = {
              "about": "300 ids (150 train + 50 val, both trained on; 100 test), 2,000 steps of 8 x (4 + 4) images "
                       "at 64x32 (ResNet-18 width 32), one thread per run.",
              "pairs": [("emd_global", "baseline"), ("full", "baseline"), ("full", "full_allpairs"),
-                       ("full", "full_hetero"), ("full", "full_sinkhorn")]},
+                       ("full", "full_hetero"), ("full", "full_sinkhorn"), ("full", "full_cosine")]},
     "settings": {"ids": 300, "budget": BUDGET, "seeds": SEEDS5, "rows": SETTINGS_ROWS, "variation": None,
                  "title": "3. The settings that separate the full model from the earlier best row",
                  "about": "The earlier ablation's best row differed from the full model in three settings; each is "
-                          "switched alone here, paired against the core `full` row.",
-                 "pairs": [("full_m1", "full"), ("full_triplet", "full"), ("full_ls", "full")],
+                          "switched alone here, paired against the core `full` row; and the accumulated features' "
+                          "identity classifiers, removed.",
+                 "pairs": [("full_m1", "full"), ("full_triplet", "full"), ("full_ls", "full"), ("full_noheads", "full")],
                  "pair_rows": CORE_ROWS, "pairs_from": "core"},
     "variation": {"ids": 300, "budget": BUDGET, "seeds": [0, 1, 2], "rows": VARIATION_ROWS,
                   "variation": lambda row: float(row.rsplit("_v", 1)[1]),
