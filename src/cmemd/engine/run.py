@@ -204,11 +204,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
     model = build_model(mcfg).to(device)
     if cfg.optim.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     o = cfg.optim
+    # parameter groups from the plain model: a DDP wrapper hides the backbone parts (build_optimizer unwraps too)
     optimizer = build_optimizer(model, o.optimizer, lr=o.lr, backbone_lr=o.backbone_lr, weight_decay=o.weight_decay,
                                 momentum=o.momentum, nesterov=o.nesterov)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     selection = SELECTION_NOTE if cfg.run.selection == "none" else VAL_SELECTION_NOTE
     extra = {"config": cfg.to_dict(), "model_config": dataclasses.asdict(mcfg), "num_classes": data.num_classes,
              "selection": selection, "kind": "cmemd-train"}
