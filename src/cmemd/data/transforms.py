@@ -7,7 +7,7 @@ with the ImageNet mean/std, and random erasing runs last on the normalised tenso
 (filling with 0 = the mean colour), as in the VT-ReID code base.
 
 Every random op takes a ``torch.Generator``; the same generator state gives the same
-output, so a Dataset that seeds one per (seed, epoch, index) is reproducible whatever
+output, so a Dataset that seeds one per (seed, epoch, index, draw) is reproducible whatever
 the number of workers.
 """
 from __future__ import annotations
