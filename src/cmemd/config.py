@@ -49,6 +49,7 @@ class ModelSettings:
     use_local: bool = True  # MGS on/off
     accumulated_heads: bool = True  # BN-neck + identity classifier on each accumulated feature
     test_feature: str = "concat"  # concat | global | local
+    non_local: bool = False  # AGW's non-local blocks (2 in layer2, 3 in layer3)
 
 
 @dataclass

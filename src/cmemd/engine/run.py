@@ -121,6 +121,7 @@ def model_config(cfg: TrainConfig, num_classes: int):
         last_stride=m.last_stride, pooling=m.pooling, num_stripes=m.num_stripes, local_dim=m.local_dim,
         accumulate=m.accumulate, test_feature=m.test_feature, use_local=m.use_local, pretrained=m.pretrained,
         accumulated_heads=m.accumulated_heads,
+        non_local=m.non_local,
     )
 
 
