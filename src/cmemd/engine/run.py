@@ -154,13 +154,15 @@ def _check_resume_config(saved_path: Path, cfg: TrainConfig) -> None:
     import yaml
 
     saved, new = yaml.safe_load(saved_path.read_text()) or {}, cfg.to_dict()
+    defaults = TrainConfig().to_dict()  # a key newer than the run's record had its default's behaviour then
     changes = []
     for section in sorted(set(saved) | set(new)):
         old_s, new_s = saved.get(section) or {}, new.get(section) or {}
         for key in sorted(set(old_s) | set(new_s)):
             name = f"{section}.{key}"
-            if not name.startswith(_RESUME_MAY_CHANGE) and old_s.get(key) != new_s.get(key):
-                changes.append(f"{name}: {old_s.get(key)!r} -> {new_s.get(key)!r}")
+            old = old_s.get(key, (defaults.get(section) or {}).get(key))
+            if not name.startswith(_RESUME_MAY_CHANGE) and old != new_s.get(key):
+                changes.append(f"{name}: {old!r} -> {new_s.get(key)!r}")
     if changes:
         raise ConfigError(
             f"{saved_path.parent}: --resume with settings that differ from the run's own ({saved_path}): "
