@@ -32,7 +32,8 @@ class DataConfig:
     pad: int = 10
     flip: bool = True
     random_erasing: float = 0.5
-    channel_aug: float = 0.5  # probability: channel exchange / grayscale (visible), intensity jitter (thermal)
+    channel_aug: float = 0.5  # probability of the channel augmentation of channel_aug_kind
+    channel_aug_kind: str = "cmemd"  # cmemd (ours) | caj (CAJ's code, ICCV 2021): see data/transforms.py
 
 
 @dataclass
@@ -244,6 +245,7 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
 
 _CHOICES = {
     "data.dataset": ("sysu", "regdb"),
+    "data.channel_aug_kind": ("cmemd", "caj"),
     "model.pooling": ("gem", "avg"),
     "model.accumulate": ("prefix", "cumsum", "none"),
     "model.test_feature": ("concat", "global", "local"),

@@ -201,7 +201,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
         data.records, height=d.height, width=d.width, P=d.num_ids, K=d.num_instances, seed=cfg.run.seed,
         num_workers=d.num_workers, use_cache=d.cache, cache_dir=d.cache_dir, dataset_root=d.root,
         rank=rank, world_size=world, num_batches=d.steps_per_epoch, pad=d.pad, flip=d.flip, random_erasing=d.random_erasing,
-        channel_aug=d.channel_aug, persistent_workers=True, pin_memory=device.type == "cuda",
+        channel_aug=d.channel_aug, channel_aug_kind=d.channel_aug_kind, persistent_workers=True,
+        pin_memory=device.type == "cuda",
     )
     mcfg = model_config(cfg, data.num_classes)
     model = build_model(mcfg).to(device)
