@@ -97,6 +97,7 @@ class EvalSettings:
     method: str = "python-random"  # python-random | official
     rand_perm: Optional[str] = None
     batch_size: int = 128
+    flip: bool = False  # test-time flip: average each image's feature with its horizontal mirror's
 
 
 @dataclass

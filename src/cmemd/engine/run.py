@@ -324,7 +324,8 @@ def _val_selector(cfg: TrainConfig, device: torch.device):
 
     ds = SYSUMM01(cfg.data.root)
     query, pool = ds.query("val"), ds.gallery_pool("all", "val")
-    kw = dict(height=cfg.data.height, width=cfg.data.width, batch_size=cfg.eval.batch_size, device=device)
+    kw = dict(height=cfg.data.height, width=cfg.data.width, batch_size=cfg.eval.batch_size, device=device,
+              flip=cfg.eval.flip)
 
     def on_epoch_end(trainer: Trainer, epoch: int) -> None:
         model = unwrap(trainer.model)
@@ -388,7 +389,8 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
     query, gallery = evaluation_records(cfg, root)
     feature = f"{cfg.model.test_feature} feature (BN-neck global{' + holistic' if cfg.model.test_feature == 'concat' else ''})" \
         if cfg.model.test_feature != "local" else "local (holistic) feature"
-    kw = dict(height=d.height, width=d.width, batch_size=e.batch_size, device=device, progress=progress)
+    feature += ", test-time flip on (mean with the mirrored image)" if e.flip else ", test-time flip off"
+    kw = dict(height=d.height, width=d.width, batch_size=e.batch_size, device=device, progress=progress, flip=e.flip)
     results: dict[str, Any] = {}
     if d.dataset == "sysu":
         pool = gallery
@@ -420,6 +422,8 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
         for direction, res in both.items():
             results[f"regdb trial {d.trial} {direction}"] = res
         feats = {"query": fset(tf, th), "gallery": fset(vf, vis), "removal": "none"}
+    for res in results.values():  # results.json states it as a setting too
+        res.settings["test_flip"] = bool(e.flip)
     if return_features:
         return results, dict(feats, query_modality="thermal", gallery_modality="visible")
     return results
