@@ -127,7 +127,7 @@ def test_train_then_evaluate_writes_the_run(tiny_sysu, tmp_path):
     for name in ("last.pt", "config.yaml", "environment.json", "metrics.jsonl", "results.json"):
         assert (out / name).is_file(), name
     res = json.loads((out / "results.json").read_text())
-    assert set(res) == {"sysu all-search single-shot", "sysu indoor-search single-shot"}
+    assert set(res) == {"sysu all-search single-shot", "sysu indoor-search single-shot", "modality_gap"}
     result = outcome.results["sysu all-search single-shot"]
     assert len(result.trials) == 2 and 0.0 <= result.mean["R1"] <= 1.0
     model, cfg = load_trained(out / "last.pt")
