@@ -52,3 +52,23 @@ def test_file_errors(tmp_path):
     (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
     with pytest.raises(ConfigError, match="must be a mapping"):
         load_config(tmp_path / "list.yaml")
+
+
+def test_sysu_baseline_is_agws_recipe():
+    """configs/sysu_baseline.yaml: AGW = stem-only modality split, non-local blocks (2 in layer2, 3 in layer3),
+    GeM, BN-neck + global feature, plain CE (no label smoothing) + WRT triplet, no alignment, no erasing."""
+    from pathlib import Path
+
+    from cmemd.engine.run import model_config
+    from cmemd.models import build_model
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "sysu_baseline.yaml"
+    cfg = load_config(path, ["model.width=8", "model.pretrained=null"])
+    assert cfg.loss.label_smoothing == 0.0 and cfg.loss.lambda_triplet == 1.0 and cfg.loss.alignment == "none"
+    assert cfg.loss.lambda_dl == 0.0 and cfg.data.random_erasing == 0.0 and cfg.data.channel_aug == 0.0
+    assert cfg.model.pooling == "gem" and cfg.model.test_feature == "global" and not cfg.model.use_local
+    model = build_model(model_config(cfg, 395))
+    blocks = {k.rsplit(".non_local.", 1)[0] + "." + k.rsplit(".non_local.", 1)[1].split(".")[0]
+              for k in model.state_dict() if ".non_local." in k}
+    assert blocks == {"shared.layer2.0", "shared.layer2.1", "global_stream.layer3.0", "global_stream.layer3.1",
+                      "global_stream.layer3.2"}

@@ -3,12 +3,12 @@
 ``encode`` applies exactly the evaluation preprocessing (``build_transforms(train=False)``: resize to
 the training size, scale, ImageNet normalisation), runs each image through its own modality's
 branch and returns **L2-normalised float32 numpy** rows, so ``a @ b.T`` is the cosine similarity
-the evaluation ranks by.
+the evaluation ranks by. Test-time flip follows the model's ``eval.flip`` setting unless ``flip=`` says otherwise.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ class ReIDModel:
         feature_dim: columns of the features :meth:`encode` returns.
         device: where the network runs.
         height, width: the input size images are resized to.
+        flip: the test-time flip :meth:`encode` uses by default (the training config's ``eval.flip``).
     """
 
     def __init__(self, network: torch.nn.Module, config: Any, device: Union[str, torch.device] = "cpu",
@@ -59,6 +60,7 @@ class ReIDModel:
         self.device = torch.device(device)
         self.source = source
         self.height, self.width = int(config.data.height), int(config.data.width)
+        self.flip = bool(getattr(config.eval, "flip", False))
         self._transforms: dict[str, Any] = {}
 
     @property
@@ -94,7 +96,7 @@ class ReIDModel:
     # ------------------------------------------------------------------ encoding
     @torch.no_grad()
     def encode(self, images: Union[Sequence[ImageLike], torch.Tensor, np.ndarray], modality: ModalityLike,
-               batch_size: int = 64) -> np.ndarray:
+               batch_size: int = 64, flip: Optional[bool] = None) -> np.ndarray:
         """L2-normalised features (float32 numpy, N x feature_dim) of ``images``.
 
         Args:
@@ -103,7 +105,11 @@ class ReIDModel:
                 tensor: float = already preprocessed (used as is), uint8 = raw pixels (preprocessed).
             modality: "visible" / "thermal" / 0 / 1 for every image, or one value per image.
             batch_size: images per forward pass.
+            flip: average each image's feature with its horizontal mirror's before normalising (test-time
+                flip); ``None`` uses :attr:`flip` (the model's ``eval.flip``).
         """
+        from cmemd.engine.extract import encode_batch
+
         if batch_size < 1:
             raise ConfigError(f"encode: batch_size must be >= 1, got {batch_size}")
         if isinstance(images, np.ndarray) and images.ndim == 4:
@@ -124,7 +130,8 @@ class ReIDModel:
                 x = chunk.float()
             else:
                 x = self.preprocess(chunk, mods[s:s + batch_size])
-            f = self.network(x.to(self.device), mods[s:s + batch_size].to(self.device)).float()
+            f = encode_batch(self.network, x.to(self.device), mods[s:s + batch_size].to(self.device),
+                              flip=self.flip if flip is None else bool(flip)).float()
             out.append(torch.nn.functional.normalize(f, dim=1).cpu())
         if not out:
             return np.zeros((0, self.feature_dim), np.float32)

@@ -197,6 +197,7 @@ def eval_cmd(
     out: Optional[Path] = typer.Option(None, help="Write the results as JSON here."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report (CMC, ranked lists, t-SNE, per-trial table) into this folder."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Test-time flip: average each image's feature with its mirror's (default: the model's eval.flip)."),
 ) -> None:
     """Evaluate a trained checkpoint with the SYSU-MM01 or RegDB protocol."""
     from dataclasses import replace
@@ -217,7 +218,8 @@ def eval_cmd(
                               "trial's split leaks training ids (one model per trial)")
         d = replace(d, root=str(data) if data else d.root)
         e = replace(e, modes=list(mode) if mode else e.modes, shots=shots or e.shots, method=method or e.method,
-                    rand_perm=str(rand_perm) if rand_perm else e.rand_perm, trials=trials or e.trials)
+                    rand_perm=str(rand_perm) if rand_perm else e.rand_perm, trials=trials or e.trials,
+                    flip=e.flip if flip is None else flip)
         cfg = replace(cfg, data=d, eval=e)
         from cmemd.config import validate
 
@@ -253,6 +255,7 @@ def extract_cmd(
     out_dir: Path = typer.Option(..., "--out-dir", help="Folder for the .npz files (eval-features format)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: the training one)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Test-time flip: average each image's feature with its mirror's (default: the model's eval.flip)."),
 ) -> None:
     """Save query and gallery-pool features (SYSU) or visible/thermal test features (RegDB) as .npz."""
     from cmemd.engine.extract import extract_features
@@ -263,16 +266,17 @@ def extract_cmd(
         dev = resolve_device(device)
         model, cfg = load_trained(checkpoint, device=dev)
         query, gallery = evaluation_records(cfg, str(data) if data else None)
+        flip = cfg.eval.flip if flip is None else flip
         t = cfg.data.trial
         sets = ({"query": query, "gallery_pool": gallery} if cfg.data.dataset == "sysu"
                 else {f"visible_trial{t}": gallery, f"thermal_trial{t}": query})
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, recs in sets.items():
             feats = extract_features(model, recs, height=cfg.data.height, width=cfg.data.width,
-                                     batch_size=cfg.eval.batch_size, device=dev, progress=True, desc=name)
+                                     batch_size=cfg.eval.batch_size, device=dev, progress=True, desc=name, flip=flip)
             path = save_features(out_dir / f"{name}.npz", feats, [r.pid for r in recs], [r.camid for r in recs],
                                  [r.path for r in recs])
-            typer.echo(f"{path}: {feats.shape[0]} x {feats.shape[1]}")
+            typer.echo(f"{path}: {feats.shape[0]} x {feats.shape[1]} (test-time flip {'on' if flip else 'off'})")
     except CmemdError as err:
         _fail(err)
 
@@ -458,6 +462,7 @@ def export_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A last.pt written by `cmemd train`."),
     out: Path = typer.Option(..., "--out", help="ONNX file to write."),
     opset: int = typer.Option(17, help="ONNX opset version."),
+    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Include test-time flip in the graph (default: the model's eval.flip)."),
 ) -> None:
     """Export the feature extractor to ONNX: inputs images (N x 3 x H x W) and modality (int64 N), dynamic batch."""
     import json
@@ -465,7 +470,7 @@ def export_cmd(
     from cmemd.export import export_checkpoint
 
     try:
-        summary = export_checkpoint(checkpoint, out, opset=opset)
+        summary = export_checkpoint(checkpoint, out, opset=opset, flip=flip)
     except CmemdError as e:
         _fail(e)
     typer.echo(json.dumps(summary, indent=1))

@@ -32,7 +32,8 @@ class DataConfig:
     pad: int = 10
     flip: bool = True
     random_erasing: float = 0.5
-    channel_aug: float = 0.5  # probability: channel exchange / grayscale (visible), intensity jitter (thermal)
+    channel_aug: float = 0.5  # probability of the channel augmentation of channel_aug_kind
+    channel_aug_kind: str = "cmemd"  # cmemd (ours) | caj (CAJ's code, ICCV 2021): see data/transforms.py
 
 
 @dataclass
@@ -49,6 +50,7 @@ class ModelSettings:
     use_local: bool = True  # MGS on/off
     accumulated_heads: bool = True  # BN-neck + identity classifier on each accumulated feature
     test_feature: str = "concat"  # concat | global | local
+    non_local: bool = False  # AGW's non-local blocks (2 in layer2, 3 in layer3)
 
 
 @dataclass
@@ -95,6 +97,7 @@ class EvalSettings:
     method: str = "python-random"  # python-random | official
     rand_perm: Optional[str] = None
     batch_size: int = 128
+    flip: bool = False  # test-time flip: average each image's feature with its horizontal mirror's
 
 
 @dataclass
@@ -243,6 +246,7 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
 
 _CHOICES = {
     "data.dataset": ("sysu", "regdb"),
+    "data.channel_aug_kind": ("cmemd", "caj"),
     "model.pooling": ("gem", "avg"),
     "model.accumulate": ("prefix", "cumsum", "none"),
     "model.test_feature": ("concat", "global", "local"),

@@ -3,7 +3,9 @@
 One file serves both modalities: inputs ``images`` (float32 N x 3 x H x W, preprocessed as in
 evaluation) and ``modality`` (int64 (N,), 0 visible / 1 thermal); output ``features``
 (float32 N x D, L2-normalised, as :meth:`cmemd.api.ReIDModel.encode` returns). The batch
-dimension is dynamic; H and W are fixed to the training size.
+dimension is dynamic; H and W are fixed to the training size. With ``flip`` (the checkpoint's
+``eval.flip`` by default) the graph also runs the mirrored images and averages the two features,
+as :func:`cmemd.engine.extract.encode_batch` does.
 
 The model routes images to their modality's stem with data-dependent ``nonzero`` /
 ``index_select`` / ``index_copy``, which a traced graph would freeze to the example batch.
@@ -37,16 +39,19 @@ def export_route(self: nn.Module, x: Tensor, modality: Optional[Tensor]) -> Tens
 
 
 class ExportWrapper(nn.Module):
-    """``(images, modality) -> L2-normalised features`` with export-friendly routing."""
+    """``(images, modality) -> L2-normalised features`` with export-friendly routing (and test-time flip)."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, flip: bool = False) -> None:
         super().__init__()
         net = copy.deepcopy(model).eval()
         net._route = types.MethodType(export_route, net)  # instance attribute shadows the method
         self.net = net
+        self.flip = bool(flip)
 
     def forward(self, images: Tensor, modality: Tensor) -> Tensor:
-        f = nn.functional.normalize(self.net(images, modality), dim=1)
+        from cmemd.engine.extract import encode_batch
+
+        f = nn.functional.normalize(encode_batch(self.net, images, modality, flip=self.flip), dim=1)
         if self.net.modality_parts is None:
             # A model without modality-specific stages ignores the modality; keep it a graph input
             # (the exporter drops unused inputs) so every exported file has the same signature.
@@ -55,13 +60,15 @@ class ExportWrapper(nn.Module):
 
 
 def export_onnx(model: nn.Module, out: Union[str, Path], *, height: int, width: int, opset: int = 17,
-                check: bool = True) -> dict[str, Any]:
-    """Write ``model`` (eval mode) as ONNX to ``out``; returns a summary (path, inputs, outputs, max
-    difference to PyTorch on a probe batch when onnxruntime is installed and ``check``)."""
+                check: bool = True, flip: bool = False) -> dict[str, Any]:
+    """Write ``model`` (eval mode) as ONNX to ``out``; returns a summary (path, inputs, outputs, test-time
+    flip, max difference to PyTorch on a probe batch when onnxruntime is installed and ``check``)."""
+    from cmemd.engine.extract import encode_batch
+
     out = Path(out)
     if not out.parent.exists():
         raise ConfigError(f"export: folder {out.parent} does not exist; create it first")
-    wrapper = ExportWrapper(model).cpu()
+    wrapper = ExportWrapper(model, flip=flip).cpu()
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 3, height, width, generator=g)
     m = torch.tensor([0, 1, 0], dtype=torch.int64)
@@ -75,7 +82,8 @@ def export_onnx(model: nn.Module, out: Union[str, Path], *, height: int, width: 
         )
     summary: dict[str, Any] = {"path": str(out), "inputs": {"images": f"float32 N x 3 x {height} x {width}",
                                                           "modality": "int64 N (0 visible, 1 thermal)"},
-                               "outputs": {"features": "float32 N x D, L2-normalised"}}
+                               "outputs": {"features": "float32 N x D, L2-normalised"},
+                               "test_time_flip": bool(flip)}
     if check:
         try:
             import onnxruntime as ort
@@ -86,15 +94,18 @@ def export_onnx(model: nn.Module, out: Union[str, Path], *, height: int, width: 
         x = torch.randn(5, 3, height, width, generator=g)
         m = torch.tensor([1, 0, 1, 1, 0], dtype=torch.int64)
         with torch.no_grad():
-            ref = nn.functional.normalize(model.cpu().eval()(x, m), dim=1).numpy()
+            ref = nn.functional.normalize(encode_batch(model.cpu().eval(), x, m, flip=flip), dim=1).numpy()
         got = sess.run(None, {"images": x.numpy(), "modality": m.numpy()})[0]
         summary["max_abs_diff"] = float(abs(got - ref).max())
     return summary
 
 
-def export_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], **kw: Any) -> dict[str, Any]:
-    """Load a ``cmemd train`` checkpoint and export it (see :func:`export_onnx`)."""
+def export_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], *, flip: Optional[bool] = None,
+                      **kw: Any) -> dict[str, Any]:
+    """Load a ``cmemd train`` checkpoint and export it (see :func:`export_onnx`); ``flip=None`` follows the
+    checkpoint's ``eval.flip``."""
     from cmemd.engine.run import load_trained
 
     model, cfg = load_trained(checkpoint, device="cpu")
-    return export_onnx(model, out, height=cfg.data.height, width=cfg.data.width, **kw)
+    flip = cfg.eval.flip if flip is None else bool(flip)
+    return export_onnx(model, out, height=cfg.data.height, width=cfg.data.width, flip=flip, **kw)

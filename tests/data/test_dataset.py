@@ -77,6 +77,42 @@ def test_same_index_same_epoch_same_tensor(records):
     assert not torch.equal(ds[(4, 7)][0], ds[(5, 7)][0])
 
 
+def test_repeated_draws_of_an_image_get_different_augmentations(records):
+    """The sampler draws some images several times per epoch; each draw is augmented afresh (seeded by its
+    position in the epoch), where seeding by (seed, epoch, index) alone gave every repeat the same tensor."""
+    loader = build_train_loader(records, height=16, width=8, P=2, K=2, seed=3, num_batches=6, pad=4,
+                                random_erasing=0.5, channel_aug=0.5)
+    first: dict[int, torch.Tensor] = {}
+    repeats = 0
+    for b in collect(loader):
+        for img, i in zip(b.images, b.indices.tolist()):
+            if i in first:
+                repeats += 1
+                assert not torch.equal(img, first[i]), f"image {i} drawn twice in the epoch with the same augmentation"
+            else:
+                first[i] = img
+    assert repeats >= 20  # 6 steps x 8 draws over 25 images: the check is not vacuous
+
+
+def test_a_draw_is_reproduced_by_seed_epoch_index_and_position(records):
+    """Batch b, slot j of rank r is dataset[(epoch, index, (b * world + r) * batch_size + j)], on any rank
+    layout and after a resume that skips steps (the position does not depend on where iteration started)."""
+    kw = dict(height=16, width=8, P=2, K=2, seed=7, num_batches=3, random_erasing=0.5, channel_aug=0.5)
+    ds = ReIDDataset(records, transforms_from_config(TransformConfig(16, 8, random_erasing=0.5, channel_aug=0.5),
+                                                     train=True), seed=7)
+    assert torch.equal(ds[(2, 5, 11)][0], ds[(2, 5, 11)][0])
+    assert not torch.equal(ds[(2, 5, 11)][0], ds[(2, 5, 12)][0])
+    for world, rank in ((1, 0), (2, 1)):
+        full = collect(build_train_loader(records, rank=rank, world_size=world, **kw), epoch=2)
+        for b, batch in enumerate(full):
+            for j, (img, i) in enumerate(zip(batch.images, batch.indices.tolist())):
+                assert torch.equal(img, ds[(2, i, (b * world + rank) * 8 + j)][0])
+        resumed = build_train_loader(records, rank=rank, world_size=world, **kw)
+        resumed.batch_sampler.load_state_dict({"seed": 7, "epoch": 2, "start_batch": 1})
+        rest = list(resumed)
+        assert len(rest) == 2 and all(torch.equal(x.images, y.images) for x, y in zip(rest, full[1:]))
+
+
 def test_test_loader_order_and_values(records, tmp_path):
     loader = build_test_loader(records, height=16, width=8, batch_size=4)
     batches = list(loader)

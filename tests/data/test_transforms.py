@@ -175,3 +175,98 @@ def test_bad_config():
         build_transforms(32, 16, train=True, modality="depth")
     with pytest.raises(ConfigError, match="TransformConfig"):
         build_transforms(32, 16, train=True, modality="visible", bogus=1)
+
+
+# ---------------------------------------------------------------- CAJ's channel augmentations (ICCV 2021)
+
+def _outcome(out: torch.Tensor, x: torch.Tensor) -> str:
+    """Which CAJ channel operation produced ``out`` from ``x`` (brute force over the candidates)."""
+    if torch.equal(out, x):
+        return "same"
+    assert torch.equal(out[0], out[1]) and torch.equal(out[1], out[2]), "channels differ after a channel operation"
+    for c, name in enumerate("RGB"):
+        if torch.equal(out[0], x[c]):
+            return name
+    gray = 0.2989 * x[0] + 0.5870 * x[1] + 0.1140 * x[2]
+    assert torch.allclose(out[0], gray, atol=1e-6), "neither a channel, grayscale nor the input"
+    return "gray"
+
+
+def _frequencies(fn, x, n=4000):
+    counts: dict[str, int] = {}
+    for s in range(n):
+        k = _outcome(fn(x, gen(s)), x)
+        counts[k] = counts.get(k, 0) + 1
+    return {k: v / n for k, v in counts.items()}
+
+
+def test_caj_channel_exchange_picks_r_g_b_uniformly_never_gray():
+    """ChannelExchange(gray=2): randint(0, 2) -> R, G or B replicated, 1/3 each (4000 draws: +-0.03 is > 4 sd)."""
+    from cmemd.data.transforms import caj_channel_exchange
+
+    x = torch.randn(3, 6, 4, generator=gen(0))
+    freq = _frequencies(lambda img, g: caj_channel_exchange(img, g), x)
+    assert set(freq) == {"R", "G", "B"}
+    assert all(abs(f - 1 / 3) < 0.03 for f in freq.values()), freq
+
+
+def test_caj_channel_adap_gray_probabilities():
+    """ChannelAdapGray(0.5): R, G, B 1/4 each; grayscale 1/8; unchanged 1/8 (+-0.03)."""
+    from cmemd.data.transforms import caj_channel_adap_gray
+
+    x = torch.randn(3, 6, 4, generator=gen(1))
+    freq = _frequencies(lambda img, g: caj_channel_adap_gray(img, 0.5, g), x)
+    expected = {"R": 0.25, "G": 0.25, "B": 0.25, "gray": 0.125, "same": 0.125}
+    assert set(freq) == set(expected)
+    assert all(abs(freq[k] - p) < 0.03 for k, p in expected.items()), freq
+    assert _frequencies(lambda img, g: caj_channel_adap_gray(img, 0.0, g), x, n=400).get("gray", 0) == 0
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_caj_random_erasing_fills_one_rectangle_per_channel(seed):
+    """ChannelRandomErasing: one rectangle, the same in every channel, channel c filled with fill[c]."""
+    from cmemd.data.transforms import CAJ_ERASE_FILL, caj_random_erasing
+
+    x = torch.randn(3, 40, 20, generator=gen(200 + seed)) + 5.0  # no value equals a fill value
+    out = caj_random_erasing(x, 1.0, gen(seed))
+    changed = out != x
+    assert changed.any() and torch.equal(changed[0], changed[1]) and torch.equal(changed[1], changed[2])
+    rows, cols = changed[0].any(1).nonzero().flatten(), changed[0].any(0).nonzero().flatten()
+    r0, r1, c0, c1 = int(rows.min()), int(rows.max()), int(cols.min()), int(cols.max())
+    assert int(changed[0].sum()) == (r1 - r0 + 1) * (c1 - c0 + 1)
+    for c in range(3):
+        assert torch.allclose(out[c, r0 : r1 + 1, c0 : c1 + 1], torch.tensor(CAJ_ERASE_FILL[c]))
+    assert 0.01 <= (r1 - r0 + 1) * (c1 - c0 + 1) / (40 * 20) <= 0.45
+    assert torch.equal(caj_random_erasing(x, 1.0, gen(seed)), out)  # determinism per seed
+    assert torch.equal(caj_random_erasing(x, 0.0, gen(seed)), x)
+
+
+def test_caj_random_erasing_probability():
+    from cmemd.data.transforms import caj_random_erasing
+
+    x = torch.randn(3, 24, 12, generator=gen(3)) + 5.0
+    rate = sum(not torch.equal(caj_random_erasing(x, 0.5, gen(s)), x) for s in range(2000)) / 2000
+    assert abs(rate - 0.5) < 0.04
+
+
+def test_caj_pipeline():
+    """kind caj: thermal images always go through ChannelAdapGray, visible ones through the exchange with
+    probability channel_aug; the same generator seed gives the same tensor; with both probabilities 0 the
+    pipeline is our plain crop + flip + normalise."""
+    img = rand_u8(32, 16, seed=4)
+    th = build_transforms(32, 16, train=True, modality="thermal", random_erasing=0.0, channel_aug=0.5,
+                          channel_aug_kind="caj")
+    equal = [bool(torch.equal(o[0], o[1]) and torch.equal(o[1], o[2])) for o in (th(img, gen(s)) for s in range(800))]
+    assert abs(sum(equal) / len(equal) - 7 / 8) < 0.04  # all but ChannelAdapGray's "unchanged" branch
+    vis = build_transforms(32, 16, train=True, modality="visible", random_erasing=0.5, channel_aug=0.5,
+                           channel_aug_kind="caj")
+    equal = [bool(torch.equal(o[0], o[1]) and torch.equal(o[1], o[2])) for o in (vis(img, gen(s)) for s in range(800))]
+    assert abs(sum(equal) / len(equal) - 0.5) < 0.05
+    assert torch.equal(vis(img, gen(7)), vis(img, gen(7)))
+    plain = dict(train=True, random_erasing=0.0, channel_aug=0.0)
+    for m in ("visible", "thermal"):
+        a = build_transforms(32, 16, modality=m, channel_aug_kind="caj", **plain)
+        b = build_transforms(32, 16, modality=m, **plain)
+        assert all(torch.equal(a(img, gen(s)), b(img, gen(s))) for s in range(5))
+    with pytest.raises(ConfigError, match="channel_aug_kind"):
+        build_transforms(32, 16, train=True, modality="visible", channel_aug_kind="other")

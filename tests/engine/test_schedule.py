@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from cmemd.engine.schedule import build_optimizer, lr_factor, param_groups
 from cmemd.models import ModelConfig, build_model
@@ -27,3 +28,13 @@ def test_param_groups_partition_trainable_params():
     assert by_name["backbone"]["lr"] == 0.01 and by_name["heads"]["lr"] == 0.1
     opt = build_optimizer(model, "sgd", lr=0.1, backbone_lr=0.01)
     assert opt.defaults["nesterov"] is True
+
+
+def test_param_groups_of_a_wrapped_model_are_the_plain_models():
+    """A wrapper exposing the model as ``.module`` (DataParallel here; DDP in test_ddp.py) is unwrapped."""
+    model = build_model(ModelConfig(num_classes=5, arch="resnet18", width=8, num_stripes=2, local_dim=8))
+    plain = param_groups(model, lr=0.1, backbone_lr=0.01, weight_decay=5e-4)
+    wrapped = param_groups(torch.nn.DataParallel(model), lr=0.1, backbone_lr=0.01, weight_decay=5e-4)
+    assert [(g["name"], g["lr"], [id(p) for p in g["params"]]) for g in wrapped] == \
+        [(g["name"], g["lr"], [id(p) for p in g["params"]]) for g in plain]
+    assert [g["name"] for g in wrapped] == ["backbone", "heads"]

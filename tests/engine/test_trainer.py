@@ -127,7 +127,7 @@ def test_train_then_evaluate_writes_the_run(tiny_sysu, tmp_path):
     for name in ("last.pt", "config.yaml", "environment.json", "metrics.jsonl", "results.json"):
         assert (out / name).is_file(), name
     res = json.loads((out / "results.json").read_text())
-    assert set(res) == {"sysu all-search single-shot", "sysu indoor-search single-shot"}
+    assert set(res) == {"sysu all-search single-shot", "sysu indoor-search single-shot", "modality_gap"}
     result = outcome.results["sysu all-search single-shot"]
     assert len(result.trials) == 2 and 0.0 <= result.mean["R1"] <= 1.0
     model, cfg = load_trained(out / "last.pt")
@@ -161,3 +161,21 @@ def test_tensorboard_events_when_installed(tiny_sysu, tmp_path):
     train(load_config(None, tiny_overrides(tiny_sysu, out, **{"optim.epochs": 1})), progress=False, evaluate_after=False)
     events = list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert events and events[0].stat().st_size > 0
+
+
+def test_resume_check_reads_a_key_missing_from_an_older_run_as_its_default(tmp_path):
+    """A run recorded before a config key existed (e.g. model.non_local) resumes under that key's default;
+    a non-default value is still a refused change."""
+    import yaml
+
+    from cmemd.config import dump_config
+    from cmemd.engine.run import _check_resume_config
+
+    cfg = load_config(None, [f"run.out_dir={tmp_path}"])
+    dump_config(cfg, tmp_path / "config.yaml")
+    old = yaml.safe_load((tmp_path / "config.yaml").read_text())
+    del old["model"]["non_local"]
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(old))
+    _check_resume_config(tmp_path / "config.yaml", cfg)
+    with pytest.raises(ConfigError, match=r"model\.non_local: False -> True"):
+        _check_resume_config(tmp_path / "config.yaml", load_config(None, [f"run.out_dir={tmp_path}", "model.non_local=true"]))

@@ -221,3 +221,99 @@ def test_zero_init_residual():
     m18 = resnet18(width=8, zero_init_residual=True)
     assert all(float(b.bn2.weight.detach().abs().sum()) == 0 for b in m18.layer3)
     assert float(resnet18(width=8).layer3[0].bn2.weight.detach().sum()) > 0
+
+
+# ------------------------------------------------------------------ non-local blocks (AGW)
+
+def _positive_var(model: torch.nn.Module, seed: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, t in model.state_dict().items():
+            if t.is_floating_point():
+                t.copy_(torch.randn(t.shape, generator=g) * 0.1)
+                if name.endswith("running_var"):
+                    t.abs_().add_(0.5)
+
+
+def test_non_local_keeps_every_torchvision_key_and_loads_a_torchvision_file(tmp_path):
+    """AGW's layout (2 in layer2, 3 in layer3): torchvision's keys and shapes are all there, the extra keys are
+    only under layer2.non_local / layer3.non_local, and a torchvision-format file loads strictly."""
+    model = resnet50(width=8, non_local=R.AGW_NON_LOCAL)
+    got = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tv = dict(torchvision_keys(50, width=8))
+    extra = sorted(set(got) - set(tv))
+    assert all(got[k] == shape for k, shape in tv.items())
+    assert extra and all(k.startswith(("layer2.non_local.", "layer3.non_local.")) for k in extra)
+    assert all(R.is_non_local_key(k) for k in extra) and not any(R.is_non_local_key(k) for k in tv)
+    assert {k.split(".")[2] for k in extra if k.startswith("layer2.")} == {"0", "1"}
+    assert {k.split(".")[2] for k in extra if k.startswith("layer3.")} == {"0", "1", "2"}
+    assert len(model.layer2) == 4 and len(model.layer3) == 6  # indexing goes over the residual blocks
+    sd = random_state_dict(50, width=8, seed=2)
+    torch.save(sd, tmp_path / "tv.pth")
+    load_pretrained(model, tmp_path / "tv.pth")
+    for k, v in sd.items():
+        assert torch.equal(model.state_dict()[k], v), k
+
+
+def test_non_local_blocks_follow_the_last_blocks_of_their_stage():
+    """AGW inserts them after blocks layers[i] - n .. layers[i] - 1 (ResNet-50: layer2 blocks 2, 3; layer3 3, 4, 5)."""
+    model = resnet50(width=8, non_local=R.AGW_NON_LOCAL)
+    order: list[str] = []
+    for name, m in model.named_modules():
+        parts = name.split(".")
+        if len(parts) == 2 and parts[0] in ("layer2", "layer3") or len(parts) == 3 and parts[1] == "non_local":
+            m.register_forward_hook(lambda mod, inp, out, name=name: order.append(name))
+    model.eval()(torch.randn(1, 3, 64, 32))
+    assert order == ["layer2.0", "layer2.1", "layer2.2", "layer2.non_local.0", "layer2.3", "layer2.non_local.1",
+                     "layer3.0", "layer3.1", "layer3.2", "layer3.3", "layer3.non_local.0", "layer3.4",
+                     "layer3.non_local.1", "layer3.5", "layer3.non_local.2"]
+
+
+def test_new_non_local_blocks_are_the_identity():
+    """Zero-initialised BN in each block's output branch: the pretrained network's outputs are unchanged."""
+    plain = resnet18(width=8)
+    _positive_var(plain, seed=3)
+    nl = resnet18(width=8, non_local=R.agw_non_local("resnet18"))
+    assert R.agw_non_local("resnet18") == (0, 2, 2, 0)
+    nl.load_state_dict(plain.state_dict(), strict=False)
+    x = torch.randn(3, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(nl.eval()(x), plain.eval()(x), rtol=0, atol=0)
+
+
+def test_non_local_block_equals_a_brute_force_sum():
+    """y_i = (1/N) sum_j <theta(x_i), phi(x_j)> g(x_j); z = x + BN(W y) (BN in eval mode), written out per position."""
+    block = R.NonLocal(6)
+    _positive_var(block, seed=5)
+    block.eval()
+    x = torch.randn(2, 6, 3, 2)
+    with torch.no_grad():
+        got = block(x)
+        ref = _brute_force_non_local(block, x)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+
+
+def _brute_force_non_local(block, x):
+    def conv(c, v):  # a 1x1 conv on one position's vector
+        return c.weight[:, :, 0, 0] @ v + c.bias
+    bn = block.W[1]
+    ref = torch.empty_like(x)
+    for n in range(x.shape[0]):
+        pos = [x[n, :, h, w] for h in range(3) for w in range(2)]
+        N = len(pos)
+        for i, (h, w) in enumerate((h, w) for h in range(3) for w in range(2)):
+            y = sum(float(conv(block.theta, pos[i]) @ conv(block.phi, pos[j])) * conv(block.g, pos[j])
+                    for j in range(N)) / N
+            v = conv(block.W[0], y)
+            v = (v - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+            ref[n, :, h, w] = pos[i] + v
+    return ref
+
+
+def test_bad_non_local_counts():
+    from cmemd.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="non_local"):
+        resnet18(width=8, non_local=(0, 3, 0, 0))  # layer2 of ResNet-18 has 2 blocks
+    with pytest.raises(ConfigError, match="non_local"):
+        resnet18(width=8, non_local=(0, 1))

@@ -131,7 +131,8 @@ def _all_losses(out: VTOutput, y: torch.Tensor) -> torch.Tensor:
 
 @pytest.mark.parametrize("kw", [dict(), dict(accumulate="cumsum", gem_learnable=True),
                                 dict(modality_specific_stages=1, pooling="avg"),
-                                dict(use_local=False, test_feature="global")])
+                                dict(use_local=False, test_feature="global"),
+                                dict(modality_specific_stages=1, use_local=False, test_feature="global", non_local=True)])
 def test_every_parameter_gets_a_gradient_on_a_mixed_batch(kw):
     torch.manual_seed(0)
     model = build_model(small_cfg(**kw)).train()
@@ -323,3 +324,33 @@ def test_load_pretrained_backbone_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(CheckpointError, match="resnet18-f37072fd.pth"):
         build_model(small_cfg(pretrained="imagenet"))
+
+
+@pytest.mark.parametrize("m", [1, 3])
+def test_non_local_model_loads_every_backbone_key_and_keeps_its_blocks(tmp_path, m):
+    """AGW's non-local blocks in every copy of layer2 and layer3; the torchvision keys all map (and load), the
+    non-local ones are left to their identity init."""
+    path, sd = _tv_file(tmp_path, 8, seed=6)
+    model = build_model(small_cfg(modality_specific_stages=m, non_local=True))
+    plain = build_model(small_cfg(modality_specific_stages=m))
+    msd = model.state_dict()
+    nl_keys = [k for k in msd if ".non_local." in k]
+    assert set(msd) - set(nl_keys) == set(plain.state_dict())
+    assert model.backbone_key_map() == plain.backbone_key_map()
+    # ResNet-18 holds 2 blocks per stage: 2 in each copy of layer2 and of layer3
+    copies = {"layer2": 2 if m == 3 else 1, "layer3": 2}  # per-modality copies vs shared; two streams
+    for layer, n in copies.items():
+        blocks = {k.split(".non_local.")[0] + "." + k.split(".non_local.")[1].split(".")[0]
+                  for k in nl_keys if f"{layer}.non_local." in k}
+        assert len(blocks) == 2 * n, blocks
+    load_pretrained_backbone(model, path)
+    for mk, tk in model.backbone_key_map().items():
+        assert torch.equal(model.state_dict()[mk], sd[tk]), mk
+    # the loaded non-local model computes what the loaded plain model computes (identity blocks)
+    load_pretrained_backbone(plain, path)
+    plain_heads = {k: v for k, v in plain.state_dict().items() if k.split(".")[0] not in
+                   ("modality_parts", "shared", "global_stream", "local_stream")}
+    model.load_state_dict(plain_heads, strict=False)
+    x, mod = torch.randn(4, 3, 64, 32), torch.tensor([0, 1, 0, 1])
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x, mod), plain.eval()(x, mod), rtol=0, atol=0)

@@ -1,9 +1,12 @@
 """Dataset and DataLoader glue: records -> batches of (images, pids, modalities, indices).
 
-Per-sample augmentation randomness comes from a ``torch.Generator`` seeded from
-``(seed, epoch, index)``, so a batch is the same whatever ``num_workers`` is. The train
-loader tags each index with its epoch (:class:`EpochTaggedBatchSampler`), so this holds
-with persistent workers too.
+Per-draw augmentation randomness comes from a ``torch.Generator`` seeded from
+``(seed, epoch, index, draw)``, ``draw`` being the position of the draw in the epoch's sampling
+order (over all ranks), so a batch is the same whatever ``num_workers`` is, and an image drawn
+twice in an epoch (the identity sampler repeats images: about half the thermal draws of a
+SYSU-MM01 epoch) gets two different augmentations. The train loader tags each index with its
+epoch and draw position (:class:`EpochTaggedBatchSampler`), so this holds with persistent
+workers and across a resume too.
 """
 from __future__ import annotations
 
@@ -32,9 +35,10 @@ class Batch(NamedTuple):
     indices: torch.Tensor  # (B,) int64, positions in the record list
 
 
-def sample_generator(seed: int, epoch: int, index: int) -> torch.Generator:
-    """A generator whose state depends only on (seed, epoch, index)."""
-    state = np.random.SeedSequence([seed, epoch, index]).generate_state(2, dtype=np.uint32)
+def sample_generator(seed: int, epoch: int, index: int, draw: int | None = None) -> torch.Generator:
+    """A generator whose state depends only on (seed, epoch, index[, draw])."""
+    key = [seed, epoch, index] if draw is None else [seed, epoch, index, draw]
+    state = np.random.SeedSequence(key).generate_state(2, dtype=np.uint32)
     g = torch.Generator()
     g.manual_seed((int(state[0]) << 31) ^ int(state[1]))
     return g
@@ -50,7 +54,9 @@ class ReIDDataset(Dataset):
             or ``None`` to decode with :func:`load_image` each time.
         seed: base seed of the per-sample generators.
 
-    An item key may be an int (uses :attr:`epoch`) or an ``(epoch, index)`` pair.
+    An item key may be an int (uses :attr:`epoch`), an ``(epoch, index)`` pair, or an
+    ``(epoch, index, draw)`` triple (what the train loader passes: ``draw`` is the position of
+    the draw in the epoch's sampling order, so each draw of an image is augmented afresh).
     """
 
     def __init__(
@@ -84,11 +90,15 @@ class ReIDDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, int, int, int]:
-        epoch, index = (int(key[0]), int(key[1])) if isinstance(key, tuple) else (self.epoch, int(key))
+    def __getitem__(self, key: int | tuple[int, ...]) -> tuple[torch.Tensor, int, int, int]:
+        if isinstance(key, tuple):
+            epoch, index = int(key[0]), int(key[1])
+            draw = int(key[2]) if len(key) > 2 else None
+        else:
+            epoch, index, draw = self.epoch, int(key), None
         r = self.records[index]
         img = self.cache[index] if self.cache is not None else load_image(r.path)
-        g = sample_generator(self.seed, epoch, index)
+        g = sample_generator(self.seed, epoch, index, draw)
         return self.transforms[r.modality](img, g), int(r.pid), modality_index(r.modality), index
 
 
@@ -103,8 +113,13 @@ def collate_batch(items: Sequence[tuple[torch.Tensor, int, int, int]]) -> Batch:
     )
 
 
-class EpochTaggedBatchSampler(Sampler[list[tuple[int, int]]]):
-    """Wraps :class:`CrossModalityIdentitySampler`, yielding ``(epoch, index)`` pairs.
+class EpochTaggedBatchSampler(Sampler[list[tuple[int, int, int]]]):
+    """Wraps :class:`CrossModalityIdentitySampler`, yielding ``(epoch, index, draw)`` triples.
+
+    ``draw`` numbers the draws of an epoch over all ranks: ``(step * world_size + rank) *
+    batch_size + position in the batch``. It depends only on where the draw sits in the epoch's
+    sampling order, so a resumed epoch (which skips the steps already done) tags its draws as
+    the uninterrupted epoch did.
 
     ``set_epoch``, ``state_dict``, ``load_state_dict`` and the other attributes are the
     wrapped sampler's (``loader.batch_sampler.set_epoch(e)`` works as usual).
@@ -113,10 +128,13 @@ class EpochTaggedBatchSampler(Sampler[list[tuple[int, int]]]):
     def __init__(self, sampler: CrossModalityIdentitySampler) -> None:
         self.sampler = sampler
 
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        epoch = self.sampler.epoch
-        for batch in self.sampler:
-            yield [(epoch, i) for i in batch]
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        s = self.sampler
+        epoch, step, n = s.epoch, s.start_batch, s.batch_size  # the sampler skips start_batch steps first
+        for batch in s:
+            base = (step * s.world_size + s.rank) * n
+            yield [(epoch, i, base + j) for j, i in enumerate(batch)]
+            step += 1
 
     def __len__(self) -> int:
         return len(self.sampler)

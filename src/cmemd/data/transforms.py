@@ -7,7 +7,7 @@ with the ImageNet mean/std, and random erasing runs last on the normalised tenso
 (filling with 0 = the mean colour), as in the VT-ReID code base.
 
 Every random op takes a ``torch.Generator``; the same generator state gives the same
-output, so a Dataset that seeds one per (seed, epoch, index) is reproducible whatever
+output, so a Dataset that seeds one per (seed, epoch, index, draw) is reproducible whatever
 the number of workers.
 """
 from __future__ import annotations
@@ -27,6 +27,15 @@ IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
 IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
 # ITU-R 601 luma, the weights PIL's convert("L") and CAJ's grayscale use.
 LUMA: tuple[float, float, float] = (0.299, 0.587, 0.114)
+# CAJ's ChannelAdapGray / ChannelExchange grayscale weights (ICCV21_CAJ/ChannelAug.py, data_loader.py).
+CAJ_LUMA: tuple[float, float, float] = (0.2989, 0.5870, 0.1140)
+# CAJ's ChannelRandomErasing fill, one value per channel (the CIFAR-10 channel means its code uses; written into
+# the already-normalised tensor, as in CAJ).
+CAJ_ERASE_FILL: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+#: Channel augmentation families: ``cmemd`` (ours: channel exchange / grayscale of visible images, intensity
+#: jitter of thermal ones) and ``caj`` (Ye et al., ICCV 2021: channel selection of visible images, ChannelAdapGray
+#: of thermal ones, channel-level random erasing, all on the normalised tensor as in CAJ's code).
+CHANNEL_AUG_KINDS = ("cmemd", "caj")
 
 _PIL_INTERP = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
@@ -128,6 +137,56 @@ def thermal_jitter(img: torch.Tensor, p: float, strength: float = 0.2, g: torch.
     return (img * a + b).clamp_(0.0, 1.0)
 
 
+# -- CAJ's channel augmentations (Ye et al. ICCV 2021; float CHW, normalised, as in its code) ------------------------
+def caj_channel_exchange(img: torch.Tensor, g: torch.Generator | None = None) -> torch.Tensor:
+    """CAJ's ``ChannelExchange(gray=2)`` (the visible "channel-augmented" view): one of R, G, B, uniformly,
+    replicated to all three channels (``gray=2`` draws 0..2, so its grayscale branch is never taken)."""
+    c = _randint(g, 0, 2)
+    return img[c : c + 1].expand(3, -1, -1).contiguous()
+
+
+def caj_channel_adap_gray(img: torch.Tensor, p_gray: float = 0.5, g: torch.Generator | None = None) -> torch.Tensor:
+    """CAJ's ``ChannelAdapGray(probability=p_gray)`` (its thermal transform): draw one of four branches uniformly;
+    R, G or B replicated to all channels, or (fourth branch) grayscale with probability ``p_gray``, else unchanged.
+    With p_gray = 0.5: R, G, B 1/4 each, grayscale 1/8, unchanged 1/8."""
+    c = _randint(g, 0, 3)
+    if c < 3:
+        return img[c : c + 1].expand(3, -1, -1).contiguous()
+    if _rand(g) > p_gray:
+        return img
+    w = torch.tensor(CAJ_LUMA, dtype=img.dtype).view(3, 1, 1)
+    return (img * w).sum(0, keepdim=True).expand(3, -1, -1).contiguous()
+
+
+def caj_random_erasing(
+    img: torch.Tensor,
+    p: float,
+    g: torch.Generator | None = None,
+    *,
+    area: tuple[float, float] = (0.02, 0.4),
+    min_aspect: float = 0.3,
+    fill: tuple[float, ...] = CAJ_ERASE_FILL,
+    attempts: int = 100,
+) -> torch.Tensor:
+    """CAJ's ``ChannelRandomErasing(probability=p)``: with probability ``p`` fill one rectangle with a value per
+    channel (``fill``). Relative area uniform in ``area``, aspect ratio uniform (not log-uniform) in
+    [min_aspect, 1/min_aspect], up to ``attempts`` tries for a rectangle that fits. Returns a new tensor."""
+    if p <= 0 or _rand(g) >= p:
+        return img
+    _, h, w = img.shape
+    for _ in range(attempts):
+        target = _uniform(g, area[0], area[1]) * h * w
+        aspect = _uniform(g, min_aspect, 1.0 / min_aspect)
+        eh = int(round(math.sqrt(target * aspect)))
+        ew = int(round(math.sqrt(target / aspect)))
+        if ew < w and eh < h:
+            top, left = _randint(g, 0, h - eh), _randint(g, 0, w - ew)
+            out = img.clone()
+            out[:, top : top + eh, left : left + ew] = torch.tensor(fill[: img.shape[0]], dtype=img.dtype).view(-1, 1, 1)
+            return out
+    return img
+
+
 # -- normalisation and erasing (float CHW) -------------------------------------------------
 def normalize(img: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
     """uint8 (scaled by 1/255) or float [0, 1] CHW -> (x - mean) / std, float32."""
@@ -171,8 +230,16 @@ def random_erasing(
 class TransformConfig:
     """Options of the train/test pipelines. Probabilities are in [0, 1]; 0 turns an op off.
 
-    ``channel_aug`` is the probability of the modality's channel augmentation (visible:
-    :func:`channel_exchange`; thermal: :func:`thermal_jitter` of ``thermal_strength``).
+    ``channel_aug`` is the probability of the modality's channel augmentation, of the family
+    ``channel_aug_kind``:
+
+    - ``"cmemd"`` (ours): visible :func:`channel_exchange`, thermal :func:`thermal_jitter` of
+      ``thermal_strength``, each with probability ``channel_aug``; random erasing fills 0 (the mean colour).
+    - ``"caj"`` (CAJ's code): visible :func:`caj_channel_exchange` with probability ``channel_aug`` (CAJ
+      trains on the original and the exchanged copy of every visible image, i.e. half of its visible views
+      are exchanged: 0.5); thermal :func:`caj_channel_adap_gray` on every image when ``channel_aug > 0``
+      (its own fixed probabilities); random erasing is :func:`caj_random_erasing` (per-channel fill, uniform
+      aspect) with probability ``random_erasing``, before the channel operation, as in CAJ.
     """
 
     height: int = 288
@@ -183,6 +250,7 @@ class TransformConfig:
     erasing_area: tuple[float, float] = (0.02, 0.4)
     erasing_min_aspect: float = 0.3
     channel_aug: float = 0.0
+    channel_aug_kind: str = "cmemd"
     thermal_strength: float = 0.2
     interpolation: str = "bilinear"
     mean: tuple[float, float, float] = IMAGENET_MEAN
@@ -197,6 +265,9 @@ class TransformConfig:
             v = getattr(self, name)
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"TransformConfig: {name} is a probability in [0, 1], got {v}")
+        if self.channel_aug_kind not in CHANNEL_AUG_KINDS:
+            raise ConfigError(f"TransformConfig: channel_aug_kind must be one of {CHANNEL_AUG_KINDS}, "
+                              f"got {self.channel_aug_kind!r}")
         lo, hi = self.erasing_area
         if not 0.0 < lo <= hi < 1.0:
             raise ConfigError(f"TransformConfig: erasing_area must satisfy 0 < lo <= hi < 1, got {self.erasing_area}")
@@ -226,6 +297,15 @@ class Transform:
         x = pad_random_crop(x, c.pad, g)
         if c.flip and _rand(g) < 0.5:
             x = hflip(x)
+        if c.channel_aug_kind == "caj":  # CAJ's order: normalise, erase, then the channel operation
+            x = caj_random_erasing(normalize(x, c.mean, c.std), c.random_erasing, g, area=c.erasing_area,
+                                   min_aspect=c.erasing_min_aspect)
+            if c.channel_aug > 0:
+                if self.modality == "thermal":
+                    x = caj_channel_adap_gray(x, 0.5, g)
+                elif _rand(g) < c.channel_aug:
+                    x = caj_channel_exchange(x, g)
+            return x
         if c.channel_aug > 0:
             f = x.float().div_(255.0)
             if self.modality == "visible":
@@ -275,5 +355,6 @@ def transforms_from_config(config: TransformConfig, *, train: bool) -> dict[str,
 __all__ = [
     "IMAGENET_MEAN", "IMAGENET_STD", "TransformConfig", "Transform", "build_transforms", "transforms_from_config",
     "to_uint8_chw", "resize", "resize_pil", "pad_random_crop", "hflip", "grayscale", "channel_exchange",
-    "thermal_jitter", "normalize", "random_erasing",
+    "thermal_jitter", "normalize", "random_erasing", "caj_channel_exchange", "caj_channel_adap_gray",
+    "caj_random_erasing", "CHANNEL_AUG_KINDS",
 ]

@@ -1,4 +1,8 @@
-"""Feature extraction: records in, features out, each image through its own modality's branch."""
+"""Feature extraction: records in, features out, each image through its own modality's branch.
+
+:func:`encode_batch` is the one place the eval feature of a batch is computed (with or without
+test-time flip); evaluation, ``cmemd extract``, ``ReIDModel.encode`` and the ONNX export all call it.
+"""
 from __future__ import annotations
 
 from typing import Sequence
@@ -8,6 +12,16 @@ import torch
 from torch import nn
 
 from cmemd.data.records import ImageRecord
+
+
+def encode_batch(model: nn.Module, images: torch.Tensor, modality: torch.Tensor | None, *,
+                  flip: bool = False) -> torch.Tensor:
+    """The model's eval-mode feature of a batch; with ``flip`` the mean of the features of the images
+    and of their horizontal mirrors (test-time flip, as post-2021 VT-ReID code evaluates)."""
+    f = model(images, modality)
+    if flip:
+        f = (f + model(images.flip(-1), modality)) / 2
+    return f
 
 
 @torch.no_grad()
@@ -25,11 +39,13 @@ def extract_features(
     dataset_root: str | None = None,
     progress: bool = False,
     desc: str = "extract",
+    flip: bool = False,
 ) -> np.ndarray:
     """The model's test feature for every record, in record order (float32, N x D).
 
     The modality tensor comes from the records, so a query of thermal images goes through the
-    thermal stem and a visible gallery through the visible one, whatever the order.
+    thermal stem and a visible gallery through the visible one, whatever the order. ``flip``
+    averages each image's feature with its mirror's (:func:`encode_batch`).
     """
     from tqdm import tqdm
 
@@ -42,7 +58,7 @@ def extract_features(
     out = []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
         images, modalities = batch[0].to(device), batch[2].to(device)
-        out.append(model(images, modalities).float().cpu())
+        out.append(encode_batch(model, images, modalities, flip=flip).float().cpu())
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)
 

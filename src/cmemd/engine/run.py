@@ -121,6 +121,7 @@ def model_config(cfg: TrainConfig, num_classes: int):
         last_stride=m.last_stride, pooling=m.pooling, num_stripes=m.num_stripes, local_dim=m.local_dim,
         accumulate=m.accumulate, test_feature=m.test_feature, use_local=m.use_local, pretrained=m.pretrained,
         accumulated_heads=m.accumulated_heads,
+        non_local=m.non_local,
     )
 
 
@@ -153,13 +154,15 @@ def _check_resume_config(saved_path: Path, cfg: TrainConfig) -> None:
     import yaml
 
     saved, new = yaml.safe_load(saved_path.read_text()) or {}, cfg.to_dict()
+    defaults = TrainConfig().to_dict()  # a key newer than the run's record had its default's behaviour then
     changes = []
     for section in sorted(set(saved) | set(new)):
         old_s, new_s = saved.get(section) or {}, new.get(section) or {}
         for key in sorted(set(old_s) | set(new_s)):
             name = f"{section}.{key}"
-            if not name.startswith(_RESUME_MAY_CHANGE) and old_s.get(key) != new_s.get(key):
-                changes.append(f"{name}: {old_s.get(key)!r} -> {new_s.get(key)!r}")
+            old = old_s.get(key, (defaults.get(section) or {}).get(key))
+            if not name.startswith(_RESUME_MAY_CHANGE) and old != new_s.get(key):
+                changes.append(f"{name}: {old!r} -> {new_s.get(key)!r}")
     if changes:
         raise ConfigError(
             f"{saved_path.parent}: --resume with settings that differ from the run's own ({saved_path}): "
@@ -198,17 +201,19 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
         data.records, height=d.height, width=d.width, P=d.num_ids, K=d.num_instances, seed=cfg.run.seed,
         num_workers=d.num_workers, use_cache=d.cache, cache_dir=d.cache_dir, dataset_root=d.root,
         rank=rank, world_size=world, num_batches=d.steps_per_epoch, pad=d.pad, flip=d.flip, random_erasing=d.random_erasing,
-        channel_aug=d.channel_aug, persistent_workers=True, pin_memory=device.type == "cuda",
+        channel_aug=d.channel_aug, channel_aug_kind=d.channel_aug_kind, persistent_workers=True,
+        pin_memory=device.type == "cuda",
     )
     mcfg = model_config(cfg, data.num_classes)
     model = build_model(mcfg).to(device)
     if cfg.optim.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     o = cfg.optim
+    # parameter groups from the plain model: a DDP wrapper hides the backbone parts (build_optimizer unwraps too)
     optimizer = build_optimizer(model, o.optimizer, lr=o.lr, backbone_lr=o.backbone_lr, weight_decay=o.weight_decay,
                                 momentum=o.momentum, nesterov=o.nesterov)
+    if world > 1:
+        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     selection = SELECTION_NOTE if cfg.run.selection == "none" else VAL_SELECTION_NOTE
     extra = {"config": cfg.to_dict(), "model_config": dataclasses.asdict(mcfg), "num_classes": data.num_classes,
              "selection": selection, "kind": "cmemd-train"}
@@ -319,7 +324,8 @@ def _val_selector(cfg: TrainConfig, device: torch.device):
 
     ds = SYSUMM01(cfg.data.root)
     query, pool = ds.query("val"), ds.gallery_pool("all", "val")
-    kw = dict(height=cfg.data.height, width=cfg.data.width, batch_size=cfg.eval.batch_size, device=device)
+    kw = dict(height=cfg.data.height, width=cfg.data.width, batch_size=cfg.eval.batch_size, device=device,
+              flip=cfg.eval.flip)
 
     def on_epoch_end(trainer: Trainer, epoch: int) -> None:
         model = unwrap(trainer.model)
@@ -383,7 +389,8 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
     query, gallery = evaluation_records(cfg, root)
     feature = f"{cfg.model.test_feature} feature (BN-neck global{' + holistic' if cfg.model.test_feature == 'concat' else ''})" \
         if cfg.model.test_feature != "local" else "local (holistic) feature"
-    kw = dict(height=d.height, width=d.width, batch_size=e.batch_size, device=device, progress=progress)
+    feature += ", test-time flip on (mean with the mirrored image)" if e.flip else ", test-time flip off"
+    kw = dict(height=d.height, width=d.width, batch_size=e.batch_size, device=device, progress=progress, flip=e.flip)
     results: dict[str, Any] = {}
     if d.dataset == "sysu":
         pool = gallery
@@ -415,6 +422,8 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
         for direction, res in both.items():
             results[f"regdb trial {d.trial} {direction}"] = res
         feats = {"query": fset(tf, th), "gallery": fset(vf, vis), "removal": "none"}
+    for res in results.values():  # results.json states it as a setting too
+        res.settings["test_flip"] = bool(e.flip)
     if return_features:
         return results, dict(feats, query_modality="thermal", gallery_modality="visible")
     return results

@@ -10,12 +10,21 @@ from torch import nn
 BACKBONE_PARTS = ("modality_parts", "shared", "global_stream", "local_stream")
 
 
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel / DataParallel wrapper (any wrapper exposing it as ``.module``)."""
+    while isinstance(getattr(model, "module", None), nn.Module):
+        model = model.module
+    return model
+
+
 def param_groups(model: nn.Module, *, lr: float, backbone_lr: float, weight_decay: float) -> list[dict]:
     """Two groups: backbone (ResNet copies) at ``backbone_lr`` and heads at ``lr``.
 
     Frozen parameters (the BN-neck biases) are left out. Each group keeps its ``initial_lr``
-    so the schedule can rescale it.
+    so the schedule can rescale it. A DDP-wrapped model is unwrapped first: the wrapper hides the
+    backbone attributes, which would otherwise put every parameter in the head group.
     """
+    model = unwrap_model(model)
     backbone_ids = set()
     for name in BACKBONE_PARTS:
         part = getattr(model, name, None)

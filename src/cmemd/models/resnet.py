@@ -4,7 +4,9 @@ The module names and tensor shapes match ``torchvision.models.resnet`` (v1.5: th
 Bottleneck sits in its 3x3 conv), so torchvision's ImageNet checkpoints load with ``strict=True``
 without importing torchvision. Two options torchvision lacks: ``last_stride`` (re-id models use 1
 to keep a 2x larger final map) and ``width`` (base width; narrow widths give a CPU-sized model with
-the same keys and smaller shapes).
+the same keys and smaller shapes). A third, ``non_local``, inserts non-local blocks (Wang et al. 2018)
+after the last blocks of a stage, as the AGW baseline does (2 in layer2, 3 in layer3); their
+parameters sit under ``layerN.non_local.*``, so every torchvision key keeps its name and shape.
 """
 from __future__ import annotations
 
@@ -22,6 +24,12 @@ from cmemd.errors import CheckpointError, ConfigError
 __all__ = [
     "BasicBlock",
     "Bottleneck",
+    "NonLocal",
+    "NonLocalStage",
+    "AGW_NON_LOCAL",
+    "ARCH_LAYERS",
+    "agw_non_local",
+    "is_non_local_key",
     "ResNet",
     "resnet18",
     "resnet34",
@@ -108,6 +116,93 @@ class Bottleneck(nn.Module):
         return self.relu(out + identity)
 
 
+#: Non-local blocks per stage (layer1..layer4) in AGW (Ye et al., TPAMI 2021): 2 in layer2, 3 in layer3.
+AGW_NON_LOCAL: tuple[int, int, int, int] = (0, 2, 3, 0)
+
+#: Residual blocks per stage of each architecture.
+ARCH_LAYERS: dict[str, tuple[int, int, int, int]] = {
+    "resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3), "resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3),
+}
+
+
+def agw_non_local(arch: str) -> tuple[int, ...]:
+    """AGW's non-local counts for ``arch``, capped at each stage's block count (ResNet-18: ``(0, 2, 2, 0)``)."""
+    return tuple(min(c, n) for c, n in zip(AGW_NON_LOCAL, ARCH_LAYERS[arch]))
+
+
+def is_non_local_key(key: str) -> bool:
+    """True for the state-dict entries of non-local blocks (not in any torchvision checkpoint)."""
+    return key.startswith("non_local.") or ".non_local." in key
+
+
+class NonLocal(nn.Module):
+    """Non-local block, embedded dot-product form with 1/N scaling (Wang et al. 2018; AGW's variant).
+
+    ``z = x + W(y)``, ``y_i = (1/N) sum_j <theta(x_i), phi(x_j)> g(x_j)`` over the N = H*W positions;
+    theta, phi, g are 1x1 convs to ``channels // reduction`` channels, W a 1x1 conv back to ``channels``
+    followed by a BatchNorm whose scale and shift start at zero, so a new block is the identity and a
+    pretrained backbone's output is unchanged before training.
+    """
+
+    def __init__(self, channels: int, reduction: int = 2) -> None:
+        super().__init__()
+        inner = max(1, channels // reduction)
+        self.inner = inner
+        self.theta = nn.Conv2d(channels, inner, kernel_size=1)
+        self.phi = nn.Conv2d(channels, inner, kernel_size=1)
+        self.g = nn.Conv2d(channels, inner, kernel_size=1)
+        self.W = nn.Sequential(nn.Conv2d(inner, channels, kernel_size=1), nn.BatchNorm2d(channels))
+        nn.init.zeros_(self.W[1].weight)
+        nn.init.zeros_(self.W[1].bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        n = x.shape[0]
+        theta = self.theta(x).flatten(2).transpose(1, 2)  # n x HW x inner
+        phi = self.phi(x).flatten(2)                      # n x inner x HW
+        g = self.g(x).flatten(2).transpose(1, 2)          # n x HW x inner
+        affinity = torch.matmul(theta, phi) / phi.shape[-1]
+        y = torch.matmul(affinity, g).transpose(1, 2).reshape(n, self.inner, x.shape[2], x.shape[3])
+        return x + self.W(y)
+
+
+class NonLocalStage(nn.Module):
+    """A ResNet stage whose last ``len(non_local)`` blocks are each followed by a non-local block.
+
+    The residual blocks stay children ``"0"``, ``"1"``, ... (the keys of torchvision's ``nn.Sequential``
+    stage); the non-local blocks are ``non_local.0``, ``non_local.1``, ... Indexing, ``len`` and
+    iteration go over the residual blocks, as on the plain stage.
+    """
+
+    def __init__(self, blocks: nn.Sequential, count: int, channels: int) -> None:
+        super().__init__()
+        n = len(blocks)
+        if not 0 < count <= n:
+            raise ConfigError(f"NonLocalStage: {count} non-local blocks for a stage of {n} blocks; use 1..{n}")
+        for i, block in enumerate(blocks):
+            self.add_module(str(i), block)
+        self.num_blocks = n
+        self.after = tuple(range(n - count, n))  # AGW: after the last `count` blocks
+        self.non_local = nn.ModuleList([NonLocal(channels) for _ in range(count)])
+
+    def __len__(self) -> int:
+        return self.num_blocks
+
+    def __getitem__(self, i: int) -> nn.Module:
+        return self._modules[str(range(self.num_blocks)[i])]
+
+    def __iter__(self):
+        return (self._modules[str(i)] for i in range(self.num_blocks))
+
+    def forward(self, x: Tensor) -> Tensor:
+        k = 0
+        for i, block in enumerate(self):
+            x = block(x)
+            if k < len(self.after) and i == self.after[k]:
+                x = self.non_local[k](x)
+                k += 1
+        return x
+
+
 class ResNet(nn.Module):
     """torchvision-layout ResNet.
 
@@ -118,13 +213,16 @@ class ResNet(nn.Module):
         width: channels of the stem and of layer1's planes (torchvision: 64).
         last_stride: stride of layer4 (torchvision: 2; re-id: 1).
         zero_init_residual: zero the last BN weight of every residual branch, as torchvision.
+        non_local: non-local blocks after the last blocks of layer1..layer4 (AGW: ``(0, 2, 3, 0)``);
+            their keys (``layerN.non_local.*``) are outside torchvision's layout, every other key is unchanged.
         arch: name recorded on the model (``model.arch``) so ``load_pretrained(model, "imagenet")``
             knows which weights to fetch.
     """
 
     def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, ...],
                  num_classes: int = 1000, *, width: int = 64, last_stride: int = 2,
-                 zero_init_residual: bool = False, arch: str | None = None) -> None:
+                 zero_init_residual: bool = False, arch: str | None = None,
+                 non_local: tuple[int, ...] = (0, 0, 0, 0)) -> None:
         super().__init__()
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
             raise ConfigError(f"ResNet: layers must be 4 positive block counts, got {layers!r}")
@@ -132,6 +230,9 @@ class ResNet(nn.Module):
             raise ConfigError(f"ResNet: width must be a positive int, got {width!r}")
         if last_stride not in (1, 2):
             raise ConfigError(f"ResNet: last_stride must be 1 or 2, got {last_stride!r}")
+        if len(non_local) != 4 or any(not 0 <= int(c) <= int(n) for c, n in zip(non_local, layers)):
+            raise ConfigError(f"ResNet: non_local must give 4 counts, each between 0 and its stage's block count "
+                              f"{tuple(layers)}, got {non_local!r}")
         self.arch = arch
         self.width = int(width)
         self.last_stride = int(last_stride)
@@ -148,6 +249,7 @@ class ResNet(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
         self.out_channels = 8 * w * block.expansion
         self.fc = nn.Linear(self.out_channels, num_classes)
+        self.non_local = tuple(int(c) for c in non_local)
 
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -161,6 +263,12 @@ class ResNet(nn.Module):
                     nn.init.constant_(m.bn3.weight, 0)
                 elif isinstance(m, BasicBlock):
                     nn.init.constant_(m.bn2.weight, 0)
+        # after the init loop, which would reset the zero-initialised BatchNorm of each non-local block
+        for i, count in enumerate(self.non_local):
+            if count:
+                name = f"layer{i + 1}"
+                stage = getattr(self, name)
+                setattr(self, name, NonLocalStage(stage, count, (2 ** i) * w * block.expansion))
 
     def _make_layer(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int,
                     stride: int = 1) -> nn.Sequential:
@@ -186,22 +294,22 @@ class ResNet(nn.Module):
 
 def resnet18(**kw) -> ResNet:
     """ResNet-18 (BasicBlock, [2, 2, 2, 2]); keyword options as :class:`ResNet`."""
-    return ResNet(BasicBlock, (2, 2, 2, 2), arch="resnet18", **kw)
+    return ResNet(BasicBlock, ARCH_LAYERS["resnet18"], arch="resnet18", **kw)
 
 
 def resnet34(**kw) -> ResNet:
     """ResNet-34 (BasicBlock, [3, 4, 6, 3]); keyword options as :class:`ResNet`."""
-    return ResNet(BasicBlock, (3, 4, 6, 3), arch="resnet34", **kw)
+    return ResNet(BasicBlock, ARCH_LAYERS["resnet34"], arch="resnet34", **kw)
 
 
 def resnet50(**kw) -> ResNet:
     """ResNet-50 (Bottleneck, [3, 4, 6, 3]); keyword options as :class:`ResNet`."""
-    return ResNet(Bottleneck, (3, 4, 6, 3), arch="resnet50", **kw)
+    return ResNet(Bottleneck, ARCH_LAYERS["resnet50"], arch="resnet50", **kw)
 
 
 def resnet101(**kw) -> ResNet:
     """ResNet-101 (Bottleneck, [3, 4, 23, 3]); keyword options as :class:`ResNet`."""
-    return ResNet(Bottleneck, (3, 4, 23, 3), arch="resnet101", **kw)
+    return ResNet(Bottleneck, ARCH_LAYERS["resnet101"], arch="resnet101", **kw)
 
 
 ARCHS: dict[str, Callable[..., ResNet]] = {
@@ -366,6 +474,6 @@ def load_pretrained(model: ResNet, source: str | os.PathLike, *, strict: bool = 
             to put the file), missing/unexpected keys or shape mismatches (named).
     """
     sd, where = read_state_dict(source, arch=getattr(model, "arch", None), progress=progress)
-    key_map = {k: k for k in model.state_dict()}
+    key_map = {k: k for k in model.state_dict() if not is_non_local_key(k)}  # non-local blocks keep their init
     load_mapped_state_dict(model, sd, key_map, where=where, strict=strict)
     return model

@@ -46,7 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmemd.errors import CheckpointError, ConfigError
-from cmemd.models.resnet import ARCHS, ResNet, load_mapped_state_dict, read_state_dict
+from cmemd.models.resnet import (ARCHS, ResNet, agw_non_local, is_non_local_key, load_mapped_state_dict,
+                                 read_state_dict)
 
 __all__ = [
     "ModelConfig",
@@ -90,6 +91,9 @@ class ModelConfig:
             them only alignment losses read the accumulated features, and those can be lowered by
             collapsing the features to a constant (docs/method.md).
         zero_init_residual: torchvision's option for the backbone init [False].
+        non_local: AGW's non-local blocks (2 after the last blocks of layer2, 3 after those of layer3)
+            in every copy of those stages [False]; newly initialised (identity) when weights are loaded.
+            ResNet-18 has 2 blocks per stage, so it gets 2 + 2.
         pretrained: None [default], a torchvision-format file, or ``"imagenet"``; loaded into every
             backbone copy by :func:`build_model`.
     """
@@ -109,6 +113,7 @@ class ModelConfig:
     use_local: bool = True
     accumulated_heads: bool = True
     zero_init_residual: bool = False
+    non_local: bool = False
     pretrained: Optional[str] = None
 
     def __post_init__(self) -> None:
@@ -138,6 +143,8 @@ class ModelConfig:
             raise bad("accumulate", self.accumulate, f"use one of {_ACCUMULATE}")
         if self.test_feature not in _TEST_FEATURES:
             raise bad("test_feature", self.test_feature, f"use one of {_TEST_FEATURES}")
+        if not isinstance(self.non_local, bool):
+            raise bad("non_local", self.non_local, "must be true (AGW's non-local blocks) or false")
         if not self.use_local and self.test_feature != "global":
             raise bad("test_feature", self.test_feature,
                       "use_local=False has no local features; set test_feature='global'")
@@ -248,7 +255,8 @@ class VTReIDModel(nn.Module):
         super().__init__()
         self.cfg = cfg
         template = ARCHS[cfg.arch](width=cfg.width, last_stride=cfg.last_stride,
-                                   zero_init_residual=cfg.zero_init_residual)
+                                   zero_init_residual=cfg.zero_init_residual,
+                                   non_local=agw_non_local(cfg.arch) if cfg.non_local else (0, 0, 0, 0))
         m = cfg.modality_specific_stages
         s = max(m, 3)
         self.specific_stages = STAGE_NAMES[:m]
@@ -299,7 +307,8 @@ class VTReIDModel(nn.Module):
         return torch.softmax(self.stripe_logits, dim=0)
 
     def backbone_key_map(self) -> dict[str, str]:
-        """``{model state-dict key: torchvision ResNet key}`` for every backbone copy."""
+        """``{model state-dict key: torchvision ResNet key}`` for every backbone copy (non-local blocks,
+        which no torchvision checkpoint holds, are left out)."""
         out: dict[str, str] = {}
         parts: list[tuple[str, nn.Module]] = []
         if self.modality_parts is not None:
@@ -311,7 +320,8 @@ class VTReIDModel(nn.Module):
             parts.append(("local_stream.", self.local_stream))
         for prefix, part in parts:
             for k in part.state_dict():
-                out[prefix + k] = k
+                if not is_non_local_key(k):
+                    out[prefix + k] = k
         return out
 
     # -------------------------------------------------------------------------------- forward
