@@ -26,9 +26,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
-# The long ablation study (about two hours on 2 cores, two shard processes); resumable: a rerun skips finished runs.
+# The alignment study (issue 13; several hours on 2 cores, two shard processes). Resumable across machines: every
+# finished run is a small JSON file under docs/results/alignment_study/runs/ (commit it), and a rerun skips it.
 bench-ablation: $(STAMP)
-	$(PY) bench/ablation.py --jobs 2
+	$(PY) bench/alignment_study.py --jobs 2
 
 clean:
 	rm -rf $(VENV) data/demo runs/demo
