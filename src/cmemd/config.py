@@ -57,7 +57,7 @@ class ModelSettings:
 class LossSettings:
     label_smoothing: float = 0.0
     alignment: str = "cmemd"  # cmemd | all-pairs | hetero-center | mmd | none
-    lambda_align: float = 0.5
+    lambda_align: float = 2.0  # on the scale-safe cost (docs/method.md)
     align_granularities: str = "all"  # all (global + local + accumulated) | global
     align_feature: str = "pooled"  # pooled (pre-BN) | bn (BN-neck outputs)
     emd_cost: str = "euclidean"  # euclidean | sqeuclidean | cosine

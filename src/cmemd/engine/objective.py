@@ -77,7 +77,7 @@ class Objective(nn.Module):
         *,
         label_smoothing: float = 0.0,
         alignment: str = "cmemd",
-        lambda_align: float = 0.5,
+        lambda_align: float = 2.0,
         align_granularities: str = "all",
         align_feature: str = "pooled",
         emd_cost: str = "euclidean",
