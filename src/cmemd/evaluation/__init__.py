@@ -1,4 +1,4 @@
-"""Evaluation on features (never on models): CMC, mAP, mINP and the SYSU-MM01 / RegDB protocols."""
+"""Evaluation on features (never on models): CMC, mAP, mINP, the SYSU-MM01 / RegDB protocols and k-reciprocal re-ranking."""
 from __future__ import annotations
 
 from cmemd.evaluation.features import FeatureSet, load_features, save_features
@@ -10,6 +10,7 @@ from cmemd.evaluation.metrics import (
     evaluate,
     evaluate_similarity,
 )
+from cmemd.evaluation.rerank import ReRanking, re_ranking
 from cmemd.evaluation.protocols import evaluate_regdb, evaluate_regdb_directions, evaluate_sysu, sysu_gallery_draws
 from cmemd.evaluation.results import (
     METRIC_NAMES,
@@ -44,4 +45,6 @@ __all__ = [
     "save_json",
     "save_features",
     "load_features",
+    "ReRanking",
+    "re_ranking",
 ]

@@ -6,6 +6,13 @@ are computed once against the union of all trials' galleries and each trial take
 in draw order (draw order decides how exact ties rank, as in the field's code).
 Removal ``sysu-same-location`` (cam3 query drops cam2 gallery), CMC ``identity-dedup``.
 
+Re-ranking (``rerank=``, off by default): k-reciprocal re-ranking of the squared Euclidean
+distances of the features the metric ranks (L2-normalised for ``cosine``, raw for
+``euclidean``), as the authors' feature-based code computes them; the metrics then rank the
+re-ranked distances, with the same removal and CMC rules. Each trial re-ranks its own gallery
+(query-query distances computed once); the result's settings carry ``rerank`` (``None`` or the
+parameters). Re-ranking is transductive: never compare a re-ranked number with a plain one.
+
 RegDB: query = all test images of one modality, gallery = all test images of the other; no
 removal, standard CMC. One call evaluates one trial (one model per trial; PROTOCOLS.md);
 :func:`~cmemd.evaluation.results.combine_results` averages trials.
@@ -36,6 +43,7 @@ from cmemd.evaluation.metrics import (
     _evaluate_checked_similarity,
     ordered_bits,
 )
+from cmemd.evaluation.rerank import ReRanking, _rerank_squared, as_reranking, squared_euclidean
 from cmemd.evaluation.results import ProtocolResult
 
 SYSU_MODES = ("all", "indoor")
@@ -129,6 +137,7 @@ def evaluate_sysu(
     device: Optional[Union[str, torch.device]] = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
     draw: Optional[DrawFn] = None,
+    rerank: Union[None, bool, ReRanking, dict] = None,
 ) -> ProtocolResult:
     """SYSU-MM01 evaluation over ``trials`` random galleries drawn from a featurised pool.
 
@@ -142,6 +151,9 @@ def evaluate_sysu(
             (``rand_perm_cam.mat``; give ``rand_perm`` as its path or the loaded object).
         trials: number of trials (0..n-1) or explicit 0-based trial indices.
         draw: the gallery-draw function (default ``cmemd.data.sysu.draw_gallery``).
+        rerank: ``None`` (default, plain ranking), ``True`` (k-reciprocal, k1=20, k2=6, lambda=0.3)
+            or a :class:`~cmemd.evaluation.rerank.ReRanking`: each trial's gallery is re-ranked
+            with the queries (see the module docstring).
 
     Returns a :class:`ProtocolResult`: one result per trial, mean and (population) std.
     """
@@ -152,6 +164,7 @@ def evaluate_sysu(
     _check_choice(metric, METRICS, "metric")
     _check_options("sysu-same-location", "identity-dedup", max_rank)
     trial_ids = _trial_list(trials)
+    params = as_reranking(rerank)
     if method == "official" and rand_perm is None:
         raise EvaluationError("method='official' needs rand_perm: the path of rand_perm_cam.mat (--rand-perm PATH)")
 
@@ -176,12 +189,16 @@ def evaluate_sysu(
         mode=mode, shots=shots, method=method, feature_name=feature_name, metric=metric,
         removal="sysu-same-location", cmc="identity-dedup",
         rand_perm=str(getattr(rand_perm, "path", rand_perm)) if method == "official" else None,
+        rerank=params.to_dict() if params else None,
     )
     common = dict(removal="sysu-same-location", cmc="identity-dedup", max_rank=max_rank, chunk_size=chunk_size, memory_budget=memory_budget)
 
     dev = _resolve_device(device, query_feats, pool_feats)
     union, inverse = np.unique(np.concatenate(draws), return_inverse=True)
-    if qf.shape[0] * len(union) * 4 > 4 * memory_budget:
+    if params is not None:
+        results = _sysu_reranked(qf, qp, qc, pf, pp, pc, draws, union, inverse, params, metric, int(max_rank),
+                                 chunk_size, dev, memory_budget)
+    elif qf.shape[0] * len(union) * 4 > 4 * memory_budget:
         # Too large to keep one similarity matrix: evaluate each trial on its own features.
         results = []
         for d in draws:
@@ -210,6 +227,37 @@ def evaluate_sysu(
     return ProtocolResult("sysu", settings, trial_ids, results)
 
 
+def _sysu_reranked(qf, qp, qc, pf, pp, pc, draws, union, inverse, params: ReRanking, metric: str, max_rank: int,
+                   chunk_size, dev: torch.device, memory_budget: int) -> list:
+    """Each trial's re-ranked distances, then its metrics. Query-query distances once; query-pool and
+    pool-pool ones once for the union of the galleries when they fit 4 x ``memory_budget``."""
+    dtype = _work_dtype(qf, pf)
+    qn = _prepare_feats(qf, "query_feats", metric, dev, dtype)
+    un = _prepare_feats(pf[torch.from_numpy(union)], "pool_feats", metric, dev, dtype)
+    size = torch.finfo(dtype).bits // 8
+    shared = (qn.shape[0] + un.shape[0]) * un.shape[0] * size <= 4 * memory_budget
+    results = []
+    with torch.no_grad():
+        qq = squared_euclidean(qn, qn)
+        if shared:
+            qu, uu = squared_euclidean(qn, un), squared_euclidean(un, un)
+        offsets = np.cumsum([0] + [len(d) for d in draws])
+        for i, d in enumerate(draws):
+            cols = torch.from_numpy(inverse[offsets[i] : offsets[i + 1]]).to(dev)
+            if shared:
+                qg, gg = qu[:, cols], uu[cols][:, cols]
+            else:
+                gn = un[cols]
+                qg, gg = squared_euclidean(qn, gn), squared_euclidean(gn, gn)
+            dist = _rerank_squared(qg, qq, gg, params, dev, memory_budget=memory_budget)
+            del qg, gg
+            dt = torch.from_numpy(d)
+            step = _chunk_rows(len(d), chunk_size, qf.shape[0], memory_budget)
+            results.append(_evaluate_checked_similarity(-dist, qp, qc, pp[dt], pc[dt], "sysu-same-location",
+                                                        "identity-dedup", max_rank, step, dev, metric))
+    return results
+
+
 def evaluate_regdb(
     visible_feats: ArrayLike,
     visible_pids: ArrayLike,
@@ -223,6 +271,7 @@ def evaluate_regdb(
     max_rank: int = 20,
     chunk_size: Optional[int] = None,
     device: Optional[Union[str, torch.device]] = None,
+    rerank: Union[None, bool, ReRanking, dict] = None,
 ) -> ProtocolResult:
     """RegDB evaluation of one trial: ``v2t`` queries the visible test images against all thermal
     test images, ``t2v`` the reverse. No removal, standard CMC.
@@ -230,11 +279,13 @@ def evaluate_regdb(
     ``trial`` (RegDB's 1..10 split number) only labels the result; evaluate each trial with the
     model trained on that trial's split and average them with ``combine_results``. For both
     directions use :func:`evaluate_regdb_directions`, which computes the similarities once.
+    ``rerank``: as in :func:`evaluate_sysu` (the query set re-ranked against the other modality).
     """
     _check_choice(direction, REGDB_DIRECTIONS, "direction")
     return evaluate_regdb_directions(
         visible_feats, visible_pids, thermal_feats, thermal_pids, directions=(direction,), trial=trial,
         feature_name=feature_name, metric=metric, max_rank=max_rank, chunk_size=chunk_size, device=device,
+        rerank=rerank,
     )[direction]
 
 
@@ -252,12 +303,15 @@ def evaluate_regdb_directions(
     chunk_size: Optional[int] = None,
     device: Optional[Union[str, torch.device]] = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    rerank: Union[None, bool, ReRanking, dict] = None,
 ) -> dict[str, ProtocolResult]:
     """RegDB evaluation of one trial in each of ``directions`` (``v2t``, ``t2v``): ``{direction: result}``.
 
     The two directions rank the same visible x thermal similarities by rows and by columns, so the
     matrix is computed once (when it fits 4 x ``memory_budget``; otherwise each direction streams
     its own chunks, as :func:`~cmemd.evaluation.evaluate` does). Results equal separate calls.
+    ``rerank``: as in :func:`evaluate_sysu`; the visible-visible, thermal-thermal and
+    visible-thermal distances are computed once for both directions.
     """
     if isinstance(directions, str) or not directions:
         raise EvaluationError(f"directions={directions!r}: give a non-empty list drawn from {REGDB_DIRECTIONS}")
@@ -277,9 +331,24 @@ def evaluate_regdb_directions(
     cams = {"v2t": (torch.zeros(len(vp), dtype=torch.int64), torch.ones(len(tp), dtype=torch.int64)),
             "t2v": (torch.zeros(len(tp), dtype=torch.int64), torch.ones(len(vp), dtype=torch.int64))}
     roles = {"v2t": (vp, tp, "visible", "thermal"), "t2v": (tp, vp, "thermal", "visible")}
-    settings = dict(feature_name=feature_name, metric=metric, removal="none", cmc="standard")
+    params = as_reranking(rerank)
+    settings = dict(feature_name=feature_name, metric=metric, removal="none", cmc="standard",
+                    rerank=params.to_dict() if params else None)
     out = {}
-    if vf.shape[0] * tf.shape[0] * 4 > 4 * memory_budget:
+    if params is not None:
+        dtype = _work_dtype(vf, tf)
+        vn = _prepare_feats(vf, "visible_feats", metric, dev, dtype)
+        tn = _prepare_feats(tf, "thermal_feats", metric, dev, dtype)
+        with torch.no_grad():
+            vv, tt, vt = squared_euclidean(vn, vn), squared_euclidean(tn, tn), squared_euclidean(vn, tn)
+            for d in directions:
+                qg, qq, gg = (vt, vv, tt) if d == "v2t" else (vt.T, tt, vv)
+                dist = _rerank_squared(qg, qq, gg, params, dev, memory_budget=memory_budget)
+                qpids, gpids = roles[d][:2]
+                step = _chunk_rows(dist.shape[1], chunk_size, dist.shape[0], memory_budget)
+                out[d] = _evaluate_checked_similarity(-dist, qpids, cams[d][0], gpids, cams[d][1], "none", "standard",
+                                                      int(max_rank), step, dev, metric)
+    elif vf.shape[0] * tf.shape[0] * 4 > 4 * memory_budget:
         for d in directions:
             q, g = (vf, tf) if d == "v2t" else (tf, vf)
             qpids, gpids = roles[d][:2]

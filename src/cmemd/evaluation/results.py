@@ -74,7 +74,16 @@ class ProtocolResult:
         if s.get("feature_name"):
             parts.append(f"feature {s['feature_name']}")
         parts.append(f"{s.get('metric', 'cosine')} similarity, removal {s.get('removal')}, CMC {s.get('cmc')}")
+        if "rerank" in s:  # always said when the protocol recorded it: re-ranked numbers are not plain ones
+            parts.append(rerank_label(s["rerank"]))
         return "; ".join(parts)
+
+
+def rerank_label(rerank: Optional[dict[str, Any]]) -> str:
+    """``no re-ranking`` or ``re-ranked (k-reciprocal, k1=20, k2=6, λ=0.3)`` from a result's ``settings["rerank"]``."""
+    if not rerank:
+        return "no re-ranking"
+    return f"re-ranked (k-reciprocal, k1={rerank['k1']}, k2={rerank['k2']}, λ={rerank['lambda']:g})"
 
 
 def combine_results(results: Sequence[ProtocolResult]) -> ProtocolResult:
@@ -111,6 +120,9 @@ def format_results(result: Union[ProtocolResult, EvalResult], *, per_trial: bool
     mean, std = result.mean, result.std
     width = 15
     lines = [result.describe()]
+    if result.settings.get("rerank"):
+        lines.insert(0, f"** {rerank_label(result.settings['rerank'])}: transductive (it uses all test queries and "
+                        "the whole gallery); compare only with re-ranked numbers **")
     lines.append(f"{'':<10}" + "".join(f"{k:>{width}}" for k in METRIC_NAMES))
     if per_trial:
         for t, row in zip(result.trial_ids, result.rows()):
