@@ -22,6 +22,10 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets: inspect, validate, 
 app.add_typer(data_app, name="data")
 
 
+_RERANK_HELP = ("Also report k-reciprocal re-ranked results (Zhong et al. 2017), printed and saved beside the plain "
+                "ones and labelled: transductive (uses all queries and the whole gallery), never comparable with plain numbers.")
+
+
 def _fail(err: Exception) -> None:
     typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
@@ -167,8 +171,8 @@ def train_cmd(
                 if Path(cfg_t.run.out_dir, "results.json").exists() and resume:
                     typer.echo("    finished earlier; loading its results")
                 out = train(cfg_t, resume=resume, evaluate_after=not no_eval)
-                for name, r in out.results.items():
-                    per_trial[name.rsplit(" ", 1)[-1]].append(r)
+                for name, r in out.results.items():  # "regdb trial t v2t[, re-ranked (...)]"
+                    per_trial.setdefault(name.split(f"trial {t} ", 1)[-1], []).append(r)
             if not no_eval:
                 combined = {f"regdb 10 trials {k}": combine_results(v) for k, v in per_trial.items() if v}
                 typer.echo(format_all(combined))
@@ -198,6 +202,10 @@ def eval_cmd(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report (CMC, ranked lists, t-SNE, per-trial table) into this folder."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Test-time flip: average each image's feature with its mirror's (default: the model's eval.flip)."),
+    rerank: Optional[bool] = typer.Option(None, "--rerank/--no-rerank", help=_RERANK_HELP),
+    k1: Optional[int] = typer.Option(None, "--k1", help="Re-ranking k1 (k-reciprocal neighbours) [eval.rerank_k1, 20]."),
+    k2: Optional[int] = typer.Option(None, "--k2", help="Re-ranking k2 (query expansion) [eval.rerank_k2, 6]."),
+    lambda_value: Optional[float] = typer.Option(None, "--lambda-value", help="Re-ranking weight of the original distance [eval.rerank_lambda, 0.3]."),
 ) -> None:
     """Evaluate a trained checkpoint with the SYSU-MM01 or RegDB protocol."""
     from dataclasses import replace
@@ -220,11 +228,15 @@ def eval_cmd(
         e = replace(e, modes=list(mode) if mode else e.modes, shots=shots or e.shots, method=method or e.method,
                     rand_perm=str(rand_perm) if rand_perm else e.rand_perm, trials=trials or e.trials,
                     flip=e.flip if flip is None else flip)
+        e = replace(e, rerank=e.rerank if rerank is None else rerank, rerank_k1=k1 or e.rerank_k1,
+                    rerank_k2=k2 or e.rerank_k2, rerank_lambda=e.rerank_lambda if lambda_value is None else lambda_value)
         cfg = replace(cfg, data=d, eval=e)
         from cmemd.config import validate
 
         validate(cfg)
-        typer.echo(f"checkpoint {checkpoint}: {cfg.model.arch}, test feature '{cfg.model.test_feature}'; data {d.root}")
+        typer.echo(f"checkpoint {checkpoint}: {cfg.model.arch}, test feature '{cfg.model.test_feature}'; data {d.root}; "
+                   + (f"plain and re-ranked (k-reciprocal, k1={e.rerank_k1}, k2={e.rerank_k2}, λ={e.rerank_lambda:g})"
+                      if e.rerank else "no re-ranking"))
         results, feats = evaluate_model(model, cfg, device=dev, return_features=True)
         gap = modality_gap_of(feats)
         typer.echo(format_all(results))
@@ -296,26 +308,42 @@ def eval_features_cmd(
     feature_name: Optional[str] = typer.Option(None, help="Name of the feature, shown in the table (e.g. bn-neck)."),
     per_trial: bool = typer.Option(False, help="Print one row per trial as well."),
     out: Optional[Path] = typer.Option(None, help="Write the results as JSON here."),
+    rerank: bool = typer.Option(False, "--rerank", help=_RERANK_HELP),
+    k1: int = typer.Option(20, "--k1", help="Re-ranking: k-reciprocal neighbours."),
+    k2: int = typer.Option(6, "--k2", help="Re-ranking: query-expansion neighbours."),
+    lambda_value: float = typer.Option(0.3, "--lambda-value", help="Re-ranking: weight of the original distance."),
 ) -> None:
     """Evaluate saved features with the SYSU-MM01 or RegDB protocol (no model involved)."""
-    from cmemd.evaluation import evaluate_regdb, evaluate_sysu, format_results, load_features, save_json
+    import json
+
+    from cmemd.evaluation import ReRanking, evaluate_regdb, evaluate_sysu, format_results, load_features, save_json, to_dict
 
     try:
         if protocol not in ("sysu", "regdb"):
             raise CmemdError(f"--protocol {protocol!r} is unknown; use sysu or regdb")
         q, g = load_features(query), load_features(gallery)
-        if protocol == "sysu":
-            res = evaluate_sysu(
-                q.feats, q.pids, q.cams, g.feats, g.pids, g.cams, g.paths,
-                mode=mode, shots=shots, method=method, trials=trials, rand_perm=rand_perm, feature_name=feature_name,
-            )
-        else:
-            vis, th = (q, g) if direction == "v2t" else (g, q)
-            res = evaluate_regdb(vis.feats, vis.pids, th.feats, th.pids, direction=direction, trial=trial,
-                                 feature_name=feature_name)
-        typer.echo(format_results(res, per_trial=per_trial))
+        runs = {"plain": None}
+        if rerank:
+            runs["reranked"] = ReRanking(k1, k2, lambda_value)
+        res = {}
+        for key, rr in runs.items():
+            if protocol == "sysu":
+                res[key] = evaluate_sysu(
+                    q.feats, q.pids, q.cams, g.feats, g.pids, g.cams, g.paths, mode=mode, shots=shots, method=method,
+                    trials=trials, rand_perm=rand_perm, feature_name=feature_name, rerank=rr,
+                )
+            else:
+                vis, th = (q, g) if direction == "v2t" else (g, q)
+                res[key] = evaluate_regdb(vis.feats, vis.pids, th.feats, th.pids, direction=direction, trial=trial,
+                                          feature_name=feature_name, rerank=rr)
+        typer.echo("\n\n".join(format_results(r, per_trial=per_trial) for r in res.values()))
         if out is not None:
-            save_json(res, out)
+            if rerank:  # both, side by side: {"plain": ..., "reranked": ...}
+                if not out.parent.exists():
+                    raise CmemdError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
+                out.write_text(json.dumps({k: to_dict(r) for k, r in res.items()}, indent=2) + "\n")
+            else:
+                save_json(res["plain"], out)
             typer.echo(f"wrote {out}")
     except CmemdError as e:
         _fail(e)

@@ -98,6 +98,11 @@ class EvalSettings:
     rand_perm: Optional[str] = None
     batch_size: int = 128
     flip: bool = False  # test-time flip: average each image's feature with its horizontal mirror's
+    # k-reciprocal re-ranking: when on, every table is reported plain AND re-ranked (labelled); never silently on
+    rerank: bool = False
+    rerank_k1: int = 20
+    rerank_k2: int = 6
+    rerank_lambda: float = 0.3
 
 
 @dataclass
@@ -275,6 +280,9 @@ def validate(cfg: TrainConfig) -> None:
             raise ConfigError(f"eval.modes entries must be 'all' or 'indoor', got {m!r}")
     if cfg.eval.shots not in (1, 10):
         raise ConfigError(f"eval.shots must be 1 or 10, got {cfg.eval.shots}")
+    if cfg.eval.rerank_k1 < 1 or cfg.eval.rerank_k2 < 1 or not 0.0 <= cfg.eval.rerank_lambda <= 1.0:
+        raise ConfigError(f"eval.rerank_k1 / eval.rerank_k2 must be >= 1 and eval.rerank_lambda in [0, 1], got "
+                          f"{cfg.eval.rerank_k1} / {cfg.eval.rerank_k2} / {cfg.eval.rerank_lambda}")
     if not 1 <= cfg.data.trial <= 10:
         raise ConfigError(f"data.trial must be in 1..10 (RegDB trial), got {cfg.data.trial}")
     if not 0 <= cfg.model.modality_specific_stages <= 4:

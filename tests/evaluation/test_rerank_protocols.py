@@ -137,3 +137,33 @@ def test_public_function_matches_protocol_mapping():
     direct = evaluate_similarity(-dist, qp, qc, pp[g], pc[g], removal="sysu-same-location", cmc="identity-dedup")
     np.testing.assert_array_equal(res.trials[0].first_hit, direct.first_hit)
     np.testing.assert_allclose(res.trials[0].ap, direct.ap, atol=1e-6)
+
+
+def test_cli_eval_features_rerank_prints_both_and_saves_both(tmp_path):
+    from typer.testing import CliRunner
+
+    from cmemd.cli import app
+    from cmemd.evaluation import save_features
+
+    qf, qp, qc, pf, pp, pc, paths = sysu_like(seed=8, n_ids=6, per_cam=3)
+    save_features(tmp_path / "q.npz", qf, qp, qc, [f"q{i}.jpg" for i in range(len(qp))])
+    save_features(tmp_path / "g.npz", pf, pp, pc, paths)
+    out = tmp_path / "r.json"
+    args = ["eval-features", str(tmp_path / "q.npz"), str(tmp_path / "g.npz"), "--protocol", "sysu", "--trials", "2"]
+    res = CliRunner().invoke(app, args + ["--rerank", "--k1", "5", "--k2", "2", "--lambda-value", "0.2", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    plain_at = res.output.index("no re-ranking")
+    rr_at = res.output.index("** re-ranked (k-reciprocal, k1=5, k2=2, λ=0.2)")
+    assert plain_at < rr_at and res.output.count("mean ± std") == 2
+    data = json.loads(out.read_text())
+    assert set(data) == {"plain", "reranked"}
+    assert data["plain"]["settings"]["rerank"] is None
+    assert data["reranked"]["settings"]["rerank"] == {"method": "k-reciprocal", "k1": 5, "k2": 2, "lambda": 0.2}
+    lib = evaluate_sysu(qf, qp, qc, pf, pp, pc, paths, trials=2, rerank=ReRanking(5, 2, 0.2))
+    assert data["reranked"]["mean"]["mAP"] == pytest.approx(lib.mean["mAP"])
+    # default: off, one table, the JSON of one result saying so
+    res = CliRunner().invoke(app, args + ["--out", str(out)])
+    assert res.exit_code == 0 and "re-ranked" not in res.output and "no re-ranking" in res.output
+    assert json.loads(out.read_text())["settings"]["rerank"] is None
+    res = CliRunner().invoke(app, args + ["--rerank", "--k1", "0"])
+    assert res.exit_code == 2 and "k1=0" in res.output

@@ -373,6 +373,8 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
 
     Returns ``{setting name: ProtocolResult}``: SYSU modes (features extracted once for the
     query and for the pool images the trials draw), or RegDB's two directions of the trained trial.
+    With ``cfg.eval.rerank`` each setting is followed by its k-reciprocal re-ranked result, named
+    ``"<setting>, re-ranked (k-reciprocal, k1=.., k2=.., λ=..)"``.
     With ``return_features=True`` returns ``(results, features)``, ``features`` = ``{"query":
     FeatureSet, "gallery": FeatureSet, "query_modality", "gallery_modality", "removal"}`` (thermal
     queries against the SYSU visible pool / the RegDB visible test images), for reports.
@@ -383,9 +385,10 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
         return FeatureSet(feats, np.array([r.pid for r in recs], np.int64), np.array([r.camid for r in recs], np.int64),
                           np.array([r.path for r in recs], dtype=str))
 
-    from cmemd.evaluation import evaluate_regdb_directions, evaluate_sysu, sysu_gallery_draws
+    from cmemd.evaluation import ReRanking, evaluate_regdb_directions, evaluate_sysu, sysu_gallery_draws
 
     d, e = cfg.data, cfg.eval
+    rerank = ReRanking(e.rerank_k1, e.rerank_k2, e.rerank_lambda) if e.rerank else None
     query, gallery = evaluation_records(cfg, root)
     feature = f"{cfg.model.test_feature} feature (BN-neck global{' + holistic' if cfg.model.test_feature == 'concat' else ''})" \
         if cfg.model.test_feature != "local" else "local (holistic) feature"
@@ -408,10 +411,12 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
             pf = np.zeros((len(pool), part.shape[1]), dtype=part.dtype)
             pf[used] = part
         for mode in e.modes:
-            results[f"sysu {mode}-search {'single' if e.shots == 1 else 'multi'}-shot"] = evaluate_sysu(
-                qf, [r.pid for r in query], [r.camid for r in query], pf, ids, cams, paths, mode=mode, shots=e.shots,
-                method=e.method, trials=e.trials, rand_perm=e.rand_perm, feature_name=feature,
-            )
+            name = f"sysu {mode}-search {'single' if e.shots == 1 else 'multi'}-shot"
+            for rr in (None, rerank) if rerank else (None,):  # eval.rerank: the plain table, then the re-ranked one
+                results[f"{name}, {rr.label()}" if rr else name] = evaluate_sysu(
+                    qf, [r.pid for r in query], [r.camid for r in query], pf, ids, cams, paths, mode=mode, shots=e.shots,
+                    method=e.method, trials=e.trials, rand_perm=e.rand_perm, feature_name=feature, rerank=rr,
+                )
         feats = {"query": fset(qf, query), "gallery": fset(pf, pool), "removal": "sysu-same-location"}
     else:
         th, vis = query, gallery
@@ -419,8 +424,12 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
         tf = extract_features(model, th, desc="thermal", **kw)
         both = evaluate_regdb_directions(vf, [r.pid for r in vis], tf, [r.pid for r in th], trial=d.trial,
                                          feature_name=feature)
+        reranked = evaluate_regdb_directions(vf, [r.pid for r in vis], tf, [r.pid for r in th], trial=d.trial,
+                                             feature_name=feature, rerank=rerank) if rerank else {}
         for direction, res in both.items():
             results[f"regdb trial {d.trial} {direction}"] = res
+            if direction in reranked:
+                results[f"regdb trial {d.trial} {direction}, {rerank.label()}"] = reranked[direction]
         feats = {"query": fset(tf, th), "gallery": fset(vf, vis), "removal": "none"}
     for res in results.values():  # results.json states it as a setting too
         res.settings["test_flip"] = bool(e.flip)
