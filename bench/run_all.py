@@ -12,6 +12,7 @@ QUICK = [
     ["ot_speed.py"],
     ["eval_speed.py", "--quick", "--threads", "1"],
     ["protocol_speed.py", "--threads", "1"],
+    ["rerank_speed.py", "--threads", "1"],
     ["pipeline_speed.py"],
     ["train_speed.py", "--iters", "2"],
 ]

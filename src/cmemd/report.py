@@ -8,7 +8,9 @@ PNG figures with matplotlib's Agg backend:
   framed green and wrong ones red, the query's modality written above it;
 - ``embedding.png``: a 2-D t-SNE (exact, numpy, :func:`tsne`) of query and gallery features of a
   sample of identities, colour = identity, marker = modality;
-- the per-trial metric table and ``index.html`` showing everything together.
+- the per-trial metric table and ``index.html`` showing everything together; a re-ranked result
+  (``settings["rerank"]``) is shown beside the plain one of the same settings, labelled, and its
+  CMC curve is dashed.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import numpy as np
 
 from cmemd.errors import ConfigError, EvaluationError
 from cmemd.evaluation.features import FeatureSet
-from cmemd.evaluation.results import METRIC_NAMES, ProtocolResult
+from cmemd.evaluation.results import METRIC_NAMES, ProtocolResult, rerank_label
 
 REMOVALS = ("none", "sysu-same-location")
 
@@ -144,6 +146,7 @@ def plot_cmc(results: Mapping[str, ProtocolResult], out: Path) -> Path:
         curve = 100 * np.mean([t.cmc for t in r.trials], axis=0)
         m = r.mean
         ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", ms=3,
+                linestyle="--" if r.settings.get("rerank") else "-",  # re-ranked: dashed
                 label=f"{name} (R1 {100 * m['R1']:.1f}, mAP {100 * m['mAP']:.1f})")
     ax.set_xlabel("rank k")
     ax.set_ylabel("matching rate at rank k (%)")
@@ -287,6 +290,34 @@ def _table(name: str, r: ProtocolResult) -> str:
             f"<table><tr><th></th>{head}</tr>{body}</table>")
 
 
+def _tables(results: Mapping[str, ProtocolResult]) -> str:
+    """Each result's table; a re-ranked result sits beside the plain one of the same settings, labelled."""
+
+    def plain_settings(r: ProtocolResult) -> tuple:
+        return r.protocol, sorted((k, repr(v)) for k, v in r.settings.items() if k != "rerank")
+
+    reranked = {n: r for n, r in results.items() if r.settings.get("rerank")}
+    out = []
+    for name, r in results.items():
+        if r.settings.get("rerank"):
+            continue
+        partners = [n for n, x in reranked.items() if plain_settings(x) == plain_settings(r)]
+        if not partners:
+            out.append(_table(name, r))
+            continue
+        cells = [f"<div class='plain'>{_table(name, r)}</div>"]
+        for n in partners:
+            x = reranked.pop(n)
+            cells.append(f"<div class='rerank'><p class='warn'>{html.escape(rerank_label(x.settings['rerank']))}: "
+                         "transductive (uses all test queries and the whole gallery); compare only with re-ranked "
+                         f"numbers</p>{_table(n, x)}</div>")
+        out.append(f"<div class='pair'>{''.join(cells)}</div>")
+    for n, x in reranked.items():  # re-ranked results without a plain partner
+        out.append(f"<div class='rerank'><p class='warn'>{html.escape(rerank_label(x.settings['rerank']))}</p>"
+                   f"{_table(n, x)}</div>")
+    return "".join(out)
+
+
 def write_report(out_dir: Union[str, Path], results: Mapping[str, ProtocolResult], query: FeatureSet,
                  gallery: FeatureSet, *, query_modality: str = "thermal", gallery_modality: str = "visible",
                  removal: str = "none", title: str = "cmemd evaluation report", num_queries: int = 6,
@@ -333,7 +364,7 @@ def write_report(out_dir: Union[str, Path], results: Mapping[str, ProtocolResult
             "ranked lists": f"{len(rows)} seeded queries against the whole gallery above (removal {removal})"}
     info.update({str(k): str(v) for k, v in (notes or {}).items()})
     info_html = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in info.items())
-    tables = "".join(_table(n, r) for n, r in results.items())
+    tables = _tables(results)
     page = f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
 <style>
@@ -341,6 +372,8 @@ body {{ font-family: sans-serif; margin: 24px; background: #fff; color: #222; }}
 h1 {{ font-size: 22px; }} h2 {{ font-size: 18px; border-bottom: 1px solid #ccc; }} h3 {{ font-size: 15px; }}
 table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border: 1px solid #bbb; padding: 3px 8px; text-align: right; }}
 tr.mean td {{ font-weight: bold; background: #eef; }} .desc {{ font-size: 12px; color: #555; }}
+.pair {{ display: flex; gap: 24px; flex-wrap: wrap; }} .rerank {{ border-left: 4px solid #c80; padding-left: 10px; }}
+.warn {{ font-size: 12px; font-weight: bold; color: #a50; }}
 .row {{ display: flex; gap: 16px; }} .row img {{ max-width: 49%; height: auto; }} img {{ max-width: 100%; border: 1px solid #ddd; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
