@@ -8,7 +8,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cmemd.errors import EvaluationError
-from cmemd.evaluation import ReRanking, evaluate_similarity, re_ranking
+from cmemd.evaluation import ReRanking, evaluate_similarity, re_ranking, re_ranking_features
 from cmemd.evaluation.rerank import as_reranking
 
 from .eval_reference import reference_from_similarity
@@ -238,3 +238,24 @@ def test_parameters_object():
         as_reranking({"k3": 1})
     with pytest.raises(EvaluationError, match="k1="):
         ReRanking(k1=-1)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_from_features_equals_the_distance_matrix_route(metric):
+    """re_ranking_features (rows computed on the fly, nothing (Q+G)^2) = re_ranking of the Euclidean distances of
+    the ranked features (normalised for cosine) = the brute-force reference, up to float rounding of the distances."""
+    rng = np.random.default_rng(12)
+    centres = rng.normal(size=(6, 8))
+    f = (centres[np.arange(48) % 6] + 0.7 * rng.normal(size=(48, 8))).astype(np.float32)
+    Q = 14
+    x = f / np.linalg.norm(f, axis=1, keepdims=True) if metric == "cosine" else f
+    d = euclidean(x, x)
+    expected = re_ranking_brute(*split(d, Q), 7, 3, 0.3)
+    got = re_ranking_features(f[:Q], f[Q:], k1=7, k2=3, metric=metric)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    np.testing.assert_allclose(got, re_ranking(*split(d, Q), k1=7, k2=3), atol=1e-5)
+    small = re_ranking_features(torch.from_numpy(f[:Q]), f[Q:], k1=7, k2=3, metric=metric, chunk_size=5)
+    assert isinstance(small, torch.Tensor)
+    np.testing.assert_allclose(small.numpy(), got, atol=1e-6)
+    with pytest.raises(EvaluationError, match="dimension"):
+        re_ranking_features(f[:Q, :4], f[Q:])

@@ -10,7 +10,7 @@ from cmemd.evaluation.metrics import (
     evaluate,
     evaluate_similarity,
 )
-from cmemd.evaluation.rerank import ReRanking, re_ranking
+from cmemd.evaluation.rerank import ReRanking, re_ranking, re_ranking_features
 from cmemd.evaluation.protocols import evaluate_regdb, evaluate_regdb_directions, evaluate_sysu, sysu_gallery_draws
 from cmemd.evaluation.results import (
     METRIC_NAMES,
@@ -47,4 +47,5 @@ __all__ = [
     "load_features",
     "ReRanking",
     "re_ranking",
+    "re_ranking_features",
 ]

@@ -138,8 +138,10 @@ class _Source:
         """Gallery columns of the query rows ``r0:r1`` (< Q): ``q_g[r0:r1]``."""
         return self._finish(self.qg[r0:r1])
 
-    def entries(self, i: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
-        """Entries ``(i, j)`` (index tensors of one shape), by the same float operations as :meth:`rows`."""
+    def block_entries(self, r0: int, r1: int, cols: torch.Tensor) -> torch.Tensor:
+        """Entries ``(r0 + a, cols[a, b])``, by the same float operations as :meth:`rows` (gathered, not rebuilt)."""
+        i = torch.arange(r0, r1, device=cols.device)[:, None].expand_as(cols)
+        j = cols
         Q = self.Q
         iq, jq = i < Q, j < Q
         ig, jg = (i - Q).clamp(min=0), (j - Q).clamp(min=0)
@@ -151,6 +153,29 @@ class _Source:
         x = torch.where(jq, torch.where(iq, at(self.qq, jc, ic), at(self.qg, jc, ig)),
                         torch.where(iq, at(self.qg, ic, jg), at(self.gg, jg, ig)))
         return self._finish(x)
+
+
+class _FeatureSource:
+    """The same interface computed from features: squared Euclidean distances, one row block at a time.
+
+    Nothing of size (Q+G)^2 exists at any time (the input matrices of :class:`_Source` would be).
+    """
+
+    def __init__(self, feats: torch.Tensor, Q: int, dev: torch.device):
+        self.x = feats.to(dev)
+        self.sq = (self.x * self.x).sum(1)
+        self.Q, self.G = Q, feats.shape[0] - Q
+
+    def rows(self, r0: int, r1: int) -> torch.Tensor:
+        x = self.x
+        d = torch.addmm(self.sq[r0:r1, None] + self.sq[None, :], x[r0:r1], x.T, alpha=-2.0)
+        return d.clamp_(min=0).to(torch.float32)
+
+    def query_gallery(self, r0: int, r1: int) -> torch.Tensor:
+        return self.rows(r0, r1)[:, self.Q:]  # the values the rows were ranked by
+
+    def block_entries(self, r0: int, r1: int, cols: torch.Tensor) -> torch.Tensor:
+        return self.rows(r0, r1).gather(1, cols)  # one matmul block: cheaper than (c, M, D) feature gathers
 
 
 # --------------------------------------------------------------------------- the algorithm
@@ -206,7 +231,7 @@ def _compact(idx: torch.Tensor, val: torch.Tensor, fill: int) -> tuple[torch.Ten
     return idx[:, :width], val[:, :width]
 
 
-def _encode(src: _Source, scale: torch.Tensor, top: torch.Tensor, R: torch.Tensor, RH: torch.Tensor,
+def _encode(src: Any, scale: torch.Tensor, top: torch.Tensor, R: torch.Tensor, RH: torch.Tensor,
             k1p: int, khp: int, N: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Steps 3-5: the k-reciprocal feature ``V`` as padded (index, value) rows (index ``N`` = empty)."""
     F, H = top[:, :k1p], top[:, :khp]
@@ -225,8 +250,7 @@ def _encode(src: _Source, scale: torch.Tensor, top: torch.Tensor, R: torch.Tenso
         dup[:, 1:] = sets[:, 1:] == sets[:, :-1]
         sets = sets.masked_fill(dup, N)
         valid = sets != N
-        rowid = torch.arange(r0, r1, device=sets.device)[:, None].expand_as(sets)
-        d = src.entries(rowid, sets.clamp(max=N - 1)) / scale[r0:r1, None]
+        d = src.block_entries(r0, r1, sets.clamp(max=N - 1)) / scale[r0:r1, None]
         w = torch.exp(-d) * valid
         total = w.sum(1, keepdim=True)
         # A row whose k-reciprocal set is empty keeps V = 0, as in the reference.
@@ -268,7 +292,7 @@ def _expand(V_idx: torch.Tensor, V_val: torch.Tensor, top: torch.Tensor, k2p: in
     return _pad_rows(idx_parts, val_parts, N)
 
 
-def _final(src: _Source, scale: torch.Tensor, V_idx: torch.Tensor, V_val: torch.Tensor, Q: int, G: int,
+def _final(src: Any, scale: torch.Tensor, V_idx: torch.Tensor, V_val: torch.Tensor, Q: int, G: int,
            lam: float, step: int, memory_budget: int) -> torch.Tensor:
     """Steps 7-8 for the query rows against the gallery columns."""
     N = Q + G
@@ -314,7 +338,7 @@ def _final(src: _Source, scale: torch.Tensor, V_idx: torch.Tensor, V_val: torch.
     return out
 
 
-def _rerank_rows(src: _Source, Q: int, G: int, params: ReRanking, dev: torch.device, chunk_size: Optional[int],
+def _rerank_rows(src: Any, Q: int, G: int, params: ReRanking, dev: torch.device, chunk_size: Optional[int],
                  memory_budget: int) -> torch.Tensor:
     """The whole algorithm on a row source; returns the (Q, G) float32 re-ranked distances on ``dev``."""
     N = Q + G
@@ -439,6 +463,46 @@ def re_ranking(
     return out.cpu().numpy()
 
 
+def re_ranking_features(
+    query_feats: ArrayLike,
+    gallery_feats: ArrayLike,
+    k1: int = 20,
+    k2: int = 6,
+    lambda_value: float = 0.3,
+    *,
+    metric: str = "cosine",
+    chunk_size: Optional[int] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> Union[np.ndarray, torch.Tensor]:
+    """k-reciprocal re-ranking straight from features, with memory bounded by ``memory_budget``.
+
+    Re-ranks the squared Euclidean distances of the features (L2-normalised first for
+    ``metric="cosine"``, raw for ``"euclidean"``), what the protocols do and what
+    :func:`re_ranking` computes from the Euclidean distance matrices, up to float rounding of the
+    distances. The distance rows are computed a block at a time, so neither the (Q+G)^2 matrix nor
+    the G x G gallery matrix ever exists: a 50k-image gallery needs memory for the (Q, G) result,
+    the features and the sparse neighbour lists only. Returns numpy for numpy queries, else torch.
+    """
+    from cmemd.evaluation.metrics import METRICS, _check_choice, _check_feats, _prepare_feats, _work_dtype
+
+    _check_params(k1, k2, lambda_value)
+    _check_choice(metric, METRICS, "metric")
+    qf = _check_feats(query_feats, "query_feats")
+    gf = _check_feats(gallery_feats, "gallery_feats")
+    if qf.shape[1] != gf.shape[1]:
+        raise EvaluationError(f"query_feats have dimension {qf.shape[1]} but gallery_feats {gf.shape[1]}; "
+                              "extract both with the same model and feature")
+    dev = _resolve_device(device, query_feats, gallery_feats)
+    dtype = _work_dtype(qf, gf)
+    x = torch.cat([_prepare_feats(qf, "query_feats", metric, dev, dtype), _prepare_feats(gf, "gallery_feats", metric, dev, dtype)])
+    Q, G = qf.shape[0], gf.shape[0]
+    with torch.no_grad():
+        out = _rerank_rows(_FeatureSource(x, Q, dev), Q, G, ReRanking(int(k1), int(k2), float(lambda_value)), dev,
+                           chunk_size, memory_budget)
+    return out if isinstance(query_feats, torch.Tensor) else out.cpu().numpy()
+
+
 def _rerank_squared(qg: torch.Tensor, qq: torch.Tensor, gg: torch.Tensor, params: ReRanking, dev: torch.device,
                     chunk_size: Optional[int] = None, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> torch.Tensor:
     """Re-ranking from already *squared* distances (what the protocols compute from features)."""
@@ -452,4 +516,4 @@ def squared_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return d.clamp_(min=0)
 
 
-__all__ = ["ReRanking", "as_reranking", "re_ranking", "squared_euclidean"]
+__all__ = ["ReRanking", "as_reranking", "re_ranking", "re_ranking_features", "squared_euclidean"]
