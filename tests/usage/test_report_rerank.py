@@ -42,3 +42,30 @@ def test_re_ranked_table_beside_the_plain_one(tmp_path):
 def test_plain_report_has_no_re_ranked_table(tmp_path):
     page = _report(tmp_path, rerank=False)
     assert "class='pair'" not in page and "class='rerank'" not in page and page.count("mean ± std") == 1
+
+
+def test_cli_eval_rerank_prints_saves_and_reports_both(tiny_checkpoint, tmp_path):
+    import json
+
+    from typer.testing import CliRunner
+
+    from cmemd.cli import app
+
+    out, report = tmp_path / "r.json", tmp_path / "report"
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--trials", "2",
+                                 "--mode", "all", "--rerank", "--k1", "6", "--k2", "2", "--out", str(out),
+                                 "--report", str(report)])
+    assert r.exit_code == 0, r.output
+    assert "plain and re-ranked (k-reciprocal, k1=6, k2=2, λ=0.3)" in r.output
+    assert r.output.index("== sysu all-search single-shot\n") < r.output.index("** re-ranked (k-reciprocal, k1=6")
+    data = json.loads(out.read_text())
+    label = "re-ranked (k-reciprocal, k1=6, k2=2, λ=0.3)"
+    assert list(data) == ["sysu all-search single-shot", f"sysu all-search single-shot, {label}"]
+    assert data["sysu all-search single-shot"]["settings"]["rerank"] is None
+    assert data[f"sysu all-search single-shot, {label}"]["settings"]["rerank"]["k1"] == 6
+    page = (report / "index.html").read_text()
+    assert page.count("<div class='pair'>") == 1 and f"{label}: transductive" in page
+    # without the flag: no re-ranking anywhere, and the header says so
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--trials", "1",
+                                 "--mode", "all"])
+    assert r.exit_code == 0 and "no re-ranking" in r.output and "re-ranked (" not in r.output

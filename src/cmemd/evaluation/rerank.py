@@ -140,15 +140,15 @@ class _Source:
 
     def block_entries(self, r0: int, r1: int, cols: torch.Tensor) -> torch.Tensor:
         """Entries ``(r0 + a, cols[a, b])``, by the same float operations as :meth:`rows` (gathered, not rebuilt)."""
-        i = torch.arange(r0, r1, device=cols.device)[:, None].expand_as(cols)
-        j = cols
-        Q = self.Q
-        iq, jq = i < Q, j < Q
-        ig, jg = (i - Q).clamp(min=0), (j - Q).clamp(min=0)
-        ic, jc = i.clamp(max=Q - 1), j.clamp(max=Q - 1)
         def at(m: torch.Tensor, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
             return m[r.to(m.device), c.to(m.device)].to(self.dev)
 
+        Q = self.Q
+        i = torch.arange(r0, r1, device=cols.device)[:, None].expand_as(cols)
+        j = cols
+        iq, jq = i < Q, j < Q
+        ig, jg = (i - Q).clamp(min=0), (j - Q).clamp(min=0)
+        ic, jc = i.clamp(max=Q - 1), j.clamp(max=Q - 1)
         # the combined matrix at (j, i)
         x = torch.where(jq, torch.where(iq, at(self.qq, jc, ic), at(self.qg, jc, ig)),
                         torch.where(iq, at(self.qg, ic, jg), at(self.gg, jg, ig)))
