@@ -311,7 +311,7 @@ def _final(src: Any, scale: torch.Tensor, V_idx: torch.Tensor, V_val: torch.Tens
     q_ok = q_idx != N
     pairs_per_query = torch.where(q_ok, g_count[q_idx.clamp(max=N - 1)], 0).sum(1)
     out = torch.empty(Q, G, dtype=torch.float32, device=dev)
-    pair_budget = max(1, memory_budget // 48)
+    pair_budget = max(1, memory_budget // 96)  # about a dozen int64/float32 temporaries per (query, gallery) entry pair
     r0 = 0
     while r0 < Q:
         # As many queries as fit the budget of (query entry, gallery entry) pairs and the output rows.
