@@ -321,6 +321,8 @@ def eval_features_cmd(
     try:
         if protocol not in ("sysu", "regdb"):
             raise CmemdError(f"--protocol {protocol!r} is unknown; use sysu or regdb")
+        if out is not None and not out.parent.exists():  # before the work, not after
+            raise CmemdError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
         q, g = load_features(query), load_features(gallery)
         runs = {"plain": None}
         if rerank:
@@ -339,8 +341,6 @@ def eval_features_cmd(
         typer.echo("\n\n".join(format_results(r, per_trial=per_trial) for r in res.values()))
         if out is not None:
             if rerank:  # both, side by side: {"plain": ..., "reranked": ...}
-                if not out.parent.exists():
-                    raise CmemdError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
                 out.write_text(json.dumps({k: to_dict(r) for k, r in res.items()}, indent=2) + "\n")
             else:
                 save_json(res["plain"], out)
