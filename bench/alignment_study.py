@@ -186,7 +186,7 @@ def run_one(group: str, row: str, seed: int) -> dict:
     label, overrides = g["rows"][row]
     data = ensure_data(g["ids"], g["variation"](row) if callable(g["variation"]) else g["variation"])
     out = WORK / group / row / f"seed{seed}"
-    cfg = load_config(ROOT / "configs/synth_cmemd.yaml",
+    cfg = load_config("synth_cmemd",
                       [f"data.root={data}", f"run.out_dir={out}", f"run.seed={seed}", *g["budget"], *overrides])
     done = run_path(group, row, seed)
     if done.is_file():

@@ -43,7 +43,7 @@ def main() -> None:
         shutil.rmtree(data, ignore_errors=True)
         generate_sysu(data, synth, workers=2)
     run_dir = ROOT / args.work / "runs" / f"{int(time.time())}"
-    cfg = load_config(ROOT / "configs/synth_cmemd.yaml",
+    cfg = load_config("synth_cmemd",
                       [f"data.root={data}", f"run.out_dir={run_dir}", "run.log_every=1000", *args.overrides])
     t0 = time.time()
     out = train(cfg, progress=False, evaluate_after=False)

@@ -71,7 +71,7 @@ def main() -> None:
     if not (summary.is_file() and json.loads(summary.read_text()).get("config") == cfg_synth.to_dict()):
         print(f"generating {args.ids} identities into {data}", flush=True)
         generate_sysu(data, cfg_synth, workers=2)
-    cfg = load_config(ROOT / "configs" / "synth_cmemd.yaml",
+    cfg = load_config("synth_cmemd",
                       [f"data.root={data}", f"eval.shots={args.shots}", "eval.trials=10", "eval.modes=[all,indoor]"])
     torch.manual_seed(0)
     from cmemd.models import build_model

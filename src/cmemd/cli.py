@@ -26,6 +26,21 @@ _RERANK_HELP = ("Also report k-reciprocal re-ranked results (Zhong et al. 2017),
                 "ones and labelled: transductive (uses all queries and the whole gallery), never comparable with plain numbers.")
 
 
+def _version(value: bool) -> None:
+    if value:
+        from cmemd import __version__
+
+        typer.echo(f"cmemd {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+) -> None:
+    """cmemd: visible-thermal person re-identification with CM-EMD."""
+
+
 def _fail(err: Exception) -> None:
     typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
@@ -143,9 +158,21 @@ def _load_cfg(config: Optional[Path], overrides: List[str]):
     return load_config(config, overrides)
 
 
+@app.command("configs")
+def configs_cmd() -> None:
+    """List the configs shipped with cmemd: pass a name to -c (cmemd train -c sysu_cmemd)."""
+    from cmemd.config import packaged_configs
+
+    found = packaged_configs()
+    width = max(map(len, found), default=0)
+    for name, description in found.items():
+        typer.echo(f"{name:<{width}}  {description}")
+    typer.echo("a file path works too (cmemd train -c my.yaml); its `base:` may name one of these")
+
+
 @app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def train_cmd(
-    config: Path = typer.Option(..., "--config", "-c", help="YAML config (see configs/)."),
+    config: Path = typer.Option(..., "--config", "-c", help="YAML config file, or a packaged config's name (`cmemd configs`)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.epochs=5 run.out_dir=runs/x"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in run.out_dir from its last checkpoint."),
     all_trials: bool = typer.Option(False, "--all-trials", help="RegDB: train one model per trial 1..10 and report the mean."),
@@ -353,11 +380,15 @@ def eval_features_cmd(
 def demo_cmd(
     data_dir: Path = typer.Option(Path("data/demo_sysu"), help="Where the synthetic SYSU-layout set goes (reused when it matches)."),
     out_dir: Path = typer.Option(Path("runs/demo"), help="Run directory (replaced on each demo run)."),
-    config: Path = typer.Option(Path("configs/synth_cmemd.yaml"), "--config", "-c", help="Training config."),
+    config: Path = typer.Option(Path("synth_cmemd"), "--config", "-c", help="Training config (file or packaged name)."),
     ids: int = typer.Option(200, help="Identities in the synthetic set."),
     epochs: Optional[int] = typer.Option(None, help="Override optim.epochs of the config."),
+    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides of the config, e.g. data.steps_per_epoch=20"),
 ) -> None:
-    """Generate the synthetic benchmark (cached), train CM-EMD on CPU, evaluate SYSU all/indoor-search, print the table."""
+    """Generate the synthetic benchmark (cached), train CM-EMD on CPU, evaluate SYSU all/indoor-search, print the table.
+
+    Data and runs go under the current folder (data/demo_sysu, runs/demo) unless --data-dir / --out-dir say otherwise.
+    """
     import json
     import shutil
     import time
@@ -388,9 +419,8 @@ def demo_cmd(
 
         t0 = time.time()
         # the demo reports plain AND re-ranked numbers, each labelled (eval.rerank only adds the second table)
-        overrides = [f"data.root={data_dir}", f"run.out_dir={out_dir}", "eval.rerank=true"] + \
-            ([f"optim.epochs={epochs}"] if epochs else [])
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, [f"data.root={data_dir}", f"run.out_dir={out_dir}", "eval.rerank=true",
+                                   *(overrides or [])] + ([f"optim.epochs={epochs}"] if epochs else []))
         if out_dir.exists():
             shutil.rmtree(out_dir)
         typer.echo(f"[2/4] training {config} ({cfg.model.arch} width {cfg.model.width}, {cfg.data.height}x{cfg.data.width}, "

@@ -5,11 +5,18 @@ and values of the wrong type are :class:`ConfigError` naming the key and the fil
 """
 from __future__ import annotations
 
+import importlib.resources
+import re
 import types
 import typing
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional
+
+if typing.TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
+else:
+    Traversable = Any
 
 import yaml
 
@@ -202,32 +209,88 @@ def _merge(obj: Any, values: dict, prefix: str, source: str) -> None:
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
-    """Defaults, then the YAML file (which may name a ``base`` file of its own), then ``key=value`` overrides."""
+    """Defaults, then the YAML config (a file or a packaged name, which may name a ``base`` of its own), then
+    ``key=value`` overrides. See :func:`resolve_config` for how a name is found."""
     cfg = TrainConfig()
     if path is not None:
-        for layer_path, layer in _yaml_chain(Path(path)):
-            _merge(cfg, layer, "", str(layer_path))
+        for layer_source, layer in _yaml_chain(resolve_config(path)):
+            _merge(cfg, layer, "", layer_source)
     apply_overrides(cfg, overrides)
     validate(cfg)
     return cfg
 
 
-def _yaml_chain(path: Path, depth: int = 0) -> list[tuple[Path, dict]]:
+# ---------------------------------------------------------------------- packaged configs
+
+def _packaged_dir() -> Traversable:
+    """The YAML configs shipped inside the package (``cmemd/configs``): a plain folder for wheel and editable installs."""
+    return importlib.resources.files("cmemd").joinpath("configs")
+
+
+def packaged_configs() -> dict[str, str]:
+    """``{name: one-line description}`` of the configs shipped with the package (the first sentence of each file's
+    leading comment), sorted by name."""
+    out = {}
+    for entry in sorted(_packaged_dir().iterdir(), key=lambda e: e.name):
+        if entry.name.endswith(".yaml") and entry.is_file():
+            out[entry.name[: -len(".yaml")]] = _description(entry.read_text(encoding="utf-8"))
+    return out
+
+
+def _description(text: str) -> str:
+    """The first sentence of a YAML file's leading ``#`` comment block ('' when it has none)."""
+    lines = []
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    para = " ".join(x for x in lines if x)
+    return re.split(r"(?<=\.)\s", para, maxsplit=1)[0] if para else ""
+
+
+def resolve_config(ref: str | Path | Traversable, relative_to: Optional[Traversable | Path] = None) -> Traversable | Path:
+    """Find a config: an existing file first (relative to ``relative_to`` when given, e.g. the folder of the file
+    naming it as ``base``), else a packaged config by name (``sysu_cmemd`` or ``sysu_cmemd.yaml``). The repository's
+    old location ``configs/NAME.yaml`` still names the packaged ``NAME``. ConfigError lists the packaged names."""
+    if not isinstance(ref, (str, Path)):  # already resolved (a packaged Traversable)
+        return ref
+    path = Path(ref)
+    if relative_to is not None and not path.is_absolute():
+        candidate = relative_to.joinpath(str(ref))
+        if candidate.is_file():
+            return candidate
+    elif path.is_file():
+        return path
+    name = path.name[: -len(".yaml")] if path.name.endswith(".yaml") else path.name
+    old_location = path.parent.name == "configs"  # configs/NAME.yaml, before the configs moved into the package
+    if name and (len(path.parts) == 1 or old_location):
+        packaged = _packaged_dir().joinpath(f"{name}.yaml")
+        if packaged.is_file():
+            return packaged
+    where = f" (looked beside {relative_to} too)" if relative_to is not None else ""
+    raise ConfigError(f"{ref}: config file not found{where}, and it is not the name of a packaged config; "
+                      f"give a YAML file or one of: {', '.join(packaged_configs())} (`cmemd configs` describes them)")
+
+
+def _yaml_chain(path: Traversable | Path, depth: int = 0) -> list[tuple[str, dict]]:
     if depth > 8:
         raise ConfigError(f"{path}: 'base' chain is too deep (a cycle?)")
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found (see configs/ for the provided ones)")
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read the config file ({e.strerror or e})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, model:, ...)")
     base = data.pop("base", None)
     if base is not None and not isinstance(base, str):
-        raise ConfigError(f"{path}: base must be a file name (relative to this file), got {base!r}")
-    chain = _yaml_chain((path.parent / base).resolve(), depth + 1) if base else []
-    return chain + [(path, data)]
+        raise ConfigError(f"{path}: base must be a file name (relative to this file) or a packaged config's name, "
+                          f"got {base!r}")
+    # a packaged config's base is looked up beside it, i.e. among the packaged configs
+    parent = path.parent if isinstance(path, Path) else _packaged_dir()
+    chain = _yaml_chain(resolve_config(base, relative_to=parent), depth + 1) if base else []
+    return chain + [(str(path), data)]
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) -> TrainConfig:
@@ -306,5 +369,5 @@ def dump_config(cfg: TrainConfig, path: str | Path) -> None:
 
 __all__ = [
     "TrainConfig", "DataConfig", "ModelSettings", "LossSettings", "OptimSettings", "EvalSettings", "RunSettings",
-    "load_config", "apply_overrides", "validate", "config_from_dict", "dump_config",
+    "load_config", "resolve_config", "packaged_configs", "apply_overrides", "validate", "config_from_dict", "dump_config",
 ]

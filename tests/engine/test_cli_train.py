@@ -15,7 +15,7 @@ runner = CliRunner()
 @pytest.fixture(scope="module")
 def trained(tiny_sysu, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"
-    res = runner.invoke(app, ["train", "-c", "configs/synth_cmemd.yaml", *tiny_overrides(tiny_sysu, out, **{"optim.epochs": 1})])
+    res = runner.invoke(app, ["train", "-c", "synth_cmemd", *tiny_overrides(tiny_sysu, out, **{"optim.epochs": 1})])
     assert res.exit_code == 0, res.output
     assert "sysu all-search single-shot" in res.output and "R1" in res.output
     return out
