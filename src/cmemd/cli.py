@@ -540,4 +540,8 @@ def export_cmd(
 
 def main(argv: Optional[List[str]] = None) -> None:
     """Console-script entry point."""
+    # before anything imports torch: its OpenMP runtime reads the wait policy once, at start-up
+    from cmemd.threads import set_wait_policy
+
+    set_wait_policy()
     app(args=argv if argv is not None else sys.argv[1:], prog_name="cmemd")

@@ -44,8 +44,9 @@ def resolve_device(name: str = "auto") -> torch.device:
     return dev
 
 
-def environment() -> dict[str, Any]:
-    """Versions and the git commit, saved beside every run."""
+def environment(thread_policy: Optional[dict[str, Any]] = None) -> dict[str, Any]:
+    """Versions, the git commit and the CPU thread policy (:func:`cmemd.threads.apply_thread_policy`), saved beside
+    every run."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).resolve().parent).stdout.strip() or None
@@ -57,7 +58,8 @@ def environment() -> dict[str, Any]:
         "cmemd": __version__, "git_commit": commit, "python": sys.version.split()[0], "torch": torch.__version__,
         "numpy": np.__version__, "platform": platform.platform(), "cpu_count": os.cpu_count(),
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "threads": torch.get_num_threads(),
+        "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        **({"thread_policy": thread_policy} if thread_policy else {}),
     }
 
 
@@ -177,8 +179,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
     from cmemd.models import build_model
 
     device = resolve_device(cfg.run.device)
-    if cfg.run.threads:
-        torch.set_num_threads(cfg.run.threads)
+    from cmemd.threads import apply_thread_policy, describe
+
+    threads = apply_thread_policy(cfg.run.threads, device, pixels=cfg.data.height * cfg.data.width)
     rank, world = init_distributed(device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
@@ -193,7 +196,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
         if ckpt.exists() and (out_dir / "config.yaml").is_file():
             _check_resume_config(out_dir / "config.yaml", cfg)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "environment.json").write_text(json.dumps(environment(), indent=2))
+        (out_dir / "environment.json").write_text(json.dumps(environment(threads), indent=2))
 
     data = training_data(cfg)
     d = cfg.data
@@ -242,6 +245,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
         print(f"training on {data.description}: {len(data.records)} images, {data.num_classes} ids, "
               f"{loader.batch_sampler.num_batches} steps/epoch x {o.epochs} epochs, device {device}, world size {world}; "
               f"model selection: {selection}", flush=True)
+        print(f"threads: {describe(threads)}", flush=True)
     t0 = time.time()
     history = trainer.fit()
     seconds = time.time() - t0
