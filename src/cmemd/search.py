@@ -34,14 +34,14 @@ def build_index(model: Any, folder: Union[str, Path], out: Union[str, Path], *, 
                 batch_size: int = 64, progress: bool = True) -> FeatureSet:
     """Encode every image under ``folder`` with ``model`` (a :class:`cmemd.api.ReIDModel`) and write
     the gallery file ``out``; returns it as a :class:`FeatureSet`."""
-    from tqdm import tqdm
+    from cmemd.progress import progress_bar
 
     files = list_images(folder)
     out = Path(out)
     if not out.parent.exists():
         raise ConfigError(f"--out {out}: folder {out.parent} does not exist; create it first")
     chunks = []
-    with tqdm(total=len(files), desc=f"encoding {modality}", unit="img", disable=not progress, dynamic_ncols=True) as bar:
+    with progress_bar(total=len(files), desc=f"encoding {modality}", unit="img", disable=not progress) as bar:
         for s in range(0, len(files), batch_size):
             part = files[s:s + batch_size]
             chunks.append(model.encode(part, modality, batch_size=batch_size))

@@ -24,11 +24,11 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from cmemd.data.images import load_image
 from cmemd.data.transforms import resize_pil
 from cmemd.errors import DatasetError
+from cmemd.progress import progress_bar
 
 FORMAT_VERSION = 1
 
@@ -209,7 +209,7 @@ def build_cache(
     os.close(fd)
     try:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), height, width, 3))
-        for i, p in enumerate(tqdm(paths, desc=f"caching {len(paths)} images at {height}x{width}", disable=not progress, unit="img")):
+        for i, p in enumerate(progress_bar(paths, desc=f"caching {len(paths)} images at {height}x{width}", disable=not progress, unit="img")):
             arr[i] = np.asarray(resize_pil(load_image(p), height, width, interpolation), dtype=np.uint8)
         arr.flush()
         del arr

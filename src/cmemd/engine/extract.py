@@ -47,16 +47,15 @@ def extract_features(
     thermal stem and a visible gallery through the visible one, whatever the order. ``flip``
     averages each image's feature with its mirror's (:func:`encode_batch`).
     """
-    from tqdm import tqdm
-
     from cmemd.data.dataset import build_test_loader
+    from cmemd.progress import progress_bar
 
     was_training = model.training
     model.eval()
     loader = build_test_loader(records, height=height, width=width, batch_size=batch_size, num_workers=num_workers,
                                use_cache=use_cache, cache_dir=cache_dir, dataset_root=dataset_root)
     out = []
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False, dynamic_ncols=True):
+    for batch in progress_bar(loader, desc=desc, disable=not progress, leave=False):
         images, modalities = batch[0].to(device), batch[2].to(device)
         out.append(encode_batch(model, images, modalities, flip=flip).float().cpu())
     model.train(was_training)

@@ -219,7 +219,7 @@ class Trainer:
 
     def fit(self) -> list[dict]:
         """Run (or continue) training up to ``epochs``; returns the per-epoch summaries."""
-        from tqdm import tqdm
+        from cmemd.progress import progress_bar
 
         self.model.train()
         started = time.time()
@@ -232,8 +232,8 @@ class Trainer:
                 self.loader.dataset.set_epoch(self.epoch)
             sums: dict[str, float] = {}
             n, images_seen, t0 = 0, 0, time.time()
-            bar = tqdm(total=steps_per_epoch, initial=self.batches_done, desc=f"epoch {self.epoch + 1}/{self.epochs}",
-                       disable=not self.progress or self.rank != 0, leave=False, dynamic_ncols=True)
+            bar = progress_bar(total=steps_per_epoch, initial=self.batches_done, desc=f"epoch {self.epoch + 1}/{self.epochs}",
+                               unit="steps", disable=not self.progress or self.rank != 0, leave=False)
             for batch in self.loader:
                 set_lr(self.optimizer, lr_factor(self.epoch + self.batches_done / steps_per_epoch,
                                                  warmup_epochs=self.warmup_epochs, milestones=self.milestones, gamma=self.gamma))
