@@ -1,7 +1,7 @@
 """CPU thread policy under contention: demo-config training steps, quiet and beside competing CPU-bound processes.
 
-    python bench/threads.py                       # writes docs/results/threads.md
-    python bench/threads.py --steps 20 --reps 1   # quicker
+    python bench/threads.py                                   # writes docs/results/threads.md
+    python bench/threads.py --steps 40 --reps 2 --workloads demo  # longer, demo model only
 
 Each cell is a fresh worker process (so OMP_WAIT_POLICY is read when torch starts its OpenMP runtime) that builds
 the `synth_cmemd` config's loader, model, objective and optimiser exactly as `cmemd train` does, trains a few
@@ -39,7 +39,7 @@ POLICIES = [
 ]
 # name -> (config, overrides, policies (indices into POLICIES), steps, warm-up steps)
 WORKLOADS = {
-    "demo": ("synth_cmemd", [], list(range(len(POLICIES))), None, None),
+    "demo": ("synth_cmemd", [], [0, 1, 2, 3, 5], None, None),
     # the paper model (ResNet-50, 288x144) at a small batch: does a second thread pay for a large model?
     "paper": ("sysu_cmemd", ["model.pretrained=null", "data.num_ids=2", "data.num_instances=2", "data.num_workers=0",
                              "data.random_erasing=0", "data.channel_aug=0"], [0, 2, 4, 5], 3, 1),
@@ -127,14 +127,15 @@ def load_snapshot() -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--steps", type=int, default=40)
-    ap.add_argument("--warmup", type=int, default=5)
-    ap.add_argument("--reps", type=int, default=2, help="Repetitions of the whole grid (the median is reported).")
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=1, help="Repetitions of the whole grid (the median is reported).")
     ap.add_argument("--loads", default="0,1,2", help="Numbers of competing busy-loop processes.")
     ap.add_argument("--ids", type=int, default=60, help="Identities of the synthetic set (the step time does not depend on it).")
     ap.add_argument("--data", type=Path, default=None, help="An existing synthetic SYSU-layout root (generated when omitted).")
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--workloads", default="demo,paper", help="demo (the CPU default model), paper (ResNet-50 288x144).")
+    ap.add_argument("--policies", default=None, help="Indices into POLICIES to run (default: each workload's list).")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--workload", default="demo", help=argparse.SUPPRESS)
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -169,7 +170,8 @@ def main() -> None:
                     lim = WORKLOAD_LIMITS.get(w, {})
                     if rep >= lim.get("reps", args.reps) or load > lim.get("max_load", load):
                         continue
-                    order = list(WORKLOADS[w][2])
+                    order = [i for i in WORKLOADS[w][2] if args.policies is None
+                             or str(i) in args.policies.split(",")]
                     if rep % 2:
                         order.reverse()  # alternate the order so drift in the background load favours no policy
                     for i in order:
@@ -194,8 +196,10 @@ def main() -> None:
     lines = [
         "# CPU threads and OpenMP wait policy under contention",
         "",
-        f"`python bench/threads.py --steps {args.steps} --warmup {args.warmup} --reps {args.reps} --loads {args.loads} "
-        f"--workloads {args.workloads}` ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {total / 60:.1f} min). "
+        f"`python bench/threads.py {' '.join(sys.argv[1:])}` (--steps {args.steps} --warmup {args.warmup} --reps "
+        f"{args.reps} --loads {args.loads} --workloads {args.workloads}"
+        f"{' --policies ' + args.policies if args.policies else ''}; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"{total / 60:.1f} min). "
         f"{os.cpu_count()} CPUs, {platform.processor() or platform.machine()}, torch {torch.__version__}, "
         f"{_parallel_backend(torch)}.",
         "",
@@ -211,6 +215,7 @@ def main() -> None:
         name, overrides, pol, steps, warmup = WORKLOADS[w]
         wl = sorted({n for (w2, _, n) in results if w2 == w})
         quiet = wl[0]
+        pol = [i for i in pol if (w, i, quiet) in results]
         best_quiet = min(med(w, i, quiet) for i in pol)
         lines += ["", f"## {w}: `{name}`{' ' + ' '.join(overrides) if overrides else ''}, {steps or args.steps} steps "
                   f"after {warmup or args.warmup} warm-up", "",
@@ -226,10 +231,11 @@ def main() -> None:
             row += [f"{med(w, i, n) / q:.2f}" for n in wl if n != quiet]
             row += [f"{med(w, i, n) / best_quiet:.2f}" for n in wl if n != quiet]
             lines.append("| " + " | ".join(row) + " |")
-        default = results[(w, len(POLICIES) - 1, quiet)][0]
-        lines += ["", f"`cmemd default` resolved to {default['policy']['threads']} thread(s), OMP_WAIT_POLICY="
-                  f"{default['omp_wait_policy']} ({default['policy']['reason']}).", "",
-                  "Per cell and repetition (wall s):", ""]
+        if (w, len(POLICIES) - 1, quiet) in results:
+            default = results[(w, len(POLICIES) - 1, quiet)][0]
+            lines += ["", f"`cmemd default` resolved to {default['policy']['threads']} thread(s), OMP_WAIT_POLICY="
+                      f"{default['omp_wait_policy']} ({default['policy']['reason']})."]
+        lines += ["", "Per cell and repetition (wall s):", ""]
         for (w2, i, n), rs in sorted(results.items()):
             if w2 == w:
                 lines.append(f"- {POLICIES[i][0]}, {n} competing: " + ", ".join(f"{r['seconds']:.2f}" for r in rs))
