@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cmemd.errors import ConfigError
-from cmemd.threads import LARGE_INPUT, apply_thread_policy, default_threads, describe, set_wait_policy, usable_cpus
+from cmemd.threads import apply_thread_policy, default_reason, describe, set_wait_policy
 
 
 def test_wait_policy_is_set_unless_the_user_chose_one():
@@ -18,26 +18,22 @@ def test_wait_policy_is_set_unless_the_user_chose_one():
     assert set_wait_policy(env) == "ACTIVE" and env == {"OMP_WAIT_POLICY": "ACTIVE"}
 
 
-def test_default_threads(monkeypatch):
+def test_default_reason(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    assert default_threads("cpu", pixels=64 * 32)[0] == 1
-    assert default_threads("cpu", pixels=LARGE_INPUT)[0] == usable_cpus() >= 1
-    assert default_threads("cpu", pixels=288 * 144)[0] == usable_cpus()
-    assert default_threads("cuda", pixels=64 * 32)[0] is None  # torch's own default on a GPU
+    assert "torch's thread count" in default_reason("cpu") and "torch default on cuda" == default_reason("cuda")
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
-    n, reason = default_threads("cpu", pixels=64 * 32)
-    assert n is None and "OMP_NUM_THREADS" in reason
+    assert "OMP_NUM_THREADS" in default_reason("cpu")
 
 
 def test_run_threads_overrides_the_default(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     try:
-        p = apply_thread_policy(3, "cpu", pixels=64 * 32)
+        p = apply_thread_policy(3, "cpu")
         assert torch.get_num_threads() == 3 and p["threads"] == 3 and p["source"] == "run.threads"
-        p = apply_thread_policy(None, torch.device("cpu"), pixels=64 * 32)
-        assert torch.get_num_threads() == 1 and p == {**p, "threads": 1, "source": "default"}
-        assert "1 CPU thread(s)" in describe(p) and "OMP_WAIT_POLICY=" in describe(p)
+        p = apply_thread_policy(None, torch.device("cpu"))  # unset: the count in force stays
+        assert torch.get_num_threads() == 3 and p == {**p, "threads": 3, "source": "default"}
+        assert "3 CPU thread(s)" in describe(p) and "OMP_WAIT_POLICY=" in describe(p)
         with pytest.raises(ConfigError, match="run.threads must be >= 1"):
             apply_thread_policy(-2, "cpu")
     finally:
