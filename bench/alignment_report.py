@@ -89,8 +89,11 @@ def health_table(rows: dict, runs: dict) -> list[str]:
             def g(k: str, pct: bool = False) -> str:
                 return "-" if k not in e else (f"{100 * e[k]:.0f}%" if pct else f"{e[k]:.2f}")
 
+            # runs recorded before the shared-unit count logged dead_accum per (prefix, unit); later ones log both
+            acc = (f"{g('dead_accum', True)} (per prefix {g('dead_accum_prefix', True)})" if "dead_accum_prefix" in e
+                   else f"per prefix {g('dead_accum', True)}")
             out.append(f"| {label} | {r1(r):.2f} | {g('norm_global')} | {g('norm_local')} | {g('norm_accum')} | "
-                       f"{g('dead_global', True)} / {g('dead_local', True)} / {g('dead_accum', True)} | "
+                       f"{g('dead_global', True)} / {g('dead_local', True)} / {acc} | "
                        f"{g('zero_local', True)} / {g('zero_accum', True)} | "
                        f"{diag(r, 'gap_centre_ratio'):.2f} | {diag(r, 'purity_ratio'):.2f} |")
     return out

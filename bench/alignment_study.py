@@ -91,9 +91,13 @@ SEEDS5 = [0, 1, 2, 3, 4]
 GROUPS: dict[str, dict] = {
     "cost": {"ids": 80, "budget": SHORT, "seeds": [0], "rows": COST_ROWS, "variation": None,
              "title": "1. The alignment cost: can it be lowered by shrinking the features?",
-             "about": "Short runs (200 steps, 80-id set, seed 0) of the full model with each candidate cost, lambda 0.5: "
-                      "mean L2 norm and share of dead (|x| <= 1e-5) entries of the pooled features each granularity "
-                      "aligns, averaged over the last epoch's steps (`norm_*`, `dead_*` in metrics.jsonl)."},
+             "about": "Short runs (200 steps, 80-id set, seed 0) of the full model with each candidate cost, lambda 0.5 "
+                      "unless the row says otherwise: mean L2 norm of the pooled features each granularity aligns, "
+                      "share of dead units (|x| <= 1e-5 for every image of the batch) and of zero entries, averaged "
+                      "over the last epoch's steps (`norm_*`, `dead_*`, `zero_*` in metrics.jsonl). These runs counted "
+                      "the accumulated features' units per prefix; a unit of their shared reduction silent for one "
+                      "prefix but active for another is specialised, not dead, and training now logs both counts "
+                      "(`dead_accum`: silent for every prefix; `dead_accum_prefix`)."},
     "core": {"ids": 300, "budget": BUDGET, "seeds": SEEDS5, "rows": CORE_ROWS, "variation": None,
              "title": "2. Core rows (5 seeds, paired)",
              "about": "300 ids (150 train + 50 val, both trained on; 100 test), 2,000 steps of 8 x (4 + 4) images "

@@ -38,7 +38,7 @@ def _collapsed(aligned: dict, reference: dict) -> list[str]:
     for g in GRANULARITIES:
         if aligned[f"norm_{g}"] < 0.5 * reference[f"norm_{g}"]:
             bad.append(f"{g} norm {aligned[f'norm_{g}']:.2f} < half of {reference[f'norm_{g}']:.2f}")
-        if aligned[f"dead_{g}"] > 0.3:
+        if aligned[f"dead_{g}"] > 0.3:  # accumulated: units of their shared reduction silent for every prefix
             bad.append(f"{g} dead units {aligned[f'dead_{g}']:.0%}")
     return bad
 

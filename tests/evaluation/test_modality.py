@@ -29,6 +29,11 @@ def test_feature_health_closed_form():
     stack[:, 0, :] = 1.0
     stack[0, 1, 0] = 2.0
     assert feature_health(stack).dead_units == pytest.approx(4 / 10)
+    # one shared layer over the stripes: a unit is dead only if silent for every stripe too
+    assert feature_health(stack, shared_units=True).dead_units == pytest.approx(0.0)
+    stack[0, 1, 0] = 0.0
+    stack[:, 0, 1] = 0.0
+    assert feature_health(stack, shared_units=True).dead_units == pytest.approx(1 / 5)
 
 
 def _two_modality_set(gap: float, n_ids=8, k=5, d=16, seed=0):

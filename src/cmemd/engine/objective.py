@@ -40,13 +40,18 @@ def aligned_features(out: Any, granularities: str = "all", feature: str = "poole
 
 def health_terms(out: Any) -> dict[str, float]:
     """Mean norm, dead-unit and zero-entry shares of the pooled (pre-BN) global, local and accumulated features
-    (:func:`cmemd.evaluation.modality.feature_health`; local and accumulated: every stripe's units together)."""
+    (:func:`cmemd.evaluation.modality.feature_health`). Local units are per stripe (each stripe has its own
+    reduction). The prefix-accumulated features come from ONE shared reduction, so ``dead_accum`` counts its
+    units silent for every image AND every prefix; ``dead_accum_prefix`` counts the
+    (prefix, unit) pairs silent for every image, which grows when the prefixes specialise."""
     terms = {}
     for name, attr in (("global", "global_feat"), ("local", "local_feats"), ("accum", "accumulated_feats")):
         x = getattr(out, attr, None)
         if x is not None:
-            h = feature_health(x)
+            h = feature_health(x, shared_units=name == "accum")
             terms[f"norm_{name}"], terms[f"dead_{name}"], terms[f"zero_{name}"] = h
+            if name == "accum":
+                terms["dead_accum_prefix"] = feature_health(x).dead_units
     return terms
 
 

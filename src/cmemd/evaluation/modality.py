@@ -54,15 +54,25 @@ class FeatureHealth(NamedTuple):
     zero_entries: float
 
 
-def feature_health(feats: Tensor | np.ndarray, dead_below: float = DEAD_BELOW) -> FeatureHealth:
+def feature_health(feats: Tensor | np.ndarray, dead_below: float = DEAD_BELOW, *,
+                   shared_units: bool = False) -> FeatureHealth:
     """:class:`FeatureHealth` of ``(N, ...)`` features: rows are the first dimension, the rest are units
-    (a ``(N, S, D)`` stack of stripe features has ``S * D`` units)."""
+    (a ``(N, S, D)`` stack of stripe features has ``S * D`` units, one set per stripe's own layer).
+
+    ``shared_units``: for a ``(N, S, D)`` stack made by ONE layer applied to S inputs (the prefix reduction of
+    the accumulated features), a unit is dead only when it is zero for every row and every one of the S
+    inputs -- a unit silent for one prefix but active for another is specialised, not dead. The norm is the
+    mean norm of the ``(N, S*D)`` rows either way.
+    """
     x = torch.as_tensor(feats).detach().float()
     if x.dim() < 2 or x.shape[0] == 0 or x[0].numel() == 0:
         raise EvaluationError(f"feature_health: need a non-empty (N, D) feature tensor, got shape {tuple(x.shape)}")
-    x = x.reshape(x.shape[0], -1)
     zero = x.abs() <= dead_below
-    return FeatureHealth(float(x.norm(dim=1).mean()), float(zero.all(0).float().mean()), float(zero.float().mean()))
+    if shared_units and x.dim() == 3:
+        dead = float(zero.all(1).all(0).float().mean())
+    else:
+        dead = float(zero.reshape(x.shape[0], -1).all(0).float().mean())
+    return FeatureHealth(float(x.reshape(x.shape[0], -1).norm(dim=1).mean()), dead, float(zero.float().mean()))
 
 
 # ----------------------------------------------------------------------------- modality gap
