@@ -61,6 +61,10 @@ COST_ROWS = {
                                                            "loss.lambda_align=2"]),
     "euclidean_l2_lambda5": ("Euclidean L2, lambda 5", PILOT_FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=true",
                                                            "loss.lambda_align=5"]),
+    "euclidean_l2_bn": ("Euclidean on L2-normalised BN-neck features", PILOT_FULL + [
+        "loss.emd_cost=euclidean", "loss.emd_normalize=true", "loss.align_feature=bn"]),
+    "euclidean_l2_bn_lambda2": ("Euclidean on L2-normalised BN-neck features, lambda 2", PILOT_FULL + [
+        "loss.emd_cost=euclidean", "loss.emd_normalize=true", "loss.align_feature=bn", "loss.lambda_align=2"]),
     "euclidean_l2_noheads": ("Euclidean L2, no accumulated classifiers", PILOT_FULL + ["loss.emd_cost=euclidean",
                                                                                   "loss.emd_normalize=true",
                                                                                   "model.accumulated_heads=false"]),

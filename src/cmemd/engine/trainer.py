@@ -260,8 +260,14 @@ class Trainer:
             self.history.append(summary)
             self._log(summary)
             if self.rank == 0 and self.progress:
-                shown = " ".join(f"{k}={v:.3f}" for k, v in summary.items() if k not in ("kind", "epoch", "step"))
+                # feature-health terms (norm_/dead_/zero_*) on a line of their own, so the loss terms stay readable
+                health = ("norm_", "dead_", "zero_")
+                shown = " ".join(f"{k}={v:.3f}" for k, v in summary.items()
+                                 if k not in ("kind", "epoch", "step") and not k.startswith(health))
                 print(f"epoch {self.epoch + 1}/{self.epochs}: {shown}", flush=True)
+                feats = " ".join(f"{k}={v:.3f}" for k, v in summary.items() if k.startswith(health))
+                if feats:
+                    print(f"  features: {feats}", flush=True)
             self.batches_done = steps_per_epoch
             self.save()
             finished = self.epoch
