@@ -174,7 +174,7 @@ def plot_training(metrics: Union[str, Path], out: Path) -> Optional[Path]:
     plt = _plt()
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.4), dpi=100)
     x = [r["epoch"] + 1 for r in epochs]
-    for key in ("loss", "ce_global", "ce_local", "align", "cmdl", "triplet"):
+    for key in ("loss", "ce_global", "ce_local", "ce_accum", "align", "cmdl", "triplet"):
         if key in epochs[0]:
             axes[0].plot(x, [r[key] for r in epochs], marker="o", ms=3, label=key)
     axes[0].set_title("loss terms (epoch means)")
