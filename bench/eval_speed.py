@@ -23,23 +23,11 @@ import sys
 import time
 from pathlib import Path
 
+import blas_threads  # noqa: E402  (sets numpy's BLAS threads from --threads before numpy loads)
 
-def _early_threads() -> str | None:
-    """--threads, read before numpy loads: the reference's matmul runs in numpy's BLAS, which takes its thread
-    count from the environment at import, so both sides get the same number of threads."""
-    for i, a in enumerate(sys.argv):
-        if a == "--threads" and i + 1 < len(sys.argv):
-            return sys.argv[i + 1]
-        if a.startswith("--threads="):
-            return a.split("=", 1)[1]
-    return None
+blas_threads.apply()
 
-
-if _early_threads():
-    for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-        os.environ[_var] = _early_threads()
-
-import numpy as np
+import numpy as np  # noqa: E402
 import torch
 
 from cmemd.data.sysu import draw_gallery
