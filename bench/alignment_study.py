@@ -65,6 +65,11 @@ COST_ROWS = {
         "loss.emd_cost=euclidean", "loss.emd_normalize=true", "loss.align_feature=bn"]),
     "euclidean_l2_bn_lambda2": ("Euclidean on L2-normalised BN-neck features, lambda 2", PILOT_FULL + [
         "loss.emd_cost=euclidean", "loss.emd_normalize=true", "loss.align_feature=bn", "loss.lambda_align=2"]),
+    "euclidean_l2_centered_lambda2": ("Euclidean on L2-normalised batch-centred pooled features, lambda 2",
+                                      PILOT_FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=true",
+                                                    "loss.align_feature=centered", "loss.lambda_align=2"]),
+    "euclidean_l2_centered": ("Euclidean on L2-normalised batch-centred pooled features", PILOT_FULL + [
+        "loss.emd_cost=euclidean", "loss.emd_normalize=true", "loss.align_feature=centered"]),
     "euclidean_l2_noheads": ("Euclidean L2, no accumulated classifiers", PILOT_FULL + ["loss.emd_cost=euclidean",
                                                                                   "loss.emd_normalize=true",
                                                                                   "model.accumulated_heads=false"]),
@@ -216,7 +221,8 @@ def run_one(group: str, row: str, seed: int) -> dict:
     diag = alignment_diagnostics(outcome.model, test, height=cfg.data.height, width=cfg.data.width,
                                  batch_size=256, nuisance=nuisance_of(test, data), cost=loss.emd_cost,
                                  normalize=loss.emd_normalize,
-                                 feature="global_bn" if loss.align_feature == "bn" else "global_feat")
+                                 feature="global_bn" if loss.align_feature == "bn" else "global_feat",
+                                 center=loss.align_feature == "centered")
     hist = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [h for h in hist if h.get("kind") == "epoch"]
     diags = [h for h in hist if h.get("kind") == "diag"]

@@ -66,7 +66,7 @@ class LossSettings:
     alignment: str = "cmemd"  # cmemd | all-pairs | hetero-center | mmd | none
     lambda_align: float = 2.0  # on the scale-safe cost (docs/method.md)
     align_granularities: str = "all"  # all (global + local + accumulated) | global
-    align_feature: str = "pooled"  # pooled (pre-BN) | bn (BN-neck outputs)
+    align_feature: str = "pooled"  # pooled (pre-BN) | bn (BN-neck outputs) | centered (pooled minus batch mean)
     emd_cost: str = "euclidean"  # euclidean | sqeuclidean | cosine
     emd_normalize: bool = True  # L2-normalise before the cost: scale-safe (docs/method.md)
     emd_solver: str = "exact"  # exact | sinkhorn
@@ -320,7 +320,7 @@ _CHOICES = {
     "model.test_feature": ("concat", "global", "local"),
     "loss.alignment": ("cmemd", "all-pairs", "hetero-center", "mmd", "none"),
     "loss.align_granularities": ("all", "global"),
-    "loss.align_feature": ("pooled", "bn"),
+    "loss.align_feature": ("pooled", "bn", "centered"),
     "loss.emd_cost": ("euclidean", "sqeuclidean", "cosine"),
     "loss.emd_solver": ("exact", "sinkhorn"),
     "loss.dl_variant": ("plain", "cross"),

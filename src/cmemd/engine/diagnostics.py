@@ -67,6 +67,7 @@ def alignment_diagnostics(
     cost: str = "euclidean",
     normalize: bool = False,
     feature: str = "global_feat",
+    center: bool = False,
     k: int = 4,
     draws: int = 4,
     seed: int = 0,
@@ -75,7 +76,8 @@ def alignment_diagnostics(
 
     The gap is measured on the test feature; the plan on ``feature`` (the global feature the CM-EMD
     loss aligns, pre-BN by default) with the loss's ``cost``/``normalize``, for identity groups of
-    ``k`` visible + ``k`` thermal images (``draws`` rounds, seeded), in eval mode.
+    ``k`` visible + ``k`` thermal images (``draws`` rounds, seeded), in eval mode. ``center`` subtracts the
+    mean feature of ``records`` first (the loss's ``align_feature="centered"`` subtracts its batch mean).
     """
     feats = extract_outputs(model, records, ("test", feature), height=height, width=width,
                             batch_size=batch_size, device=device)
@@ -86,8 +88,9 @@ def alignment_diagnostics(
     if nuisance is not None and feature in feats:
         groups = sample_identity_groups(pids, mods, k, draws=draws, seed=seed)
         if groups:
+            f = feats[feature] - feats[feature].mean(0, keepdims=True) if center else feats[feature]
             out["plan_purity"] = plan_purity(
-                torch.from_numpy(feats[feature]), groups, nuisance["view"],
+                torch.from_numpy(f), groups, nuisance["view"],
                 {n: nuisance[n] for n in NUISANCE_NUMBERS},
                 cost=lambda v, t: cross_cost(v, t, cost, normalize))
     return out

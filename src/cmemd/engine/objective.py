@@ -18,14 +18,16 @@ from cmemd.losses.classification import cross_entropy_label_smooth
 from cmemd.losses.triplet import wrt_triplet
 
 
-ALIGN_FEATURES = ("pooled", "bn")
+ALIGN_FEATURES = ("pooled", "bn", "centered")
 
 
 def aligned_features(out: Any, granularities: str = "all", feature: str = "pooled") -> list[Tensor]:
     """The features an alignment loss sees, one ``(N, D)`` tensor per granularity: the global feature,
     then (``granularities="all"``, when the model has them) each local and each accumulated feature.
     ``feature="pooled"``: the pooled features before the BN-neck; ``"bn"``: the BN-neck outputs (the
-    accumulated features have BN-necks only with their classifiers; else their pooled form is used)."""
+    accumulated features have BN-necks only with their classifiers; else their pooled form is used);
+    ``"centered"``: the pooled features minus their batch mean (both modalities), which removes the direction
+    every all-positive pooled feature shares."""
     bn = feature == "bn"
     feats = [out.global_bn if bn else out.global_feat]
     local = getattr(out, "local_feats", None)
@@ -35,6 +37,8 @@ def aligned_features(out: Any, granularities: str = "all", feature: str = "poole
         acc = acc if acc is not None else getattr(out, "accumulated_feats", None)
         if acc is not None:
             feats += list(acc.unbind(1))
+    if feature == "centered":
+        feats = [f - f.mean(0, keepdim=True) for f in feats]
     return feats
 
 

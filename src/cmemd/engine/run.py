@@ -310,7 +310,8 @@ def _diagnostics_hook(cfg: TrainConfig, device: torch.device, progress: bool):
     def on_epoch_end(trainer: Trainer, epoch: int) -> None:
         diag = alignment_diagnostics(unwrap(trainer.model), recs, height=cfg.data.height, width=cfg.data.width,
                                      device=device, batch_size=cfg.eval.batch_size, nuisance=nuisance,
-                                     cost=loss.emd_cost, normalize=loss.emd_normalize, feature=feature)
+                                     cost=loss.emd_cost, normalize=loss.emd_normalize, feature=feature,
+                                     center=loss.align_feature == "centered")
         trainer._log({"kind": "diag", "epoch": epoch, "step": trainer.step, **diagnostics_record(diag)})
         if progress:
             print(f"after epoch {epoch + 1}, {note}: {diag['modality_gap'].format()}", flush=True)
