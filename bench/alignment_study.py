@@ -248,6 +248,31 @@ def run_one(group: str, row: str, seed: int) -> dict:
     return rec
 
 
+def pixel_purity(ids: int = 80) -> None:
+    """Plan purity of plans computed on the images themselves (test ids of the cost group's data): how much view
+    structure a cross-modality cost can find at all, before any learning."""
+    import torch
+    from PIL import Image
+
+    from cmemd.data.records import modality_index
+    from cmemd.data.sysu import SYSUMM01
+    from cmemd.engine.diagnostics import NUISANCE_NUMBERS, nuisance_of
+    from cmemd.evaluation.modality import plan_purity, sample_identity_groups
+
+    root = ensure_data(ids, None)
+    ds = SYSUMM01(root)
+    recs = ds.query() + ds.gallery_pool("all")
+    nz = nuisance_of(recs, root)
+    x = np.stack([np.asarray(Image.open(r.path).convert("L").resize((16, 32)), np.float32).ravel() for r in recs])
+    x = x - x.mean(1, keepdims=True)
+    groups = sample_identity_groups([r.pid for r in recs], [modality_index(r.modality) for r in recs], 4, draws=4)
+    for name, f in (("grey pixels, centred per image", x),
+                    ("distance of each pixel from the image's median (a silhouette proxy)",
+                     np.abs(x - np.median(x, 1, keepdims=True)))):
+        res = plan_purity(torch.from_numpy(f), groups, nz["view"], {n: nz[n] for n in NUISANCE_NUMBERS})
+        print(f"{name}: {res.format()}")
+
+
 def load_runs(group: str) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for row in GROUPS[group]["rows"]:
@@ -288,7 +313,11 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--shard", default="1/1")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--pixel-purity", action="store_true", help="plan purity of plans on raw pixels (a reference)")
     args = ap.parse_args()
+    if args.pixel_purity:
+        pixel_purity()
+        return
     t0 = time.time()
     if args.report_only:
         write_report()
