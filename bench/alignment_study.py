@@ -283,8 +283,10 @@ def load_runs(group: str) -> dict[str, list[dict]]:
 
 
 def plan(groups: list[str]) -> list[tuple[str, str, int]]:
-    """Seed-major within each group, so every row gets seed 0 before any gets seed 1."""
-    return [(g, row, seed) for g in groups for seed in GROUPS[g]["seeds"] for row in GROUPS[g]["rows"]]
+    """Seed-major across the groups: every row of every group gets seed 0 before any gets seed 1, so a study cut
+    short (it spans sessions) has the broad picture first and the seeds to resolve it after."""
+    seeds = sorted({s for g in groups for s in GROUPS[g]["seeds"]})
+    return [(g, row, seed) for seed in seeds for g in groups if seed in GROUPS[g]["seeds"] for row in GROUPS[g]["rows"]]
 
 
 def write_report(wall: float | None = None) -> None:
