@@ -47,3 +47,34 @@ def make_regdb(root: Path, num_ids: int = 8, per_id: int = 3) -> Path:
                         lines.append(f"{folder}/{pid}/male_front_{tag}_{pid:05d}_{k}.bmp {lab}")
                 (root / "idx" / f"{split}_{m}_{t}.txt").write_text("\n".join(lines) + "\n")
     return root
+
+
+def make_llcm(root: Path, test_counts: dict[tuple[str, int, int], int], test_ids=(), train_ids=(1, 2),
+              train_per_cam: int = 2, nir_mode: str = "RGB") -> Path:
+    """LLCM layout: test_counts[(modality, pid, cam)] = images under test_vis/ or test_nir/; train ids get
+    ``train_per_cam`` images in cam1 and cam2 of both modalities, listed in idx/train_{vis,nir}.txt with
+    labels 0..N-1. NIR images are written in ``nir_mode`` ("L" for single-channel)."""
+    folders = {"visible": "test_vis", "thermal": "test_nir"}
+    cams = {"visible": range(1, 10), "thermal": (1, 2, 4, 5, 6, 7, 8, 9)}
+    for m, folder in folders.items():
+        for c in cams[m]:
+            (root / folder / f"cam{c}").mkdir(parents=True, exist_ok=True)
+    for (m, pid, cam), n in test_counts.items():
+        for k in range(1, n + 1):
+            path = root / folders[m] / f"cam{cam}" / f"{pid:04d}" / f"{pid:04d}_c{cam:02d}_{k:03d}.jpg"
+            write_image(path, value=pid * 11 + cam * 3 + k)
+            if m == "thermal" and nir_mode != "RGB":
+                Image.open(path).convert(nir_mode).save(path)
+    (root / "idx").mkdir(parents=True, exist_ok=True)
+    for m, tag, list_name in (("visible", "vis", "train_vis.txt"), ("thermal", "nir", "train_nir.txt")):
+        lines = []
+        for label, pid in enumerate(sorted(train_ids)):
+            for cam in (1, 2):
+                for k in range(1, train_per_cam + 1):
+                    rel = f"{tag}/cam{cam}/{pid:04d}/{pid:04d}_c{cam:02d}_{k:03d}.jpg"
+                    write_image(root / rel, value=pid + cam + k)
+                    lines.append(f"{rel} {label}")
+        (root / "idx" / list_name).write_text("\n".join(lines) + "\n")
+    ids = sorted(test_ids) if test_ids else sorted({p for (_, p, _) in test_counts})
+    (root / "idx" / "test_id.txt").write_text(",".join(str(i) for i in ids) + "\n")
+    return root

@@ -34,11 +34,12 @@ GALLERY_METHODS = ("python-random", "official")
 NUM_TRIALS = 10
 
 
-def read_id_file(path: str | Path) -> list[int]:
-    """Parse a SYSU ``exp/*_id.txt`` file: one line of comma-separated positive integers."""
+def read_id_file(path: str | Path, missing: str = "SYSU-MM01 ships it in exp/ (copy exp/ from the archive)") -> list[int]:
+    """Parse an id file (SYSU ``exp/*_id.txt``, LLCM ``idx/test_id.txt``): one line of comma-separated
+    positive integers. ``missing`` says where the file comes from, for the not-found message."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: split file not found; SYSU-MM01 ships it in exp/ (copy exp/ from the archive)")
+        raise DatasetError(f"{path}: split file not found; {missing}")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

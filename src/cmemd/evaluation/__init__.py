@@ -1,4 +1,5 @@
-"""Evaluation on features (never on models): CMC, mAP, mINP, the SYSU-MM01 / RegDB protocols and k-reciprocal re-ranking."""
+"""Evaluation on features (never on models): CMC, mAP, mINP, the SYSU-MM01 / RegDB / LLCM protocols and
+k-reciprocal re-ranking."""
 from __future__ import annotations
 
 from cmemd.evaluation.features import FeatureSet, load_features, save_features
@@ -11,7 +12,15 @@ from cmemd.evaluation.metrics import (
     evaluate_similarity,
 )
 from cmemd.evaluation.rerank import ReRanking, re_ranking, re_ranking_features
-from cmemd.evaluation.protocols import evaluate_regdb, evaluate_regdb_directions, evaluate_sysu, sysu_gallery_draws
+from cmemd.evaluation.protocols import (
+    LLCM_DIRECTIONS,
+    evaluate_llcm,
+    evaluate_regdb,
+    evaluate_regdb_directions,
+    evaluate_sysu,
+    llcm_draws,
+    sysu_gallery_draws,
+)
 from cmemd.evaluation.results import (
     METRIC_NAMES,
     ProtocolResult,
@@ -37,6 +46,9 @@ __all__ = [
     "sysu_gallery_draws",
     "evaluate_regdb",
     "evaluate_regdb_directions",
+    "evaluate_llcm",
+    "llcm_draws",
+    "LLCM_DIRECTIONS",
     "combine_results",
     "format_results",
     "metric_row",

@@ -16,6 +16,11 @@ parameters). Re-ranking is transductive: never compare a re-ranked number with a
 RegDB: query = all test images of one modality, gallery = all test images of the other; no
 removal, standard CMC. One call evaluates one trial (one model per trial; PROTOCOLS.md);
 :func:`~cmemd.evaluation.results.combine_results` averages trials.
+
+LLCM: both modalities' test images are featurised once; the visible x NIR similarities are
+computed once and each direction and trial takes its rows/columns (draws from
+``cmemd.data.llcm.draw_one_per_camera``). Removal ``same-pid-same-cam`` (RGB and NIR sensors of a
+camera share its number), CMC ``identity-dedup``.
 """
 from __future__ import annotations
 
@@ -52,6 +57,18 @@ SYSU_METHODS = ("python-random", "official")
 SYSU_QUERY_CAMS = (3, 6)
 SYSU_GALLERY_CAMS = (1, 2, 4, 5)
 REGDB_DIRECTIONS = ("v2t", "t2v")
+#: LLCM directions: ``t2v`` IR->VIS (every NIR test image a query, one sampled VIS image per id and
+#: camera as the gallery); ``v2t`` VIS->IR as a user defines it (every VIS image a query against a
+#: sampled NIR gallery); ``v2t-authors`` the authors' VIS->IR branch, which transposes the distance
+#: matrix so that the sampled NIR images are the queries and every VIS image is the gallery.
+LLCM_DIRECTIONS = ("t2v", "v2t", "v2t-authors")
+LLCM_DIRECTION_TEXT = {
+    "t2v": "IR->VIS: every NIR image a query, gallery one random VIS image per id and camera",
+    "v2t": "VIS->IR: every VIS image a query, gallery one random NIR image per id and camera",
+    "v2t-authors": ("VIS->IR as the authors' code runs it (transposed): one random NIR image per id and camera "
+                    "as queries, every VIS image the gallery"),
+}
+LLCM_CAMS = tuple(range(1, 10))
 
 DrawFn = Callable[..., np.ndarray]
 
@@ -375,4 +392,131 @@ def evaluate_regdb_directions(
         r = out[d]
         r.info.update(protocol="regdb", trial=int(trial), query=roles[d][2], gallery=roles[d][3])
         results[d] = ProtocolResult("regdb", dict(settings, direction=d), [int(trial)], [r])
+    return results
+
+
+def llcm_draws(pids: ArrayLike, cams: ArrayLike, paths: Sequence[str],
+               trials: Union[int, Sequence[int]] = 10) -> list[np.ndarray]:
+    """Indices of each trial's one-image-per-(id, camera) sample of an LLCM test set, in draw order."""
+    from cmemd.data.llcm import draw_one_per_camera
+
+    p, c = np.asarray(pids).reshape(-1), np.asarray(cams).reshape(-1)
+    return [draw_one_per_camera(p, c, [str(x) for x in paths], trial=t) for t in _trial_list(trials)]
+
+
+def evaluate_llcm(
+    visible_feats: ArrayLike,
+    visible_pids: ArrayLike,
+    visible_cams: ArrayLike,
+    visible_paths: Sequence[str],
+    thermal_feats: ArrayLike,
+    thermal_pids: ArrayLike,
+    thermal_cams: ArrayLike,
+    thermal_paths: Sequence[str],
+    *,
+    directions: Sequence[str] = ("t2v", "v2t"),
+    trials: Union[int, Sequence[int]] = 10,
+    feature_name: Optional[str] = None,
+    metric: str = "cosine",
+    max_rank: int = 20,
+    chunk_size: Optional[int] = None,
+    device: Optional[Union[str, torch.device]] = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> dict[str, ProtocolResult]:
+    """LLCM evaluation of one model in each of ``directions``: ``{direction: ProtocolResult}``.
+
+    Args:
+        visible_*, thermal_*: features, ids, camera numbers (1..9) and file paths of EVERY test
+            image of each modality (thermal = LLCM's near-infrared). Paths decide the draw order.
+        directions: drawn from :data:`LLCM_DIRECTIONS` (``t2v`` IR->VIS, ``v2t`` VIS->IR, and
+            ``v2t-authors``, the authors' transposed VIS->IR; see :data:`LLCM_DIRECTION_TEXT`).
+        trials: number of trials (0..n-1) or explicit 0-based trial indices; trial t seeds
+            Python's random with t for its one-image-per-(id, camera) sample.
+
+    Gallery items with the query's id AND camera number are removed; CMC is identity-deduplicated,
+    mAP and mINP use the full ranked list; exact ties rank by gallery position (draw order for a
+    sampled gallery, list order otherwise).
+    """
+    if isinstance(directions, str) or not directions:
+        raise EvaluationError(f"directions={directions!r}: give a non-empty list drawn from {LLCM_DIRECTIONS}")
+    for d in directions:
+        _check_choice(d, LLCM_DIRECTIONS, "direction")
+    _check_choice(metric, METRICS, "metric")
+    _check_options("same-pid-same-cam", "identity-dedup", max_rank)
+    trial_ids = _trial_list(trials)
+    vf = _check_feats(visible_feats, "visible_feats")
+    tf = _check_feats(thermal_feats, "thermal_feats")
+    if vf.shape[1] != tf.shape[1]:
+        raise EvaluationError(f"visible_feats have dimension {vf.shape[1]} but thermal_feats {tf.shape[1]}; "
+                              "extract both with the same model and feature")
+    vp = _check_labels(visible_pids, "visible_pids", vf.shape[0], "visible_feats")
+    vc = _check_labels(visible_cams, "visible_cams", vf.shape[0], "visible_feats")
+    tp = _check_labels(thermal_pids, "thermal_pids", tf.shape[0], "thermal_feats")
+    tc = _check_labels(thermal_cams, "thermal_cams", tf.shape[0], "thermal_feats")
+    paths = {"visible": [str(p) for p in visible_paths], "thermal": [str(p) for p in thermal_paths]}
+    for name, ps, n in (("visible_paths", paths["visible"], vf.shape[0]), ("thermal_paths", paths["thermal"], tf.shape[0])):
+        if len(ps) != n:
+            raise EvaluationError(f"{name}: length {len(ps)} does not match the features ({n} rows); pass one path per image")
+    for name, cams in (("visible_cams", vc), ("thermal_cams", tc)):
+        bad = sorted(set(int(c) for c in torch.unique(cams).tolist()) - set(LLCM_CAMS))
+        if bad:
+            raise EvaluationError(f"{name}: camera numbers {bad} are not LLCM cameras 1..9; pass the dataset's camera "
+                                  "numbers (cam1..cam9), which the same-id-same-camera removal depends on")
+
+    sampled = {"t2v": "visible", "v2t": "thermal", "v2t-authors": "thermal"}
+    draws = {m: llcm_draws((vp if m == "visible" else tp).cpu().numpy(), (vc if m == "visible" else tc).cpu().numpy(),
+                           paths[m], trial_ids)
+             for m in sorted({sampled[d] for d in directions})}
+    dev = _resolve_device(device, visible_feats, thermal_feats)
+    common = dict(removal="same-pid-same-cam", cmc="identity-dedup", max_rank=max_rank, chunk_size=chunk_size,
+                  memory_budget=memory_budget)
+    sets = {"visible": (vf, vp, vc), "thermal": (tf, tp, tc)}
+
+    def roles(d: str, idx: np.ndarray):
+        """(query feats, pids, cams), (gallery feats, pids, cams) of direction d with sample idx."""
+        def pick(xs):
+            return tuple(x[torch.from_numpy(idx).to(x.device)] for x in xs)
+
+        if d == "t2v":
+            return sets["thermal"], pick(sets["visible"])
+        if d == "v2t":
+            return sets["visible"], pick(sets["thermal"])
+        return pick(sets["thermal"]), sets["visible"]
+
+    out: dict[str, list] = {d: [] for d in directions}
+    if vf.shape[0] * tf.shape[0] * 4 > 4 * memory_budget:
+        # Too large for one similarity matrix: each direction and trial on its own features.
+        for d in directions:
+            for idx in draws[sampled[d]]:
+                (qf, qp, qc), (gf, gp, gc) = roles(d, idx)
+                out[d].append(evaluate(qf, qp, qc, gf, gp, gc, metric=metric, device=dev, **common))
+    else:
+        dtype = _work_dtype(vf, tf)
+        vn = _prepare_feats(vf, "visible_feats", metric, dev, dtype)
+        tn = _prepare_feats(tf, "thermal_feats", metric, dev, dtype)
+        with torch.no_grad():
+            sim = _similarity(tn, vn, (vn * vn).sum(1) if metric == "euclidean" else None, metric)  # (NIR, VIS)
+            if sim.dtype == torch.float32:
+                sim = ordered_bits(sim)
+        sim_t = sim.T.contiguous() if "v2t" in directions else None  # (VIS, NIR)
+        for d in directions:
+            for idx in draws[sampled[d]]:
+                (_, qp, qc), (_, gp, gc) = roles(d, idx)
+                it = torch.from_numpy(idx).to(sim.device)
+                if d == "t2v":
+                    s, cols = sim, it
+                elif d == "v2t":
+                    s, cols = sim_t, it
+                else:
+                    s, cols = sim.index_select(0, it), None
+                step = _chunk_rows(s.shape[1] if cols is None else len(idx), chunk_size, s.shape[0], memory_budget)
+                out[d].append(_evaluate_checked_similarity(s, qp, qc, gp, gc, "same-pid-same-cam", "identity-dedup",
+                                                           int(max_rank), step, dev, metric, columns=cols))
+    settings = dict(feature_name=feature_name, metric=metric, removal="same-pid-same-cam", cmc="identity-dedup")
+    results = {}
+    for d in directions:
+        for t, r, idx in zip(trial_ids, out[d], draws[sampled[d]]):
+            r.info.update(protocol="llcm", trial=t, direction=d, sampled=sampled[d], sample_size=int(len(idx)))
+        results[d] = ProtocolResult("llcm", dict(settings, direction=d, description=LLCM_DIRECTION_TEXT[d]),
+                                    trial_ids, out[d])
     return results

@@ -68,6 +68,8 @@ class ProtocolResult:
         elif self.protocol == "regdb":
             d = s.get("direction")
             head = f"RegDB {'visible->thermal' if d == 'v2t' else 'thermal->visible'}"
+        elif self.protocol == "llcm":
+            head = f"LLCM {s.get('direction')} ({s.get('description')})"
         else:
             head = self.protocol
         parts = [head, f"{len(self.trials)} trial(s) {self.trial_ids}"]
