@@ -51,10 +51,10 @@ def _fail(err: Exception) -> None:
 
 @data_app.command("stats")
 def data_stats(
-    root: Path = typer.Argument(..., help="Dataset root (SYSU-MM01 or RegDB layout)."),
-    layout: Optional[str] = typer.Option(None, help="sysu or regdb; detected from the folder when omitted."),
+    root: Path = typer.Argument(..., help="Dataset root (any known layout)."),
+    layout: Optional[str] = typer.Option(None, help="Dataset name in cmemd.data.registry (sysu, regdb, llcm, ...); detected from the folder when omitted."),
 ) -> None:
-    """Print per-split, per-camera and per-modality image counts."""
+    """Print per-split, per-camera and per-modality image counts and the totals per modality."""
     from cmemd.data.inspect import dataset_stats, format_stats
 
     try:
@@ -65,8 +65,8 @@ def data_stats(
 
 @data_app.command("check")
 def data_check(
-    root: Path = typer.Argument(..., help="Dataset root (SYSU-MM01 or RegDB layout)."),
-    layout: Optional[str] = typer.Option(None, help="sysu or regdb; detected from the folder when omitted."),
+    root: Path = typer.Argument(..., help="Dataset root (any known layout)."),
+    layout: Optional[str] = typer.Option(None, help="Dataset name in cmemd.data.registry (sysu, regdb, llcm, ...); detected from the folder when omitted."),
     decode: bool = typer.Option(True, help="Decode every image (slow on the full datasets)."),
 ) -> None:
     """Validate a dataset root and report every problem at once."""
@@ -87,14 +87,14 @@ def data_check(
 @data_app.command("synth")
 def data_synth(
     out: Path = typer.Option(..., "--out", help="Output folder (must be empty or absent unless --force)."),
-    layout: str = typer.Option("sysu", help="sysu (SYSU-MM01 layout) or regdb (RegDB layout)."),
-    ids: Optional[int] = typer.Option(None, help="Number of identities [sysu 300, regdb 100]."),
+    layout: str = typer.Option("sysu", help="Dataset layout to write: sysu, regdb or llcm (any registry entry with a generator)."),
+    ids: Optional[int] = typer.Option(None, help="Number of identities [sysu 300, regdb 100, llcm 60]."),
     seed: int = typer.Option(0, help="Seed; the same seed gives byte-identical files."),
     height: int = typer.Option(128, help="Image height in pixels."),
     width: int = typer.Option(64, help="Image width in pixels."),
     workers: int = typer.Option(1, help="Worker processes (the output does not depend on it)."),
-    images_min: int = typer.Option(10, help="SYSU: fewest images per (id, camera)."),
-    images_max: int = typer.Option(20, help="SYSU: most images per (id, camera)."),
+    images_min: Optional[int] = typer.Option(None, help="SYSU/LLCM: fewest images per (id, camera) [sysu 10, llcm 2]."),
+    images_max: Optional[int] = typer.Option(None, help="SYSU/LLCM: most images per (id, camera) [sysu 20, llcm 4]."),
     palette_size: int = typer.Option(4, help="Colours in the shared palette (2..16)."),
     variation: float = typer.Option(0.4, help="Pose / view / box variation strength (0..1)."),
     occlusion_rate: float = typer.Option(0.1, help="Probability that an image is partly occluded."),
@@ -102,26 +102,31 @@ def data_synth(
     camera_gap: float = typer.Option(0.2, help="How different the cameras look (0..1)."),
     force: bool = typer.Option(False, "--force", help="Write into a non-empty folder."),
 ) -> None:
-    """Generate the synthetic visible-thermal benchmark in the SYSU-MM01 or RegDB layout."""
+    """Generate the synthetic visible-thermal benchmark in a dataset's layout (SYSU-MM01, RegDB, LLCM)."""
     import json
     import time
 
-    from cmemd.data.synth import SynthConfig, generate_regdb, generate_sysu
+    from cmemd.data.registry import DATASETS
+    from cmemd.data.synth import SynthConfig
     from cmemd.errors import ConfigError
 
     try:
-        if layout not in ("sysu", "regdb"):
-            raise ConfigError(f"--layout {layout!r} is unknown: use sysu or regdb")
+        spec = DATASETS.get(layout)
+        if spec is None or spec.synthesize is None:
+            makers = [n for n, s in DATASETS.items() if s.synthesize is not None]
+            raise ConfigError(f"--layout {layout!r} is unknown: use one of {', '.join(makers)}")
         if out.exists() and any(out.iterdir()) and not force:
             raise ConfigError(f"--out {out} is not empty: choose an empty folder or pass --force to write into it")
+        lo, hi = spec.synth_defaults.get("images_per_camera", (10, 20))
         cfg = SynthConfig(
-            ids=ids if ids is not None else (300 if layout == "sysu" else 100),
-            images_per_camera=(images_min, images_max), seed=seed, height=height, width=width,
+            ids=ids if ids is not None else spec.synth_defaults.get("ids", 300),
+            images_per_camera=(images_min if images_min is not None else lo, images_max if images_max is not None else hi),
+            seed=seed, height=height, width=width,
             palette_size=palette_size, variation=variation, occlusion_rate=occlusion_rate,
             thermal_noise=thermal_noise, camera_gap=camera_gap,
         )
         t0 = time.perf_counter()
-        summary = (generate_sysu if layout == "sysu" else generate_regdb)(out, cfg, workers=workers)
+        summary = spec.synthesize(out, cfg, workers=workers)
         dt = time.perf_counter() - t0
     except CmemdError as e:
         _fail(e)
@@ -134,12 +139,12 @@ def data_synth(
 
 @data_app.command("preview")
 def data_preview(
-    root: Path = typer.Argument(..., help="Dataset root (SYSU-MM01 or RegDB layout, real or synthetic)."),
+    root: Path = typer.Argument(..., help="Dataset root (any known layout, real or synthetic)."),
     out: Path = typer.Option(Path("preview.png"), "--out", help="PNG file to write."),
     ids: int = typer.Option(6, help="Number of identities (rows)."),
-    per_camera: int = typer.Option(2, help="Images per camera (SYSU) or pairs / 2 (RegDB)."),
+    per_camera: int = typer.Option(2, help="Images per camera (SYSU, LLCM: per sensor) or pairs / 2 (RegDB)."),
 ) -> None:
-    """Write a grid of images: rows are identities, columns cameras (SYSU) or visible/thermal pairs (RegDB)."""
+    """Write a grid of images: rows are identities, columns cameras and modalities (as the dataset lays them out)."""
     from cmemd.data.preview import preview_grid
 
     try:
@@ -175,7 +180,7 @@ def train_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="YAML config file, or a packaged config's name (`cmemd configs`)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.epochs=5 run.out_dir=runs/x"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in run.out_dir from its last checkpoint."),
-    all_trials: bool = typer.Option(False, "--all-trials", help="RegDB: train one model per trial 1..10 and report the mean."),
+    all_trials: bool = typer.Option(False, "--all-trials", help="Datasets with numbered training splits (RegDB): train one model per trial and report the mean."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the evaluation after training."),
 ) -> None:
     """Train a model (CM-EMD or a baseline) and evaluate it on the test protocol."""
@@ -184,24 +189,28 @@ def train_cmd(
     try:
         cfg = _load_cfg(config, overrides or [])
         if all_trials:
-            if cfg.data.dataset != "regdb":
-                raise ConfigError("--all-trials is for RegDB (data.dataset=regdb): SYSU-MM01 has one training split")
             from dataclasses import replace
 
+            from cmemd.data.registry import get_dataset
             from cmemd.evaluation.results import combine_results
 
+            spec = get_dataset(cfg.data.dataset)
+            if not spec.training_trials:
+                raise ConfigError(f"--all-trials is for datasets with numbered training splits; {spec.title} "
+                                  "(data.dataset) has one training split")
             base = cfg.run.out_dir
-            per_trial: dict = {"v2t": [], "t2v": []}
-            for t in range(1, 11):
+            per_trial: dict = {}
+            n = len(spec.training_trials)
+            for t in spec.training_trials:
                 cfg_t = replace(cfg, data=replace(cfg.data, trial=t), run=replace(cfg.run, out_dir=f"{base}/trial{t}"))
-                typer.echo(f"=== RegDB trial {t}/10 -> {cfg_t.run.out_dir}")
+                typer.echo(f"=== {spec.title} trial {t}/{n} -> {cfg_t.run.out_dir}")
                 if Path(cfg_t.run.out_dir, "results.json").exists() and resume:
                     typer.echo("    finished earlier; loading its results")
                 out = train(cfg_t, resume=resume, evaluate_after=not no_eval)
                 for name, r in out.results.items():  # "regdb trial t v2t[, re-ranked (...)]"
                     per_trial.setdefault(name.split(f"trial {t} ", 1)[-1], []).append(r)
             if not no_eval:
-                combined = {f"regdb 10 trials {k}": combine_results(v) for k, v in per_trial.items() if v}
+                combined = {f"{spec.name} {n} trials {k}": combine_results(v) for k, v in per_trial.items() if v}
                 typer.echo(format_all(combined))
                 save_results(combined, Path(base) / "results.json")
             return
@@ -218,12 +227,13 @@ def train_cmd(
 def eval_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A last.pt written by `cmemd train`."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: the one the model was trained on)."),
-    protocol: Optional[str] = typer.Option(None, help="sysu or regdb (default: the training dataset's)."),
+    protocol: Optional[str] = typer.Option(None, help="Dataset whose protocol to run (default and only choice: the training dataset's)."),
     mode: Optional[List[str]] = typer.Option(None, help="SYSU search mode(s): all, indoor (repeatable)."),
     shots: Optional[int] = typer.Option(None, help="SYSU: 1 (single-shot) or 10 (multi-shot)."),
     method: Optional[str] = typer.Option(None, help="SYSU gallery draw: python-random or official."),
     rand_perm: Optional[Path] = typer.Option(None, help="rand_perm_cam.mat for --method official."),
-    trials: Optional[int] = typer.Option(None, help="SYSU: number of gallery trials (10 is the protocol)."),
+    trials: Optional[int] = typer.Option(None, help="SYSU/LLCM: number of trials 0..n-1 (10 is the protocol)."),
+    direction: Optional[List[str]] = typer.Option(None, help="LLCM direction(s): t2v (IR->VIS), v2t (VIS->IR), v2t-authors (the authors' transposed VIS->IR); repeatable."),
     trial: Optional[int] = typer.Option(None, help="RegDB trial 1..10 (must be the one the model was trained on)."),
     out: Optional[Path] = typer.Option(None, help="Write the results as JSON here."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -234,7 +244,7 @@ def eval_cmd(
     k2: Optional[int] = typer.Option(None, "--k2", help="Re-ranking k2 (query expansion) [eval.rerank_k2, 6]."),
     lambda_value: Optional[float] = typer.Option(None, "--lambda-value", help="Re-ranking weight of the original distance [eval.rerank_lambda, 0.3]."),
 ) -> None:
-    """Evaluate a trained checkpoint with the SYSU-MM01 or RegDB protocol."""
+    """Evaluate a trained checkpoint with its dataset's protocol (SYSU-MM01, RegDB, LLCM)."""
     from dataclasses import replace
 
     from cmemd.engine.run import evaluate_model, format_all, load_trained, modality_gap_of, resolve_device, save_results
@@ -242,19 +252,21 @@ def eval_cmd(
     try:
         dev = resolve_device(device)
         model, cfg = load_trained(checkpoint, device=dev)
+        from cmemd.data.registry import get_dataset
+
         d, e = cfg.data, cfg.eval
-        if protocol is not None and protocol not in ("sysu", "regdb"):
-            raise ConfigError(f"--protocol must be sysu or regdb, got {protocol!r}")
-        if protocol is not None and protocol != d.dataset:
+        spec = get_dataset(d.dataset)
+        if protocol is not None and get_dataset(protocol) is not spec:
             raise ConfigError(f"--protocol {protocol}: this model was trained on {d.dataset}; its classes and "
                               "modality branches belong to that dataset (pass --data to evaluate on another root)")
-        if trial is not None and d.dataset == "regdb" and trial != d.trial:
-            raise ConfigError(f"--trial {trial}: this model was trained on RegDB trial {d.trial}; testing it on another "
-                              "trial's split leaks training ids (one model per trial)")
+        if trial is not None and spec.training_trials and trial != d.trial:
+            raise ConfigError(f"--trial {trial}: this model was trained on {spec.title} trial {d.trial}; testing it on "
+                              "another trial's split leaks training ids (one model per trial)")
         d = replace(d, root=str(data) if data else d.root)
         e = replace(e, modes=list(mode) if mode else e.modes, shots=shots or e.shots, method=method or e.method,
                     rand_perm=str(rand_perm) if rand_perm else e.rand_perm, trials=trials or e.trials,
-                    flip=e.flip if flip is None else flip)
+                    flip=e.flip if flip is None else flip,
+                    directions=list(direction) if direction else e.directions)
         e = replace(e, rerank=e.rerank if rerank is None else rerank, rerank_k1=k1 or e.rerank_k1,
                     rerank_k2=k2 or e.rerank_k2, rerank_lambda=e.rerank_lambda if lambda_value is None else lambda_value)
         cfg = replace(cfg, data=d, eval=e)
@@ -296,19 +308,16 @@ def extract_cmd(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Test-time flip: average each image's feature with its mirror's (default: the model's eval.flip)."),
 ) -> None:
-    """Save query and gallery-pool features (SYSU) or visible/thermal test features (RegDB) as .npz."""
+    """Save the features of the dataset's test sets as .npz (SYSU query + gallery_pool, RegDB visible/thermal of the trial, LLCM visible/thermal)."""
     from cmemd.engine.extract import extract_features
-    from cmemd.engine.run import evaluation_records, load_trained, resolve_device
+    from cmemd.engine.run import evaluation_sets, load_trained, resolve_device
     from cmemd.evaluation.features import save_features
 
     try:
         dev = resolve_device(device)
         model, cfg = load_trained(checkpoint, device=dev)
-        query, gallery = evaluation_records(cfg, str(data) if data else None)
+        sets = evaluation_sets(cfg, str(data) if data else None)
         flip = cfg.eval.flip if flip is None else flip
-        t = cfg.data.trial
-        sets = ({"query": query, "gallery_pool": gallery} if cfg.data.dataset == "sysu"
-                else {f"visible_trial{t}": gallery, f"thermal_trial{t}": query})
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, recs in sets.items():
             feats = extract_features(model, recs, height=cfg.data.height, width=cfg.data.width,
@@ -323,14 +332,14 @@ def extract_cmd(
 @app.command("eval-features")
 def eval_features_cmd(
     query: Path = typer.Argument(..., help="Query features .npz (arrays feats, pids, cams, paths)."),
-    gallery: Path = typer.Argument(..., help="SYSU: the gallery POOL .npz (all visible test images); RegDB: the other modality."),
-    protocol: str = typer.Option(..., help="sysu or regdb."),
+    gallery: Path = typer.Argument(..., help="SYSU: the gallery POOL .npz (all visible test images); RegDB/LLCM: the other modality (LLCM: every test image of it; each trial samples it)."),
+    protocol: str = typer.Option(..., help="Dataset whose protocol to run: sysu, regdb or llcm."),
     mode: str = typer.Option("all", help="SYSU search mode: all or indoor."),
     shots: int = typer.Option(1, help="SYSU gallery images per (id, camera): 1 (single-shot) or 10 (multi-shot)."),
     method: str = typer.Option("python-random", help="SYSU gallery draw: python-random or official."),
     rand_perm: Optional[Path] = typer.Option(None, help="rand_perm_cam.mat for --method official."),
-    trials: int = typer.Option(10, help="SYSU: number of random galleries (trials 0..n-1)."),
-    direction: str = typer.Option("v2t", help="RegDB: v2t (QUERY is visible) or t2v (QUERY is thermal)."),
+    trials: int = typer.Option(10, help="SYSU/LLCM: number of random galleries (trials 0..n-1)."),
+    direction: Optional[str] = typer.Option(None, help="RegDB: v2t (QUERY is visible, the default) or t2v (QUERY is thermal); LLCM: t2v (the default; QUERY is NIR), v2t or v2t-authors (QUERY is visible)."),
     trial: int = typer.Option(1, help="RegDB: the split number (1..10) the features belong to (a label)."),
     feature_name: Optional[str] = typer.Option(None, help="Name of the feature, shown in the table (e.g. bn-neck)."),
     per_trial: bool = typer.Option(False, help="Print one row per trial as well."),
@@ -340,31 +349,27 @@ def eval_features_cmd(
     k2: int = typer.Option(6, "--k2", help="Re-ranking: query-expansion neighbours."),
     lambda_value: float = typer.Option(0.3, "--lambda-value", help="Re-ranking: weight of the original distance."),
 ) -> None:
-    """Evaluate saved features with the SYSU-MM01 or RegDB protocol (no model involved)."""
+    """Evaluate saved features with a dataset's protocol (no model involved)."""
     import json
 
-    from cmemd.evaluation import ReRanking, evaluate_regdb, evaluate_sysu, format_results, load_features, save_json, to_dict
+    from cmemd.data.registry import DATASETS, known
+    from cmemd.evaluation import ReRanking, format_results, load_features, save_json, to_dict
 
     try:
-        if protocol not in ("sysu", "regdb"):
-            raise CmemdError(f"--protocol {protocol!r} is unknown; use sysu or regdb")
+        if protocol not in DATASETS:
+            raise ConfigError(f"--protocol {protocol!r} is unknown; use one of {', '.join(DATASETS)} ({known()})")
+        spec = DATASETS[protocol]
         if out is not None and not out.parent.exists():  # before the work, not after
             raise CmemdError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
         q, g = load_features(query), load_features(gallery)
+        options = dict(mode=mode, shots=shots, method=method, trials=trials, rand_perm=rand_perm, trial=trial,
+                       feature_name=feature_name)
+        if direction is not None:
+            options["direction"] = direction
         runs = {"plain": None}
         if rerank:
             runs["reranked"] = ReRanking(k1, k2, lambda_value)
-        res = {}
-        for key, rr in runs.items():
-            if protocol == "sysu":
-                res[key] = evaluate_sysu(
-                    q.feats, q.pids, q.cams, g.feats, g.pids, g.cams, g.paths, mode=mode, shots=shots, method=method,
-                    trials=trials, rand_perm=rand_perm, feature_name=feature_name, rerank=rr,
-                )
-            else:
-                vis, th = (q, g) if direction == "v2t" else (g, q)
-                res[key] = evaluate_regdb(vis.feats, vis.pids, th.feats, th.pids, direction=direction, trial=trial,
-                                          feature_name=feature_name, rerank=rr)
+        res = {key: spec.evaluate_features(q, g, rerank=rr, **options) for key, rr in runs.items()}
         typer.echo("\n\n".join(format_results(r, per_trial=per_trial) for r in res.values()))
         if out is not None:
             if rerank:  # both, side by side: {"plain": ..., "reranked": ...}

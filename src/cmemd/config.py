@@ -25,7 +25,7 @@ from cmemd.errors import ConfigError
 
 @dataclass
 class DataConfig:
-    dataset: str = "sysu"  # sysu | regdb
+    dataset: str = "sysu"  # a name in cmemd.data.registry.DATASETS: sysu | regdb | llcm
     root: str = "data/synth_sysu"
     trial: int = 1  # RegDB trial 1..10 (one model per trial)
     height: int = 288
@@ -100,7 +100,8 @@ class OptimSettings:
 class EvalSettings:
     modes: list[str] = field(default_factory=lambda: ["all", "indoor"])  # SYSU search modes
     shots: int = 1
-    trials: int = 10
+    trials: int = 10  # SYSU gallery draws / LLCM samples, trials 0..n-1
+    directions: list[str] = field(default_factory=lambda: ["t2v", "v2t"])  # LLCM: t2v | v2t | v2t-authors
     method: str = "python-random"  # python-random | official
     rand_perm: Optional[str] = None
     batch_size: int = 128
@@ -313,7 +314,6 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
 
 
 _CHOICES = {
-    "data.dataset": ("sysu", "regdb"),
     "data.channel_aug_kind": ("cmemd", "caj"),
     "model.pooling": ("gem", "avg"),
     "model.accumulate": ("prefix", "cumsum", "none"),
@@ -333,6 +333,11 @@ _CHOICES = {
 
 def validate(cfg: TrainConfig) -> None:
     """Check enumerated choices and ranges; ConfigError names the key."""
+    from cmemd.data.llcm import DIRECTIONS
+    from cmemd.data.registry import DATASETS, known
+
+    if cfg.data.dataset not in DATASETS:
+        raise ConfigError(f"data.dataset must be one of {tuple(DATASETS)}, got {cfg.data.dataset!r} (known: {known()})")
     for key, choices in _CHOICES.items():
         section, name = key.split(".")
         v = getattr(getattr(cfg, section), name)
@@ -341,6 +346,11 @@ def validate(cfg: TrainConfig) -> None:
     for m in cfg.eval.modes:
         if m not in ("all", "indoor"):
             raise ConfigError(f"eval.modes entries must be 'all' or 'indoor', got {m!r}")
+    if not cfg.eval.directions:
+        raise ConfigError(f"eval.directions: give at least one of {DIRECTIONS}")
+    for d in cfg.eval.directions:
+        if d not in DIRECTIONS:
+            raise ConfigError(f"eval.directions entries must be one of {DIRECTIONS} (LLCM), got {d!r}")
     if cfg.eval.shots not in (1, 10):
         raise ConfigError(f"eval.shots must be 1 or 10, got {cfg.eval.shots}")
     if cfg.eval.rerank_k1 < 1 or cfg.eval.rerank_k2 < 1 or not 0.0 <= cfg.eval.rerank_lambda <= 1.0:

@@ -23,9 +23,10 @@ import numpy as np
 
 from cmemd.errors import ConfigError, EvaluationError
 from cmemd.evaluation.features import FeatureSet
+from cmemd.evaluation.metrics import REMOVAL_RULES, removed_pairs
 from cmemd.evaluation.results import METRIC_NAMES, ProtocolResult, rerank_label
 
-REMOVALS = ("none", "sysu-same-location")
+REMOVALS = REMOVAL_RULES
 
 
 def _plt():
@@ -112,12 +113,17 @@ def _normalise(f: np.ndarray) -> np.ndarray:
 def ranked_lists(query: FeatureSet, gallery: FeatureSet, rows: np.ndarray, *, top_k: int = 10,
                  removal: str = "none") -> tuple[np.ndarray, np.ndarray]:
     """Top-``top_k`` gallery indices and cosine scores for the queries ``rows`` (ties by gallery
-    index, as the evaluation's stable sort); ``sysu-same-location`` hides cam2 from cam3 queries."""
+    index, as the evaluation's stable sort); the evaluation's removal rule hides what it hides
+    (``sysu-same-location``: cam2 from cam3 queries; ``same-pid-same-cam``: the query's id in its camera)."""
     if removal not in REMOVALS:
         raise EvaluationError(f"report: removal {removal!r} is not supported here; use one of {REMOVALS}")
+    import torch
+
     sim = _normalise(query.feats[rows]) @ _normalise(gallery.feats).T
-    if removal == "sysu-same-location":
-        sim[np.ix_(query.cams[rows] == 3, gallery.cams == 2)] = -np.inf
+    hidden = removed_pairs(removal, *(torch.as_tensor(np.asarray(a, np.int64)) for a in
+                                      (query.pids[rows], query.cams[rows], gallery.pids, gallery.cams)))
+    if hidden is not None:
+        sim[hidden.numpy()] = -np.inf
     k = min(top_k, sim.shape[1])
     order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
     return order, np.take_along_axis(sim, order, 1)
@@ -330,7 +336,7 @@ def write_report(out_dir: Union[str, Path], results: Mapping[str, ProtocolResult
     Args:
         results: ``{setting name: ProtocolResult}`` as ``evaluate_model`` returns.
         query, gallery: features with pids, cams and image paths (the ranked lists show the images).
-        removal: gallery items hidden per query in the ranked lists (``none`` or ``sysu-same-location``).
+        removal: gallery items hidden per query in the ranked lists (a rule of ``cmemd.evaluation.REMOVAL_RULES``).
         num_queries: queries drawn (seeded) for the ranked lists; top_k: images per list.
         max_ids, max_points: identities / points in the embedding plot.
         embedding: ``tsne`` or ``pca``.

@@ -29,7 +29,7 @@ def test_train_config_errors(tmp_path):
     res = runner.invoke(app, ["train", "-c", "configs/synth_cmemd.yaml", "data.root=" + str(tmp_path / "nowhere")])
     assert res.exit_code == 2 and "root not found" in res.output
     res = runner.invoke(app, ["train", "-c", "configs/synth_cmemd.yaml", "--all-trials"])
-    assert res.exit_code == 2 and "--all-trials is for RegDB" in res.output
+    assert res.exit_code == 2 and "--all-trials is for datasets with numbered training splits" in res.output
 
 
 def test_eval_checkpoint_errors(tmp_path, trained):

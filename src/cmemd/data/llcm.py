@@ -38,6 +38,9 @@ TEST_FOLDER: dict[str, str] = {"visible": "test_vis", "thermal": "test_nir"}
 TRAIN_LIST: dict[str, str] = {"visible": "train_vis.txt", "thermal": "train_nir.txt"}
 TEST_ID_FILE = "test_id.txt"
 NUM_TRIALS = 10
+#: Evaluation directions (cmemd.evaluation.protocols.evaluate_llcm): t2v IR->VIS, v2t VIS->IR, and the authors'
+#: transposed VIS->IR (sampled NIR images as queries against every VIS image).
+DIRECTIONS = ("t2v", "v2t", "v2t-authors")
 LAYOUT = ("idx/train_vis.txt, idx/train_nir.txt, idx/test_id.txt, test_vis/cam1..cam9/<id>/, "
           "test_nir/cam{1,2,4..9}/<id>/")
 
@@ -101,6 +104,30 @@ def read_train_list(path: str | Path, root: str | Path, modality: str, *, check_
     return records
 
 
+def train_records(root: str | Path) -> list[ImageRecord]:
+    """Visible then NIR training records of ``idx/train_vis.txt`` and ``idx/train_nir.txt``, labels checked
+    contiguous 0..N-1 and present in both modalities; every problem of both lists at once."""
+    root = Path(root)
+    records, problems = [], []
+    for m in ("visible", "thermal"):
+        try:
+            records += read_train_list(root / "idx" / TRAIN_LIST[m], root, m)
+        except DatasetError as e:
+            problems += e.problems
+    if problems:
+        raise DatasetError(f"{root / 'idx'}: {len(problems)} problem(s) in the LLCM training lists", problems)
+    labels = sorted({r.pid for r in records})
+    if labels != list(range(len(labels))):
+        gaps = sorted(set(range(labels[-1] + 1)) - set(labels))[:10]
+        raise DatasetError(f"{root / 'idx'}: training labels are not contiguous 0..{len(labels) - 1} "
+                           f"(missing {gaps}); relabel train_vis.txt / train_nir.txt")
+    per_modality = [{r.pid for r in records if r.modality == m} for m in ("visible", "thermal")]
+    if per_modality[0] != per_modality[1]:
+        diff = sorted(per_modality[0] ^ per_modality[1])[:10]
+        raise DatasetError(f"{root / 'idx'}: labels {diff} appear in only one of train_vis.txt / train_nir.txt")
+    return records
+
+
 @dataclass
 class LLCM:
     """The LLCM dataset at ``root``; the test folders are scanned once at construction.
@@ -154,24 +181,7 @@ class LLCM:
 
     def train(self) -> list[ImageRecord]:
         """Visible then NIR training records with the listed labels (checked contiguous 0..N-1, both modalities)."""
-        records, problems = [], []
-        for m in ("visible", "thermal"):
-            try:
-                records += read_train_list(self.root / "idx" / TRAIN_LIST[m], self.root, m)
-            except DatasetError as e:
-                problems += e.problems
-        if problems:
-            raise DatasetError(f"{self.root / 'idx'}: {len(problems)} problem(s) in the LLCM training lists", problems)
-        labels = sorted({r.pid for r in records})
-        if labels != list(range(len(labels))):
-            gaps = sorted(set(range(labels[-1] + 1)) - set(labels))[:10]
-            raise DatasetError(f"{self.root / 'idx'}: training labels are not contiguous 0..{len(labels) - 1} "
-                               f"(missing {gaps}); relabel train_vis.txt / train_nir.txt")
-        per_modality = [{r.pid for r in records if r.modality == m} for m in ("visible", "thermal")]
-        if per_modality[0] != per_modality[1]:
-            diff = sorted(per_modality[0] ^ per_modality[1])[:10]
-            raise DatasetError(f"{self.root / 'idx'}: labels {diff} appear in only one of train_vis.txt / train_nir.txt")
-        return records
+        return train_records(self.root)
 
     def test(self, modality: str) -> list[ImageRecord]:
         """Every test image of one modality, ids ascending, then cameras, then sorted file names
@@ -204,3 +214,125 @@ def draw_one_per_camera(pids: Sequence[int], cams: Sequence[int], paths: Sequenc
     rng = random.Random(int(trial))
     chosen = [rng.choice(sorted(groups[key], key=lambda i: str(paths[i]))) for key in sorted(groups)]
     return np.asarray(chosen, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------- registry entry (cmemd.data.registry)
+
+_MODALITY_TEXT = {"visible": "VIS", "thermal": "NIR"}
+
+
+def _stats(root: str | Path):
+    ds = LLCM(root)
+    train = train_records(root)
+    splits = {"train (idx lists)": train, "test visible": ds.test("visible"), "test NIR": ds.test("thermal")}
+    return {"train_ids": len({r.pid for r in train}), "test_ids": len(ds.test_ids)}, splits
+
+
+def _check(root: str | Path) -> tuple[list[str], list[ImageRecord]]:
+    """Problems of the test folders and of both training lists, all at once."""
+    problems: list[str] = []
+    records: list[ImageRecord] = []
+    try:
+        records += train_records(root)
+    except DatasetError as e:
+        problems += e.problems
+    try:
+        ds = LLCM(root)
+        records += ds.test("visible") + ds.test("thermal")
+    except DatasetError as e:
+        problems += e.problems
+    return problems, records
+
+
+def _train_records(root: str | Path, *, trial: int | None = None, hold_out_val: bool = False) -> list[ImageRecord]:
+    if hold_out_val:
+        raise DatasetError("LLCM has no validation split (train ids and test ids only); select nothing "
+                           "(run.selection=none: the last epoch is reported)")
+    return train_records(root)
+
+
+def _test_sets(root: str | Path, *, trial: int | None = None) -> dict[str, list[ImageRecord]]:
+    ds = LLCM(root)
+    return {"visible": ds.test("visible"), "thermal": ds.test("thermal")}
+
+
+def _no_rerank(rerank) -> None:
+    if rerank:
+        from cmemd.errors import EvaluationError
+
+        raise EvaluationError("k-reciprocal re-ranking is not implemented for the LLCM protocol yet; evaluate "
+                              "without eval.rerank / --rerank")
+
+
+def _evaluate(sets, featurize, *, directions=("t2v", "v2t"), trials=NUM_TRIALS, trial=None, feature_name=None,
+              rerank=None, return_features: bool = False):
+    """Every direction in ``directions`` over ``trials`` samples, from one featurisation of each test set."""
+    _no_rerank(rerank)
+    from cmemd.data.spec import EvalOutput
+    from cmemd.data.sysu import _fset
+    from cmemd.evaluation import evaluate_llcm
+
+    vis, th = sets["visible"], sets["thermal"]
+    vf, tf = featurize(vis, "visible"), featurize(th, "NIR")
+    res = evaluate_llcm(vf, [r.pid for r in vis], [r.camid for r in vis], [r.path for r in vis],
+                        tf, [r.pid for r in th], [r.camid for r in th], [r.path for r in th],
+                        directions=list(directions), trials=trials, feature_name=feature_name)
+    results = {f"llcm {d}": r for d, r in res.items()}
+    report = None
+    if return_features:
+        report = {"query": _fset(tf, th), "gallery": _fset(vf, vis), "removal": "same-pid-same-cam",
+                  "query_modality": "thermal", "gallery_modality": "visible"}
+    return EvalOutput(results, report)
+
+
+def _evaluate_features(query, gallery, *, direction: str = "t2v", trials=NUM_TRIALS, feature_name=None, rerank=None,
+                       **_unused):
+    """``cmemd eval-features``: for t2v QUERY holds every NIR test image and GALLERY every VIS one (each trial
+    samples it); for v2t and v2t-authors QUERY holds the VIS images and GALLERY the NIR ones."""
+    from cmemd.evaluation import evaluate_llcm
+
+    _no_rerank(rerank)
+    vis, th = (gallery, query) if direction == "t2v" else (query, gallery)
+    return evaluate_llcm(vis.feats, vis.pids, vis.cams, vis.paths, th.feats, th.pids, th.cams, th.paths,
+                         directions=[direction], trials=trials, feature_name=feature_name)[direction]
+
+
+def _preview(root: str | Path, ids: int, per_camera: int):
+    """Rows: test ids seen by most cameras; columns: cam1..cam9, VIS then NIR for each."""
+    from cmemd.data.preview import images_in, pick_evenly
+
+    root = Path(root)
+    columns = [(c, m) for c in MODALITY_CAMS["visible"] for m in ("visible", "thermal") if c in MODALITY_CAMS[m]]
+    headers = [f"c{c} {_MODALITY_TEXT[m]}" for c, m in columns for _ in range(per_camera)]
+
+    def folder(c, m, pid):
+        return root / TEST_FOLDER[m] / f"cam{c}" / pid
+
+    all_ids = sorted({p.name for c, m in columns if (root / TEST_FOLDER[m] / f"cam{c}").is_dir()
+                      for p in (root / TEST_FOLDER[m] / f"cam{c}").iterdir() if p.is_dir()})
+    if not all_ids:
+        raise DatasetError(f"{root}: no id folders under test_vis/cam*/ or test_nir/cam*/; is this an LLCM root?")
+    seen = {pid: sum(folder(c, m, pid).is_dir() for c, m in columns) for pid in all_ids}
+    most = max(seen.values())
+    rows = []
+    for pid in pick_evenly([p for p in all_ids if seen[p] >= min(most, len(columns) // 2)], ids):
+        cells: list = []
+        for c, m in columns:
+            cells += images_in(folder(c, m, pid), per_camera)
+        rows.append((pid, cells))
+    return headers, rows
+
+
+def _spec():
+    from cmemd.data.spec import DatasetSpec
+    from cmemd.data.synth import generate_llcm
+
+    return DatasetSpec(
+        name="llcm", title="LLCM", cameras=MODALITY_CAMS, on_disk=LAYOUT, detect=looks_like_llcm, stats=_stats,
+        check=_check, train_records=_train_records, test_sets=_test_sets, evaluate=_evaluate,
+        evaluate_features=_evaluate_features, preview=_preview, synthesize=generate_llcm,
+        synth_defaults={"ids": 60, "images_per_camera": (2, 4)}, eval_options=("directions", "trials"),
+    )
+
+
+SPEC = _spec()

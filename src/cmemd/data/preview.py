@@ -1,7 +1,8 @@
 """A contact sheet of a dataset on disk: rows are identities, columns are cameras / modalities.
 
 Reads only the folder layout and the image files (via :func:`cmemd.data.images.load_image`), so it
-works on the real SYSU-MM01 and RegDB as well as on the synthetic sets.
+works on the real datasets as well as on the synthetic sets; each dataset's registry entry says
+which folders make the rows and columns.
 """
 from __future__ import annotations
 
@@ -13,27 +14,25 @@ from PIL import Image, ImageDraw
 from cmemd.data.images import load_image
 from cmemd.errors import DatasetError
 
-_SYSU_MOD = {1: "RGB", 2: "RGB", 3: "IR", 4: "RGB", 5: "RGB", 6: "IR"}
-
-
-def detect_layout(root: Path) -> str:
-    """``"sysu"`` when ``cam1..cam6`` exist, ``"regdb"`` when ``Visible``/``Thermal`` exist."""
-    root = Path(root)
-    if any((root / f"cam{c}").is_dir() for c in range(1, 7)):
-        return "sysu"
-    if (root / "Visible").is_dir() and (root / "Thermal").is_dir():
-        return "regdb"
-    raise DatasetError(
-        f"{root}: neither a SYSU-MM01 root (cam1..cam6 folders) nor a RegDB root (Visible/ and Thermal/); "
-        "point the command at the dataset's top folder"
-    )
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
 def _images(d: Path) -> List[Path]:
-    return sorted(p for p in d.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".bmp")) if d.is_dir() else []
+    return sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if d.is_dir() else []
 
 
-def _pick_ids(candidates: List[str], n: int) -> List[str]:
+def images_in(folder: Path, n: int, first: bool = False) -> List[Optional[Path]]:
+    """``n`` cells from a folder's sorted images: evenly spaced (or the first ``n``), None-padded."""
+    files = _images(Path(folder))
+    if first:
+        chosen = files[:n]
+    else:
+        chosen = [files[int(j * len(files) / n)] for j in range(n)] if files else []
+    return chosen + [None] * (n - len(chosen))
+
+
+def pick_evenly(candidates: List[str], n: int) -> List[str]:
+    """``n`` evenly spaced entries of ``candidates`` (all of them when there are fewer)."""
     if not candidates:
         raise DatasetError("no identity folders found; check the dataset root")
     if len(candidates) <= n:
@@ -52,39 +51,17 @@ def preview_grid(
 ) -> Path:
     """Write a PNG grid of ``ids`` identities; returns the output path.
 
-    SYSU layout: ``per_camera`` images from each of cam1..cam6 (blank where the id is absent).
-    RegDB layout: the first ``2 * per_camera`` visible/thermal pairs. Column headers name the
-    camera and modality (PIL's default font).
+    The dataset (``layout``, detected from ``root`` when None) chooses rows and columns
+    (:attr:`~cmemd.data.spec.DatasetSpec.preview`): SYSU ``per_camera`` images from each of
+    cam1..cam6, RegDB the first ``2 * per_camera`` visible/thermal pairs, LLCM ``per_camera``
+    images of each camera's VIS and NIR sensor. Blank tiles where an id has no image; column
+    headers name the camera and modality (PIL's default font).
     """
+    from cmemd.data.registry import resolve
+
     root = Path(root)
-    layout = layout or detect_layout(root)
+    headers, rows = resolve(root, layout).preview(root, ids, per_camera)
     th, tw = tile
-    rows: List[Tuple[str, List[Optional[Path]]]] = []
-    if layout == "sysu":
-        headers = [f"c{c} {_SYSU_MOD[c]}" for c in range(1, 7) for _ in range(per_camera)]
-        all_ids = sorted({p.name for c in range(1, 7) if (root / f"cam{c}").is_dir()
-                          for p in (root / f"cam{c}").iterdir() if p.is_dir()})
-        # prefer ids seen by most cameras so that rows are informative
-        full = [i for i in all_ids if sum((root / f"cam{c}" / i).is_dir() for c in range(1, 7)) >= 4]
-        for pid in _pick_ids(full or all_ids, ids):
-            cells: List[Optional[Path]] = []
-            for c in range(1, 7):
-                files = _images(root / f"cam{c}" / pid)
-                chosen = [files[int(j * len(files) / per_camera)] for j in range(per_camera)] if files else []
-                cells += chosen + [None] * (per_camera - len(chosen))
-            rows.append((pid, cells))
-    elif layout == "regdb":
-        k = 2 * per_camera
-        headers = [h for j in range(k) for h in (f"V{j + 1}", f"T{j + 1}")]
-        pids = sorted((p.name for p in (root / "Visible").iterdir() if p.is_dir()), key=lambda s: (len(s), s))
-        for pid in _pick_ids(pids, ids):
-            vis, thr = _images(root / "Visible" / pid), _images(root / "Thermal" / pid)
-            cells = []
-            for j in range(k):
-                cells += [vis[j] if j < len(vis) else None, thr[j] if j < len(thr) else None]
-            rows.append((pid, cells))
-    else:
-        raise DatasetError(f"layout {layout!r} is unknown: use 'sysu' or 'regdb'")
     label_w, head_h, gap = 34, 14, 2
     W = label_w + len(headers) * (tw + gap)
     H = head_h + len(rows) * (th + gap)

@@ -15,7 +15,7 @@ Determinism: every random draw comes from a ``numpy.random.Generator`` seeded by
 number of worker processes; the same seed gives byte-identical files.
 
 Public entry points: :class:`SynthConfig`, :func:`generate_sysu`, :func:`generate_regdb`,
-:func:`sample_identity`, :func:`sample_shot`, :func:`render_image`.
+:func:`generate_llcm`, :func:`sample_identity`, :func:`sample_shot`, :func:`render_image`.
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from PIL import Image
 from cmemd.errors import ConfigError
 
 # Seed tags: the first word after the seed, so that streams for different purposes never collide.
-_T_ID, _T_PLAN, _T_SPLIT, _T_SHOT, _T_CAM, _T_SCENE, _T_REGDB = 11, 12, 13, 14, 15, 16, 17
+_T_ID, _T_PLAN, _T_SPLIT, _T_SHOT, _T_CAM, _T_SCENE, _T_REGDB, _T_LLCM = 11, 12, 13, 14, 15, 16, 17, 18
 
 # (name, RGB in 0..1, emissivity offset): the shared palette. The offset is the small,
 # colour-specific thermal trace of a dye that is not explained by its luminance.
@@ -69,6 +69,9 @@ SYSU_CAMERAS: Dict[int, Tuple[str, int, bool]] = {
 }
 # RegDB: one aligned rig, camera 1 visible and camera 2 thermal, one scene.
 REGDB_CAMERAS: Dict[int, Tuple[str, int, bool]] = {1: ("visible", 7, False), 2: ("thermal", 7, False)}
+# LLCM: nine dual-mode cameras (an RGB and a NIR sensor under one number, one scene each); the
+# authors' code lists no NIR cam3, so none is written. Cams 1-3 indoor.
+LLCM_CAMERAS: Dict[str, Tuple[int, ...]] = {"visible": (1, 2, 3, 4, 5, 6, 7, 8, 9), "thermal": (1, 2, 4, 5, 6, 7, 8, 9)}
 
 VIEWS = ("front", "back", "left", "right")
 
@@ -921,6 +924,114 @@ def generate_regdb(out_dir: str | Path, config: Optional[SynthConfig] = None, wo
     return summary
 
 
+# --------------------------------------------------------------------------- LLCM layout
+
+
+def low_light(img: np.ndarray, r: np.random.Generator) -> np.ndarray:
+    """A visible image as a low-light camera takes it: colour faded toward grey, darker, noisier."""
+    x = img.astype(np.float32) / 255.0
+    lum = (x @ np.array([0.299, 0.587, 0.114], np.float32))[..., None]
+    x = lum + float(r.uniform(0.25, 0.55)) * (x - lum)  # colour-faded
+    x = x * float(r.uniform(0.25, 0.5))  # darker
+    x = x + float(r.uniform(0.02, 0.05)) * r.standard_normal(x.shape, dtype=np.float32)  # sensor noise
+    return np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8)
+
+
+def _llcm_plan(config: SynthConfig) -> Tuple[Dict[str, List[int]], Dict[int, Dict[str, Dict[int, int]]]]:
+    """Train/test ids (train = the train + val fractions of ``config.split``) and, per id and modality,
+    the images per camera. Every id has both modalities; every test id is seen by at least two cameras
+    of each modality, so that every query keeps a true match after the same-id-same-camera removal."""
+    n = config.ids
+    perm = _rng(config.seed, _T_SPLIT, 3).permutation(np.arange(1, n + 1))
+    fr = np.asarray(config.split) / sum(config.split)
+    n_test = max(1, int(round(n * fr[2])))
+    if n - n_test < 1:
+        raise ConfigError(f"SynthConfig.ids = {n} is too small for split {config.split}: use more ids")
+    splits = {"train": sorted(int(p) for p in perm[: n - n_test]), "test": sorted(int(p) for p in perm[n - n_test:])}
+    test = set(splits["test"])
+    lo, hi = config.images_per_camera
+    plan: Dict[int, Dict[str, Dict[int, int]]] = {}
+    for pid in range(1, n + 1):
+        r = _rng(config.seed, _T_LLCM, pid)
+        plan[pid] = {}
+        for m, cams in LLCM_CAMERAS.items():
+            present = [c for c in cams if r.random() < config.camera_presence]
+            need = 2 if pid in test else 1
+            for c in r.permutation(np.asarray([c for c in cams if c not in present])):
+                if len(present) >= need:
+                    break
+                present.append(int(c))
+            plan[pid][m] = {c: int(r.integers(lo, hi + 1)) for c in sorted(present)}
+    return splits, plan
+
+
+def _llcm_folder(split: str, modality: str) -> str:
+    return f"{split}_{'vis' if modality == 'visible' else 'nir'}"
+
+
+def _render_llcm_id(args: Tuple[str, SynthConfig, int, str, Dict[str, Dict[int, int]]]) -> None:
+    out, config, pid, split, cams = args
+    ident = sample_identity(config.seed, pid, config.palette_size)
+    for m, counts in cams.items():
+        for cam, n in counts.items():
+            indoor = cam <= 3
+            scene = make_scene(config.seed, 20 + cam, indoor, config.height, config.width)  # RGB and NIR share it
+            look = camera_look(config.seed, 200 + cam + (10 if m == "thermal" else 0), indoor, config.camera_gap,
+                               config.width)
+            d = Path(out) / _llcm_folder(split, m) / f"cam{cam}" / f"{pid:04d}"
+            d.mkdir(parents=True, exist_ok=True)
+            for k in range(1, n + 1):
+                r = _rng(config.seed, _T_SHOT, pid, 200 + cam + (10 if m == "thermal" else 0), k)
+                shot = sample_shot(r, config, look.view_bias)
+                img = render_image(ident, shot, m, scene, look, config, r)
+                path = d / f"{pid:04d}_c{cam:02d}_{k:04d}.jpg"
+                if m == "visible":
+                    _encode(low_light(img, r), path, shot.quality)
+                else:  # NIR written single-channel, as sensors often deliver it
+                    Image.fromarray(img[:, :, 0], "L").save(path, format="JPEG", quality=shot.quality)
+
+
+def generate_llcm(out_dir: str | Path, config: Optional[SynthConfig] = None, workers: int = 1) -> dict:
+    """Write a synthetic dataset in the LLCM layout and return its exact counts.
+
+    Layout: ``{train,test}_{vis,nir}/cam<c>/<pid:04d>/<pid>_c<cc>_<k>.jpg`` for the nine dual-mode
+    cameras (no NIR cam3, as the authors' code lists none), ``idx/train_vis.txt`` and
+    ``idx/train_nir.txt`` (``<path relative to root> <label>``, labels 0..N-1 in id order) and
+    ``idx/test_id.txt`` (one line of comma-separated ids). Visible images are low-light (colour
+    faded, darker, noisier: :func:`low_light`); NIR images are single-channel JPEGs rendered by the
+    thermal model. Camera c's RGB and NIR sensors watch the same scene.
+
+    The summary: ``ids`` per split, ``images[split][modality]`` counts, ``visible``, ``thermal``,
+    ``total`` and the config.
+    """
+    config = config or SynthConfig(ids=60, images_per_camera=(2, 4))
+    out = _check_out(Path(out_dir))
+    splits, plan = _llcm_plan(config)
+    split_of = {p: s for s, ids in splits.items() for p in ids}
+    _run(_render_llcm_id, [(str(out), config, pid, split_of[pid], plan[pid]) for pid in range(1, config.ids + 1)],
+         workers)
+    idx = out / "idx"
+    idx.mkdir(exist_ok=True)
+    for m, name in (("visible", "train_vis.txt"), ("thermal", "train_nir.txt")):
+        lines = [f"{_llcm_folder('train', m)}/cam{c}/{p:04d}/{p:04d}_c{c:02d}_{k:04d}.jpg {label}"
+                 for label, p in enumerate(splits["train"]) for c, n in plan[p][m].items() for k in range(1, n + 1)]
+        (idx / name).write_text("\n".join(lines) + "\n")
+    (idx / "test_id.txt").write_text(",".join(str(p) for p in splits["test"]) + "\n")
+    images = {s: {m: sum(sum(plan[p][m].values()) for p in ids) for m in LLCM_CAMERAS} for s, ids in splits.items()}
+    summary = {
+        "layout": "llcm",
+        "n_ids": config.ids,
+        "ids": splits,
+        "images": images,
+        "visible": sum(v["visible"] for v in images.values()),
+        "thermal": sum(v["thermal"] for v in images.values()),
+        "total": sum(v["visible"] + v["thermal"] for v in images.values()),
+        "config": config.to_dict(),
+    }
+    (out / "synth_summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
 __all__ = [
     "SynthConfig",
     "read_nuisance",
@@ -939,5 +1050,8 @@ __all__ = [
     "camera_look",
     "generate_sysu",
     "generate_regdb",
+    "generate_llcm",
+    "low_light",
+    "LLCM_CAMERAS",
     "regdb_filename",
 ]

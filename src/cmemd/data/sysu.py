@@ -334,3 +334,134 @@ def draw_gallery(
     if problems:
         raise DatasetError(f"{rp.path} does not match this gallery pool (trial {trial})", problems)
     return np.asarray(chosen, dtype=np.int64)
+
+
+# ---------------------------------------------------------------------- registry entry (cmemd.data.registry)
+
+LAYOUT = "cam1..cam6/<id>/<k>.jpg and exp/{train,val,test}_id.txt"
+_MODALITY_TEXT = {"visible": "RGB", "thermal": "IR"}
+
+
+def _detect(root: Path) -> bool:
+    return any((root / f"cam{c}").is_dir() for c in CAMERA_MODALITY) or (root / "exp").is_dir()
+
+
+def _stats(root: str | Path) -> tuple[dict[str, int], dict[str, list[ImageRecord]]]:
+    ds = SYSUMM01(root)
+    splits = {
+        "train (train+val)": ds.train(),
+        "query (test, cam3+cam6)": ds.query(),
+        "gallery pool all-search": ds.gallery_pool("all"),
+        "gallery pool indoor-search": ds.gallery_pool("indoor"),
+    }
+    return {f"{k}_ids": len(v) for k, v in ds.split_ids.items()}, splits
+
+
+def _check(root: str | Path) -> tuple[list[str], list[ImageRecord]]:
+    try:
+        ds = SYSUMM01(root)
+    except DatasetError as e:
+        return e.problems, []
+    return [], ds.train() + ds.query() + ds.gallery_pool("all")
+
+
+def _train_records(root: str | Path, *, trial: int | None = None, hold_out_val: bool = False) -> list[ImageRecord]:
+    return SYSUMM01(root).train(include_val=not hold_out_val)
+
+
+def _test_sets(root: str | Path, *, trial: int | None = None) -> dict[str, list[ImageRecord]]:
+    """Every thermal test image (the queries) and the whole all-search pool (each trial draws its gallery)."""
+    ds = SYSUMM01(root)
+    return {"query": ds.query(), "gallery_pool": ds.gallery_pool("all")}
+
+
+def _val_sets(root: str | Path) -> dict[str, list[ImageRecord]]:
+    ds = SYSUMM01(root)
+    return {"query": ds.query("val"), "gallery_pool": ds.gallery_pool("all", "val")}
+
+
+def _fset(feats: np.ndarray, recs: Sequence[ImageRecord]):
+    from cmemd.evaluation.features import FeatureSet
+
+    return FeatureSet(feats, np.array([r.pid for r in recs], np.int64), np.array([r.camid for r in recs], np.int64),
+                      np.array([r.path for r in recs], dtype=str))
+
+
+def _evaluate(sets, featurize, *, modes=("all", "indoor"), shots: int = 1, method: str = "python-random",
+              rand_perm=None, trials=10, trial=None, feature_name=None, rerank=None, return_features: bool = False):
+    """Every search mode over ``trials`` galleries drawn from the pool; with ``rerank`` (a ReRanking) each mode's
+    plain result is followed by its re-ranked one. Without ``return_features`` only the
+    pool images some trial of some mode draws are featurised (the draws need no features; a single-shot
+    evaluation then encodes about 40% of the SYSU-MM01 pool); rows no trial reads stay zero."""
+    from cmemd.data.spec import EvalOutput
+    from cmemd.evaluation import evaluate_sysu, sysu_gallery_draws
+
+    query, pool = sets["query"], sets["gallery_pool"]
+    ids, cams, paths = [r.pid for r in pool], [r.camid for r in pool], [r.path for r in pool]
+    qf = featurize(query, "query")
+    if return_features:  # reports and `cmemd extract` want every pool image
+        pf = featurize(pool, "gallery pool")
+    else:
+        used = np.unique(np.concatenate([
+            idx for mode in modes for idx in sysu_gallery_draws(
+                ids, cams, paths, mode=mode, shots=shots, method=method, trials=trials, rand_perm=rand_perm)]))
+        part = featurize([pool[i] for i in used], "gallery (drawn images)")
+        pf = np.zeros((len(pool), part.shape[1]), dtype=part.dtype)
+        pf[used] = part
+    results = {}
+    for mode in modes:
+        name = f"sysu {mode}-search {'single' if shots == 1 else 'multi'}-shot"
+        for rr in (None, rerank) if rerank else (None,):  # eval.rerank: the plain table, then the re-ranked one
+            results[f"{name}, {rr.label()}" if rr else name] = evaluate_sysu(
+                qf, [r.pid for r in query], [r.camid for r in query], pf, ids, cams, paths, mode=mode, shots=shots,
+                method=method, trials=trials, rand_perm=rand_perm, feature_name=feature_name, rerank=rr)
+    report = None
+    if return_features:
+        report = {"query": _fset(qf, query), "gallery": _fset(pf, pool), "removal": "sysu-same-location",
+                  "query_modality": "thermal", "gallery_modality": "visible"}
+    return EvalOutput(results, report)
+
+
+def _evaluate_features(query, gallery, *, mode: str = "all", shots: int = 1, method: str = "python-random",
+                       rand_perm=None, trials=10, feature_name=None, rerank=None, **_unused):
+    """``cmemd eval-features``: QUERY = the thermal queries, GALLERY = the whole visible pool."""
+    from cmemd.evaluation import evaluate_sysu
+
+    return evaluate_sysu(query.feats, query.pids, query.cams, gallery.feats, gallery.pids, gallery.cams, gallery.paths,
+                         mode=mode, shots=shots, method=method, trials=trials, rand_perm=rand_perm,
+                         feature_name=feature_name, rerank=rerank)
+
+
+def _preview(root: str | Path, ids: int, per_camera: int):
+    """Rows: ids seen by most cameras (4 of 6 where possible); columns: ``per_camera`` images of cam1..cam6."""
+    from cmemd.data.preview import images_in, pick_evenly
+
+    root = Path(root)
+    headers = [f"c{c} {_MODALITY_TEXT[CAMERA_MODALITY[c]]}" for c in CAMERA_MODALITY for _ in range(per_camera)]
+    all_ids = sorted({p.name for c in CAMERA_MODALITY if (root / f"cam{c}").is_dir()
+                      for p in (root / f"cam{c}").iterdir() if p.is_dir()})
+    full = [i for i in all_ids if sum((root / f"cam{c}" / i).is_dir() for c in CAMERA_MODALITY) >= 4]
+    rows = []
+    for pid in pick_evenly(full or all_ids, ids):
+        cells: list = []
+        for c in CAMERA_MODALITY:
+            cells += images_in(root / f"cam{c}" / pid, per_camera)
+        rows.append((pid, cells))
+    return headers, rows
+
+
+def _spec():
+    from cmemd.data.spec import DatasetSpec
+    from cmemd.data.synth import generate_sysu
+
+    return DatasetSpec(
+        name="sysu", title="SYSU-MM01", cameras={"visible": VISIBLE_CAMS, "thermal": THERMAL_CAMS}, on_disk=LAYOUT,
+        detect=_detect, stats=_stats, check=_check, train_records=_train_records, test_sets=_test_sets,
+        evaluate=_evaluate, evaluate_features=_evaluate_features, preview=_preview, val_sets=_val_sets,
+        synthesize=generate_sysu, synth_defaults={"ids": 300, "images_per_camera": (10, 20)},
+        eval_options=("modes", "shots", "method", "rand_perm", "trials"),
+        val_options={"modes": ["all"], "shots": 1, "method": "python-random", "rand_perm": None, "trials": [0]},
+    )
+
+
+SPEC = _spec()

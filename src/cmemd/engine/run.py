@@ -96,21 +96,19 @@ class TrainingData:
 
 
 def training_data(cfg: TrainConfig) -> TrainingData:
+    """The training records of ``cfg.data`` (the dataset's registry entry reads them)."""
+    from cmemd.data.registry import get_dataset
+
     d = cfg.data
-    if d.dataset == "sysu":
-        from cmemd.data.sysu import SYSUMM01
-
-        held_out = cfg.run.selection == "val"
-        records = SYSUMM01(d.root).train(include_val=not held_out)
-        desc = f"SYSU-MM01 {d.root}: {'train ids (val ids held out for selection)' if held_out else 'train+val ids'}"
-    else:
-        if cfg.run.selection == "val":
-            raise ConfigError("run.selection=val needs a validation split; RegDB has none (train/test per trial). "
-                              "Use run.selection=none (the last epoch is reported)")
-        from cmemd.data.regdb import RegDB
-
-        records = RegDB(d.root).train(d.trial)
-        desc = f"RegDB {d.root}: trial {d.trial}"
+    spec = get_dataset(d.dataset)
+    held_out = cfg.run.selection == "val"
+    if held_out and not spec.has_val:
+        raise ConfigError(f"run.selection=val needs a validation split; {spec.title} has none. "
+                          "Use run.selection=none (the last epoch is reported)")
+    records = spec.train_records(d.root, trial=d.trial, hold_out_val=held_out)
+    desc = f"{spec.title} {d.root}" + (f": trial {d.trial}" if spec.training_trials else "")
+    if spec.has_val:
+        desc += ": train ids (val ids held out for selection)" if held_out else ": train+val ids"
     return TrainingData(records, len({r.pid for r in records}), desc)
 
 
@@ -281,15 +279,16 @@ def _chain(hooks: list):
 
 
 def diagnostic_records(cfg: TrainConfig) -> tuple[list[ImageRecord], str]:
-    """The records the per-epoch diagnostics use, and a note saying what they are: the val ids of a SYSU-layout
-    root (trained on unless ``run.selection=val``); RegDB has no val split, so none."""
-    if cfg.data.dataset != "sysu":
-        return [], "RegDB has no validation split: per-epoch modality diagnostics are off"
-    from cmemd.data.sysu import SYSUMM01
+    """The records the per-epoch diagnostics use, and a note saying what they are: the val ids of the
+    dataset (trained on unless ``run.selection=val``); none for a dataset without a validation split."""
+    from cmemd.data.registry import get_dataset
     from cmemd.engine.diagnostics import select_identities
 
-    ds = SYSUMM01(cfg.data.root)
-    recs = select_identities(ds.query("val") + ds.gallery_pool("all", "val"), cfg.run.diagnostics_ids)
+    spec = get_dataset(cfg.data.dataset)
+    if not spec.has_val:
+        return [], f"{spec.title} has no validation split: per-epoch modality diagnostics are off"
+    recs = select_identities([r for part in spec.val_sets(cfg.data.root).values() for r in part],
+                             cfg.run.diagnostics_ids)
     held = "held out" if cfg.run.selection == "val" else "trained on: run.selection=none"
     return recs, f"{len({r.pid for r in recs})} val ids ({held})"
 
@@ -322,21 +321,20 @@ def _diagnostics_hook(cfg: TrainConfig, device: torch.device, progress: bool):
 
 
 def _val_selector(cfg: TrainConfig, device: torch.device):
-    """on_epoch_end hook: evaluate on the val ids, keep best.pt (by mAP), log a 'val' line."""
-    from cmemd.data.sysu import SYSUMM01
+    """on_epoch_end hook: evaluate on the val ids (the dataset's ``val_options``), keep best.pt (by mAP), log a 'val' line."""
+    from cmemd.data.registry import get_dataset
     from cmemd.engine.checkpoint import save_checkpoint
-    from cmemd.evaluation import evaluate_sysu
 
-    ds = SYSUMM01(cfg.data.root)
-    query, pool = ds.query("val"), ds.gallery_pool("all", "val")
+    spec = get_dataset(cfg.data.dataset)
+    sets = spec.val_sets(cfg.data.root)
     kw = dict(height=cfg.data.height, width=cfg.data.width, batch_size=cfg.eval.batch_size, device=device,
               flip=cfg.eval.flip)
 
     def on_epoch_end(trainer: Trainer, epoch: int) -> None:
         model = unwrap(trainer.model)
-        qf, pf = extract_features(model, query, **kw), extract_features(model, pool, **kw)
-        r = evaluate_sysu(qf, [x.pid for x in query], [x.camid for x in query], pf, [x.pid for x in pool],
-                          [x.camid for x in pool], [x.path for x in pool], mode="all", shots=1, trials=[0])
+        out = spec.evaluate(sets, lambda recs, desc: extract_features(model, recs, **kw), trial=cfg.data.trial,
+                            **spec.val_options)
+        r = next(iter(out.results.values()))
         score = r.mean["mAP"]
         best = trainer.extra_state.get("best_val_mAP")
         trainer._log({"kind": "val", "epoch": epoch, "step": trainer.step, "val_R1": r.mean["R1"], "val_mAP": score})
@@ -354,93 +352,58 @@ def _val_selector(cfg: TrainConfig, device: torch.device):
 
 # ---------------------------------------------------------------------- evaluation
 
-def evaluation_records(cfg: TrainConfig, root: Optional[str] = None) -> tuple[list[ImageRecord], list[ImageRecord]]:
-    """(thermal queries, visible gallery) that the protocol of ``cfg`` evaluates on ``root`` (default: the training root).
+def evaluation_sets(cfg: TrainConfig, root: Optional[str] = None) -> dict[str, list[ImageRecord]]:
+    """The named test sets the protocol of ``cfg`` evaluates on ``root`` (default: the training root), as the
+    dataset's registry entry lists them: SYSU-MM01 ``query`` (cam3/cam6) and ``gallery_pool`` (every visible
+    test image; each trial draws its gallery from it); RegDB the visible and thermal test images of the trained
+    trial; LLCM every ``visible`` and ``thermal`` (NIR) test image."""
+    from cmemd.data.registry import get_dataset
 
-    SYSU-MM01: every cam3/cam6 test image and the whole all-search pool (each trial draws its gallery from it);
-    RegDB: the thermal and visible test images of the trained trial.
-    """
-    root = root or cfg.data.root
-    if cfg.data.dataset == "sysu":
-        from cmemd.data.sysu import SYSUMM01
+    return get_dataset(cfg.data.dataset).test_sets(root or cfg.data.root, trial=cfg.data.trial)
 
-        ds = SYSUMM01(root)
-        return ds.query(), ds.gallery_pool("all")
-    from cmemd.data.regdb import RegDB
 
-    vis, th = RegDB(root).test(cfg.data.trial)
-    return th, vis
+def evaluation_records(cfg: TrainConfig, root: Optional[str] = None) -> tuple[list[ImageRecord], ...]:
+    """The record lists of :func:`evaluation_sets` in the dataset's order (SYSU-MM01: queries, pool)."""
+    return tuple(evaluation_sets(cfg, root).values())
+
+
+def feature_description(cfg: TrainConfig) -> str:
+    t = cfg.model.test_feature
+    return (f"{t} feature (BN-neck global{' + holistic' if t == 'concat' else ''})" if t != "local"
+            else "local (holistic) feature")
 
 
 def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[str] = None, device: Any = "cpu",
                    progress: bool = True, return_features: bool = False) -> Any:
     """Evaluate a model on the dataset of ``cfg`` (or ``root``) with the protocol in ``cfg.eval``.
 
-    Returns ``{setting name: ProtocolResult}``: SYSU modes (features extracted once for the
-    query and for the pool images the trials draw), or RegDB's two directions of the trained trial.
-    With ``cfg.eval.rerank`` each setting is followed by its k-reciprocal re-ranked result, named
-    ``"<setting>, re-ranked (k-reciprocal, k1=.., k2=.., λ=..)"``.
-    With ``return_features=True`` returns ``(results, features)``, ``features`` = ``{"query":
-    FeatureSet, "gallery": FeatureSet, "query_modality", "gallery_modality", "removal"}`` (thermal
-    queries against the SYSU visible pool / the RegDB visible test images), for reports.
+    Returns ``{setting name: ProtocolResult}``: SYSU modes (features extracted once for the query and
+    for the pool images the trials draw), RegDB's two directions of the trained trial, LLCM's
+    ``eval.directions`` over ``eval.trials`` samples. With ``cfg.eval.rerank`` each setting is followed by its
+    k-reciprocal re-ranked result, named ``"<setting>, re-ranked (k-reciprocal, k1=.., k2=.., λ=..)"``.
+    With ``return_features=True`` returns ``(results, features)``, ``features`` = ``{"query": FeatureSet,
+    "gallery": FeatureSet, "query_modality", "gallery_modality", "removal"}`` (every thermal test image against
+    every visible one), for reports.
     """
-    from cmemd.evaluation.features import FeatureSet
-
-    def fset(feats, recs) -> FeatureSet:
-        return FeatureSet(feats, np.array([r.pid for r in recs], np.int64), np.array([r.camid for r in recs], np.int64),
-                          np.array([r.path for r in recs], dtype=str))
-
-    from cmemd.evaluation import ReRanking, evaluate_regdb_directions, evaluate_sysu, sysu_gallery_draws
+    from cmemd.data.registry import get_dataset
+    from cmemd.evaluation import ReRanking
 
     d, e = cfg.data, cfg.eval
+    spec = get_dataset(d.dataset)
     rerank = ReRanking(e.rerank_k1, e.rerank_k2, e.rerank_lambda) if e.rerank else None
-    query, gallery = evaluation_records(cfg, root)
-    feature = f"{cfg.model.test_feature} feature (BN-neck global{' + holistic' if cfg.model.test_feature == 'concat' else ''})" \
-        if cfg.model.test_feature != "local" else "local (holistic) feature"
-    feature += ", test-time flip on (mean with the mirrored image)" if e.flip else ", test-time flip off"
+    sets = evaluation_sets(cfg, root)
     kw = dict(height=d.height, width=d.width, batch_size=e.batch_size, device=device, progress=progress, flip=e.flip)
-    results: dict[str, Any] = {}
-    if d.dataset == "sysu":
-        pool = gallery
-        ids, cams, paths = [r.pid for r in pool], [r.camid for r in pool], [r.path for r in pool]
-        qf = extract_features(model, query, desc="query", **kw)
-        if return_features:  # reports and `cmemd extract` want every pool image
-            pf = extract_features(model, pool, desc="gallery pool", **kw)
-        else:
-            # Featurise only the pool images some trial of some mode draws (the draws need no features): a
-            # single-shot evaluation then encodes about 40% of the SYSU-MM01 pool. Rows no trial reads stay zero.
-            used = np.unique(np.concatenate([
-                idx for mode in e.modes for idx in sysu_gallery_draws(
-                    ids, cams, paths, mode=mode, shots=e.shots, method=e.method, trials=e.trials, rand_perm=e.rand_perm)]))
-            part = extract_features(model, [pool[i] for i in used], desc="gallery (drawn images)", **kw)
-            pf = np.zeros((len(pool), part.shape[1]), dtype=part.dtype)
-            pf[used] = part
-        for mode in e.modes:
-            name = f"sysu {mode}-search {'single' if e.shots == 1 else 'multi'}-shot"
-            for rr in (None, rerank) if rerank else (None,):  # eval.rerank: the plain table, then the re-ranked one
-                results[f"{name}, {rr.label()}" if rr else name] = evaluate_sysu(
-                    qf, [r.pid for r in query], [r.camid for r in query], pf, ids, cams, paths, mode=mode, shots=e.shots,
-                    method=e.method, trials=e.trials, rand_perm=e.rand_perm, feature_name=feature, rerank=rr,
-                )
-        feats = {"query": fset(qf, query), "gallery": fset(pf, pool), "removal": "sysu-same-location"}
-    else:
-        th, vis = query, gallery
-        vf = extract_features(model, vis, desc="visible", **kw)
-        tf = extract_features(model, th, desc="thermal", **kw)
-        both = evaluate_regdb_directions(vf, [r.pid for r in vis], tf, [r.pid for r in th], trial=d.trial,
-                                         feature_name=feature)
-        reranked = evaluate_regdb_directions(vf, [r.pid for r in vis], tf, [r.pid for r in th], trial=d.trial,
-                                             feature_name=feature, rerank=rerank) if rerank else {}
-        for direction, res in both.items():
-            results[f"regdb trial {d.trial} {direction}"] = res
-            if direction in reranked:
-                results[f"regdb trial {d.trial} {direction}, {rerank.label()}"] = reranked[direction]
-        feats = {"query": fset(tf, th), "gallery": fset(vf, vis), "removal": "none"}
-    for res in results.values():  # results.json states it as a setting too
+
+    def featurize(records, desc):
+        return extract_features(model, records, desc=desc, **kw)
+
+    feature = feature_description(cfg)
+    feature += ", test-time flip on (mean with the mirrored image)" if e.flip else ", test-time flip off"
+    out = spec.evaluate(sets, featurize, trial=d.trial, feature_name=feature, rerank=rerank,
+                        return_features=return_features, **{k: getattr(e, k) for k in spec.eval_options})
+    for res in out.results.values():  # results.json states it as a setting too
         res.settings["test_flip"] = bool(e.flip)
-    if return_features:
-        return results, dict(feats, query_modality="thermal", gallery_modality="visible")
-    return results
+    return (out.results, out.report) if return_features else out.results
 
 
 def modality_diagnostics(model: torch.nn.Module, root: str, *, height: int, width: int, device: Any = "cpu",

@@ -219,6 +219,20 @@ def _order_keys(sim: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return key.bitwise_left_shift_(32).add_(order[None, :])
 
 
+def removed_pairs(removal: str, qp: torch.Tensor, qc: torch.Tensor, gp: torch.Tensor, gc: torch.Tensor) -> Optional[torch.Tensor]:
+    """(Q, G) bool mask of the gallery items ``removal`` hides from each query; None for ``"none"``.
+
+    ``sysu-same-location``: a cam3 query loses every cam2 item; ``same-pid-same-cam``: items with the
+    query's id and camera number. The one definition of the rules (the ranking and the report use it).
+    """
+    _check_choice(removal, REMOVAL_RULES, "removal")
+    if removal == "sysu-same-location":
+        return (qc == SYSU_QUERY_CAM)[:, None] & (gc == SYSU_REMOVED_GALLERY_CAM)[None, :]
+    if removal == "same-pid-same-cam":
+        return (qp[:, None] == gp[None, :]) & (qc[:, None] == gc[None, :])
+    return None
+
+
 def _rank_chunk(
     sim: torch.Tensor,
     qp: torch.Tensor,
@@ -233,12 +247,10 @@ def _rank_chunk(
     key = _order_keys(sim, g.order)
     del sim
     is_match = qp[:, None] == g.pids[None, :]
-    if removal == "sysu-same-location":
-        removed = (qc == SYSU_QUERY_CAM)[:, None] & (g.cams == SYSU_REMOVED_GALLERY_CAM)[None, :]
+    removed = removed_pairs(removal, qp, qc, g.pids, g.cams)
+    if removed is not None:
         key.masked_fill_(removed, _MAX_KEY)
-    elif removal == "same-pid-same-cam":
-        removed = is_match & (qc[:, None] == g.cams[None, :])
-        key.masked_fill_(removed, _MAX_KEY)
+        del removed
 
     # Keys of each query's true matches (its id's contiguous segment), sorted.
     P = g.max_count

@@ -29,6 +29,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from cmemd.data.llcm import DIRECTIONS as LLCM_DIRECTIONS
 from cmemd.errors import EvaluationError
 from cmemd.evaluation.metrics import (
     DEFAULT_MEMORY_BUDGET,
@@ -61,7 +62,6 @@ REGDB_DIRECTIONS = ("v2t", "t2v")
 #: camera as the gallery); ``v2t`` VIS->IR as a user defines it (every VIS image a query against a
 #: sampled NIR gallery); ``v2t-authors`` the authors' VIS->IR branch, which transposes the distance
 #: matrix so that the sampled NIR images are the queries and every VIS image is the gallery.
-LLCM_DIRECTIONS = ("t2v", "v2t", "v2t-authors")
 LLCM_DIRECTION_TEXT = {
     "t2v": "IR->VIS: every NIR image a query, gallery one random VIS image per id and camera",
     "v2t": "VIS->IR: every VIS image a query, gallery one random NIR image per id and camera",
@@ -203,6 +203,8 @@ def evaluate_sysu(
                                trials=trial_ids, rand_perm=rand_perm, draw=draw)
 
     settings = dict(
+        title=(f"SYSU-MM01 {mode}-search, {'single' if shots == 1 else 'multi'}-shot ({shots}/id/cam), "
+               f"gallery draw {method}"),
         mode=mode, shots=shots, method=method, feature_name=feature_name, metric=metric,
         removal="sysu-same-location", cmc="identity-dedup",
         rand_perm=str(getattr(rand_perm, "path", rand_perm)) if method == "official" else None,
@@ -391,7 +393,8 @@ def evaluate_regdb_directions(
     for d in directions:
         r = out[d]
         r.info.update(protocol="regdb", trial=int(trial), query=roles[d][2], gallery=roles[d][3])
-        results[d] = ProtocolResult("regdb", dict(settings, direction=d), [int(trial)], [r])
+        title = f"RegDB {'visible->thermal' if d == 'v2t' else 'thermal->visible'}"
+        results[d] = ProtocolResult("regdb", dict(settings, title=title, direction=d), [int(trial)], [r])
     return results
 
 
@@ -517,6 +520,6 @@ def evaluate_llcm(
     for d in directions:
         for t, r, idx in zip(trial_ids, out[d], draws[sampled[d]]):
             r.info.update(protocol="llcm", trial=t, direction=d, sampled=sampled[d], sample_size=int(len(idx)))
-        results[d] = ProtocolResult("llcm", dict(settings, direction=d, description=LLCM_DIRECTION_TEXT[d]),
+        results[d] = ProtocolResult("llcm", dict(settings, title=f"LLCM {d} ({LLCM_DIRECTION_TEXT[d]})", direction=d),
                                     trial_ids, out[d])
     return results

@@ -58,20 +58,9 @@ class ProtocolResult:
         return {k: float(np.std([r[k] for r in rows], ddof=STD_DDOF)) for k in METRIC_NAMES}
 
     def describe(self) -> str:
-        """One line saying what was evaluated."""
+        """One line saying what was evaluated (the protocol's ``settings["title"]``, then trials, feature, rules)."""
         s = self.settings
-        if self.protocol == "sysu":
-            head = (
-                f"SYSU-MM01 {s.get('mode')}-search, {'single' if s.get('shots') == 1 else 'multi'}-shot "
-                f"({s.get('shots')}/id/cam), gallery draw {s.get('method')}"
-            )
-        elif self.protocol == "regdb":
-            d = s.get("direction")
-            head = f"RegDB {'visible->thermal' if d == 'v2t' else 'thermal->visible'}"
-        elif self.protocol == "llcm":
-            head = f"LLCM {s.get('direction')} ({s.get('description')})"
-        else:
-            head = self.protocol
+        head = s.get("title") or self.protocol
         parts = [head, f"{len(self.trials)} trial(s) {self.trial_ids}"]
         if s.get("feature_name"):
             parts.append(f"feature {s['feature_name']}")

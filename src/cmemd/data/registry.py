@@ -1,0 +1,58 @@
+"""The datasets cmemd knows: one plain dict, name -> :class:`~cmemd.data.spec.DatasetSpec`.
+
+Adding a dataset = a module that defines its ``SPEC`` + one line here + its tests
+(docs/developing.md). Nothing outside the dataset modules compares a dataset's name.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from cmemd.data import llcm, regdb, sysu
+from cmemd.data.spec import DatasetSpec
+from cmemd.errors import DatasetError
+
+DATASETS: dict[str, DatasetSpec] = {
+    "sysu": sysu.SPEC,
+    "regdb": regdb.SPEC,
+    "llcm": llcm.SPEC,
+}
+
+
+def known() -> str:
+    """One line per dataset: its name, title and what it expects on disk."""
+    return "; ".join(f"{s.name} ({s.title}: {s.on_disk})" for s in DATASETS.values())
+
+
+def get_dataset(name: str) -> DatasetSpec:
+    """The spec of ``name``; an unknown name raises :class:`DatasetError` listing the known datasets."""
+    try:
+        return DATASETS[name]
+    except (KeyError, TypeError):
+        raise DatasetError(f"dataset {name!r} is unknown; known datasets: {known()}") from None
+
+
+def detect_layout(root: str | Path) -> str:
+    """The name of the one dataset whose layout ``root`` has.
+
+    A missing root, a root no dataset recognises, or one that several recognise raises
+    :class:`DatasetError` listing the known datasets and what each expects on disk.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset root not found; pass the dataset's top folder ({known()})")
+    hits = [name for name, spec in DATASETS.items() if spec.detect(root)]
+    if len(hits) == 1:
+        return hits[0]
+    if not hits:
+        raise DatasetError(f"{root}: not the root of a known dataset; expected one of: {known()}. Pass the dataset's "
+                           "top folder, name the dataset (--layout / data.dataset), or generate one with `cmemd data synth`")
+    raise DatasetError(f"{root}: looks like several datasets at once ({', '.join(hits)}); name the one you mean "
+                       "with --layout / data.dataset")
+
+
+def resolve(root: str | Path, name: str | None = None) -> DatasetSpec:
+    """The spec named ``name``, or the one detected from ``root`` when ``name`` is None."""
+    return get_dataset(name) if name is not None else DATASETS[detect_layout(root)]
+
+
+__all__ = ["DATASETS", "DatasetSpec", "get_dataset", "detect_layout", "resolve", "known"]
