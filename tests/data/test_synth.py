@@ -357,3 +357,52 @@ def test_nuisance_is_the_rendered_shot(tmp_path):
     assert rendered.shape == written.shape
     # the same image up to JPEG noise, much closer than the same person's other image
     assert np.abs(written - rendered).mean() < 0.3 * np.abs(other - rendered).mean()
+
+
+# --------------------------------------------------------------------------- LLCM layout
+
+
+def test_llcm_layout_cli_deterministic_and_low_light(tmp_path):
+    import hashlib
+
+    from typer.testing import CliRunner
+
+    from cmemd.cli import app
+    from cmemd.data.llcm import LLCM
+
+    runner = CliRunner()
+    outs = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        res = runner.invoke(app, ["data", "synth", "--layout", "llcm", "--out", str(out), "--ids", "6", "--seed", "1",
+                                  "--height", "32", "--width", "16", "--images-min", "1", "--images-max", "2"])
+        assert res.exit_code == 0, res.output
+        outs.append(out)
+    summary = json.loads((outs[0] / "synth_summary.json").read_text())
+    assert f"wrote {summary['total']} images" in res.output
+    files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*.jpg"))
+    assert len(files) == summary["total"]
+    digest = [hashlib.sha256((o / f).read_bytes()).hexdigest() for o in outs for f in files[:20]]
+    assert digest[:20] == digest[20:]  # same seed, same bytes
+    ds = LLCM(outs[0])
+    assert ds.test_ids == summary["ids"]["test"]
+    nir = ds.test("thermal")
+    assert Image.open(nir[0].path).mode == "L"  # NIR written single-channel
+    # every test id is seen by two cameras of each modality: every query keeps a match after the removal
+    for m in ("visible", "thermal"):
+        for pid in ds.test_ids:
+            assert len({r.camid for r in ds.test(m) if r.pid == pid}) >= 2
+
+
+def test_low_light_is_darker_noisier_and_faded():
+    from cmemd.data.synth import low_light
+
+    rng = np.random.default_rng(0)
+    img = np.zeros((32, 16, 3), np.uint8)
+    img[:, :8] = (220, 40, 40)
+    img[:, 8:] = (40, 40, 220)
+    out = low_light(img, rng).astype(np.float64)
+    assert out.mean() < 0.6 * img.astype(np.float64).mean()  # darker
+    spread = lambda a: (a.max(2) - a.min(2)).mean()  # noqa: E731  colourfulness
+    assert spread(out) < 0.5 * spread(img.astype(np.float64))  # colour-faded
+    assert out[:, :8, 0].std() > 1.0  # flat input, noisy output

@@ -1008,6 +1008,10 @@ def generate_llcm(out_dir: str | Path, config: Optional[SynthConfig] = None, wor
     out = _check_out(Path(out_dir))
     splits, plan = _llcm_plan(config)
     split_of = {p: s for s, ids in splits.items() for p in ids}
+    for split in splits:  # every camera folder exists, as in the release, even where no id of a small set uses it
+        for m, cams in LLCM_CAMERAS.items():
+            for c in cams:
+                (out / _llcm_folder(split, m) / f"cam{c}").mkdir(parents=True, exist_ok=True)
     _run(_render_llcm_id, [(str(out), config, pid, split_of[pid], plan[pid]) for pid in range(1, config.ids + 1)],
          workers)
     idx = out / "idx"
