@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from cmemd.data.images import load_image
-from cmemd.data.llcm import LLCM, camera_of, draw_one_per_camera, read_train_list
+from cmemd.data.llcm import LLCM, camera_of, draw_one_per_camera, read_train_list, train_records
 from cmemd.errors import DatasetError
 from tests.data.builders import make_llcm
 
@@ -141,3 +141,17 @@ def test_draw_rejects_bad_input():
     with pytest.raises(DatasetError, match="trial must be >= 0"):
         draw_one_per_camera([1], [1], ["a"], trial=-1)
 
+
+
+def test_root_of_another_layout_is_named(tmp_path):
+    from cmemd.data.sysu import SYSUMM01
+    from tests.data.builders import make_sysu
+
+    sysu = make_sysu(tmp_path / "s", {(1, 1): 1, (1, 3): 1}, train=(1,), test=(1,))
+    llcm = make_llcm(tmp_path / "l", {("visible", 1, 1): 1})
+    with pytest.raises(DatasetError, match="looks like a SYSU-MM01 root.*data.dataset=sysu"):
+        LLCM(sysu)
+    with pytest.raises(DatasetError, match="looks like a SYSU-MM01 root"):  # the training lists check it too
+        train_records(sysu)
+    with pytest.raises(DatasetError, match="looks like a LLCM root.*data.dataset=llcm"):
+        SYSUMM01(llcm)

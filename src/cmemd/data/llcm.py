@@ -28,7 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from cmemd.data.records import ImageRecord
-from cmemd.data.sysu import _list_images, read_id_file
+from cmemd.data.sysu import _list_images, _refuse_other_layout, read_id_file
 from cmemd.errors import DatasetError
 
 #: Cameras per modality: the visible sensors of cam1..cam9 and the NIR sensors the authors' code reads.
@@ -108,6 +108,9 @@ def train_records(root: str | Path) -> list[ImageRecord]:
     """Visible then NIR training records of ``idx/train_vis.txt`` and ``idx/train_nir.txt``, labels checked
     contiguous 0..N-1 and present in both modalities; every problem of both lists at once."""
     root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: LLCM root not found; pass the folder that holds idx/, test_vis/, test_nir/")
+    _refuse_other_layout(root, "llcm")
     records, problems = [], []
     for m in ("visible", "thermal"):
         try:
@@ -145,6 +148,7 @@ class LLCM:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: LLCM root not found; pass the folder that holds idx/, test_vis/, test_nir/")
+        _refuse_other_layout(self.root, "llcm")
         problems: list[str] = []
         for m, folder in TEST_FOLDER.items():
             for c in MODALITY_CAMS[m]:

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cmemd.data.records import ImageRecord
+from cmemd.data.sysu import _refuse_other_layout
 from cmemd.errors import DatasetError
 
 #: The one camera -> modality map of RegDB (one aligned dual-camera rig).
@@ -78,12 +79,8 @@ class RegDB:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: RegDB root not found; pass the folder that holds Visible/, Thermal/, idx/")
+        _refuse_other_layout(self.root, "regdb")
         missing = [n for n in ("Visible", "Thermal", "idx") if not (self.root / n).is_dir()]
-        if len(missing) == 3 and any((self.root / f"cam{c}").is_dir() for c in range(1, 7)):
-            raise DatasetError(
-                f"{self.root}: this looks like a SYSU-MM01 root (cam1..cam6), not RegDB (Visible/, Thermal/, idx/); "
-                "use data.dataset=sysu (cmemd.data.sysu.SYSUMM01), or point data.root at the RegDB folder"
-            )
         if missing:
             raise DatasetError(
                 f"{self.root}: RegDB folders missing: {missing}; expected Visible/, Thermal/ and idx/ under the root"

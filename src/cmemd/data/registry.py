@@ -50,9 +50,26 @@ def detect_layout(root: str | Path) -> str:
                        "with --layout / data.dataset")
 
 
+def wrong_layout(root: str | Path, expected: str) -> DatasetError | None:
+    """A :class:`DatasetError` naming the dataset ``root`` looks like when it is not ``expected``'s layout
+    (the readers raise it before listing every missing folder); None when ``root`` looks like ``expected``
+    or like nothing known."""
+    root = Path(root)
+    spec = DATASETS[expected]
+    if spec.detect(root):
+        return None
+    others = [s for s in DATASETS.values() if s.name != expected and s.detect(root)]
+    if len(others) != 1:
+        return None
+    other = others[0]
+    return DatasetError(f"{root}: this looks like a {other.title} root ({other.on_disk}), not {spec.title} "
+                        f"({spec.on_disk}); use data.dataset={other.name} (or --layout {other.name}), or point "
+                        f"data.root at the {spec.title} folder")
+
+
 def resolve(root: str | Path, name: str | None = None) -> DatasetSpec:
     """The spec named ``name``, or the one detected from ``root`` when ``name`` is None."""
     return get_dataset(name) if name is not None else DATASETS[detect_layout(root)]
 
 
-__all__ = ["DATASETS", "DatasetSpec", "get_dataset", "detect_layout", "resolve", "known"]
+__all__ = ["DATASETS", "DatasetSpec", "get_dataset", "detect_layout", "resolve", "known", "wrong_layout"]

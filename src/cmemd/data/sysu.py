@@ -34,6 +34,14 @@ GALLERY_METHODS = ("python-random", "official")
 NUM_TRIALS = 10
 
 
+def _refuse_other_layout(root: Path, name: str) -> None:
+    from cmemd.data.registry import wrong_layout  # the registry imports this module
+
+    err = wrong_layout(root, name)
+    if err is not None:
+        raise err
+
+
 def read_id_file(path: str | Path, missing: str = "SYSU-MM01 ships it in exp/ (copy exp/ from the archive)") -> list[int]:
     """Parse an id file (SYSU ``exp/*_id.txt``, LLCM ``idx/test_id.txt``): one line of comma-separated
     positive integers. ``missing`` says where the file comes from, for the not-found message."""
@@ -90,12 +98,7 @@ class SYSUMM01:
         self.root = Path(root)
         if not self.root.is_dir():
             raise DatasetError(f"{self.root}: SYSU-MM01 root not found; pass the folder that holds cam1..cam6 and exp/")
-        if not any((self.root / f"cam{c}").is_dir() for c in CAMERA_MODALITY) and \
-                all((self.root / n).is_dir() for n in ("Visible", "Thermal")):
-            raise DatasetError(
-                f"{self.root}: this looks like a RegDB root (Visible/, Thermal/), not SYSU-MM01 (cam1..cam6, exp/); "
-                "use data.dataset=regdb (cmemd.data.regdb.RegDB), or point data.root at the SYSU-MM01 folder"
-            )
+        _refuse_other_layout(self.root, "sysu")
         problems: list[str] = []
         for c in CAMERA_MODALITY:
             if not (self.root / f"cam{c}").is_dir():
