@@ -23,7 +23,8 @@ import numpy as np
 
 from cmemd.errors import ConfigError, EvaluationError
 from cmemd.evaluation.features import FeatureSet
-from cmemd.evaluation.metrics import REMOVAL_RULES, removed_pairs
+from cmemd.evaluation.metrics import REMOVAL_RULES
+from cmemd.evaluation.metrics import top_k as ranked_top_k
 from cmemd.evaluation.results import METRIC_NAMES, ProtocolResult, rerank_label
 
 REMOVALS = REMOVAL_RULES
@@ -113,20 +114,12 @@ def _normalise(f: np.ndarray) -> np.ndarray:
 def ranked_lists(query: FeatureSet, gallery: FeatureSet, rows: np.ndarray, *, top_k: int = 10,
                  removal: str = "none") -> tuple[np.ndarray, np.ndarray]:
     """Top-``top_k`` gallery indices and cosine scores for the queries ``rows`` (ties by gallery
-    index, as the evaluation's stable sort); the evaluation's removal rule hides what it hides
+    index, as the evaluation ranks: ``cmemd.evaluation.metrics.top_k``); the removal rule hides what it hides
     (``sysu-same-location``: cam2 from cam3 queries; ``same-pid-same-cam``: the query's id in its camera)."""
     if removal not in REMOVALS:
         raise EvaluationError(f"report: removal {removal!r} is not supported here; use one of {REMOVALS}")
-    import torch
-
-    sim = _normalise(query.feats[rows]) @ _normalise(gallery.feats).T
-    hidden = removed_pairs(removal, *(torch.as_tensor(np.asarray(a, np.int64)) for a in
-                                      (query.pids[rows], query.cams[rows], gallery.pids, gallery.cams)))
-    if hidden is not None:
-        sim[hidden.numpy()] = -np.inf
-    k = min(top_k, sim.shape[1])
-    order = np.argsort(-sim, axis=1, kind="stable")[:, :k]
-    return order, np.take_along_axis(sim, order, 1)
+    return ranked_top_k(query.feats[rows], gallery.feats, top_k, removal=removal, query_pids=query.pids[rows],
+                 query_cams=query.cams[rows], gallery_pids=gallery.pids, gallery_cams=gallery.cams)
 
 
 # ------------------------------------------------------------------------------ figures

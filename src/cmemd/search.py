@@ -15,6 +15,7 @@ import numpy as np
 
 from cmemd.errors import ConfigError, DatasetError, EvaluationError
 from cmemd.evaluation.features import FeatureSet, _validate, load_features
+from cmemd.evaluation.metrics import top_k as ranked_top_k
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -84,18 +85,8 @@ def search(gallery: FeatureSet, query_feats: np.ndarray, *, top_k: int = 10) -> 
             f"{q.shape[1]}-d features; re-index the gallery with this checkpoint (cmemd index)")
     if top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
-    g = gallery.feats.astype(np.float32)
-    g = g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
-    q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
-    sim = q @ g.T
-    k = min(top_k, sim.shape[1])
-    if k < sim.shape[1]:
-        part = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-        # order the k best by score, then by gallery index (a stable order for ties)
-        order = np.array([p[np.lexsort((p, -s[p]))] for p, s in zip(part, sim)])
-    else:
-        order = np.argsort(-sim, axis=1, kind="stable")
-    return [[Match(r + 1, int(i), str(gallery.paths[i]), float(sim[n, i]), int(gallery.pids[i]))
+    order, scores = ranked_top_k(q, gallery.feats, top_k)  # the evaluation's ranking: ties by gallery index
+    return [[Match(r + 1, int(i), str(gallery.paths[i]), float(scores[n, r]), int(gallery.pids[i]))
              for r, i in enumerate(row)] for n, row in enumerate(order)]
 
 

@@ -457,6 +457,58 @@ def evaluate_similarity(
     return _evaluate_checked_similarity(sim, qp, qc, gp, gc, removal, cmc, int(max_rank), step, dev, "precomputed")
 
 
+def top_k(
+    query_feats: ArrayLike,
+    gallery_feats: ArrayLike,
+    k: int,
+    *,
+    removal: str = "none",
+    query_pids: Optional[ArrayLike] = None,
+    query_cams: Optional[ArrayLike] = None,
+    gallery_pids: Optional[ArrayLike] = None,
+    gallery_cams: Optional[ArrayLike] = None,
+    metric: str = "cosine",
+    device: Optional[Union[str, torch.device]] = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` best gallery indices of each query and their similarities, ranked as :func:`evaluate` ranks
+    (similarity descending, exact ties by gallery index): ``(indices (Q, k) int64, scores (Q, k) float32)``.
+
+    Items ``removal`` hides (labels needed unless ``"none"``) rank after every other item, by index, with score
+    ``-inf``. ``k`` is capped at the gallery size. The ranked lists of the report and ``cmemd search`` use it.
+    """
+    _check_choice(removal, REMOVAL_RULES, "removal")
+    _check_choice(metric, METRICS, "metric")
+    if not isinstance(k, (int, np.integer)) or k < 1:
+        raise EvaluationError(f"k={k!r} must be a positive integer (the number of matches to list)")
+    qf = _check_feats(query_feats, "query_feats")
+    gf = _check_feats(gallery_feats, "gallery_feats")
+    if qf.shape[1] != gf.shape[1]:
+        raise EvaluationError(f"query_feats have dimension {qf.shape[1]} but gallery_feats {gf.shape[1]}; "
+                              "extract both with the same model and feature")
+    dev = _resolve_device(device, query_feats, gallery_feats)
+    dtype = _work_dtype(qf, gf)
+    q = _prepare_feats(qf, "query_feats", metric, dev, dtype)
+    g = _prepare_feats(gf, "gallery_feats", metric, dev, dtype)
+    G = g.shape[0]
+    with torch.no_grad():
+        sim = _similarity(q, g, (g * g).sum(1) if metric == "euclidean" else None, metric)
+        key = _order_keys(sim, torch.arange(G, device=dev))
+        if removal != "none":
+            labels = [(query_pids, "query_pids", q.shape[0]), (query_cams, "query_cams", q.shape[0]),
+                      (gallery_pids, "gallery_pids", G), (gallery_cams, "gallery_cams", G)]
+            if any(x is None for x, _, _ in labels):
+                raise EvaluationError(f"removal={removal!r} needs query_pids, query_cams, gallery_pids and gallery_cams")
+            qp, qc, gp, gc = (_check_labels(x, name, n, name.split("_")[0] + "_feats").to(dev) for x, name, n in labels)
+            hidden = removed_pairs(removal, qp, qc, gp, gc)
+            # after every kept item (largest keys), still ordered by gallery index
+            key = torch.where(hidden, torch.arange(G, device=dev)[None, :] + (1 << 62), key)
+            sim = sim.masked_fill(hidden, float("-inf"))
+        kk = min(int(k), G)
+        idx = torch.topk(key, kk, dim=1, largest=False, sorted=True).indices
+        scores = sim.gather(1, idx).to(torch.float32)
+    return idx.cpu().numpy(), scores.cpu().numpy()
+
+
 def _evaluate_checked_similarity(
     sim: torch.Tensor,
     qp: torch.Tensor,
