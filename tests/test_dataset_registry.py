@@ -9,7 +9,7 @@ import pytest
 
 from cmemd.config import load_config
 from cmemd.data import llcm
-from cmemd.data.inspect import dataset_stats
+from cmemd.data.stats import dataset_stats
 from cmemd.data.registry import DATASETS, detect_layout, get_dataset
 from cmemd.errors import ConfigError, DatasetError
 from tests.data.builders import make_llcm, make_regdb, make_sysu

@@ -55,7 +55,7 @@ def data_stats(
     layout: Optional[str] = typer.Option(None, help="Dataset name in cmemd.data.registry (sysu, regdb, llcm, ...); detected from the folder when omitted."),
 ) -> None:
     """Print per-split, per-camera and per-modality image counts and the totals per modality."""
-    from cmemd.data.inspect import dataset_stats, format_stats
+    from cmemd.data.stats import dataset_stats, format_stats
 
     try:
         typer.echo(format_stats(dataset_stats(root, layout=layout)))
@@ -70,7 +70,7 @@ def data_check(
     decode: bool = typer.Option(True, help="Decode every image (slow on the full datasets)."),
 ) -> None:
     """Validate a dataset root and report every problem at once."""
-    from cmemd.data.inspect import check_dataset
+    from cmemd.data.stats import check_dataset
 
     try:
         problems = check_dataset(root, layout=layout, decode=decode)
@@ -399,7 +399,7 @@ def demo_cmd(
     import time
 
     from cmemd.config import load_config
-    from cmemd.data.inspect import dataset_stats, format_stats
+    from cmemd.data.stats import dataset_stats, format_stats
     from cmemd.data.preview import preview_grid
     from cmemd.data.synth import SynthConfig, generate_sysu
     from cmemd.engine.run import format_all, train
@@ -472,7 +472,7 @@ def index_cmd(
     import time
 
     from cmemd.api import load
-    from cmemd.search import build_index
+    from cmemd.retrieval import build_index
 
     try:
         if modality not in ("visible", "thermal"):
@@ -498,7 +498,7 @@ def search_cmd(
 ) -> None:
     """Rank the gallery for each query image (cosine similarity); the gallery is not re-encoded."""
     from cmemd.api import load
-    from cmemd.search import draw_strip, load_gallery, search
+    from cmemd.retrieval import draw_strip, load_gallery, search
 
     try:
         if query_modality not in ("visible", "thermal"):

@@ -322,7 +322,7 @@ def test_regdb_reader_on_generated_trials(regdb):
 
 
 def test_nuisance_sidecar_describes_every_image_and_the_readers_ignore_it(sysu):
-    from cmemd.data.inspect import check_dataset
+    from cmemd.data.stats import check_dataset
     from cmemd.data.synth import NUISANCE_FILE, VIEWS, read_nuisance
 
     sysu = sysu[0]

@@ -96,7 +96,7 @@ def test_index_and_search(tiny_checkpoint, tiny_sysu, tmp_path, monkeypatch):
                             "--modality", "visible", "--out", str(gallery), "--device", "cpu"])
     assert r.exit_code == 0, r.output
     files = sorted((tiny_sysu / "cam1").rglob("*.jpg"))
-    from cmemd.search import load_gallery
+    from cmemd.retrieval import load_gallery
 
     g, mod = load_gallery(gallery)
     assert mod == "visible" and len(g) == len(files) and (g.pids == -1).all() and (g.cams == 0).all()
@@ -139,7 +139,7 @@ def test_index_and_search(tiny_checkpoint, tiny_sysu, tmp_path, monkeypatch):
 
 def test_search_rejects_gallery_of_another_dimension(tiny_checkpoint, tiny_sysu, tmp_path):
     from cmemd.evaluation.features import load_features, save_features
-    from cmemd.search import search
+    from cmemd.retrieval import search
 
     path = save_features(tmp_path / "g7.npz", np.random.default_rng(0).normal(size=(4, 7)).astype(np.float32),
                          [-1] * 4, [0] * 4, ["a", "b", "c", "d"])
