@@ -18,7 +18,8 @@ def test_defaults_follow_method_md():
 def test_yaml_base_chain_and_overrides(tmp_path):
     (tmp_path / "base.yaml").write_text("model:\n  arch: resnet18\n  width: 32\noptim:\n  lr: 0.05\n")
     (tmp_path / "child.yaml").write_text("base: base.yaml\noptim:\n  epochs: 3\n")
-    cfg = load_config(tmp_path / "child.yaml", ["optim.lr=0.2", "model.use_local=false", "optim.milestones=[1,2]", "optim.grad_clip=none"])
+    cfg = load_config(tmp_path / "child.yaml", ["optim.lr=0.2", "model.use_local=false", "model.test_feature=global",
+                                                "optim.milestones=[1,2]", "optim.grad_clip=none"])
     assert cfg.model.arch == "resnet18" and cfg.model.width == 32 and cfg.optim.epochs == 3
     assert cfg.optim.lr == 0.2 and cfg.model.use_local is False and cfg.optim.milestones == [1, 2] and cfg.optim.grad_clip is None
     dump_config(cfg, tmp_path / "out.yaml")
@@ -36,6 +37,10 @@ def test_yaml_base_chain_and_overrides(tmp_path):
         ("nosection.x=1", "unknown key 'nosection'"),
         ("optim.lr", "expected key=value"),
         ("eval.shots=3", "eval.shots must be 1 or 10"),
+        ("model.pooling=max", "model.pooling must be one of"),
+        ("loss.dl_variant=both", "loss.dl_variant must be one of"),
+        ("model.gem_p=0", "model.gem_p=0"),  # the library's own range check, under the config's key
+        ("model.use_local=false", "model.test_feature='concat'"),  # and its combination checks
     ],
 )
 def test_errors_name_the_key(override, needle):
@@ -72,3 +77,29 @@ def test_sysu_baseline_is_agws_recipe():
               for k in model.state_dict() if ".non_local." in k}
     assert blocks == {"shared.layer2.0", "shared.layer2.1", "global_stream.layer3.0", "global_stream.layer3.1",
                       "global_stream.layer3.2"}
+
+
+def test_every_library_option_is_reachable_and_nothing_is_restated():
+    import dataclasses
+    import inspect
+
+    from cmemd.config import ModelSettings, _choices
+    from cmemd.engine.objective import Objective
+    from cmemd.engine.run import model_config, objective_from_config
+    from cmemd.models import ModelConfig
+
+    lib_model = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name != "num_classes"}
+    assert {f.name: f.default for f in dataclasses.fields(ModelSettings)} == lib_model
+    lib_loss = {p.name: p.default for p in inspect.signature(Objective.__init__).parameters.values()
+                if p.kind == p.KEYWORD_ONLY}
+    assert dataclasses.asdict(TrainConfig().loss) == lib_loss
+    cfg = load_config(None, ["model.gem_p=4.5", "model.gem_learnable=true", "model.zero_init_residual=true",
+                             "loss.sinkhorn_iters=7"])
+    mc = model_config(cfg, num_classes=5)
+    assert (mc.gem_p, mc.gem_learnable, mc.zero_init_residual, mc.num_classes) == (4.5, True, True, 5)
+    assert objective_from_config(cfg).align.sinkhorn_iters == 7
+    # the choices are the library's own tuples (the same objects), not copies
+    from cmemd.losses.alignment import ALIGNMENT_LOSSES
+    from cmemd.models.vtreid import POOLINGS
+
+    assert _choices()["loss.alignment"] is ALIGNMENT_LOSSES and _choices()["model.pooling"] is POOLINGS

@@ -1,15 +1,18 @@
 """Typed settings for the command line: dataclasses, YAML files and ``key=value`` overrides.
 
-The library never needs these: the CLI translates them into keyword arguments. Unknown keys
+The library never needs these: the CLI translates them into keyword arguments. The ``model:`` and
+``loss:`` sections are derived from the library's own ``ModelConfig`` and ``Objective`` (every option
+reachable, none restated), and the enumerated choices are the library's constants. Unknown keys
 and values of the wrong type are :class:`ConfigError` naming the key and the file.
 """
 from __future__ import annotations
 
 import importlib.resources
+import inspect
 import re
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from dataclasses import asdict, dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -20,7 +23,9 @@ else:
 
 import yaml
 
+from cmemd.engine.objective import Objective
 from cmemd.errors import ConfigError
+from cmemd.models import ModelConfig
 
 
 @dataclass
@@ -43,40 +48,36 @@ class DataConfig:
     channel_aug_kind: str = "cmemd"  # cmemd (ours) | caj (CAJ's code, ICCV 2021): see data/transforms.py
 
 
-@dataclass
-class ModelSettings:
-    arch: str = "resnet50"
-    width: int = 64
-    pretrained: Optional[str] = None  # None | "imagenet" | path to a torchvision-format state dict
-    modality_specific_stages: int = 3  # stem + layer1 + layer2
-    last_stride: int = 1
-    pooling: str = "gem"
-    num_stripes: int = 6
-    local_dim: int = 512
-    accumulate: str = "prefix"  # prefix | cumsum | none
-    use_local: bool = True  # MGS on/off
-    accumulated_heads: bool = True  # BN-neck + identity classifier on each accumulated feature
-    test_feature: str = "concat"  # concat | global | local
-    non_local: bool = False  # AGW's non-local blocks (2 in layer2, 3 in layer3)
+def _section(name: str, entries: list[tuple[str, Any, Any]], doc: str) -> type:
+    """A dataclass of ``(name, type, default)`` entries: a YAML section mirroring a library object, so that
+    every library option is reachable from a config and nothing is listed twice."""
+    def entry(n, tp, default):
+        if isinstance(default, (list, dict)):
+            return (n, tp, field(default_factory=lambda d=default: type(d)(d)))
+        return (n, tp, field(default=default))
+
+    cls = make_dataclass(name, [entry(*e) for e in entries])
+    cls.__module__, cls.__doc__ = __name__, doc
+    return cls
 
 
-@dataclass
-class LossSettings:
-    label_smoothing: float = 0.0
-    alignment: str = "cmemd"  # cmemd | all-pairs | hetero-center | mmd | none
-    lambda_align: float = 2.0  # on the scale-safe cost (docs/method.md)
-    align_granularities: str = "all"  # all (global + local + accumulated) | global
-    align_feature: str = "pooled"  # pooled (pre-BN) | bn (BN-neck outputs) | centered (pooled minus batch mean)
-    emd_cost: str = "euclidean"  # euclidean | sqeuclidean | cosine
-    emd_normalize: bool = True  # L2-normalise before the cost: scale-safe (docs/method.md)
-    emd_solver: str = "exact"  # exact | sinkhorn
-    sinkhorn_eps: float = 0.05
-    sinkhorn_iters: int = 200
-    lambda_dl: float = 0.1
-    dl_variant: str = "plain"  # plain | cross
-    dl_on_global: bool = False
-    lambda_triplet: float = 0.0  # weighted-regularisation triplet (AGW baseline)
-    lambda_accum_ce: float = 1.0  # identity loss on the accumulated features (with model.accumulated_heads)
+def _dataclass_entries(cls: type, exclude: tuple[str, ...] = ()) -> list[tuple[str, Any, Any]]:
+    hints = typing.get_type_hints(cls)
+    return [(f.name, hints[f.name], f.default) for f in fields(cls) if f.name not in exclude]
+
+
+def _keyword_entries(fn: Any) -> list[tuple[str, Any, Any]]:
+    hints = typing.get_type_hints(fn)
+    return [(p.name, hints[p.name], p.default) for p in inspect.signature(fn).parameters.values()
+            if p.kind == p.KEYWORD_ONLY]
+
+
+#: ``model:`` = every field of :class:`cmemd.models.ModelConfig` but ``num_classes`` (set from the data).
+ModelSettings = _section("ModelSettings", _dataclass_entries(ModelConfig, exclude=("num_classes",)),
+                         "The model section: the fields of cmemd.models.ModelConfig (num_classes comes from the data).")
+#: ``loss:`` = every keyword of :class:`cmemd.engine.objective.Objective`.
+LossSettings = _section("LossSettings", _keyword_entries(Objective.__init__),
+                        "The loss section: the keyword arguments of cmemd.engine.objective.Objective.")
 
 
 @dataclass
@@ -313,22 +314,36 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
     return cfg
 
 
-_CHOICES = {
-    "data.channel_aug_kind": ("cmemd", "caj"),
-    "model.pooling": ("gem", "avg"),
-    "model.accumulate": ("prefix", "cumsum", "none"),
-    "model.test_feature": ("concat", "global", "local"),
-    "loss.alignment": ("cmemd", "all-pairs", "hetero-center", "mmd", "none"),
-    "loss.align_granularities": ("all", "global"),
-    "loss.align_feature": ("pooled", "bn", "centered"),
-    "loss.emd_cost": ("euclidean", "sqeuclidean", "cosine"),
-    "loss.emd_solver": ("exact", "sinkhorn"),
-    "loss.dl_variant": ("plain", "cross"),
-    "optim.optimizer": ("sgd", "adamw"),
-    "optim.amp": ("none", "fp16", "bf16"),
-    "eval.method": ("python-random", "official"),
-    "run.selection": ("none", "val"),
-}
+def _choices() -> dict[str, tuple[str, ...]]:
+    """Enumerated settings and their choices, as the library defines them."""
+    from cmemd.data.sysu import GALLERY_METHODS
+    from cmemd.data.transforms import CHANNEL_AUG_KINDS
+    from cmemd.engine.objective import ALIGN_FEATURES, DL_VARIANTS, GRANULARITIES
+    from cmemd.engine.schedule import OPTIMIZERS
+    from cmemd.engine.trainer import AMP_MODES
+    from cmemd.losses.alignment import ALIGNMENT_LOSSES, COSTS, SOLVERS
+    from cmemd.models.vtreid import ACCUMULATE, POOLINGS, TEST_FEATURES
+
+    return {
+        "data.channel_aug_kind": CHANNEL_AUG_KINDS,
+        "model.pooling": POOLINGS,
+        "model.accumulate": ACCUMULATE,
+        "model.test_feature": TEST_FEATURES,
+        "loss.alignment": ALIGNMENT_LOSSES,
+        "loss.align_granularities": GRANULARITIES,
+        "loss.align_feature": ALIGN_FEATURES,
+        "loss.emd_cost": COSTS,
+        "loss.emd_solver": SOLVERS,
+        "loss.dl_variant": DL_VARIANTS,
+        "optim.optimizer": OPTIMIZERS,
+        "optim.amp": AMP_MODES,
+        "eval.method": GALLERY_METHODS,
+        "run.selection": SELECTIONS,
+    }
+
+
+#: run.selection: none (the last epoch) | val (best mAP on a validation split; never the test set)
+SELECTIONS = ("none", "val")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -338,7 +353,7 @@ def validate(cfg: TrainConfig) -> None:
 
     if cfg.data.dataset not in DATASETS:
         raise ConfigError(f"data.dataset must be one of {tuple(DATASETS)}, got {cfg.data.dataset!r} (known: {known()})")
-    for key, choices in _CHOICES.items():
+    for key, choices in _choices().items():
         section, name = key.split(".")
         v = getattr(getattr(cfg, section), name)
         if v not in choices:
@@ -358,8 +373,10 @@ def validate(cfg: TrainConfig) -> None:
                           f"{cfg.eval.rerank_k1} / {cfg.eval.rerank_k2} / {cfg.eval.rerank_lambda}")
     if not 1 <= cfg.data.trial <= 10:
         raise ConfigError(f"data.trial must be in 1..10 (RegDB trial), got {cfg.data.trial}")
-    if not 0 <= cfg.model.modality_specific_stages <= 4:
-        raise ConfigError(f"model.modality_specific_stages must be in 0..4, got {cfg.model.modality_specific_stages}")
+    try:  # the library's own checks (ranges, combinations such as use_local=false with test_feature=concat)
+        ModelConfig(num_classes=1, **asdict(cfg.model))
+    except ConfigError as e:
+        raise ConfigError(str(e).replace("ModelConfig.", "model.")) from None
     for key in ("data.num_ids", "data.num_instances", "data.height", "data.width", "optim.epochs"):
         section, name = key.split(".")
         if getattr(getattr(cfg, section), name) < 1:

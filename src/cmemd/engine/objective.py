@@ -19,6 +19,8 @@ from cmemd.losses.triplet import wrt_triplet
 
 
 ALIGN_FEATURES = ("pooled", "bn", "centered")
+GRANULARITIES = ("all", "global")  # all = global + local + accumulated
+DL_VARIANTS = ("plain", "cross")
 
 
 def aligned_features(out: Any, granularities: str = "all", feature: str = "pooled") -> list[Tensor]:
@@ -101,8 +103,10 @@ class Objective(nn.Module):
         lambda_triplet: float = 0.0,
     ) -> None:
         super().__init__()
-        if align_granularities not in ("all", "global"):
-            raise ConfigError(f"align_granularities must be 'all' or 'global', got {align_granularities!r}")
+        if align_granularities not in GRANULARITIES:
+            raise ConfigError(f"align_granularities must be one of {GRANULARITIES}, got {align_granularities!r}")
+        if dl_variant not in DL_VARIANTS:
+            raise ConfigError(f"dl_variant must be one of {DL_VARIANTS}, got {dl_variant!r}")
         if align_feature not in ALIGN_FEATURES:
             raise ConfigError(f"align_feature must be one of {ALIGN_FEATURES}, got {align_feature!r}")
         self.label_smoothing, self.lambda_accum_ce = label_smoothing, lambda_accum_ce

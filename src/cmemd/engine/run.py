@@ -113,16 +113,10 @@ def training_data(cfg: TrainConfig) -> TrainingData:
 
 
 def model_config(cfg: TrainConfig, num_classes: int):
+    """The library's ModelConfig: the ``model:`` section (the same fields) and the number of classes."""
     from cmemd.models import ModelConfig
 
-    m = cfg.model
-    return ModelConfig(
-        num_classes=num_classes, arch=m.arch, width=m.width, modality_specific_stages=m.modality_specific_stages,
-        last_stride=m.last_stride, pooling=m.pooling, num_stripes=m.num_stripes, local_dim=m.local_dim,
-        accumulate=m.accumulate, test_feature=m.test_feature, use_local=m.use_local, pretrained=m.pretrained,
-        accumulated_heads=m.accumulated_heads,
-        non_local=m.non_local,
-    )
+    return ModelConfig(num_classes=num_classes, **dataclasses.asdict(cfg.model))
 
 
 def objective_from_config(cfg: TrainConfig) -> Objective:

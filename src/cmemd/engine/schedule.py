@@ -40,6 +40,9 @@ def param_groups(model: nn.Module, *, lr: float, backbone_lr: float, weight_deca
     return groups
 
 
+OPTIMIZERS = ("sgd", "adamw")
+
+
 def build_optimizer(
     model: nn.Module,
     name: str = "sgd",

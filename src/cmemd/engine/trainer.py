@@ -24,6 +24,7 @@ from cmemd.engine.schedule import lr_factor, set_lr
 from cmemd.errors import CheckpointError, TrainingError
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
+AMP_MODES = ("none", *AMP_DTYPES)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -386,6 +386,10 @@ _ALIGNMENT = {
 }
 
 
+#: The names ``make_alignment_loss`` (and ``loss.alignment`` in configs) accept.
+ALIGNMENT_LOSSES = tuple(_ALIGNMENT)
+
+
 def make_alignment_loss(name: str, **kwargs) -> nn.Module:
     """Build an alignment loss module by name: ``cmemd``, ``all-pairs``, ``hetero-center``,
     ``mmd`` or ``none``; keyword arguments go to the module's constructor."""

@@ -66,8 +66,10 @@ _STAGE_MODULES = {
     "stem": ("conv1", "bn1", "relu", "maxpool"),
     "layer1": ("layer1",), "layer2": ("layer2",), "layer3": ("layer3",), "layer4": ("layer4",),
 }
-_ACCUMULATE = ("prefix", "cumsum", "none")
-_TEST_FEATURES = ("concat", "global", "local")
+POOLINGS = ("gem", "avg")
+ACCUMULATE = ("prefix", "cumsum", "none")
+TEST_FEATURES = ("concat", "global", "local")
+_ACCUMULATE, _TEST_FEATURES = ACCUMULATE, TEST_FEATURES
 
 
 @dataclass
@@ -131,8 +133,8 @@ class ModelConfig:
                       "must be 0..4 (0 shared, 1 stem, 2 +layer1, 3 +layer2, 4 +layer3)")
         if self.last_stride not in (1, 2):
             raise bad("last_stride", self.last_stride, "must be 1 or 2")
-        if self.pooling not in ("gem", "avg"):
-            raise bad("pooling", self.pooling, "use 'gem' or 'avg'")
+        if self.pooling not in POOLINGS:
+            raise bad("pooling", self.pooling, f"use one of {POOLINGS}")
         if not self.gem_p > 0:
             raise bad("gem_p", self.gem_p, "must be > 0")
         if not isinstance(self.num_stripes, int) or self.num_stripes < 1:
