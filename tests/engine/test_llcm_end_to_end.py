@@ -87,3 +87,6 @@ def test_eval_extract_and_features_agree(trained, tmp_path):
                               f"data.root={out}", f"run.out_dir={tmp_path / 'x'}", "model.pretrained=null"])
     assert res.exit_code == 2 and "LLCM has none" in res.output
     assert np.isfinite(direct["llcm t2v"]["mean"]["mAP"])
+    # re-ranking is not implemented for LLCM: said, never silently skipped
+    res = runner.invoke(app, ["eval", "--checkpoint", str(out / "last.pt"), "--rerank", "--trials", "1"])
+    assert res.exit_code == 2 and "not implemented for the LLCM protocol" in res.output

@@ -515,7 +515,8 @@ def evaluate_llcm(
                 step = _chunk_rows(s.shape[1] if cols is None else len(idx), chunk_size, s.shape[0], memory_budget)
                 out[d].append(_evaluate_checked_similarity(s, qp, qc, gp, gc, "same-pid-same-cam", "identity-dedup",
                                                            int(max_rank), step, dev, metric, columns=cols))
-    settings = dict(feature_name=feature_name, metric=metric, removal="same-pid-same-cam", cmc="identity-dedup")
+    settings = dict(feature_name=feature_name, metric=metric, removal="same-pid-same-cam", cmc="identity-dedup",
+                    rerank=None)  # re-ranking is not implemented for LLCM; said in every table
     results = {}
     for d in directions:
         for t, r, idx in zip(trial_ids, out[d], draws[sampled[d]]):
