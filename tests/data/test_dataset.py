@@ -137,3 +137,20 @@ def test_errors(records, tmp_path):
     other = build_cache([r.path for r in records[:3]], 16, 8, cache_dir=tmp_path, progress=False)
     with pytest.raises(DatasetError, match="other paths"):
         ReIDDataset(records, transforms_from_config(TransformConfig(16, 8), train=False), cache=other)
+
+
+def test_batch_sampler_says_its_interface_explicitly(tmp_path):
+    """No attribute forwarding: the epoch API is spelled out, anything else is the wrapped sampler's."""
+    from cmemd.data.dataset import EpochTaggedBatchSampler
+    from cmemd.data.sampler import CrossModalityIdentitySampler
+
+    recs = [ImageRecord(f"/x/{p}_{m}_{k}.jpg", p, 1 + (m == "thermal"), m)
+            for p in range(3) for m in ("visible", "thermal") for k in range(2)]
+    inner = CrossModalityIdentitySampler(recs, 2, 1, seed=3)
+    tagged = EpochTaggedBatchSampler(inner)
+    tagged.set_epoch(2)
+    assert tagged.epoch == inner.epoch == 2 and tagged.num_batches == inner.num_batches
+    assert tagged.batch_size == inner.batch_size and tagged.state_dict() == inner.state_dict()
+    with pytest.raises(AttributeError):
+        tagged.pids  # noqa: B018  (the sampler's own attribute: reach it as tagged.sampler.pids)
+    assert tagged.sampler.pids == inner.pids

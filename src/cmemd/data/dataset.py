@@ -121,8 +121,9 @@ class EpochTaggedBatchSampler(Sampler[list[tuple[int, int, int]]]):
     sampling order, so a resumed epoch (which skips the steps already done) tags its draws as
     the uninterrupted epoch did.
 
-    ``set_epoch``, ``state_dict``, ``load_state_dict`` and the other attributes are the
-    wrapped sampler's (``loader.batch_sampler.set_epoch(e)`` works as usual).
+    ``set_epoch``, ``state_dict``, ``load_state_dict``, ``epoch``, ``num_batches`` and ``batch_size``
+    are the wrapped sampler's, said explicitly (``loader.batch_sampler.set_epoch(e)`` works as usual);
+    anything else is ``loader.batch_sampler.sampler``'s.
     """
 
     def __init__(self, sampler: CrossModalityIdentitySampler) -> None:
@@ -139,10 +140,27 @@ class EpochTaggedBatchSampler(Sampler[list[tuple[int, int, int]]]):
     def __len__(self) -> int:
         return len(self.sampler)
 
-    def __getattr__(self, name: str) -> Any:
-        if name == "sampler":  # not yet set (unpickling)
-            raise AttributeError(name)
-        return getattr(self.sampler, name)
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def state_dict(self, batches_done: int | None = None) -> dict[str, int]:
+        return self.sampler.state_dict(batches_done)
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.load_state_dict(state)
+
+    @property
+    def epoch(self) -> int:
+        return self.sampler.epoch
+
+    @property
+    def num_batches(self) -> int:
+        """Batches in a whole epoch (``len`` of a resumed sampler counts only those still to come)."""
+        return self.sampler.num_batches
+
+    @property
+    def batch_size(self) -> int:
+        return self.sampler.batch_size
 
 
 def _maybe_cache(

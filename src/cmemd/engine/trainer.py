@@ -52,7 +52,9 @@ class Trainer:
         model: returns a named output in train mode (``model(images, modalities)``); may be DDP-wrapped.
         objective: ``objective(output, pids, modalities) -> (total loss, {term: value})``.
         optimizer: its groups carry ``initial_lr``; the schedule scales them every step.
-        loader: a DataLoader whose ``batch_sampler`` has ``set_epoch``/``state_dict``/``load_state_dict``.
+        loader: a DataLoader (``cmemd.data.build_train_loader``) yielding :class:`cmemd.data.dataset.Batch`
+            (read by name: ``images``, ``pids``, ``modalities``) whose ``batch_sampler`` has
+            ``set_epoch``/``state_dict``/``load_state_dict``/``epoch``/``num_batches``.
         epochs: total epochs of the run.
         out_dir: run directory (``last.pt``, ``metrics.jsonl``); only rank 0 writes.
         amp: ``"none" | "fp16" | "bf16"`` (fp16 only on CUDA, with a grad scaler).
@@ -106,13 +108,13 @@ class Trainer:
         self.last_checkpoint: Optional[Path] = None
 
     # ------------------------------------------------------------------ hook
-    def forward_backward(self, batch) -> dict[str, float]:
+    def forward_backward(self, batch: Any) -> dict[str, float]:
         """One optimisation step on one batch; returns the logged loss terms.
 
         A non-finite loss stops training with :class:`TrainingError` before any update, so the
         last checkpoint stays the last good state.
         """
-        images, pids, modalities = batch[0], batch[1], batch[2]
+        images, pids, modalities = batch.images, batch.pids, batch.modalities
         images = images.to(self.device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -242,7 +244,7 @@ class Trainer:
                 self.batches_done += 1
                 self.step += 1
                 n += 1
-                images_seen += int(batch[0].shape[0])
+                images_seen += int(batch.images.shape[0])
                 for k, v in terms.items():
                     sums[k] = sums.get(k, 0.0) + v
                 rate = images_seen / max(time.time() - t0, 1e-9)
@@ -303,8 +305,7 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, saved: Any, used: Path) ->
 
 def _epoch_length(sampler: Any) -> int:
     """Batches in a whole epoch (``len`` of a resumed sampler counts only the batches still to come)."""
-    n = getattr(sampler, "num_batches", None)
-    return int(n) if n is not None else len(sampler)
+    return int(sampler.num_batches)
 
 
 def _to_float(out: Any) -> Any:
