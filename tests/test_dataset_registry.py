@@ -67,7 +67,7 @@ def test_unknown_dataset_lists_what_each_expects_on_disk(tmp_path):
     for spec in DATASETS.values():
         assert spec.name in str(e.value) and spec.on_disk in str(e.value)
     with pytest.raises(ConfigError, match="data.dataset must be one of"):
-        load_config("configs/llcm_cmemd.yaml", ["data.dataset=market1501"])
+        load_config("llcm_cmemd", ["data.dataset=market1501"])
 
 
 def test_a_fourth_dataset_is_one_registry_entry(tmp_path, monkeypatch):
@@ -77,4 +77,4 @@ def test_a_fourth_dataset_is_one_registry_entry(tmp_path, monkeypatch):
     root = make_llcm(tmp_path / "t", {("visible", 1, 1): 1, ("thermal", 1, 2): 1})
     st = dataset_stats(root, layout="toy")
     assert st["layout"] == "toy" and st["title"] == "Toy" and st["test_ids"] == 1
-    assert load_config("configs/llcm_cmemd.yaml", ["data.dataset=toy"]).data.dataset == "toy"
+    assert load_config("llcm_cmemd", ["data.dataset=toy"]).data.dataset == "toy"

@@ -28,7 +28,7 @@ def tiny_llcm(tmp_path_factory):
 def trained(tiny_llcm, tmp_path_factory):
     root, _ = tiny_llcm
     out = tmp_path_factory.mktemp("llcm_run") / "run"
-    res = runner.invoke(app, ["train", "-c", "configs/llcm_cmemd.yaml",
+    res = runner.invoke(app, ["train", "-c", "llcm_cmemd",
                               *tiny_overrides(root, out, **{"optim.epochs": 1, "eval.trials": 10,
                                                              "model.pretrained": "null"})])
     assert res.exit_code == 0, res.output
@@ -83,7 +83,7 @@ def test_eval_extract_and_features_agree(trained, tmp_path):
         via = json.loads((tmp_path / "g.json").read_text())
         for k, v in direct[f"llcm {direction}"]["mean"].items():
             assert via["mean"][k] == pytest.approx(v, abs=1e-6), (direction, k)
-    res = runner.invoke(app, ["train", "-c", "configs/llcm_cmemd.yaml", "run.selection=val",
+    res = runner.invoke(app, ["train", "-c", "llcm_cmemd", "run.selection=val",
                               f"data.root={out}", f"run.out_dir={tmp_path / 'x'}", "model.pretrained=null"])
     assert res.exit_code == 2 and "LLCM has none" in res.output
     assert np.isfinite(direct["llcm t2v"]["mean"]["mAP"])
