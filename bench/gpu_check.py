@@ -249,7 +249,9 @@ def build(sz: Sizes, dev, *, num_classes: int = 64, amp: str = "none", channels_
     images = torch.randn(2 * n, 3, sz.height, sz.img_width, generator=g)
     pids = torch.arange(sz.P).repeat_interleave(sz.K).repeat(2)
     mods = torch.cat([torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)])
-    return trainer, (images, pids, mods), cfg
+    from cmemd.data.dataset import Batch
+
+    return trainer, Batch(images, pids, mods, torch.arange(2 * n)), cfg
 
 
 # ---------------------------------------------------------------------------------------------------- sections
@@ -303,7 +305,7 @@ def section_ot(sec: Section, dev, sz: Sizes) -> None:
 def section_losses(sec: Section, dev, sz: Sizes) -> None:
     import torch
 
-    trainer, (images, pids, mods), _ = build(sz, dev)
+    trainer, (images, pids, mods, _), _ = build(sz, dev)
     model, objective = trainer.model, trainer.objective
     model.train()
     out = model(images.to(dev), mods.to(dev))
