@@ -193,7 +193,7 @@ def run_one(group: str, row: str, seed: int) -> dict:
     from cmemd.config import load_config
     from cmemd.data.sysu import SYSUMM01
     from cmemd.engine.diagnostics import alignment_diagnostics, diagnostics_record, nuisance_of
-    from cmemd.engine.run import train
+    from cmemd.app.run import train
 
     g = GROUPS[group]
     label, overrides = g["rows"][row]

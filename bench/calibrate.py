@@ -30,7 +30,7 @@ def main() -> None:
 
     from cmemd.config import load_config
     from cmemd.data.synth import SynthConfig, generate_sysu
-    from cmemd.engine.run import modality_diagnostics, train
+    from cmemd.app.run import modality_diagnostics, train
 
     knobs = {k: getattr(args, f"synth_{k}") for k in KNOBS if getattr(args, f"synth_{k}") is not None}
     if "palette_size" in knobs:

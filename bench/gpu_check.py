@@ -18,7 +18,7 @@ report rewritten after each one, so a run killed at the limit still leaves what 
 5. evaluation (`cmemd.evaluation.evaluate`, SYSU-MM01 sizes) and k-reciprocal re-ranking
    (`cmemd.evaluation.re_ranking(q_g, q_q, g_g, k1=20, k2=6, lambda_value=0.3)`, recorded as not available when the
    installed cmemd has none) on the device against CPU;
-6. training: `cmemd.engine.run.train` with the `sysu_cmemd` settings (no ImageNet weights) on synthetic data this
+6. training: `cmemd.app.run.train` with the `sysu_cmemd` settings (no ImageNet weights) on synthetic data this
    script generates, for a few hundred steps in two epochs (the second epoch's rate is the steady state), for the
    recipe as written (fp32) and with bf16 + channels_last; projected time of one SYSU-MM01 epoch (largest modality //
    (P*K) steps, the sampler's convention: 22,258 // 32 = 695 steps) and of the 80-epoch recipe;
@@ -228,7 +228,7 @@ def build(sz: Sizes, dev, *, num_classes: int = 64, amp: str = "none", channels_
     import torch
 
     from cmemd.config import load_config
-    from cmemd.engine.run import model_config, objective_from_config
+    from cmemd.app.run import model_config, objective_from_config
     from cmemd.engine.schedule import build_optimizer
     from cmemd.engine.trainer import Trainer
     from cmemd.models import build_model
@@ -441,7 +441,7 @@ def section_train(sec: Section, dev, sz: Sizes, work: Path, deadline: float) -> 
     import torch
 
     from cmemd.config import load_config
-    from cmemd.engine.run import train
+    from cmemd.app.run import train
 
     t0 = time.time()
     data = make_data(work / "synth_sysu", sz)

@@ -144,7 +144,7 @@ def load(checkpoint: Union[str, Path], device: Union[str, torch.device] = "cpu")
     A file that is not a cmemd checkpoint, or weights that do not fit the stored architecture,
     raise :class:`~cmemd.errors.CheckpointError`.
     """
-    from cmemd.engine.run import load_trained, resolve_device
+    from cmemd.app.run import load_trained, resolve_device
 
     dev = resolve_device(str(device))
     network, cfg = load_trained(checkpoint, device=dev)

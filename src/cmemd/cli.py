@@ -184,35 +184,16 @@ def train_cmd(
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the evaluation after training."),
 ) -> None:
     """Train a model (CM-EMD or a baseline) and evaluate it on the test protocol."""
-    from cmemd.engine.run import format_all, save_results, train
+    from cmemd.app.run import format_all, train
 
     try:
         cfg = _load_cfg(config, overrides or [])
         if all_trials:
-            from dataclasses import replace
+            from cmemd.app.run import train_all_trials
 
-            from cmemd.data.registry import get_dataset
-            from cmemd.evaluation.results import combine_results
-
-            spec = get_dataset(cfg.data.dataset)
-            if not spec.training_trials:
-                raise ConfigError(f"--all-trials is for datasets with numbered training splits; {spec.title} "
-                                  "(data.dataset) has one training split")
-            base = cfg.run.out_dir
-            per_trial: dict = {}
-            n = len(spec.training_trials)
-            for t in spec.training_trials:
-                cfg_t = replace(cfg, data=replace(cfg.data, trial=t), run=replace(cfg.run, out_dir=f"{base}/trial{t}"))
-                typer.echo(f"=== {spec.title} trial {t}/{n} -> {cfg_t.run.out_dir}")
-                if Path(cfg_t.run.out_dir, "results.json").exists() and resume:
-                    typer.echo("    finished earlier; loading its results")
-                out = train(cfg_t, resume=resume, evaluate_after=not no_eval)
-                for name, r in out.results.items():  # "regdb trial t v2t[, re-ranked (...)]"
-                    per_trial.setdefault(name.split(f"trial {t} ", 1)[-1], []).append(r)
-            if not no_eval:
-                combined = {f"{spec.name} {n} trials {k}": combine_results(v) for k, v in per_trial.items() if v}
+            combined = train_all_trials(cfg, resume=resume, evaluate_after=not no_eval, echo=typer.echo)
+            if combined:
                 typer.echo(format_all(combined))
-                save_results(combined, Path(base) / "results.json")
             return
         outcome = train(cfg, resume=resume, evaluate_after=not no_eval)
         if outcome.results:
@@ -247,7 +228,7 @@ def eval_cmd(
     """Evaluate a trained checkpoint with its dataset's protocol (SYSU-MM01, RegDB, LLCM)."""
     from dataclasses import replace
 
-    from cmemd.engine.run import evaluate_model, format_all, load_trained, modality_gap_of, resolve_device, save_results
+    from cmemd.app.run import evaluate_model, format_all, load_trained, modality_gap_of, resolve_device, save_results
 
     try:
         dev = resolve_device(device)
@@ -310,7 +291,7 @@ def extract_cmd(
 ) -> None:
     """Save the features of the dataset's test sets as .npz (SYSU query + gallery_pool, RegDB visible/thermal of the trial, LLCM visible/thermal)."""
     from cmemd.engine.extract import extract_features
-    from cmemd.engine.run import evaluation_sets, load_trained, resolve_device
+    from cmemd.app.run import evaluation_sets, load_trained, resolve_device
     from cmemd.evaluation.features import save_features
 
     try:
@@ -394,64 +375,11 @@ def demo_cmd(
 
     Data and runs go under the current folder (data/demo_sysu, runs/demo) unless --data-dir / --out-dir say otherwise.
     """
-    import json
-    import shutil
-    import time
+    from cmemd.app.demo import run_demo
 
-    from cmemd.config import load_config
-    from cmemd.data.stats import dataset_stats, format_stats
-    from cmemd.data.preview import preview_grid
-    from cmemd.data.synth import SynthConfig, generate_sysu
-    from cmemd.engine.run import format_all, train
-
-    phases: dict[str, float] = {}
     try:
-        t0 = time.time()
-        synth = SynthConfig(ids=ids, images_per_camera=(10, 12), seed=0)
-        summary_path = data_dir / "synth_summary.json"
-        cached = summary_path.is_file() and json.loads(summary_path.read_text()).get("config") == synth.to_dict()
-        if cached:
-            typer.echo(f"[1/4] synthetic data: reusing {data_dir} (same generator settings)")
-        else:
-            typer.echo(f"[1/4] synthetic data: generating {ids} identities into {data_dir} ...")
-            if data_dir.exists():
-                shutil.rmtree(data_dir)
-            generate_sysu(data_dir, synth, workers=2)
-        typer.echo(format_stats(dataset_stats(data_dir)))
-        preview = preview_grid(data_dir, out_dir.parent / f"{out_dir.name}_preview.png", ids=6, per_camera=2)
-        typer.echo(f"preview of the data: {preview}")
-        phases["data"] = time.time() - t0
-
-        t0 = time.time()
-        # the demo reports plain AND re-ranked numbers, each labelled (eval.rerank only adds the second table)
-        cfg = load_config(config, [f"data.root={data_dir}", f"run.out_dir={out_dir}", "eval.rerank=true",
-                                   *(overrides or [])] + ([f"optim.epochs={epochs}"] if epochs else []))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        typer.echo(f"[2/4] training {config} ({cfg.model.arch} width {cfg.model.width}, {cfg.data.height}x{cfg.data.width}, "
-                   f"{cfg.optim.epochs} epochs, alignment {cfg.loss.alignment}) ...")
-        outcome = train(cfg, resume=False, evaluate_after=False)
-        phases["train"] = time.time() - t0
-
-        t0 = time.time()
-        typer.echo("[3/4] evaluating: SYSU-MM01 protocol, all-search and indoor-search, single-shot, 10 trials; plain and "
-                   f"re-ranked (k-reciprocal, k1={cfg.eval.rerank_k1}, k2={cfg.eval.rerank_k2}, "
-                   f"λ={cfg.eval.rerank_lambda:g}), each labelled ...")
-        from cmemd.engine.run import evaluate_model, modality_gap_of, save_results
-
-        results, feats = evaluate_model(outcome.model, cfg, progress=False, return_features=True)
-        gap = modality_gap_of(feats)
-        save_results(results, out_dir / "results.json", gap)
-        phases["evaluate"] = time.time() - t0
-        typer.echo("[4/4] results")
-        typer.echo(format_all(results))
-        typer.echo(gap.format())
-        typer.echo(f"chance Rank-1 is about 1/#test ids; run directory {out_dir}")
-        typer.echo("time per phase: " + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
-                   + f" (total {sum(phases.values()):.0f} s)")
-        index = _write_report(out_dir / "report", results, feats, checkpoint=outcome.checkpoint, data=data_dir,
-                              config=config)
-        typer.echo(f"evaluation report (open in a browser): {index.resolve()}")
+        run_demo(data_dir=data_dir, out_dir=out_dir, config=config, ids=ids, epochs=epochs, overrides=overrides or [],
+                 echo=typer.echo, write_report=_write_report)
     except CmemdError as e:
         _fail(e)
 

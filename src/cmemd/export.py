@@ -104,7 +104,7 @@ def export_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], *, fl
                       **kw: Any) -> dict[str, Any]:
     """Load a ``cmemd train`` checkpoint and export it (see :func:`export_onnx`); ``flip=None`` follows the
     checkpoint's ``eval.flip``."""
-    from cmemd.engine.run import load_trained
+    from cmemd.app.run import load_trained
 
     model, cfg = load_trained(checkpoint, device="cpu")
     flip = cfg.eval.flip if flip is None else bool(flip)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from cmemd.config import load_config
-from cmemd.engine.run import train
+from cmemd.app.run import train
 
 from .conftest import tiny_overrides
 

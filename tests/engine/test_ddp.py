@@ -24,7 +24,7 @@ def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     from cmemd.config import load_config
-    from cmemd.engine.run import train
+    from cmemd.app.run import train
 
     cfg = load_config(None, tiny_overrides(root, out, **{"optim.epochs": 1}))
     outcome = train(cfg, progress=False, evaluate_after=False)
@@ -56,7 +56,7 @@ def test_two_process_ddp_keeps_ranks_identical(tiny_sysu, tmp_path):
         assert torch.equal(ck["model"][k], v)
     # the DDP run's optimiser has the plain model's two groups (the wrapper once put everything in "heads" at lr 0.1)
     from cmemd.config import load_config
-    from cmemd.engine.run import model_config
+    from cmemd.app.run import model_config
     from cmemd.engine.schedule import build_optimizer
     from cmemd.models import build_model
 

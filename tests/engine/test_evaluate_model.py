@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cmemd.config import load_config
-from cmemd.engine import run
+from cmemd.app import run
 from cmemd.evaluation import sysu_gallery_draws
 from cmemd.models import build_model
 

@@ -31,7 +31,7 @@ CONFIG = REPO / "configs" / "synth_cmemd.yaml"
 # evaluates, then sleeps before returning, so that a kill lands inside evaluation (before results.json).
 LAUNCHER = """
 import os, sys, time
-import cmemd.engine.run as run
+import cmemd.app.run as run
 _real = run.evaluate_model
 def _wrapped(*a, **k):
     mark = os.environ.get("KILLTEST_EVAL_MARK")

@@ -1,4 +1,4 @@
-"""Config -> library calls: what ``cmemd train``, ``cmemd eval`` and ``cmemd extract`` do.
+"""Config -> library calls: what ``cmemd train`` (one run or ``--all-trials``), ``cmemd eval`` and ``cmemd extract`` do.
 
 Everything here is a thin composition of the library (readers, loaders, model, objective,
 Trainer, evaluation). A user in a notebook can make the same calls without a config.
@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -258,6 +258,38 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
 
         dist.barrier()
     return outcome
+
+
+def train_all_trials(cfg: TrainConfig, *, resume: bool = False, evaluate_after: bool = True,
+                     echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """One model per numbered training split of the dataset (RegDB's trials 1..10), each in
+    ``<run.out_dir>/trial<t>``; returns (and writes to ``<run.out_dir>/results.json``) the results of the
+    same setting combined over the trials, ``{"<dataset> <n> trials <setting>": ProtocolResult}``.
+    A dataset with one training split is a :class:`ConfigError`."""
+    from dataclasses import replace
+
+    from cmemd.data.registry import get_dataset
+    from cmemd.evaluation.results import combine_results
+
+    spec = get_dataset(cfg.data.dataset)
+    if not spec.training_trials:
+        raise ConfigError(f"--all-trials is for datasets with numbered training splits; {spec.title} "
+                          "(data.dataset) has one training split")
+    base = cfg.run.out_dir
+    per_trial: dict[str, list] = {}
+    n = len(spec.training_trials)
+    for t in spec.training_trials:
+        cfg_t = replace(cfg, data=replace(cfg.data, trial=t), run=replace(cfg.run, out_dir=f"{base}/trial{t}"))
+        echo(f"=== {spec.title} trial {t}/{n} -> {cfg_t.run.out_dir}")
+        if Path(cfg_t.run.out_dir, "results.json").exists() and resume:
+            echo("    finished earlier; loading its results")
+        out = train(cfg_t, resume=resume, evaluate_after=evaluate_after)
+        for name, r in out.results.items():  # "regdb trial t v2t[, re-ranked (...)]"
+            per_trial.setdefault(name.split(f"trial {t} ", 1)[-1], []).append(r)
+    combined = {f"{spec.name} {n} trials {k}": combine_results(v) for k, v in per_trial.items() if v}
+    if combined:
+        save_results(combined, Path(base) / "results.json")
+    return combined
 
 
 def _chain(hooks: list):
