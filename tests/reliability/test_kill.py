@@ -128,6 +128,9 @@ def test_sigkill_anywhere_then_resume_matches_uninterrupted(tiny_sysu, tmp_path)
     #    then killed inside a checkpoint write (temp file written, not yet renamed)
     prev_step = int(read_checkpoint(previous_path(out / "last.pt"))["step"])
     data = (out / "last.pt").read_bytes()
+    # a NEW file cut short (as a copy would be): writing in place would also cut last.prev.pt whenever the previous
+    # kill landed between the hard link and the rename, when both names still point at one inode
+    (out / "last.pt").unlink()
     (out / "last.pt").write_bytes(data[: len(data) // 3])
     log3 = next(logs)
     p3 = _start(args + ["--resume"], log3, CMEMD_TEST_SLOW_CHECKPOINT_WRITE="0.8")
