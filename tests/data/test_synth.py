@@ -392,6 +392,12 @@ def test_llcm_layout_cli_deterministic_and_low_light(tmp_path):
     for m in ("visible", "thermal"):
         for pid in ds.test_ids:
             assert len({r.camid for r in ds.test(m) if r.pid == pid}) >= 2
+    # preview: a column per camera and sensor (9 VIS + 8 NIR), per_camera images each
+    png = tmp_path / "llcm.png"
+    res = runner.invoke(app, ["data", "preview", str(outs[0]), "--out", str(png), "--ids", "3", "--per-camera", "1"])
+    assert res.exit_code == 0, res.output
+    im = Image.open(png)
+    assert im.width == 34 + 17 * (64 + 2) and (im.height - 14) % (128 + 2) == 0 and im.height > 14
 
 
 def test_low_light_is_darker_noisier_and_faded():
