@@ -64,7 +64,8 @@ def worker(args: argparse.Namespace) -> None:
     name, overrides = WORKLOADS[args.workload][:2]
     cfg = load_config(name, overrides + [f"data.root={args.data}", f"data.cache_dir={args.cache}"])
     # what `cmemd train` does with run.threads unset (or set)
-    policy = apply_thread_policy(args.threads if args.threads > 0 else None, torch.device("cpu"))
+    policy = apply_thread_policy(args.threads if args.threads > 0 else None, torch.device("cpu"),
+                                 (cfg.data.height, cfg.data.width))
     torch.manual_seed(0)
     data = training_data(cfg)
     d, o = cfg.data, cfg.optim

@@ -54,3 +54,20 @@ def test_the_cli_sets_the_wait_policy_before_torch_is_imported():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split()[-2:] == ["PASSIVE", "False"]
+
+
+def test_small_cpu_inputs_default_to_one_thread(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        p = apply_thread_policy(None, "cpu", (64, 32))  # the demo's input
+        assert torch.get_num_threads() == 1 and p["source"] == "default" and "64x32" in p["reason"]
+        torch.set_num_threads(2)
+        p = apply_thread_policy(None, "cpu", (288, 144))  # the paper's input keeps the count in force
+        assert torch.get_num_threads() == 2 and "torch's thread count" in p["reason"]
+        assert apply_thread_policy(2, "cpu", (64, 32))["threads"] == 2  # run.threads wins
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert apply_thread_policy(None, "cpu", (64, 32))["threads"] == 2  # so does an exported OMP_NUM_THREADS
+    finally:
+        torch.set_num_threads(before)

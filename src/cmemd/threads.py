@@ -16,10 +16,12 @@ import os
 from typing import Any, Optional
 
 WAIT_POLICY = "PASSIVE"
-# The thread count stays torch's own (one per core) unless run.threads says otherwise. Measured on a shared 2-core
-# machine (docs/results/threads.md): with PASSIVE, a second thread no longer spins against a busy core, and two
-# threads were as fast as one on the demo model when the machine was otherwise busy with other jobs and clearly faster
-# beside a competing process; with the OpenMP default (spinning) two threads were 10-15x slower beside one.
+# Below this many input pixels (128x64) a CPU run uses one thread unless run.threads says otherwise. Measured on the
+# 2-core machine with nothing else running (docs/results/threads.md, quiet section; demo model, 20 steps, 2 reps):
+# one thread 7.2 s alone and 7.7 s beside a busy process, two PASSIVE threads 7.6 s and 9.0 s, two spinning threads
+# (torch's default) 5.2 s and 16.9 s. Larger inputs keep torch's own count (one per core): per-op work grows with the
+# image and a second thread pays for itself (the paper model's PASSIVE rows in docs/results/threads.md).
+SMALL_INPUT_PIXELS = 128 * 64
 
 
 def wait_policy_default() -> str:
@@ -48,8 +50,11 @@ def default_reason(device_type: str = "cpu") -> str:
     return "default: torch's thread count (one per core)"
 
 
-def apply_thread_policy(requested: Optional[int], device: Any = "cpu") -> dict[str, Any]:
-    """Set torch's thread count to ``requested`` (``run.threads``) when given, else keep the count in force.
+def apply_thread_policy(requested: Optional[int], device: Any = "cpu",
+                        input_size: Optional[tuple[int, int]] = None) -> dict[str, Any]:
+    """Set torch's thread count to ``requested`` (``run.threads``) when given; else, on CPU, one thread for inputs
+    (``input_size`` = height, width) under 128x64 pixels unless ``OMP_NUM_THREADS`` is exported; else keep the
+    count in force.
 
     Returns what was chosen, for the run header and environment.json: ``threads``, ``source`` (run.threads |
     default), ``reason`` and ``omp_wait_policy`` (the environment's value; None = the runtime's own default).
@@ -64,6 +69,11 @@ def apply_thread_policy(requested: Optional[int], device: Any = "cpu") -> dict[s
             raise ConfigError(f"run.threads must be >= 1 (or unset for the default), got {requested}")
         torch.set_num_threads(int(requested))
         source, reason = "run.threads", f"run.threads={requested}"
+    elif (device_type == "cpu" and input_size is not None and input_size[0] * input_size[1] < SMALL_INPUT_PIXELS
+          and not os.environ.get("OMP_NUM_THREADS")):
+        torch.set_num_threads(1)
+        source, reason = "default", (f"default: one thread for {input_size[0]}x{input_size[1]} inputs "
+                                     "(under 128x64; docs/results/threads.md)")
     else:
         source, reason = "default", default_reason(device_type)
     return {"threads": torch.get_num_threads(), "source": source, "reason": reason,
@@ -76,5 +86,5 @@ def describe(policy: dict[str, Any]) -> str:
     return f"{policy['threads']} CPU thread(s) ({policy['reason']}), OMP_WAIT_POLICY={wait}"
 
 
-__all__ = ["WAIT_POLICY", "wait_policy_default", "set_wait_policy", "default_reason",
+__all__ = ["WAIT_POLICY", "SMALL_INPUT_PIXELS", "wait_policy_default", "set_wait_policy", "default_reason",
            "apply_thread_policy", "describe"]

@@ -173,7 +173,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
     device = resolve_device(cfg.run.device)
     from cmemd.threads import apply_thread_policy, describe
 
-    threads = apply_thread_policy(cfg.run.threads, device)
+    threads = apply_thread_policy(cfg.run.threads, device, (cfg.data.height, cfg.data.width))
     rank, world = init_distributed(device)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
