@@ -116,6 +116,16 @@ def _check_feats(x: ArrayLike, name: str) -> torch.Tensor:
     return t
 
 
+
+def _check_feat_pair(a: ArrayLike, b: ArrayLike, name_a: str = "query_feats",
+                     name_b: str = "gallery_feats") -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_check_feats` of two feature sets that are compared with each other, and their widths match."""
+    fa, fb = _check_feats(a, name_a), _check_feats(b, name_b)
+    if fa.shape[1] != fb.shape[1]:
+        raise EvaluationError(f"{name_a} have dimension {fa.shape[1]} but {name_b} {fb.shape[1]}; extract both with "
+                              "the same model and feature (e.g. both after the BN-neck)")
+    return fa, fb
+
 def _check_labels(x: ArrayLike, name: str, n: int, feats_name: str) -> torch.Tensor:
     t = _as_tensor(x, name)
     if t.dim() != 1:
@@ -391,13 +401,7 @@ def evaluate(
     """
     _check_options(removal, cmc, max_rank)
     _check_choice(metric, METRICS, "metric")
-    qf = _check_feats(query_feats, "query_feats")
-    gf = _check_feats(gallery_feats, "gallery_feats")
-    if qf.shape[1] != gf.shape[1]:
-        raise EvaluationError(
-            f"query_feats have dimension {qf.shape[1]} but gallery_feats {gf.shape[1]}; "
-            "extract both with the same model and feature (e.g. both after the BN-neck)"
-        )
+    qf, gf = _check_feat_pair(query_feats, gallery_feats)
     qp = _check_labels(query_pids, "query_pids", qf.shape[0], "query_feats")
     qc = _check_labels(query_cams, "query_cams", qf.shape[0], "query_feats")
     gp = _check_labels(gallery_pids, "gallery_pids", gf.shape[0], "gallery_feats")
@@ -480,11 +484,7 @@ def top_k(
     _check_choice(metric, METRICS, "metric")
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise EvaluationError(f"k={k!r} must be a positive integer (the number of matches to list)")
-    qf = _check_feats(query_feats, "query_feats")
-    gf = _check_feats(gallery_feats, "gallery_feats")
-    if qf.shape[1] != gf.shape[1]:
-        raise EvaluationError(f"query_feats have dimension {qf.shape[1]} but gallery_feats {gf.shape[1]}; "
-                              "extract both with the same model and feature")
+    qf, gf = _check_feat_pair(query_feats, gallery_feats)
     dev = _resolve_device(device, query_feats, gallery_feats)
     dtype = _work_dtype(qf, gf)
     q = _prepare_feats(qf, "query_feats", metric, dev, dtype)

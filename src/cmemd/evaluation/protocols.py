@@ -37,7 +37,7 @@ from cmemd.evaluation.metrics import (
     ArrayLike,
     _as_tensor,
     _check_choice,
-    _check_feats,
+    _check_feat_pair,
     _check_labels,
     _prepare_feats,
     _resolve_device,
@@ -185,10 +185,7 @@ def evaluate_sysu(
     if method == "official" and rand_perm is None:
         raise EvaluationError("method='official' needs rand_perm: the path of rand_perm_cam.mat (--rand-perm PATH)")
 
-    qf = _check_feats(query_feats, "query_feats")
-    pf = _check_feats(pool_feats, "pool_feats")
-    if qf.shape[1] != pf.shape[1]:
-        raise EvaluationError(f"query_feats have dimension {qf.shape[1]} but pool_feats {pf.shape[1]}; extract both with the same feature")
+    qf, pf = _check_feat_pair(query_feats, pool_feats, "query_feats", "pool_feats")
     qp = _check_labels(query_pids, "query_pids", qf.shape[0], "query_feats")
     qc = _check_labels(query_cams, "query_cams", qf.shape[0], "query_feats")
     pp = _check_labels(pool_pids, "pool_pids", pf.shape[0], "pool_feats")
@@ -339,11 +336,7 @@ def evaluate_regdb_directions(
     _check_choice(metric, METRICS, "metric")
     _check_options("none", "standard", max_rank)
     # Validate under the caller's names before the roles become query/gallery.
-    vf = _check_feats(visible_feats, "visible_feats")
-    tf = _check_feats(thermal_feats, "thermal_feats")
-    if vf.shape[1] != tf.shape[1]:
-        raise EvaluationError(f"visible_feats have dimension {vf.shape[1]} but thermal_feats {tf.shape[1]}; "
-                              "extract both with the same model and feature")
+    vf, tf = _check_feat_pair(visible_feats, thermal_feats, "visible_feats", "thermal_feats")
     vp = _check_labels(visible_pids, "visible_pids", vf.shape[0], "visible_feats")
     tp = _check_labels(thermal_pids, "thermal_pids", tf.shape[0], "thermal_feats")
     dev = _resolve_device(device, visible_feats, thermal_feats)
@@ -447,11 +440,7 @@ def evaluate_llcm(
     _check_choice(metric, METRICS, "metric")
     _check_options("same-pid-same-cam", "identity-dedup", max_rank)
     trial_ids = _trial_list(trials)
-    vf = _check_feats(visible_feats, "visible_feats")
-    tf = _check_feats(thermal_feats, "thermal_feats")
-    if vf.shape[1] != tf.shape[1]:
-        raise EvaluationError(f"visible_feats have dimension {vf.shape[1]} but thermal_feats {tf.shape[1]}; "
-                              "extract both with the same model and feature")
+    vf, tf = _check_feat_pair(visible_feats, thermal_feats, "visible_feats", "thermal_feats")
     vp = _check_labels(visible_pids, "visible_pids", vf.shape[0], "visible_feats")
     vc = _check_labels(visible_cams, "visible_cams", vf.shape[0], "visible_feats")
     tp = _check_labels(thermal_pids, "thermal_pids", tf.shape[0], "thermal_feats")

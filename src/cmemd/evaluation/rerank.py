@@ -484,15 +484,11 @@ def re_ranking_features(
     the G x G gallery matrix ever exists: a 50k-image gallery needs memory for the (Q, G) result,
     the features and the sparse neighbour lists only. Returns numpy for numpy queries, else torch.
     """
-    from cmemd.evaluation.metrics import METRICS, _check_choice, _check_feats, _prepare_feats, _work_dtype
+    from cmemd.evaluation.metrics import METRICS, _check_choice, _check_feat_pair, _prepare_feats, _work_dtype
 
     _check_params(k1, k2, lambda_value)
     _check_choice(metric, METRICS, "metric")
-    qf = _check_feats(query_feats, "query_feats")
-    gf = _check_feats(gallery_feats, "gallery_feats")
-    if qf.shape[1] != gf.shape[1]:
-        raise EvaluationError(f"query_feats have dimension {qf.shape[1]} but gallery_feats {gf.shape[1]}; "
-                              "extract both with the same model and feature")
+    qf, gf = _check_feat_pair(query_feats, gallery_feats)
     dev = _resolve_device(device, query_feats, gallery_feats)
     dtype = _work_dtype(qf, gf)
     x = torch.cat([_prepare_feats(qf, "query_feats", metric, dev, dtype), _prepare_feats(gf, "gallery_feats", metric, dev, dtype)])
