@@ -220,9 +220,7 @@ def run_one(group: str, row: str, seed: int) -> dict:
     loss = cfg.loss
     diag = alignment_diagnostics(outcome.model, test, height=cfg.data.height, width=cfg.data.width,
                                  batch_size=256, nuisance=nuisance_of(test, data), cost=loss.emd_cost,
-                                 normalize=loss.emd_normalize,
-                                 feature="global_bn" if loss.align_feature == "bn" else "global_feat",
-                                 center=loss.align_feature == "centered")
+                                 normalize=loss.emd_normalize, align_feature=loss.align_feature)
     hist = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [h for h in hist if h.get("kind") == "epoch"]
     diags = [h for h in hist if h.get("kind") == "diag"]

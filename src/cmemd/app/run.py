@@ -330,13 +330,12 @@ def _diagnostics_hook(cfg: TrainConfig, device: torch.device, progress: bool):
         return lambda trainer, epoch: None
     nuisance = nuisance_of(recs, cfg.data.root)
     loss = cfg.loss
-    feature = "global_bn" if loss.align_feature == "bn" else "global_feat"
 
     def on_epoch_end(trainer: Trainer, epoch: int) -> None:
         diag = alignment_diagnostics(unwrap(trainer.model), recs, height=cfg.data.height, width=cfg.data.width,
                                      device=device, batch_size=cfg.eval.batch_size, nuisance=nuisance,
-                                     cost=loss.emd_cost, normalize=loss.emd_normalize, feature=feature,
-                                     center=loss.align_feature == "centered")
+                                     cost=loss.emd_cost, normalize=loss.emd_normalize,
+                                     align_feature=loss.align_feature)
         trainer._log({"kind": "diag", "epoch": epoch, "step": trainer.step, **diagnostics_record(diag)})
         if progress:
             print(f"after epoch {epoch + 1}, {note}: {diag['modality_gap'].format()}", flush=True)

@@ -66,19 +66,19 @@ def alignment_diagnostics(
     nuisance: Optional[dict[str, np.ndarray]] = None,
     cost: str = "euclidean",
     normalize: bool = False,
-    feature: str = "global_feat",
-    center: bool = False,
+    align_feature: str = "pooled",
     k: int = 4,
     draws: int = 4,
     seed: int = 0,
 ) -> dict[str, Any]:
     """``{"modality_gap": ModalityGap, "plan_purity": PlanPurity | None}`` of ``model`` on ``records``.
 
-    The gap is measured on the test feature; the plan on ``feature`` (the global feature the CM-EMD
-    loss aligns, pre-BN by default) with the loss's ``cost``/``normalize``, for identity groups of
-    ``k`` visible + ``k`` thermal images (``draws`` rounds, seeded), in eval mode. ``center`` subtracts the
-    mean feature of ``records`` first (the loss's ``align_feature="centered"`` subtracts its batch mean).
+    The gap is measured on the test feature; the plan on the global feature as the loss's ``align_feature``
+    presents it (``pooled``, ``bn``, or ``centered``: pooled minus the mean over ``records``, as the loss
+    subtracts its batch mean) with the loss's ``cost``/``normalize``, for identity groups of ``k`` visible
+    + ``k`` thermal images (``draws`` rounds, seeded), in eval mode.
     """
+    feature = "global_bn" if align_feature == "bn" else "global_feat"
     feats = extract_outputs(model, records, ("test", feature), height=height, width=width,
                             batch_size=batch_size, device=device)
     pids = np.array([r.pid for r in records])
@@ -88,7 +88,7 @@ def alignment_diagnostics(
     if nuisance is not None and feature in feats:
         groups = sample_identity_groups(pids, mods, k, draws=draws, seed=seed)
         if groups:
-            f = feats[feature] - feats[feature].mean(0, keepdims=True) if center else feats[feature]
+            f = feats[feature] - feats[feature].mean(0, keepdims=True) if align_feature == "centered" else feats[feature]
             out["plan_purity"] = plan_purity(
                 torch.from_numpy(f), groups, nuisance["view"],
                 {n: nuisance[n] for n in NUISANCE_NUMBERS},
