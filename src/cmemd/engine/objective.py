@@ -70,8 +70,9 @@ class Objective(nn.Module):
         lambda_align: weight of the alignment loss.
         align_granularities: ``all`` (global + each local + each accumulated feature, each one
             granularity) or ``global``.
-        align_feature: which feature the alignment sees: ``pooled`` (pre-BN, the paper's figure) or
-            ``bn`` (the BN-neck outputs).
+        align_feature: which feature the alignment sees: ``pooled`` (pre-BN, the paper's figure),
+            ``bn`` (the BN-neck outputs) or ``centered`` (pooled minus the batch mean); see
+            :func:`aligned_features`.
         emd_cost, emd_normalize, emd_solver, sinkhorn_eps, sinkhorn_iters: the cost and plan options
             (cost/normalize apply to every alignment loss alike -- MMD takes ``normalize`` -- so the
             ablation compares alignment strategies, not scalings).
