@@ -27,7 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
-from cmemd.data.records import ImageRecord
+from cmemd.data.records import ImageRecord, path_label_lines
 from cmemd.data.sysu import _list_images, _refuse_other_layout, read_id_file
 from cmemd.errors import DatasetError
 
@@ -69,23 +69,10 @@ def read_train_list(path: str | Path, root: str | Path, modality: str, *, check_
     if not path.is_file():
         raise DatasetError(f"{path}: training list not found; LLCM ships idx/{TRAIN_LIST[modality]} "
                            "('<relative path> <label>' per line)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not a text file ({e.reason} at byte {e.start}); expected "
-                           "'<relative path> <integer label>' per line") from None
     records, problems = [], []
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        where = f"{path}:{lineno}"
-        if len(parts) != 2:
-            problems.append(f"{where}: expected '<relative path> <integer label>', got {line.strip()[:80]!r}")
-            continue
-        rel, label = parts
-        if not (label.isascii() and label.isdigit()):
-            problems.append(f"{where}: label {label!r} is not a non-negative integer")
+    for where, rel, label, problem in path_label_lines(path):
+        if problem:
+            problems.append(problem)
             continue
         cam = camera_of(rel)
         if cam is None:
@@ -96,7 +83,7 @@ def read_train_list(path: str | Path, root: str | Path, modality: str, *, check_
         if check_exists and not full.is_file():
             problems.append(f"{where}: image {full} does not exist")
             continue
-        records.append(ImageRecord(str(full), int(label), cam, modality))
+        records.append(ImageRecord(str(full), label, cam, modality))
     if problems:
         raise DatasetError(f"{path}: {len(problems)} malformed line(s)", problems)
     if not records:

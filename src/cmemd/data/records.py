@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Literal
+from pathlib import Path
+from typing import Iterable, Iterator, Literal, Optional
 
 Modality = Literal["visible", "thermal"]
 MODALITIES: tuple[str, str] = ("visible", "thermal")
@@ -42,3 +43,28 @@ def count_by(records: Iterable[ImageRecord], key: str) -> dict:
         k = getattr(r, key)
         counts[k] = counts.get(k, 0) + 1
     return dict(sorted(counts.items()))
+
+
+def path_label_lines(path: Path) -> Iterator[tuple[str, str, int, Optional[str]]]:
+    """The lines of a ``<relative path> <integer label>`` list (RegDB's idx files, LLCM's training lists), in
+    order: ``(where, relative path, label, problem)`` with ``where`` = ``file:line`` and ``problem`` the
+    message of a malformed line (None for a good one). Blank lines are skipped; the caller adds its own
+    per-line checks and reports every problem at once."""
+    from cmemd.errors import DatasetError
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{path}: not a text file ({e.reason} at byte {e.start}); expected "
+                           "'<relative path> <integer label>' per line") from None
+    for lineno, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        where = f"{path}:{lineno}"
+        if len(parts) != 2:
+            yield where, "", -1, f"{where}: expected '<relative path> <integer label>', got {line.strip()[:80]!r}"
+        elif not (parts[1].isascii() and parts[1].isdigit()):  # isdigit alone accepts '²'
+            yield where, parts[0], -1, f"{where}: label {parts[1]!r} is not a non-negative integer"
+        else:
+            yield where, parts[0], int(parts[1]), None

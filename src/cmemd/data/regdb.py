@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cmemd.data.records import ImageRecord
+from cmemd.data.records import ImageRecord, path_label_lines
 from cmemd.data.sysu import _refuse_other_layout
 from cmemd.errors import DatasetError
 
@@ -35,24 +35,11 @@ def read_idx_file(path: str | Path, root: str | Path, modality: str, *, check_ex
     path, root = Path(path), Path(root)
     if not path.is_file():
         raise DatasetError(f"{path}: split file not found; RegDB ships idx/ with 10 trials of train/test lists")
-    records, problems = [], []
     folder = MODALITY_FOLDER[modality]
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not a text file ({e.reason} at byte {e.start}); expected "
-                           "'<relative path> <integer label>' per line") from None
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        parts = line.split()
-        where = f"{path}:{lineno}"
-        if len(parts) != 2:
-            problems.append(f"{where}: expected '<relative path> <integer label>', got {line.strip()[:80]!r}")
-            continue
-        rel, label = parts
-        if not (label.isascii() and label.isdigit()):  # isdigit alone accepts '²'
-            problems.append(f"{where}: label {label!r} is not a non-negative integer")
+    records, problems = [], []
+    for where, rel, label, problem in path_label_lines(path):
+        if problem:
+            problems.append(problem)
             continue
         if not rel.replace("\\", "/").startswith(folder + "/"):
             problems.append(f"{where}: path {rel!r} is not under {folder}/ although the file lists {modality} images")
@@ -61,7 +48,7 @@ def read_idx_file(path: str | Path, root: str | Path, modality: str, *, check_ex
         if check_exists and not full.is_file():
             problems.append(f"{where}: image {full} does not exist")
             continue
-        records.append(ImageRecord(str(full), int(label), MODALITY_CAMERA[modality], modality))
+        records.append(ImageRecord(str(full), label, MODALITY_CAMERA[modality], modality))
     if problems:
         raise DatasetError(f"{path}: {len(problems)} malformed line(s)", problems)
     if not records:
