@@ -99,6 +99,45 @@ def health_table(rows: dict, runs: dict) -> list[str]:
     return out
 
 
+def budget_health_table(rows: dict, runs: dict, reference: Callable[[str], str | None]) -> list[str]:
+    """The issue's first goal at the study's budget: each granularity's aligned-feature norm as a share of the same
+    model's unaligned run (``reference(row)``, same seed), and the dead units, mean over seeds (worst seed in
+    brackets). Rows without a reference (the unaligned ones) are left out."""
+    out = ["| row | seeds | unaligned reference | norm global / local / accum (x reference, same seed) | "
+           "dead units global / local / accum (worst seed) |", "|---|---|---|---|---|"]
+    for name, (label, _) in rows.items():
+        rs, refname = runs.get(name), reference(name)
+        if not rs or refname is None:
+            continue
+        ref = {r["seed"]: r["last_epoch"] for r in runs.get(refname, [])}
+        cells_n, cells_d = [], []
+        for g in ("global", "local", "accum"):
+            k = f"norm_{g}"
+            ratios = [r["last_epoch"][k] / ref[r["seed"]][k] for r in rs
+                      if k in r["last_epoch"] and r["seed"] in ref and ref[r["seed"]].get(k)]
+            cells_n.append(f"{np.mean(ratios):.2f}x" if ratios else "-")
+            # runs recorded before `dead_accum_prefix` existed counted accumulated units per prefix: left out here
+            dead = [r["last_epoch"][f"dead_{g}"] for r in rs if f"dead_{g}" in r["last_epoch"]
+                    and (g != "accum" or "dead_accum_prefix" in r["last_epoch"])]
+            cells_d.append(f"{100 * np.mean(dead):.1f}% ({100 * max(dead):.1f}%)" if dead else "-")
+        seeds = sum(r["seed"] in ref for r in rs)
+        out.append(f"| {label} | {seeds} of {len(rs)} | {rows[refname][0] if refname in rows else refname} | "
+                   f"{' / '.join(cells_n)} | {' / '.join(cells_d)} |")
+    return out
+
+
+def health_reference(row: str) -> str | None:
+    """The unaligned run of the same model: the baseline for the rows that add one alignment to it, the full model
+    at lambda 0 for the full model's variants."""
+    if row in ("baseline", "full_none"):
+        return None
+    return "baseline" if row.endswith("_global") else "full_none"
+
+
+def gap(run: dict) -> float:
+    return diag(run, "gap_centre_ratio")
+
+
 def variation_plot(groups: dict, load_runs, out_dir: Path) -> Path | None:
     runs = load_runs("variation")
     levels = sorted({float(n.rsplit("_v", 1)[1]) for n in runs})
@@ -158,6 +197,13 @@ def write(groups: dict, load_runs, report: Path, out_dir: Path, command: str, wa
                 lines += comparisons(g["pairs"], {**g["rows"], **g.get("pair_rows", {})},
                                      {**runs, **{k: v for k, v in load_runs(g["pairs_from"]).items()}}
                                      if g.get("pairs_from") else runs)
+        if gname == "core" and runs:
+            lines += ["", "Paired differences in the gap ratio (test ids; negative = a closes more of the gap):", ""]
+            lines += comparisons(g["pairs"], g["rows"], runs, value=gap, what="gap ratio")
+            lines += ["", "Feature health at this budget (last epoch's steps; the issue's goal: every ratio at least "
+                      "0.5x, dead units under 10%):", ""]
+            all_rows = {**g["rows"], **groups["settings"]["rows"]}
+            lines += budget_health_table(all_rows, {**runs, **load_runs("settings")}, health_reference)
         if gname == "variation":
             p = variation_plot(groups, load_runs, out_dir)
             if p:

@@ -82,6 +82,9 @@ CORE_ROWS = {  # in order of interest: with few seeds done, the main comparison 
     "full_allpairs": ("full, all-pairs alignment instead", FULL + COST + ["loss.alignment=all-pairs"]),
     "emd_global": ("+ CM-EMD (global feature)", BASELINE + ["loss.alignment=cmemd", "loss.lambda_align=2",
                                                           "loss.align_granularities=global"] + COST),
+    "allpairs_global": ("+ all-pairs (global feature)", BASELINE + ["loss.alignment=all-pairs", "loss.lambda_align=2",
+                                                                  "loss.align_granularities=global"] + COST),
+    "full_none": ("full, no alignment (lambda 0: the reference norms)", FULL + COST + ["loss.lambda_align=0"]),
     "full_hetero": ("full, hetero-centre alignment instead", FULL + COST + ["loss.alignment=hetero-center"]),
     "full_sinkhorn": ("full, Sinkhorn plan instead of the exact one", FULL + COST + ["loss.emd_solver=sinkhorn"]),
     "full_cosine": ("full, cosine cost instead of Euclidean on the sphere", FULL + COST + ["loss.emd_cost=cosine"]),
@@ -92,6 +95,8 @@ SETTINGS_ROWS = {
     "full_triplet": ("full + WRT triplet", FULL + COST + ["loss.lambda_triplet=1"]),
     "full_ls": ("full + label smoothing 0.1", FULL + COST + ["loss.label_smoothing=0.1"]),
     "full_noheads": ("full, no identity classifiers on the accumulated features", FULL + COST + ["model.accumulated_heads=false"]),
+    "full_triplet_ls": ("full + WRT triplet + label smoothing 0.1", FULL + COST + ["loss.lambda_triplet=1",
+                                                                               "loss.label_smoothing=0.1"]),
 }
 VARIATIONS = (0.2, 0.7)  # and the default 0.4: the core rows
 VARIATION_ROWS = {f"{name}_v{v}": (f"{label}, variation {v}", CORE_ROWS[name][1])
@@ -111,15 +116,18 @@ GROUPS: dict[str, dict] = {
              "title": "2. Core rows (5 seeds, paired)",
              "about": "300 ids (150 train + 50 val, both trained on; 100 test), 2,000 steps of 8 x (4 + 4) images "
                       "at 64x32 (ResNet-18 width 32), one thread per run.",
-             "pairs": [("emd_global", "baseline"), ("full", "baseline"), ("full", "full_allpairs"),
+             "pairs": [("emd_global", "baseline"), ("emd_global", "allpairs_global"), ("full", "full_none"),
+                       ("full", "baseline"), ("full", "full_allpairs"),
                        ("full", "full_hetero"), ("full", "full_sinkhorn"), ("full", "full_cosine"),
                        ("full", "full_lambda05")]},
     "settings": {"ids": 300, "budget": BUDGET, "seeds": SEEDS5, "rows": SETTINGS_ROWS, "variation": None,
                  "title": "3. The settings that separate the full model from the earlier best row",
                  "about": "The earlier ablation's best row differed from the full model in three settings; each is "
-                          "switched alone here, paired against the core `full` row; and the accumulated features' "
-                          "identity classifiers, removed.",
-                 "pairs": [("full_m1", "full"), ("full_triplet", "full"), ("full_ls", "full"), ("full_noheads", "full")],
+                          "switched alone here, paired against the core `full` row; the accumulated features' "
+                          "identity classifiers, removed; and triplet with label smoothing together (the baseline's "
+                          "recipe on the full model).",
+                 "pairs": [("full_m1", "full"), ("full_triplet", "full"), ("full_ls", "full"), ("full_noheads", "full"),
+                           ("full_triplet_ls", "full"), ("full_triplet_ls", "baseline")],
                  "pair_rows": CORE_ROWS, "pairs_from": "core"},
     "variation": {"ids": 300, "budget": BUDGET, "seeds": [0, 1, 2], "rows": VARIATION_ROWS,
                   "variation": lambda row: float(row.rsplit("_v", 1)[1]),
