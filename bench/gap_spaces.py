@@ -1,0 +1,57 @@
+"""Modality gap of a trained model in each of its feature spaces: does the alignment close the gap where it acts
+(the pooled features, L2-normalised) even where the test feature (BN-neck) keeps it?
+
+    python bench/gap_spaces.py runs/demo            # the run's own data root, test ids
+    python bench/gap_spaces.py RUN_DIR --root DATA  # another SYSU-layout root
+
+Prints the gap ratio, the modality probe and the within/cross-modality Rank-1 (cmemd.evaluation.modality) of the
+test feature, the global feature as pooled / L2-normalised / batch-centred / standardised / BN-neck, and of each
+local stripe and accumulated prefix (L2-normalised), on the test ids of the SYSU-MM01 layout.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+
+def l2(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+
+
+def main() -> None:
+    from cmemd.app.run import load_trained
+    from cmemd.data.records import modality_index
+    from cmemd.data.sysu import SYSUMM01
+    from cmemd.engine.extract import extract_outputs
+    from cmemd.evaluation.modality import modality_gap
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path, help="a training run's out_dir (its last.pt is read)")
+    ap.add_argument("--root", default=None, help="SYSU-layout data root [the run's data.root]")
+    args = ap.parse_args()
+    model, cfg = load_trained(args.run / "last.pt")
+    ds = SYSUMM01(args.root or cfg.data.root)
+    recs = ds.query() + ds.gallery_pool("all")
+    f = extract_outputs(model, recs, ("test", "global_feat", "global_bn", "local_feats", "accumulated_feats"),
+                        height=cfg.data.height, width=cfg.data.width, batch_size=256)
+    pids = np.array([r.pid for r in recs])
+    mods = np.array([modality_index(r.modality) for r in recs])
+    cams = np.array([r.camid for r in recs])
+    g = f["global_feat"]
+    spaces = {f"test ({cfg.model.test_feature})": f["test"], "global pooled": g, "global pooled, L2": l2(g),
+              "global pooled, centred + L2": l2(g - g.mean(0)),
+              "global pooled, standardised": (g - g.mean(0)) / g.std(0).clip(1e-6), "global BN-neck": f["global_bn"]}
+    for name, key in (("local stripe", "local_feats"), ("accumulated prefix", "accumulated_feats")):
+        if key in f:
+            spaces.update({f"{name} {k + 1}, L2": l2(f[key][:, k]) for k in range(f[key].shape[1])})
+    print(f"{args.run}: {len(set(pids))} test ids, {len(recs)} images")
+    print(f"{'feature':34s} {'gap ratio':>9s} {'probe':>6s} {'v->v':>6s} {'t->t':>6s} {'t->v':>6s}")
+    for name, x in spaces.items():
+        m = modality_gap(x, pids, mods, cams)
+        print(f"{name:34s} {m.centre_ratio:9.2f} {m.probe_accuracy:6.3f} {m.r1_v2v:6.3f} {m.r1_t2t:6.3f} {m.r1_t2v:6.3f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""bench/alignment_report.py: the paired intervals and the feature-health table the alignment study reports.
+
+The study's verdicts ("a better", "not resolved") rest on these numbers, so they are checked against scipy's own
+paired t-test and against hand-computed norm ratios.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy import stats
+
+SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "alignment_report.py"
+spec = importlib.util.spec_from_file_location("alignment_report", SCRIPT)
+report = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(report)
+
+
+def run(seed: int, r1: float, **last_epoch: float) -> dict:
+    return {"seed": seed, "results": {report.ALL: {"mean": {"R1": r1 / 100, "mAP": 0.0}}},
+            "test_diagnostics": {"gap_centre_ratio": 1.0}, "last_epoch": last_epoch}
+
+
+values = st.floats(min_value=-50, max_value=50, allow_nan=False)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.tuples(values, values), min_size=2, max_size=8))
+def test_paired_interval_is_scipys_paired_t_interval(pairs):
+    a = [run(k, x) for k, (x, _) in enumerate(pairs)]
+    b = [run(k, y) for k, (_, y) in enumerate(pairs)]
+    d, m, lo, hi = report.paired(a, b, report.r1)
+    x = np.array([p[0] for p in pairs]) / 100 * 100  # the same float path as r1()
+    y = np.array([p[1] for p in pairs]) / 100 * 100
+    np.testing.assert_allclose(d, x - y, atol=1e-9)
+    assert m == pytest.approx(float(np.mean(x - y)), abs=1e-9)
+    if np.std(x - y) > 1e-9:
+        ci = stats.ttest_rel(x, y).confidence_interval(0.95)
+        assert (lo, hi) == (pytest.approx(ci.low, abs=1e-6), pytest.approx(ci.high, abs=1e-6))
+    else:
+        assert lo == pytest.approx(m) and hi == pytest.approx(m)
+
+
+def test_paired_uses_only_the_seeds_both_rows_have():
+    a = [run(0, 30), run(1, 40), run(2, 50)]
+    b = [run(1, 35), run(2, 41), run(7, 0)]
+    d, m, lo, hi = report.paired(a, b, report.r1)
+    assert d == pytest.approx([5.0, 9.0])
+    assert m == pytest.approx(7.0)
+    assert lo < 7.0 < hi
+
+
+def test_one_pair_gives_no_interval_and_the_verdict_says_so():
+    d, m, lo, hi = report.paired([run(0, 30)], [run(0, 20)], report.r1)
+    assert d == pytest.approx([10.0]) and np.isnan(lo) and np.isnan(hi)
+    assert report.verdict(lo, hi) == "too few seeds"
+    assert report.verdict(0.5, 2.0).startswith("**a better")
+    assert report.verdict(-2.0, -0.5).startswith("**b better")
+    assert report.verdict(-1.0, 1.0).startswith("not resolved")
+
+
+def test_health_table_divides_by_the_same_seeds_unaligned_run():
+    rows = {"full_none": ("unaligned", []), "full": ("aligned", []), "emd_global": ("global", []),
+            "baseline": ("base", [])}
+    runs = {
+        "full_none": [run(0, 0, norm_global=40.0, norm_local=10.0), run(1, 0, norm_global=20.0, norm_local=10.0)],
+        "full": [run(0, 0, norm_global=20.0, norm_local=10.0, dead_global=0.0, dead_local=0.1),
+                 run(1, 0, norm_global=20.0, norm_local=5.0, dead_global=0.0, dead_local=0.3)],
+        "emd_global": [run(3, 0, norm_global=1.0)],  # no baseline run of seed 3: no ratio
+        "baseline": [run(0, 0, norm_global=10.0)],
+    }
+    lines = report.budget_health_table(rows, runs, report.health_reference)
+    body = {line.split(" | ")[0].lstrip("| "): line for line in lines[2:]}
+    assert set(body) == {"aligned", "global"}  # the unaligned rows are references, not rows
+    # seed 0: 20/40 = 0.5, seed 1: 20/20 = 1 -> mean 0.75; local 1.0 and 0.5 -> 0.75
+    assert "0.75x / 0.75x / -" in body["aligned"]
+    assert "20.0% (30.0%)" in body["aligned"]
+    assert "0 of 1" in body["global"] and "- / - / -" in body["global"]
+
+
+def test_health_table_leaves_out_per_prefix_counts_of_old_runs():
+    rows = {"full_none": ("unaligned", []), "full": ("aligned", [])}
+    old = run(0, 0, norm_accum=5.0, dead_accum=0.4)  # before dead_accum_prefix: dead_accum was per prefix
+    new = run(1, 0, norm_accum=5.0, dead_accum=0.02, dead_accum_prefix=0.4)
+    lines = report.budget_health_table(rows, {"full": [old, new], "full_none": []}, report.health_reference)
+    assert lines[-1].endswith("2.0% (2.0%) |")
