@@ -193,17 +193,18 @@ def write(groups: dict, load_runs, report: Path, out_dir: Path, command: str, wa
         else:
             lines += row_table(g["rows"], runs, None)
             if g.get("pairs"):
-                lines += ["", "Paired differences:", ""]
-                lines += comparisons(g["pairs"], {**g["rows"], **g.get("pair_rows", {})},
-                                     {**runs, **{k: v for k, v in load_runs(g["pairs_from"]).items()}}
-                                     if g.get("pairs_from") else runs)
+                rows = {**g["rows"], **g.get("pair_rows", {})}
+                both = {**runs, **load_runs(g["pairs_from"])} if g.get("pairs_from") else runs
+                lines += ["", "Paired differences:", ""] + comparisons(g["pairs"], rows, both)
+                lines += ["", "Paired differences in the gap ratio (test ids; negative = a closes more of the gap):", ""]
+                lines += comparisons(g["pairs"], rows, both, value=gap, what="gap ratio")
         if gname == "core" and runs:
-            lines += ["", "Paired differences in the gap ratio (test ids; negative = a closes more of the gap):", ""]
-            lines += comparisons(g["pairs"], g["rows"], runs, value=gap, what="gap ratio")
             lines += ["", "Feature health at this budget (last epoch's steps; the issue's goal: every ratio at least "
                       "0.5x, dead units under 10%):", ""]
-            all_rows = {**g["rows"], **groups["settings"]["rows"]}
-            lines += budget_health_table(all_rows, {**runs, **load_runs("settings")}, health_reference)
+            others = [n for n in ("settings", "space") if n in groups]
+            all_rows = {**g["rows"], **{k: v for n in others for k, v in groups[n]["rows"].items()}}
+            all_runs = {**runs, **{k: v for n in others for k, v in load_runs(n).items()}}
+            lines += budget_health_table(all_rows, all_runs, health_reference)
         if gname == "variation":
             p = variation_plot(groups, load_runs, out_dir)
             if p:

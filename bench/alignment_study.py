@@ -98,6 +98,17 @@ SETTINGS_ROWS = {
     "full_triplet_ls": ("full + WRT triplet + label smoothing 0.1", FULL + COST + ["loss.lambda_triplet=1",
                                                                                "loss.label_smoothing=0.1"]),
 }
+# Where the alignment acts, at the study's budget, on the simplest model (the baseline + CM-EMD on the global feature).
+# The pooled features sit in a narrow cone (cosine 0.997 to their mean after `make demo`; norm 44 against a centred
+# spread of 3.7), so on the sphere the loss's gradient is damped by the norm while the identity loss, through the
+# BN-neck, is amplified by the small per-unit spread: centring first measures the cost at the scale the identity
+# loss sees. The 200-step pilot (section 1) found lambda 2 too strong there; these rows test 0.5 and 1.
+SPACE_ROWS = {
+    f"centered{tag}_global": (f"+ CM-EMD (global feature), batch-centred, lambda {lam}",
+                              BASELINE + ["loss.alignment=cmemd", f"loss.lambda_align={lam}",
+                                          "loss.align_granularities=global", "loss.emd_cost=euclidean",
+                                          "loss.emd_normalize=true", "loss.align_feature=centered"])
+    for tag, lam in (("05", 0.5), ("1", 1))}
 VARIATIONS = (0.2, 0.7)  # and the default 0.4: the core rows
 VARIATION_ROWS = {f"{name}_v{v}": (f"{label}, variation {v}", CORE_ROWS[name][1])
                   for v in VARIATIONS for name, label in (("full", "full CM-EMD"), ("full_allpairs", "full, all-pairs"))}
@@ -129,6 +140,13 @@ GROUPS: dict[str, dict] = {
                  "pairs": [("full_m1", "full"), ("full_triplet", "full"), ("full_ls", "full"), ("full_noheads", "full"),
                            ("full_triplet_ls", "full"), ("full_triplet_ls", "baseline")],
                  "pair_rows": CORE_ROWS, "pairs_from": "core"},
+    "space": {"ids": 300, "budget": BUDGET, "seeds": [0, 1, 2], "rows": SPACE_ROWS, "variation": None,
+              "title": "3b. Where the alignment acts: the pooled features, or the pooled features centred by their batch mean",
+              "about": "The baseline + CM-EMD on the global feature, with the cost on the batch-centred, "
+                       "L2-normalised pooled features instead of the pooled ones; paired with the core rows.",
+              "pairs": [("centered05_global", "emd_global"), ("centered1_global", "emd_global"),
+                        ("centered05_global", "baseline"), ("centered1_global", "baseline")],
+              "pair_rows": CORE_ROWS, "pairs_from": "core"},
     "variation": {"ids": 300, "budget": BUDGET, "seeds": [0, 1, 2], "rows": VARIATION_ROWS,
                   "variation": lambda row: float(row.rsplit("_v", 1)[1]),
                   "title": "4. Intra-identity variation: does CM-EMD's advantage over all-pairs grow with it?",

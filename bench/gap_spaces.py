@@ -2,11 +2,12 @@
 (the pooled features, L2-normalised) even where the test feature (BN-neck) keeps it?
 
     python bench/gap_spaces.py runs/demo            # the run's own data root, test ids
+    python bench/gap_spaces.py runs/demo --split train   # the ids the model trained on (where the loss acted)
     python bench/gap_spaces.py RUN_DIR --root DATA  # another SYSU-layout root
 
 Prints the gap ratio, the modality probe and the within/cross-modality Rank-1 (cmemd.evaluation.modality) of the
 test feature, the global feature as pooled / L2-normalised / batch-centred / standardised / BN-neck, and of each
-local stripe and accumulated prefix (L2-normalised), on the test ids of the SYSU-MM01 layout.
+local stripe and accumulated prefix (L2-normalised), on the test (or training) ids of the SYSU-MM01 layout.
 """
 from __future__ import annotations
 
@@ -30,10 +31,12 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path, help="a training run's out_dir (its last.pt is read)")
     ap.add_argument("--root", default=None, help="SYSU-layout data root [the run's data.root]")
+    ap.add_argument("--split", choices=("test", "train"), default="test",
+                    help="test ids (query + all-search gallery pool) or the training ids (train + val lists)")
     args = ap.parse_args()
     model, cfg = load_trained(args.run / "last.pt")
     ds = SYSUMM01(args.root or cfg.data.root)
-    recs = ds.query() + ds.gallery_pool("all")
+    recs = ds.query() + ds.gallery_pool("all") if args.split == "test" else ds.train(include_val=True)
     f = extract_outputs(model, recs, ("test", "global_feat", "global_bn", "local_feats", "accumulated_feats"),
                         height=cfg.data.height, width=cfg.data.width, batch_size=256)
     pids = np.array([r.pid for r in recs])
@@ -46,7 +49,7 @@ def main() -> None:
     for name, key in (("local stripe", "local_feats"), ("accumulated prefix", "accumulated_feats")):
         if key in f:
             spaces.update({f"{name} {k + 1}, L2": l2(f[key][:, k]) for k in range(f[key].shape[1])})
-    print(f"{args.run}: {len(set(pids))} test ids, {len(recs)} images")
+    print(f"{args.run}: {len(set(pids))} {args.split} ids, {len(recs)} images")
     print(f"{'feature':34s} {'gap ratio':>9s} {'probe':>6s} {'v->v':>6s} {'t->t':>6s} {'t->v':>6s}")
     for name, x in spaces.items():
         m = modality_gap(x, pids, mods, cams)
