@@ -3,13 +3,16 @@
     python bench/alignment_study.py --jobs 2                 # every group in order, resumable, then the report
     python bench/alignment_study.py --groups cost --jobs 2   # one group
     python bench/alignment_study.py --report-only            # rebuild docs/results/alignment_study.md
+    python bench/alignment_study.py --groups core --rows full --seeds 1   # one run
 
 Groups (each run: train, evaluate with the SYSU-MM01 protocol, then diagnostics on the test ids):
   cost       the alignment-cost candidates at a short budget: feature norms and dead units per granularity
-  core       baseline, + CM-EMD (global), full CM-EMD and its alignment swapped (all-pairs, hetero-centre,
-             Sinkhorn plan), seeds 0..4 at the study budget
+  core       baseline, + CM-EMD or all-pairs (global), full CM-EMD unaligned, and its alignment swapped (all-pairs,
+             hetero-centre, Sinkhorn plan, cosine cost, lambda 0.5), seeds 0..4 at the study budget
   settings   what separates the full model from the best earlier row: modality-specific stages, triplet,
-             label smoothing (each switched alone on the full model), seeds 0..4
+             label smoothing (each switched alone on the full model, and the last two together), the accumulated
+             features' classifiers, seeds 0..4
+  space      + CM-EMD (global) with the cost on batch-centred pooled features, lambda 0.5 and 1, seeds 0..2
   variation  the generator's view/pose variation at three levels, full CM-EMD against all-pairs, seeds 0..2
 
 Each finished run writes a small JSON file under docs/results/alignment_study/runs/ (commit it): a rerun on any
