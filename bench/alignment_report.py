@@ -39,6 +39,18 @@ def paired(a: list[dict], b: list[dict], value: Callable[[dict], float]) -> tupl
     return d, m, m - h, m + h
 
 
+def seeds_for(sd: float, half_width: float = 2.0) -> int:
+    """Smallest number of seed pairs whose 95% t interval is at most ``half_width`` wide on each side, if the
+    per-seed differences keep the standard deviation ``sd``."""
+    from scipy import stats
+
+    # t > z, so the normal approximation's n is a lower bound; walk up from it
+    n = max(2, int(np.ceil((stats.norm.ppf(0.975) * sd / half_width) ** 2)))
+    while stats.t.ppf(0.975, n - 1) * sd / np.sqrt(n) > half_width:
+        n += 1
+    return n
+
+
 def verdict(lo: float, hi: float) -> str:
     if np.isnan(lo):
         return "too few seeds"
@@ -65,8 +77,12 @@ def row_table(rows: dict, runs: dict[str, list[dict]], baseline: str | None) -> 
     return out
 
 
-def comparisons(pairs: list[tuple[str, str]], rows: dict, runs: dict, value=r1, what="all-search R1") -> list[str]:
-    out = [f"| a | b | per-seed a - b ({what}) | mean [95% t interval] | verdict |", "|---|---|---|---|---|"]
+def comparisons(pairs: list[tuple[str, str]], rows: dict, runs: dict, value=r1, what="all-search R1",
+                resolve: float = 2.0) -> list[str]:
+    """Paired-difference rows; the last column: seeds needed for a 95% interval of ±``resolve`` at the spread of the
+    differences so far (how far the study is from resolving a difference of that size)."""
+    out = [f"| a | b | per-seed a - b ({what}) | mean [95% t interval] | verdict | seeds for ±{resolve:g} |",
+           "|---|---|---|---|---|---|"]
     for a, b in pairs:
         if a not in runs or b not in runs:
             continue
@@ -74,7 +90,9 @@ def comparisons(pairs: list[tuple[str, str]], rows: dict, runs: dict, value=r1, 
         if not d:
             continue
         interval = f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]" if not np.isnan(lo) else f"{m:+.2f}"
-        out.append(f"| {rows[a][0]} | {rows[b][0]} | {', '.join(f'{x:+.2f}' for x in d)} | {interval} | {verdict(lo, hi)} |")
+        need_s = str(seeds_for(float(np.std(d, ddof=1)), resolve)) if len(d) > 1 else "-"
+        out.append(f"| {rows[a][0]} | {rows[b][0]} | {', '.join(f'{x:+.2f}' for x in d)} | {interval} | "
+                   f"{verdict(lo, hi)} | {need_s} |")
     return out
 
 
@@ -197,7 +215,7 @@ def write(groups: dict, load_runs, report: Path, out_dir: Path, command: str, wa
                 both = {**runs, **load_runs(g["pairs_from"])} if g.get("pairs_from") else runs
                 lines += ["", "Paired differences:", ""] + comparisons(g["pairs"], rows, both)
                 lines += ["", "Paired differences in the gap ratio (test ids; negative = a closes more of the gap):", ""]
-                lines += comparisons(g["pairs"], rows, both, value=gap, what="gap ratio")
+                lines += comparisons(g["pairs"], rows, both, value=gap, what="gap ratio", resolve=0.1)
         if gname == "core" and runs:
             lines += ["", "Feature health at this budget (last epoch's steps; the issue's goal: every ratio at least "
                       "0.5x, dead units under 10%):", ""]

@@ -88,3 +88,16 @@ def test_health_table_leaves_out_per_prefix_counts_of_old_runs():
     new = run(1, 0, norm_accum=5.0, dead_accum=0.02, dead_accum_prefix=0.4)
     lines = report.budget_health_table(rows, {"full": [old, new], "full_none": []}, report.health_reference)
     assert lines[-1].endswith("2.0% (2.0%) |")
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(min_value=0.1, max_value=20), st.floats(min_value=0.5, max_value=5))
+def test_seeds_for_is_the_smallest_n_whose_interval_fits(sd, half):
+    n = report.seeds_for(sd, half)
+    assert n >= 2
+
+    def width(k: int) -> float:
+        return stats.t.ppf(0.975, k - 1) * sd / np.sqrt(k)
+
+    assert width(n) <= half + 1e-12
+    assert n == 2 or width(n - 1) > half
