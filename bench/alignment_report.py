@@ -51,13 +51,14 @@ def seeds_for(sd: float, half_width: float = 2.0) -> int:
     return n
 
 
-def verdict(lo: float, hi: float) -> str:
+def verdict(lo: float, hi: float, above: str = "a better", below: str = "b better") -> str:
+    """The verdict of a paired interval; ``above``/``below`` name what an interval above/below 0 means."""
     if np.isnan(lo):
         return "too few seeds"
     if lo > 0:
-        return "**a better** (interval > 0)"
+        return f"**{above}** (interval > 0)"
     if hi < 0:
-        return "**b better** (interval < 0)"
+        return f"**{below}** (interval < 0)"
     return "not resolved (interval spans 0)"
 
 
@@ -78,7 +79,7 @@ def row_table(rows: dict, runs: dict[str, list[dict]], baseline: str | None) -> 
 
 
 def comparisons(pairs: list[tuple[str, str]], rows: dict, runs: dict, value=r1, what="all-search R1",
-                resolve: float = 2.0) -> list[str]:
+                resolve: float = 2.0, words: tuple[str, str] = ("a better", "b better")) -> list[str]:
     """Paired-difference rows; the last column: seeds needed for a 95% interval of ±``resolve`` at the spread of the
     differences so far (how far the study is from resolving a difference of that size)."""
     out = [f"| a | b | per-seed a - b ({what}) | mean [95% t interval] | verdict | seeds for ±{resolve:g} |",
@@ -92,7 +93,7 @@ def comparisons(pairs: list[tuple[str, str]], rows: dict, runs: dict, value=r1, 
         interval = f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]" if not np.isnan(lo) else f"{m:+.2f}"
         need_s = str(seeds_for(float(np.std(d, ddof=1)), resolve)) if len(d) > 1 else "-"
         out.append(f"| {rows[a][0]} | {rows[b][0]} | {', '.join(f'{x:+.2f}' for x in d)} | {interval} | "
-                   f"{verdict(lo, hi)} | {need_s} |")
+                   f"{verdict(lo, hi, *words)} | {need_s} |")
     return out
 
 
@@ -215,7 +216,8 @@ def write(groups: dict, load_runs, report: Path, out_dir: Path, command: str, wa
                 both = {**runs, **load_runs(g["pairs_from"])} if g.get("pairs_from") else runs
                 lines += ["", "Paired differences:", ""] + comparisons(g["pairs"], rows, both)
                 lines += ["", "Paired differences in the gap ratio (test ids; negative = a closes more of the gap):", ""]
-                lines += comparisons(g["pairs"], rows, both, value=gap, what="gap ratio", resolve=0.1)
+                lines += comparisons(g["pairs"], rows, both, value=gap, what="gap ratio", resolve=0.1,
+                                     words=("a leaves the larger gap", "a closes more of the gap"))
         if gname == "core" and runs:
             lines += ["", "Feature health at this budget (last epoch's steps; the issue's goal: every ratio at least "
                       "0.5x, dead units under 10%):", ""]

@@ -101,3 +101,9 @@ def test_seeds_for_is_the_smallest_n_whose_interval_fits(sd, half):
 
     assert width(n) <= half + 1e-12
     assert n == 2 or width(n - 1) > half
+
+
+def test_verdict_words_follow_the_measure():
+    # for the gap ratio lower is better: an interval above 0 must not read "a better"
+    assert report.verdict(0.1, 0.3, "a leaves the larger gap", "a closes more of the gap").startswith("**a leaves")
+    assert report.verdict(-0.3, -0.1, "a leaves the larger gap", "a closes more of the gap").startswith("**a closes")
