@@ -5,7 +5,7 @@
     python bench/gap_spaces.py runs/demo --split train   # the ids the model trained on (where the loss acted)
     python bench/gap_spaces.py RUN_DIR --root DATA  # another SYSU-layout root
 
-Prints the gap ratio, the modality probe and the within/cross-modality Rank-1 (cmemd.evaluation.modality) of the
+Prints the gap ratio (and its parts, with the distance between identities' centres), the modality probe and the within/cross-modality Rank-1 (cmemd.evaluation.modality) of the
 test feature, the global feature as pooled / L2-normalised / batch-centred / standardised / BN-neck, and of each
 local stripe and accumulated prefix (L2-normalised), on the test (or training) ids of the SYSU-MM01 layout.
 """
@@ -19,6 +19,20 @@ import numpy as np
 
 def l2(x: np.ndarray) -> np.ndarray:
     return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
+
+
+def identity_separation(x: np.ndarray, pids: np.ndarray, mods: np.ndarray) -> float:
+    """Root mean squared distance between different identities' centres within one modality (averaged over the
+    two modalities), on L2-normalised features as modality_gap measures: the scale the modality gap is to be read
+    against for retrieval."""
+    x = l2(x)
+    out = []
+    for m in np.unique(mods):
+        ids = np.unique(pids[mods == m])
+        c = np.stack([x[(pids == i) & (mods == m)].mean(0) for i in ids])
+        d2 = ((c[:, None] - c[None]) ** 2).sum(-1)
+        out.append(d2[~np.eye(len(ids), dtype=bool)].mean())
+    return float(np.sqrt(np.mean(out)))
 
 
 def main() -> None:
@@ -43,17 +57,23 @@ def main() -> None:
     mods = np.array([modality_index(r.modality) for r in recs])
     cams = np.array([r.camid for r in recs])
     g = f["global_feat"]
-    spaces = {f"test ({cfg.model.test_feature})": f["test"], "global pooled": g, "global pooled, L2": l2(g),
+    # modality_gap L2-normalises every feature first, so "pooled" and "pooled, L2" are one space
+    spaces = {f"test ({cfg.model.test_feature})": f["test"], "global pooled (L2)": g,
               "global pooled, centred + L2": l2(g - g.mean(0)),
               "global pooled, standardised": (g - g.mean(0)) / g.std(0).clip(1e-6), "global BN-neck": f["global_bn"]}
     for name, key in (("local stripe", "local_feats"), ("accumulated prefix", "accumulated_feats")):
         if key in f:
             spaces.update({f"{name} {k + 1}, L2": l2(f[key][:, k]) for k in range(f[key].shape[1])})
     print(f"{args.run}: {len(set(pids))} {args.split} ids, {len(recs)} images")
-    print(f"{'feature':34s} {'gap ratio':>9s} {'probe':>6s} {'v->v':>6s} {'t->t':>6s} {'t->v':>6s}")
+    # gap ratio = centre distance / spread; "x sep" = centre distance / identity separation (between identities'
+    # centres, same modality): below 1, an identity's thermal centre is nearer its visible one than other ids' are
+    print(f"{'feature':34s} {'gap ratio':>9s} {'centre d':>8s} {'spread':>7s} {'id sep':>7s} {'x sep':>6s} "
+          f"{'probe':>6s} {'v->v':>6s} {'t->t':>6s} {'t->v':>6s}")
     for name, x in spaces.items():
         m = modality_gap(x, pids, mods, cams)
-        print(f"{name:34s} {m.centre_ratio:9.2f} {m.probe_accuracy:6.3f} {m.r1_v2v:6.3f} {m.r1_t2t:6.3f} {m.r1_t2v:6.3f}")
+        sep = identity_separation(np.asarray(x, np.float64), pids, mods)
+        print(f"{name:34s} {m.centre_ratio:9.2f} {m.centre_distance:8.3f} {m.spread:7.3f} {sep:7.3f} "
+              f"{m.centre_distance / sep:6.2f} {m.probe_accuracy:6.3f} {m.r1_v2v:6.3f} {m.r1_t2t:6.3f} {m.r1_t2v:6.3f}")
 
 
 if __name__ == "__main__":
