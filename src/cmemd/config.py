@@ -322,13 +322,14 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from cmemd.engine.schedule import OPTIMIZERS
     from cmemd.engine.trainer import AMP_MODES
     from cmemd.losses.alignment import ALIGNMENT_LOSSES, COSTS, SOLVERS
-    from cmemd.models.vtreid import ACCUMULATE, POOLINGS, TEST_FEATURES
+    from cmemd.models.vtreid import ACCUMULATE, POOLINGS, TEST_FEATURES, TEST_GLOBALS
 
     return {
         "data.channel_aug_kind": CHANNEL_AUG_KINDS,
         "model.pooling": POOLINGS,
         "model.accumulate": ACCUMULATE,
         "model.test_feature": TEST_FEATURES,
+        "model.test_global": TEST_GLOBALS,
         "loss.alignment": ALIGNMENT_LOSSES,
         "loss.align_granularities": GRANULARITIES,
         "loss.align_feature": ALIGN_FEATURES,

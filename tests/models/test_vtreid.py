@@ -243,6 +243,28 @@ def test_test_feature_choices():
     assert gm(x, mod).shape == (5, C) and gm.local_stream is None
 
 
+def test_test_global_pooled_takes_the_pre_bn_feature():
+    torch.manual_seed(0)
+    x, mod = torch.randn(5, 3, 64, 32), torch.tensor([0, 1, 1, 0, 1])
+    C = 64
+    bn = build_model(small_cfg(test_feature="concat")).eval()
+    _randomise(bn.global_neck, 1)  # a BN-neck that is not the identity
+    pooled = build_model(small_cfg(test_feature="concat", test_global="pooled")).eval()
+    pooled.load_state_dict(bn.state_dict())  # one set of weights, two test features
+    with torch.no_grad():
+        out = bn.forward_output(x, mod)
+        f_bn, f_pooled = bn(x, mod), pooled(x, mod)
+    torch.testing.assert_close(f_pooled[:, :C], F.normalize(out.global_feat, dim=1))
+    torch.testing.assert_close(f_pooled[:, C:], f_bn[:, C:])  # the holistic part is the same
+    assert not torch.allclose(f_pooled[:, :C], f_bn[:, :C])
+    g = build_model(small_cfg(test_feature="global", test_global="pooled")).eval()
+    g.load_state_dict(bn.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(g(x, mod), out.global_feat)
+    with pytest.raises(ConfigError, match="test_global"):
+        small_cfg(test_global="post")
+
+
 def test_shared_model_needs_no_modality():
     model = build_model(small_cfg(modality_specific_stages=0)).eval()
     assert model.modality_parts is None

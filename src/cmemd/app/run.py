@@ -394,7 +394,8 @@ def evaluation_records(cfg: TrainConfig, root: Optional[str] = None) -> tuple[li
 
 def feature_description(cfg: TrainConfig) -> str:
     t = cfg.model.test_feature
-    return (f"{t} feature (BN-neck global{' + holistic' if t == 'concat' else ''})" if t != "local"
+    g = "pooled (pre-BN) global" if cfg.model.test_global == "pooled" else "BN-neck global"
+    return (f"{t} feature ({g}{' + holistic' if t == 'concat' else ''})" if t != "local"
             else "local (holistic) feature")
 
 

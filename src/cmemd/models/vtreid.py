@@ -69,6 +69,7 @@ _STAGE_MODULES = {
 POOLINGS = ("gem", "avg")
 ACCUMULATE = ("prefix", "cumsum", "none")
 TEST_FEATURES = ("concat", "global", "local")
+TEST_GLOBALS = ("bn", "pooled")
 _ACCUMULATE, _TEST_FEATURES = ACCUMULATE, TEST_FEATURES
 
 
@@ -88,6 +89,9 @@ class ModelConfig:
         local_dim: D_l [512].
         accumulate: ``"prefix"`` [default] | ``"cumsum"`` | ``"none"``.
         test_feature: ``"concat"`` [default] | ``"global"`` | ``"local"``.
+        test_global: the global feature's form in the test feature: ``"bn"`` (the BN-neck output) [default]
+            or ``"pooled"`` (before the BN-neck, where the alignment losses act; the BN-neck's per-unit
+            standardisation can undo their alignment: docs/results/alignment_study.md).
         use_local: MGS on [True]; False gives the global-only model.
         accumulated_heads: a BN-neck + identity classifier on each accumulated feature [True]. Without
             them only alignment losses read the accumulated features, and those can be lowered by
@@ -112,6 +116,7 @@ class ModelConfig:
     local_dim: int = 512
     accumulate: str = "prefix"
     test_feature: str = "concat"
+    test_global: str = "bn"
     use_local: bool = True
     accumulated_heads: bool = True
     zero_init_residual: bool = False
@@ -143,6 +148,8 @@ class ModelConfig:
             raise bad("local_dim", self.local_dim, "must be a positive int")
         if self.accumulate not in _ACCUMULATE:
             raise bad("accumulate", self.accumulate, f"use one of {_ACCUMULATE}")
+        if self.test_global not in TEST_GLOBALS:
+            raise bad("test_global", self.test_global, f"use one of {TEST_GLOBALS}")
         if self.test_feature not in _TEST_FEATURES:
             raise bad("test_feature", self.test_feature, f"use one of {_TEST_FEATURES}")
         if not isinstance(self.non_local, bool):
@@ -394,12 +401,12 @@ class VTReIDModel(nn.Module):
 
     def test_feature(self, out: VTOutput) -> Tensor:
         """The eval feature named by ``cfg.test_feature`` from a :class:`VTOutput`."""
+        g = out.global_feat if self.cfg.test_global == "pooled" else out.global_bn
         if self.cfg.test_feature == "global":
-            return out.global_bn
+            return g
         if self.cfg.test_feature == "local":
             return out.holistic
-        return torch.cat([F.normalize(out.global_bn, dim=1), F.normalize(out.holistic, dim=1)],
-                         dim=1)
+        return torch.cat([F.normalize(g, dim=1), F.normalize(out.holistic, dim=1)], dim=1)
 
     def forward(self, x: Tensor, modality: Optional[Tensor] = None):
         out = self.forward_output(x, modality)
