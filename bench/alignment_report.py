@@ -1,6 +1,7 @@
 """The report of bench/alignment_study.py: tables, paired intervals and plots from the committed run files."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Callable
 
@@ -189,6 +190,7 @@ def variation_plot(groups: dict, load_runs, out_dir: Path) -> Path | None:
 
 
 def write(groups: dict, load_runs, report: Path, out_dir: Path, command: str, wall: float | None) -> None:
+    load_runs = functools.lru_cache(maxsize=None)(load_runs)  # groups are read again for pairs and health
     lines = ["# Alignment study: does CM-EMD align the modalities, and does its plan pick low-variation pairs?", "",
              f"Command: `{command}` (resumable: every finished run is a JSON file under "
              "`docs/results/alignment_study/runs/`, and a rerun skips it). `--report-only` rebuilds this page.", "",

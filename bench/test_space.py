@@ -14,11 +14,7 @@ from pathlib import Path
 
 
 def main() -> None:
-    from cmemd.app.run import evaluate_model, load_trained
-    from cmemd.data.records import modality_index
-    from cmemd.data.sysu import SYSUMM01
-    from cmemd.engine.extract import extract_outputs
-    from cmemd.evaluation.modality import modality_gap
+    from cmemd.app.run import evaluate_model, load_trained, modality_gap_of
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path, help="training runs' out_dirs (their last.pt is read)")
@@ -30,12 +26,10 @@ def main() -> None:
         for form in ("bn", "pooled"):
             model.cfg = dataclasses.replace(model.cfg, test_global=form)
             c = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, test_global=form))
-            res = evaluate_model(model, c, progress=False)
+            # the features the protocol extracted give the gap too (as `cmemd eval` reports it): no second pass
+            res, feats = evaluate_model(model, c, progress=False, return_features=True)
             name = next(k for k in res if "all-search" in k and "re-ranked" not in k)
-            recs = SYSUMM01(cfg.data.root).query() + SYSUMM01(cfg.data.root).gallery_pool("all")
-            f = extract_outputs(model, recs, ("test",), height=cfg.data.height, width=cfg.data.width, batch_size=256)
-            g = modality_gap(f["test"], [r.pid for r in recs], [modality_index(r.modality) for r in recs],
-                             [r.camid for r in recs])
+            g = modality_gap_of(feats)
             m = res[name].mean
             lines.append(f"| {run} | {form} | {100 * m['R1']:.2f} | {100 * m['mAP']:.2f} | {g.centre_ratio:.2f} | "
                          f"{100 * g.probe_accuracy:.1f} |")
