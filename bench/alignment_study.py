@@ -12,7 +12,8 @@ Groups (each run: train, evaluate with the SYSU-MM01 protocol, then diagnostics 
   settings   what separates the full model from the best earlier row: modality-specific stages, triplet,
              label smoothing (each switched alone on the full model, and the last two together), the accumulated
              features' classifiers, seeds 0..4
-  space      + CM-EMD (global) with the cost on batch-centred pooled features, lambda 0.5 and 1, seeds 0..2
+  space      + CM-EMD (global) with the cost on batch-centred pooled features (lambda 0.5, 1) or on the BN-neck
+             output (lambda 1, 2); the full model with its cost on the BN-neck outputs (lambda 1); seeds 0..2
   variation  the generator's view/pose variation at three levels, full CM-EMD against all-pairs, seeds 0..2
 
 Each finished run writes a small JSON file under docs/results/alignment_study/runs/ (commit it): a rerun on any
@@ -114,6 +115,17 @@ SPACE_ROWS = {
                                           "loss.align_granularities=global", "loss.emd_cost=euclidean",
                                           "loss.emd_normalize=true", "loss.align_feature=centered"])
     for tag, lam in (("05", 0.5), ("1", 1))}
+# The test feature is the BN-neck output, whose per-unit standardisation undid the pooled features' alignment in
+# the rows above (notes, session 4): these rows measure the cost on the L2-normalised BN-neck outputs themselves.
+# The 200-step pilot closed most of the gap at lambda 2 (ratio 0.78) but lost Rank-1 there (8.0 vs 14.4 at 0.5).
+SPACE_ROWS.update({
+    f"bn{tag}_global": (f"+ CM-EMD (global feature), on the BN-neck output, lambda {lam}",
+                        BASELINE + ["loss.alignment=cmemd", f"loss.lambda_align={lam}",
+                                    "loss.align_granularities=global", "loss.emd_cost=euclidean",
+                                    "loss.emd_normalize=true", "loss.align_feature=bn"])
+    for tag, lam in (("1", 1), ("2", 2))})
+SPACE_ROWS["full_bn1"] = ("full CM-EMD, on the BN-neck outputs, lambda 1",
+                          FULL + COST + ["loss.align_feature=bn", "loss.lambda_align=1"])
 VARIATIONS = (0.2, 0.7)  # and the default 0.4: the core rows
 VARIATION_ROWS = {f"{name}_v{v}": (f"{label}, variation {v}", CORE_ROWS[name][1])
                   for v in VARIATIONS for name, label in (("full", "full CM-EMD"), ("full_allpairs", "full, all-pairs"))}
@@ -146,11 +158,15 @@ GROUPS: dict[str, dict] = {
                            ("full_triplet_ls", "full"), ("full_triplet_ls", "baseline")],
                  "pair_rows": CORE_ROWS, "pairs_from": "core"},
     "space": {"ids": 300, "budget": BUDGET, "seeds": [0, 1, 2], "rows": SPACE_ROWS, "variation": None,
-              "title": "3b. Where the alignment acts: the pooled features, or the pooled features centred by their batch mean",
+              "title": "3b. Where the alignment acts: the pooled features, centred by their batch mean, or after the BN-neck",
               "about": "The baseline + CM-EMD on the global feature, with the cost on the batch-centred, "
-                       "L2-normalised pooled features instead of the pooled ones; paired with the core rows.",
+                       "L2-normalised pooled features instead of the pooled ones, or on the L2-normalised BN-neck "
+                       "output (the test feature); the full model with its cost on the BN-neck outputs; paired "
+                       "with the core rows.",
               "pairs": [("centered05_global", "emd_global"), ("centered1_global", "emd_global"),
-                        ("centered05_global", "baseline"), ("centered1_global", "baseline")],
+                        ("centered05_global", "baseline"), ("centered1_global", "baseline"),
+                        ("bn1_global", "baseline"), ("bn2_global", "baseline"), ("bn1_global", "emd_global"),
+                        ("full_bn1", "full"), ("full_bn1", "baseline")],
               "pair_rows": CORE_ROWS, "pairs_from": "core"},
     "variation": {"ids": 300, "budget": BUDGET, "seeds": [0, 1, 2], "rows": VARIATION_ROWS,
                   "variation": lambda row: float(row.rsplit("_v", 1)[1]),
