@@ -13,7 +13,7 @@ Groups (each run: train, evaluate with the SYSU-MM01 protocol, then diagnostics 
              label smoothing (each switched alone on the full model, and the last two together), the accumulated
              features' classifiers, seeds 0..4
   space      + CM-EMD (global) with the cost on batch-centred pooled features (lambda 0.5, 1) or on the BN-neck
-             output (lambda 1, 2; all-pairs at 1); the full model with its cost on the BN-neck outputs (lambda 1); seeds 0..2
+             output (lambda 1, 2; all-pairs at 1); the full model with its cost on the BN-neck outputs (lambda 1); seeds 0..4
   variation  the generator's view/pose variation at three levels, full CM-EMD against all-pairs, seeds 0..2
 
 Each finished run writes a small JSON file under docs/results/alignment_study/runs/ (commit it): a rerun on any
@@ -161,7 +161,7 @@ GROUPS: dict[str, dict] = {
                  "pairs": [("full_m1", "full"), ("full_triplet", "full"), ("full_ls", "full"), ("full_noheads", "full"),
                            ("full_triplet_ls", "full"), ("full_triplet_ls", "baseline")],
                  "pair_rows": CORE_ROWS, "pairs_from": "core"},
-    "space": {"ids": 300, "budget": BUDGET, "seeds": [0, 1, 2], "rows": SPACE_ROWS, "variation": None,
+    "space": {"ids": 300, "budget": BUDGET, "seeds": SEEDS5, "rows": SPACE_ROWS, "variation": None,
               "title": "3b. Where the alignment acts: the pooled features, centred by their batch mean, or after the BN-neck",
               "about": "The baseline + CM-EMD on the global feature, with the cost on the batch-centred, "
                        "L2-normalised pooled features instead of the pooled ones, or on the L2-normalised BN-neck "
