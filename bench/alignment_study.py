@@ -14,7 +14,8 @@ Groups (each run: train, evaluate with the SYSU-MM01 protocol, then diagnostics 
              features' classifiers, seeds 0..4
   space      + CM-EMD (global) with the cost on batch-centred pooled features (lambda 0.5, 1) or on the BN-neck
              output (lambda 1, 2; all-pairs at 1); the full model with its cost on the BN-neck outputs
-             (lambda 1; all granularities, or the global one); seeds 0..4
+             (lambda 1; all granularities, or the global one, alone or with CM-DL on it or the
+             triplet); seeds 0..4
   variation  the generator's view/pose variation at three levels, full CM-EMD against all-pairs, seeds 0..2
 
 Each finished run writes a small JSON file under docs/results/alignment_study/runs/ (commit it): a rerun on any
@@ -134,6 +135,13 @@ SPACE_ROWS["full_bn1"] = ("full CM-EMD, on the BN-neck outputs, lambda 1",
 SPACE_ROWS["full_bn1_global"] = ("full CM-EMD, on the global BN-neck output only, lambda 1",
                                  FULL + COST + ["loss.align_feature=bn", "loss.lambda_align=1",
                                                 "loss.align_granularities=global"])
+# In the full model that alignment collapsed the global feature (its own Rank-1 about 1%, the concatenation kept
+# by the holistic part: bench/test_space.py --test-feature global): the "discrimination degradation" CM-DL is for,
+# on the global feature this time; and the triplet the baseline family has.
+SPACE_ROWS["full_bn1_global_dl"] = ("full CM-EMD, on the global BN-neck output, lambda 1, CM-DL on the global too",
+                                    SPACE_ROWS["full_bn1_global"][1] + ["loss.dl_on_global=true"])
+SPACE_ROWS["full_bn1_global_triplet"] = ("full CM-EMD, on the global BN-neck output, lambda 1, + WRT triplet",
+                                         SPACE_ROWS["full_bn1_global"][1] + ["loss.lambda_triplet=1"])
 VARIATIONS = (0.2, 0.7)  # and the default 0.4: the core rows
 VARIATION_ROWS = {f"{name}_v{v}": (f"{label}, variation {v}", CORE_ROWS[name][1])
                   for v in VARIATIONS for name, label in (("full", "full CM-EMD"), ("full_allpairs", "full, all-pairs"))}
@@ -176,7 +184,9 @@ GROUPS: dict[str, dict] = {
                         ("bn1_global", "baseline"), ("bn2_global", "baseline"), ("bn1_global", "emd_global"),
                         ("bn1_global", "bn1_allpairs_global"), ("bn1_allpairs_global", "baseline"),
                         ("full_bn1", "full"), ("full_bn1", "baseline"), ("full_bn1_global", "full"),
-                        ("full_bn1_global", "baseline"), ("full_bn1_global", "bn1_global")],
+                        ("full_bn1_global", "baseline"), ("full_bn1_global", "bn1_global"),
+                        ("full_bn1_global_dl", "full_bn1_global"), ("full_bn1_global_triplet", "full_bn1_global"),
+                        ("full_bn1_global_dl", "full"), ("full_bn1_global_triplet", "full")],
               "pair_rows": CORE_ROWS, "pairs_from": "core"},
     "variation": {"ids": 300, "budget": BUDGET, "seeds": [0, 1, 2], "rows": VARIATION_ROWS,
                   "variation": lambda row: float(row.rsplit("_v", 1)[1]),
