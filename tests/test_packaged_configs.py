@@ -106,3 +106,17 @@ def test_cli_configs_and_version():
     res = runner.invoke(app, ["--version"])
     assert res.exit_code == 0 and res.output.strip() == f"cmemd {importlib.metadata.version('cmemd')}"
     assert cmemd.__version__ == importlib.metadata.version("cmemd")
+
+
+def test_synth_cmemd_global_is_the_studys_measured_row():
+    # the config's comment quotes the alignment study's bn1_global row: it must be that row, budget aside
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "alignment_study.py"
+    spec = importlib.util.spec_from_file_location("alignment_study", script)
+    study = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(study)
+    _, overrides = study.SPACE_ROWS["bn1_global"]
+    row = load_config("synth_cmemd", overrides).to_dict()
+    mine = load_config("synth_cmemd_global").to_dict()
+    assert {k: v for k, v in mine.items() if k != "run"} == {k: v for k, v in row.items() if k != "run"}
