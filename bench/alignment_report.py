@@ -215,7 +215,9 @@ def write(groups: dict, load_runs, report: Path, out_dir: Path, command: str, wa
             lines += row_table(g["rows"], runs, None)
             if g.get("pairs"):
                 rows = {**g["rows"], **g.get("pair_rows", {})}
-                both = {**runs, **load_runs(g["pairs_from"])} if g.get("pairs_from") else runs
+                both = dict(runs)
+                for other in g.get("pairs_from", ()):  # the groups whose rows the pairs also name
+                    both.update(load_runs(other))
                 lines += ["", "Paired differences:", ""] + comparisons(g["pairs"], rows, both)
                 lines += ["", "Paired differences in the gap ratio (test ids; negative = a closes more of the gap):", ""]
                 lines += comparisons(g["pairs"], rows, both, value=gap, what="gap ratio", resolve=0.1,
