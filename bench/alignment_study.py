@@ -377,7 +377,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--groups", nargs="*", default=None, help=f"subset of {list(GROUPS)}")
     ap.add_argument("--rows", nargs="*", default=None)
-    ap.add_argument("--seeds", nargs="*", type=int, default=None)
+    ap.add_argument("--seeds", nargs="*", type=int, default=None,
+                    help="seeds to run (default: each group's planned ones; others run too when named)")
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--shard", default="1/1")
     ap.add_argument("--report-only", action="store_true")
@@ -391,8 +392,10 @@ def main() -> None:
         write_report()
         return
     groups = args.groups or list(GROUPS)
-    todo = [(g, r, s) for g, r, s in plan(groups) if (not args.rows or r in args.rows)
-            and (args.seeds is None or s in args.seeds)]
+    if args.seeds is None:
+        todo = [(g, r, s) for g, r, s in plan(groups) if not args.rows or r in args.rows]
+    else:  # explicit seeds run even beyond a group's planned ones: more pairs for one comparison
+        todo = [(g, r, s) for s in args.seeds for g in groups for r in GROUPS[g]["rows"] if not args.rows or r in args.rows]
     if args.jobs > 1:
         for g in groups:  # data first, once
             var = GROUPS[g]["variation"]
