@@ -127,9 +127,7 @@ SPACE_ROWS.update({
                                     "loss.emd_normalize=true", "loss.align_feature=bn"])
     for tag, lam in (("1", 1), ("2", 2))})
 SPACE_ROWS["bn1_allpairs_global"] = ("+ all-pairs (global feature), on the BN-neck output, lambda 1",
-                                     BASELINE + ["loss.alignment=all-pairs", "loss.lambda_align=1",
-                                                 "loss.align_granularities=global", "loss.emd_cost=euclidean",
-                                                 "loss.emd_normalize=true", "loss.align_feature=bn"])
+                                     SPACE_ROWS["bn1_global"][1] + ["loss.alignment=all-pairs"])
 SPACE_ROWS["full_bn1"] = ("full CM-EMD, on the BN-neck outputs, lambda 1",
                           FULL + COST + ["loss.align_feature=bn", "loss.lambda_align=1"])
 SPACE_ROWS["full_bn1_global"] = ("full CM-EMD, on the global BN-neck output only, lambda 1",
@@ -392,10 +390,9 @@ def main() -> None:
         write_report()
         return
     groups = args.groups or list(GROUPS)
-    if args.seeds is None:
-        todo = [(g, r, s) for g, r, s in plan(groups) if not args.rows or r in args.rows]
-    else:  # explicit seeds run even beyond a group's planned ones: more pairs for one comparison
-        todo = [(g, r, s) for s in args.seeds for g in groups for r in GROUPS[g]["rows"] if not args.rows or r in args.rows]
+    # explicit seeds run even beyond a group's planned ones: more pairs for one comparison
+    runs = plan(groups) if args.seeds is None else [(g, r, s) for s in args.seeds for g in groups for r in GROUPS[g]["rows"]]
+    todo = [(g, r, s) for g, r, s in runs if not args.rows or r in args.rows]
     if args.jobs > 1:
         for g in groups:  # data first, once
             var = GROUPS[g]["variation"]

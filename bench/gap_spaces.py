@@ -5,9 +5,10 @@
     python bench/gap_spaces.py runs/demo --split train   # the ids the model trained on (where the loss acted)
     python bench/gap_spaces.py RUN_DIR --root DATA  # another SYSU-layout root
 
-Prints the gap ratio (and its parts, with the distance between identities' centres), the modality probe and the within/cross-modality Rank-1 (cmemd.evaluation.modality) of the
-test feature, the global feature as pooled / L2-normalised / batch-centred / standardised / BN-neck, and of each
-local stripe and accumulated prefix (L2-normalised), on the test (or training) ids of the SYSU-MM01 layout.
+Prints the gap ratio (and its parts, with the distance between identities' centres), the modality probe and the
+within/cross-modality Rank-1 (cmemd.evaluation.modality) of the test feature, the global feature as pooled /
+L2-normalised / batch-centred / standardised / BN-neck, and of each local stripe and accumulated prefix
+(L2-normalised), on the test (or training) ids of the SYSU-MM01 layout.
 """
 from __future__ import annotations
 
