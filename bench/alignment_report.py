@@ -158,30 +158,59 @@ def gap(run: dict) -> float:
     return diag(run, "gap_centre_ratio")
 
 
+# The variation sweeps: (group, CM-EMD row, all-pairs row, the group holding the default level's rows, label)
+VARIATION_SERIES = (("variation", "full", "full_allpairs", "core", "full model, pooled cost"),
+                    ("variation_bn", "bn1_global", "bn1_allpairs_global", "space", "baseline + alignment, BN-neck cost"))
+
+
 def variation_plot(groups: dict, load_runs, out_dir: Path) -> Path | None:
-    runs = load_runs("variation")
-    levels = sorted({float(n.rsplit("_v", 1)[1]) for n in runs})
-    if not levels:
+    """CM-EMD's Rank-1 advantage over all-pairs and its plan's same-view preference against the generator's
+    variation, one line per sweep; the default level comes from the group that ran it."""
+    from cmemd.data.synth import SynthConfig
+
+    default = SynthConfig().variation
+    series = []
+    for gname, emd, allp, base_group, label in VARIATION_SERIES:
+        if gname not in groups:
+            continue
+        runs = load_runs(gname)
+        tags = {n.rsplit("_v", 1)[1] for n in runs}
+        levels = {float(t): (runs.get(f"{emd}_v{t}", []), runs.get(f"{allp}_v{t}", [])) for t in tags}
+        if not levels:
+            continue
+        base = load_runs(base_group)
+        levels[default] = (base.get(emd, []), base.get(allp, []))
+        points = []
+        for v in sorted(levels):
+            a, b = levels[v]
+            d, m, lo, hi = paired(a, b, r1)
+            if not d:
+                continue
+            p = [diag(r, "purity_ratio") for r in a]
+            points.append((v, m, (hi - lo) / 2 if not np.isnan(lo) else 0.0, np.mean(p), np.std(p), len(d)))
+        if points:
+            series.append((label, points))
+    if not series:
         return None
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    adv, adv_err, pur, pur_err = [], [], [], []
-    for v in levels:
-        a, b = runs.get(f"full_v{v}", []), runs.get(f"full_allpairs_v{v}", [])
-        d, m, lo, hi = paired(a, b, r1)
-        adv.append(m), adv_err.append((hi - lo) / 2 if not np.isnan(lo) else 0)
-        p = [diag(r, "purity_ratio") for r in a]
-        pur.append(np.mean(p) if p else np.nan), pur_err.append(np.std(p) if p else 0)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-    axes[0].errorbar(levels, adv, yerr=adv_err, marker="o"), axes[0].axhline(0, color="grey", lw=0.8)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for k, (label, pts) in enumerate(series):
+        v, m, e, pm, ps, n = (np.array(x) for x in zip(*pts))
+        shift = (k - (len(series) - 1) / 2) * 0.01  # side by side where the levels coincide
+        axes[0].errorbar(v + shift, m, yerr=e, marker="o", capsize=3, label=label)
+        for x, y, c in zip(v + shift, m, n):
+            axes[0].annotate(f"{c}", (x, y), textcoords="offset points", xytext=(5, -10), fontsize=7)
+        axes[1].errorbar(v + shift, pm, yerr=ps, marker="o", capsize=3, label=label)
+    axes[0].axhline(0, color="grey", lw=0.8), axes[1].axhline(1, color="grey", lw=0.8)
     axes[0].set_xlabel("generator variation"), axes[0].set_ylabel("R1: CM-EMD - all-pairs (points)")
-    axes[0].set_title("CM-EMD advantage (95% t interval)")
-    axes[1].errorbar(levels, pur, yerr=pur_err, marker="o"), axes[1].axhline(1, color="grey", lw=0.8)
+    axes[0].set_title("CM-EMD advantage (95% t interval; n = seeds)", fontsize=10)
     axes[1].set_xlabel("generator variation"), axes[1].set_ylabel("plan same-view mass / uniform")
-    axes[1].set_title("plan purity (full CM-EMD, test ids)")
+    axes[1].set_title("plan purity of CM-EMD (test ids; ± std)", fontsize=10)
+    axes[0].legend(fontsize=8)
     fig.tight_layout()
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "variation.png"
@@ -229,7 +258,7 @@ def write(groups: dict, load_runs, report: Path, out_dir: Path, command: str, wa
             all_rows = {**g["rows"], **{k: v for n in others for k, v in groups[n]["rows"].items()}}
             all_runs = {**runs, **{k: v for n in others for k, v in load_runs(n).items()}}
             lines += budget_health_table(all_rows, all_runs, health_reference)
-        if gname == "variation":
+        if gname == ("variation_bn" if "variation_bn" in groups else "variation"):  # one plot after the last sweep
             p = variation_plot(groups, load_runs, out_dir)
             if p:
                 lines += ["", f"![variation](alignment_study/{p.name})"]
