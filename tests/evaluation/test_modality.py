@@ -138,10 +138,12 @@ def test_plan_purity_matches_brute_force(seed, k):
     res = plan_purity(feats, groups, views, {"phase": phase})
     f = feats.double().numpy()
     fn = f / np.linalg.norm(f, axis=1, keepdims=True)
-    sv_p, sv_u, ph_p, ph_u = [], [], [], []
+    sv_p, sv_u, sv_m, ph_p, ph_u = [], [], [], [], []
     for iv, it in groups:
         plan = _brute_plan(1 - fn[iv] @ fn[it].T)
         same = (views[iv][:, None] == views[it][None, :]).astype(float)
+        # the ceiling: the best permutation for same-view mass (Birkhoff: a vertex is optimal)
+        best = max(itertools.permutations(range(k)), key=lambda s: sum(same[i, s[i]] for i in range(k)))
         d = np.abs(phase[iv][:, None] - phase[it][None, :])
         d = np.minimum(d, 2 * np.pi - d) / np.pi
         ph_p.append((plan * d).sum())
@@ -149,6 +151,7 @@ def test_plan_purity_matches_brute_force(seed, k):
         if 0 < same.mean() < 1:
             sv_p.append((plan * same).sum())
             sv_u.append(same.mean())
+            sv_m.append(sum(same[i, best[i]] for i in range(k)) / k)
     assert res.num_groups == n_ids and res.num_informative == len(sv_p)
     assert res.nuisance_plan["phase"] == pytest.approx(np.mean(ph_p), abs=1e-5)
     assert res.nuisance_uniform["phase"] == pytest.approx(np.mean(ph_u), abs=1e-9)
@@ -156,8 +159,10 @@ def test_plan_purity_matches_brute_force(seed, k):
         assert res.same_view_plan == pytest.approx(np.mean(sv_p), abs=1e-5)
         assert res.same_view_uniform == pytest.approx(np.mean(sv_u), abs=1e-9)
         assert res.ratio == pytest.approx(np.mean(sv_p) / np.mean(sv_u), rel=1e-4)
+        assert res.same_view_max == pytest.approx(np.mean(sv_m), abs=1e-9)
+        assert res.same_view_uniform <= res.same_view_max + 1e-9 and res.same_view_plan <= res.same_view_max + 1e-6
     else:
-        assert np.isnan(res.ratio)
+        assert np.isnan(res.ratio) and np.isnan(res.same_view_max)
 
 
 def test_plan_picks_same_view_pairs_when_features_encode_view():
@@ -169,6 +174,7 @@ def test_plan_picks_same_view_pairs_when_features_encode_view():
     assert res.same_view_plan == pytest.approx(1.0)
     assert res.same_view_uniform == pytest.approx(0.5)
     assert res.ratio == pytest.approx(2.0)
+    assert res.same_view_max == pytest.approx(1.0) and res.max_ratio == pytest.approx(2.0)
 
 
 def test_sample_identity_groups_draws_both_modalities():

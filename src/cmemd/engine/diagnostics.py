@@ -104,7 +104,8 @@ def diagnostics_record(diag: dict[str, Any]) -> dict[str, float]:
         rec[f"gap_{key}"] = float(getattr(gap, key))
     pur: Optional[PlanPurity] = diag.get("plan_purity")
     if pur is not None:
-        rec.update(purity_plan=pur.same_view_plan, purity_uniform=pur.same_view_uniform, purity_ratio=pur.ratio)
+        rec.update(purity_plan=pur.same_view_plan, purity_uniform=pur.same_view_uniform, purity_ratio=pur.ratio,
+                   purity_max=pur.same_view_max, purity_max_ratio=pur.max_ratio)
         for n in pur.nuisance_plan:
             rec[f"nuisance_{n}_plan"], rec[f"nuisance_{n}_uniform"] = pur.nuisance_plan[n], pur.nuisance_uniform[n]
     return rec
