@@ -171,12 +171,9 @@ VARIATION_SERIES = (("variation", "full", "full_allpairs", "core", "full model, 
                     ("variation_bn", "bn1_global", "bn1_allpairs_global", "space", "baseline + alignment, BN-neck cost"))
 
 
-def variation_plot(groups: dict, load_runs, out_dir: Path) -> Path | None:
-    """CM-EMD's Rank-1 advantage over all-pairs and its plan's same-view preference against the generator's
-    variation, one line per sweep; the default level comes from the group that ran it."""
-    from cmemd.data.synth import SynthConfig
-
-    default = SynthConfig().variation
+def variation_points(groups: dict, load_runs, default: float) -> list[tuple[str, list[tuple]]]:
+    """Per sweep, ``(label, [(variation, mean R1 advantage, interval half-width, mean purity ratio, its std,
+    seed pairs)])``: CM-EMD minus all-pairs, paired by seed; the ``default`` level from the group that ran it."""
     series = []
     for gname, emd, allp, base_group, label in VARIATION_SERIES:
         if gname not in groups:
@@ -198,6 +195,15 @@ def variation_plot(groups: dict, load_runs, out_dir: Path) -> Path | None:
             points.append((v, m, (hi - lo) / 2 if not np.isnan(lo) else 0.0, np.mean(p), np.std(p), len(d)))
         if points:
             series.append((label, points))
+    return series
+
+
+def variation_plot(groups: dict, load_runs, out_dir: Path) -> Path | None:
+    """CM-EMD's Rank-1 advantage over all-pairs and its plan's same-view preference against the generator's
+    variation, one line per sweep (:func:`variation_points`)."""
+    from cmemd.data.synth import SynthConfig
+
+    series = variation_points(groups, load_runs, SynthConfig().variation)
     if not series:
         return None
     import matplotlib

@@ -107,3 +107,24 @@ def test_verdict_words_follow_the_measure():
     # for the gap ratio lower is better: an interval above 0 must not read "a better"
     assert report.verdict(0.1, 0.3, "a leaves the larger gap", "a closes more of the gap").startswith("**a leaves")
     assert report.verdict(-0.3, -0.1, "a leaves the larger gap", "a closes more of the gap").startswith("**a closes")
+
+
+def test_variation_points_pair_by_seed_and_take_the_default_level_from_its_group():
+    def pr(seed: int, r1: float, purity: float) -> dict:
+        r = run(seed, r1)
+        r["test_diagnostics"]["purity_ratio"] = purity
+        return r
+
+    store = {
+        "variation_bn": {"bn1_global_v0.2": [pr(0, 30, 1.1), pr(1, 34, 1.3)],
+                         "bn1_allpairs_global_v0.2": [pr(0, 29, 1.0), pr(1, 30, 1.0), pr(2, 99, 1.0)]},
+        "space": {"bn1_global": [pr(0, 20, 1.2)], "bn1_allpairs_global": [pr(0, 25, 1.0)]},
+    }
+    series = report.variation_points({"variation_bn": {}}, lambda g: store.get(g, {}), default=0.4)
+    assert [label for label, _ in series] == ["baseline + alignment, BN-neck cost"]
+    (v1, adv1, half1, pur1, _, n1), (v2, adv2, half2, pur2, _, n2) = series[0][1]
+    assert (v1, n1, v2, n2) == (0.2, 2, 0.4, 1)  # seed 2 has no CM-EMD run: not a pair
+    assert adv1 == pytest.approx((1 + 4) / 2) and pur1 == pytest.approx(1.2)
+    half = stats.t.ppf(0.975, 1) * np.std([1.0, 4.0], ddof=1) / np.sqrt(2)
+    assert half1 == pytest.approx(half)
+    assert adv2 == pytest.approx(-5.0) and half2 == 0.0 and pur2 == pytest.approx(1.2)
