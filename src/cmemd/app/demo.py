@@ -1,5 +1,6 @@
 """``cmemd demo``: generate the synthetic benchmark (cached), train CM-EMD on CPU, evaluate SYSU-MM01
-all/indoor-search plain and re-ranked, print the tables, write the report."""
+all/indoor-search plain and re-ranked, print the tables, write the report. The CLI's default config is
+``synth_cmemd_global`` (the baseline + CM-EMD on the BN-neck output: docs/results/alignment_study.md, 3b)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,7 +46,9 @@ def run_demo(*, data_dir: Path, out_dir: Path, config: Any, ids: int = 200, epoc
     if out_dir.exists():
         shutil.rmtree(out_dir)
     echo(f"[2/4] training {config} ({cfg.model.arch} width {cfg.model.width}, {cfg.data.height}x{cfg.data.width}, "
-         f"{cfg.optim.epochs} epochs, alignment {cfg.loss.alignment}) ...")
+         f"{cfg.optim.epochs} epochs, alignment {cfg.loss.alignment}"
+         + (f" on {cfg.loss.align_granularities} / {cfg.loss.align_feature}, λ={cfg.loss.lambda_align:g}"
+            if cfg.loss.alignment != "none" else "") + ") ...")
     outcome = train(cfg, resume=False, evaluate_after=False)
     phases["train"] = time.time() - t0
 
