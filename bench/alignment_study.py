@@ -13,7 +13,7 @@ Groups (each run: train, evaluate with the SYSU-MM01 protocol, then diagnostics 
              label smoothing (each switched alone on the full model, and the last two together), the accumulated
              features' classifiers, seeds 0..4
   space      + CM-EMD (global) with the cost on batch-centred pooled features (lambda 0.5, 1) or on the BN-neck
-             output (lambda 1, 2; all-pairs at 1); the full model with its cost on the BN-neck outputs
+             output (lambda 1, 2; all-pairs and hetero-centre at 1); the full model with its cost on the BN-neck outputs
              (lambda 1; all granularities, or the global one, alone or with CM-DL on it or the
              triplet); seeds 0..4
   variation  the generator's view/pose variation at three levels, full CM-EMD against all-pairs, seeds 0..2
@@ -131,6 +131,9 @@ SPACE_ROWS.update({
     for tag, lam in (("1", 1), ("2", 2))})
 SPACE_ROWS["bn1_allpairs_global"] = ("+ all-pairs (global feature), on the BN-neck output, lambda 1",
                                      SPACE_ROWS["bn1_global"][1] + ["loss.alignment=all-pairs"])
+# The field's most common alignment in the same place: does the plan matter, or any pull between the modalities?
+SPACE_ROWS["bn1_hetero_global"] = ("+ hetero-centre (global feature), on the BN-neck output, lambda 1",
+                                   SPACE_ROWS["bn1_global"][1] + ["loss.alignment=hetero-center"])
 SPACE_ROWS["full_bn1"] = ("full CM-EMD, on the BN-neck outputs, lambda 1",
                           FULL + COST + ["loss.align_feature=bn", "loss.lambda_align=1"])
 SPACE_ROWS["full_bn1_global"] = ("full CM-EMD, on the global BN-neck output only, lambda 1",
@@ -193,6 +196,7 @@ GROUPS: dict[str, dict] = {
                         ("centered05_global", "baseline"), ("centered1_global", "baseline"),
                         ("bn1_global", "baseline"), ("bn2_global", "baseline"), ("bn1_global", "emd_global"),
                         ("bn1_global", "bn1_allpairs_global"), ("bn1_allpairs_global", "baseline"),
+                        ("bn1_global", "bn1_hetero_global"), ("bn1_hetero_global", "baseline"),
                         ("full_bn1", "full"), ("full_bn1", "baseline"), ("full_bn1_global", "full"),
                         ("full_bn1_global", "baseline"), ("full_bn1_global", "bn1_global"),
                         ("full_bn1_global_dl", "full_bn1_global"), ("full_bn1_global_triplet", "full_bn1_global"),
