@@ -69,6 +69,7 @@ def test_wheel_installs_and_runs_from_an_empty_folder(tmp_path):
     out = _run([cli, "demo", "--ids", "12", "--epochs", "1", "data.num_ids=3", "data.num_instances=2",
                 "data.steps_per_epoch=3", "eval.trials=2", "run.log_every=1"], work, env, timeout=600)
     assert "sysu all-search single-shot" in out and "R1" in out
+    assert "modality gap" in out and "test ids' plan purity" in out  # the mechanism, measured on the test ids
     results = json.loads((work / "runs/demo/results.json").read_text())
     assert {"sysu all-search single-shot", "sysu indoor-search single-shot"} <= set(results)
     assert (work / "data/demo_sysu/synth_summary.json").is_file() and (work / "runs/demo/report/index.html").is_file()
