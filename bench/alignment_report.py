@@ -206,6 +206,9 @@ def variation_plot(groups: dict, load_runs, out_dir: Path) -> Path | None:
     series = variation_points(groups, load_runs, SynthConfig().variation)
     if not series:
         return None
+    # the ceiling depends on the data only (about the same at every level); runs from session 6 on record it
+    ceilings = [r["test_diagnostics"]["purity_max_ratio"] for gname, *_ in VARIATION_SERIES if gname in groups
+                for rs in load_runs(gname).values() for r in rs if "purity_max_ratio" in r["test_diagnostics"]]
     import matplotlib
 
     matplotlib.use("Agg")
@@ -220,6 +223,11 @@ def variation_plot(groups: dict, load_runs, out_dir: Path) -> Path | None:
             axes[0].annotate(f"{c}", (x, y), textcoords="offset points", xytext=(5, -10), fontsize=7)
         axes[1].errorbar(v + shift, pm, yerr=ps, marker="o", capsize=3, label=label)
     axes[0].axhline(0, color="grey", lw=0.8), axes[1].axhline(1, color="grey", lw=0.8)
+    axes[1].axhline(1.5, color="tab:red", ls=":", lw=0.8, label="the issue's goal (x1.5)")
+    if ceilings:
+        axes[1].axhline(np.mean(ceilings), color="grey", ls="--", lw=0.8,
+                        label=f"most any plan can reach (x{np.mean(ceilings):.2f})")
+    axes[1].legend(fontsize=8, loc="center right")
     axes[0].set_xlabel("generator variation"), axes[0].set_ylabel("R1: CM-EMD - all-pairs (points)")
     axes[0].set_title("CM-EMD advantage (95% t interval; n = seeds)", fontsize=10)
     axes[1].set_xlabel("generator variation"), axes[1].set_ylabel("plan same-view mass / uniform")
