@@ -154,7 +154,7 @@ VARIATIONS = (0.2, 0.7)  # and the default 0.4: the core rows
 VARIATION_ROWS = {f"{name}_v{v}": (f"{label}, variation {v}", CORE_ROWS[name][1])
                   for v in VARIATIONS for name, label in (("full", "full CM-EMD"), ("full_allpairs", "full, all-pairs"))}
 # The same sweep for the alignment that works on this benchmark (section 3b): the baseline + CM-EMD against + all-pairs,
-# both on the BN-neck output of the global feature; the default 0.4 is the space group's rows (seeds 0-7).
+# both on the BN-neck output of the global feature; the default 0.4 is the space group's rows.
 VARIATION_BN_ROWS = {f"{name}_v{v}": (f"{label}, variation {v}", SPACE_ROWS[name][1])
                      for v in VARIATIONS for name, label in (("bn1_global", "+ CM-EMD (global, BN-neck)"),
                                                              ("bn1_allpairs_global", "+ all-pairs (global, BN-neck)"))}
@@ -216,7 +216,7 @@ GROUPS: dict[str, dict] = {
                      "title": "4b. Intra-identity variation, with the alignment on the BN-neck output",
                      "about": "The same sweep for the baseline + CM-EMD against + all-pairs, both on the L2-normalised "
                               "BN-neck output of the global feature, lambda 1 (the rows of section 3b); the default "
-                              "0.4 is the space group's runs (seeds 0-7); same budget.",
+                              "0.4 is the space group's runs; same budget.",
                      "pairs": [("bn1_global_v0.2", "bn1_allpairs_global_v0.2"), ("bn1_global", "bn1_allpairs_global"),
                                ("bn1_global_v0.7", "bn1_allpairs_global_v0.7")],
                      "pair_rows": SPACE_ROWS, "pairs_from": ("space",)},

@@ -89,6 +89,7 @@ def _test_plan_purity(model: Any, cfg: Any, data_dir: Path):
         return None
     loss = cfg.loss
     diag = alignment_diagnostics(model, records, height=cfg.data.height, width=cfg.data.width,
-                                 device=next(model.parameters()).device, batch_size=cfg.eval.batch_size, nuisance=nuisance, cost=loss.emd_cost,
-                                 normalize=loss.emd_normalize, align_feature=loss.align_feature)
+                                 device=next(model.parameters()).device, batch_size=cfg.eval.batch_size,
+                                 nuisance=nuisance, cost=loss.emd_cost, normalize=loss.emd_normalize,
+                                 align_feature=loss.align_feature)
     return diag["plan_purity"]
