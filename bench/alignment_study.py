@@ -19,7 +19,7 @@ Groups (each run: train, evaluate with the SYSU-MM01 protocol, then diagnostics 
   variation  the generator's view/pose variation at three levels, full CM-EMD against all-pairs, seeds 0..2
              (pooled cost; only seed 0 was run before the BN-neck cost replaced it)
   variation_bn  the same levels for + CM-EMD against + all-pairs, both on the BN-neck output of the global
-             feature (the space group's best rows), seeds 0..2
+             feature (the space group's best rows), seeds 0..3
 
 Each finished run writes a small JSON file under docs/results/alignment_study/runs/ (commit it): a rerun on any
 machine skips every run whose file is there with the same settings, so the study outlives a session.
@@ -211,7 +211,7 @@ GROUPS: dict[str, dict] = {
                   "about": "The generator's `variation` (view / pose / box changes between images of one person) at "
                            "0.2 and 0.7 beside the calibrated default 0.4 (the core rows, seeds 0-2); same budget.",
                   "pairs": [(f"full_v{v}", f"full_allpairs_v{v}") for v in VARIATIONS]},
-    "variation_bn": {"ids": 300, "budget": BUDGET, "seeds": [0, 1, 2], "rows": VARIATION_BN_ROWS,
+    "variation_bn": {"ids": 300, "budget": BUDGET, "seeds": [0, 1, 2, 3], "rows": VARIATION_BN_ROWS,
                      "variation": lambda row: float(row.rsplit("_v", 1)[1]),
                      "title": "4b. Intra-identity variation, with the alignment on the BN-neck output",
                      "about": "The same sweep for the baseline + CM-EMD against + all-pairs, both on the L2-normalised "
