@@ -159,6 +159,13 @@ VARIATION_BN_ROWS = {f"{name}_v{v}": (f"{label}, variation {v}", SPACE_ROWS[name
                      for v in VARIATIONS for name, label in (("bn1_global", "+ CM-EMD (global, BN-neck)"),
                                                              ("bn1_allpairs_global", "+ all-pairs (global, BN-neck)"))}
 SEEDS5 = [0, 1, 2, 3, 4]
+
+
+def row_variation(row: str) -> float:
+    """The generator variation a variation-group row names (``<row>_v<level>``)."""
+    return float(row.rsplit("_v", 1)[1])
+
+
 GROUPS: dict[str, dict] = {
     "cost": {"ids": 80, "budget": SHORT, "seeds": [0], "rows": COST_ROWS, "variation": None,
              "title": "1. The alignment cost: can it be lowered by shrinking the features?",
@@ -206,13 +213,13 @@ GROUPS: dict[str, dict] = {
                         ("full_bn1_triplet", "bn1_global")],
               "pair_rows": {**CORE_ROWS, **SETTINGS_ROWS}, "pairs_from": ("core", "settings")},
     "variation": {"ids": 300, "budget": BUDGET, "seeds": [0, 1, 2], "rows": VARIATION_ROWS,
-                  "variation": lambda row: float(row.rsplit("_v", 1)[1]),
+                  "variation": row_variation,
                   "title": "4. Intra-identity variation: does CM-EMD's advantage over all-pairs grow with it?",
                   "about": "The generator's `variation` (view / pose / box changes between images of one person) at "
                            "0.2 and 0.7 beside the calibrated default 0.4 (the core rows, seeds 0-2); same budget.",
                   "pairs": [(f"full_v{v}", f"full_allpairs_v{v}") for v in VARIATIONS]},
     "variation_bn": {"ids": 300, "budget": BUDGET, "seeds": [0, 1, 2, 3], "rows": VARIATION_BN_ROWS,
-                     "variation": lambda row: float(row.rsplit("_v", 1)[1]),
+                     "variation": row_variation,
                      "title": "4b. Intra-identity variation, with the alignment on the BN-neck output",
                      "about": "The same sweep for the baseline + CM-EMD against + all-pairs, both on the L2-normalised "
                               "BN-neck output of the global feature, lambda 1 (the rows of section 3b); the default "
@@ -285,8 +292,8 @@ def run_path(group: str, row: str, seed: int) -> Path:
 def run_one(group: str, row: str, seed: int) -> dict:
     from cmemd.config import load_config
     from cmemd.data.sysu import SYSUMM01
-    from cmemd.engine.diagnostics import alignment_diagnostics, diagnostics_record, nuisance_of
-    from cmemd.app.run import train
+    from cmemd.engine.diagnostics import diagnostics_record, nuisance_of
+    from cmemd.app.run import config_diagnostics, train
 
     g = GROUPS[group]
     label, overrides = g["rows"][row]
@@ -310,10 +317,7 @@ def run_one(group: str, row: str, seed: int) -> dict:
     outcome = train(cfg, resume=(out / "last.pt").exists(), progress=False)
     ds = SYSUMM01(data)
     test = ds.query() + ds.gallery_pool("all")
-    loss = cfg.loss
-    diag = alignment_diagnostics(outcome.model, test, height=cfg.data.height, width=cfg.data.width,
-                                 batch_size=256, nuisance=nuisance_of(test, data), cost=loss.emd_cost,
-                                 normalize=loss.emd_normalize, align_feature=loss.align_feature)
+    diag = config_diagnostics(outcome.model, test, cfg, nuisance=nuisance_of(test, data))
     hist = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [h for h in hist if h.get("kind") == "epoch"]
     diags = [h for h in hist if h.get("kind") == "diag"]

@@ -79,17 +79,14 @@ def run_demo(*, data_dir: Path, out_dir: Path, config: Any, ids: int = 200, epoc
 def _test_plan_purity(model: Any, cfg: Any, data_dir: Path):
     """The plan's same-view preference on the test ids (the mechanism the paper claims), measured on the feature and
     cost the loss aligns; None without the generator's nuisance sidecar."""
+    from cmemd.app.run import config_diagnostics
     from cmemd.data.sysu import SYSUMM01
-    from cmemd.engine.diagnostics import alignment_diagnostics, nuisance_of
+    from cmemd.engine.diagnostics import nuisance_of
 
     ds = SYSUMM01(data_dir)
     records = ds.query() + ds.gallery_pool("all")
     nuisance = nuisance_of(records, data_dir)
     if nuisance is None:
         return None
-    loss = cfg.loss
-    diag = alignment_diagnostics(model, records, height=cfg.data.height, width=cfg.data.width,
-                                 device=next(model.parameters()).device, batch_size=cfg.eval.batch_size,
-                                 nuisance=nuisance, cost=loss.emd_cost, normalize=loss.emd_normalize,
-                                 align_feature=loss.align_feature)
+    diag = config_diagnostics(model, records, cfg, nuisance=nuisance, device=next(model.parameters()).device)
     return diag["plan_purity"]

@@ -319,9 +319,21 @@ def diagnostic_records(cfg: TrainConfig) -> tuple[list[ImageRecord], str]:
     return recs, f"{len({r.pid for r in recs})} val ids ({held})"
 
 
+def config_diagnostics(model: torch.nn.Module, records: list[ImageRecord], cfg: TrainConfig, *,
+                       nuisance: Optional[dict] = None, device: Any = "cpu") -> dict[str, Any]:
+    """:func:`~cmemd.engine.diagnostics.alignment_diagnostics` of ``model`` on ``records`` as ``cfg``'s alignment
+    loss sees them: its feature, cost and normalisation, at the config's input size and eval batch."""
+    from cmemd.engine.diagnostics import alignment_diagnostics
+
+    loss = cfg.loss
+    return alignment_diagnostics(model, records, height=cfg.data.height, width=cfg.data.width, device=device,
+                                 batch_size=cfg.eval.batch_size, nuisance=nuisance, cost=loss.emd_cost,
+                                 normalize=loss.emd_normalize, align_feature=loss.align_feature)
+
+
 def _diagnostics_hook(cfg: TrainConfig, device: torch.device, progress: bool):
     """on_epoch_end hook: modality gap and (on synthetic data) plan purity on val ids, logged as a 'diag' line."""
-    from cmemd.engine.diagnostics import alignment_diagnostics, diagnostics_record, nuisance_of
+    from cmemd.engine.diagnostics import diagnostics_record, nuisance_of
 
     recs, note = diagnostic_records(cfg)
     if not recs:
@@ -329,13 +341,9 @@ def _diagnostics_hook(cfg: TrainConfig, device: torch.device, progress: bool):
             print(f"diagnostics: {note}", flush=True)
         return lambda trainer, epoch: None
     nuisance = nuisance_of(recs, cfg.data.root)
-    loss = cfg.loss
 
     def on_epoch_end(trainer: Trainer, epoch: int) -> None:
-        diag = alignment_diagnostics(unwrap(trainer.model), recs, height=cfg.data.height, width=cfg.data.width,
-                                     device=device, batch_size=cfg.eval.batch_size, nuisance=nuisance,
-                                     cost=loss.emd_cost, normalize=loss.emd_normalize,
-                                     align_feature=loss.align_feature)
+        diag = config_diagnostics(unwrap(trainer.model), recs, cfg, nuisance=nuisance, device=device)
         trainer._log({"kind": "diag", "epoch": epoch, "step": trainer.step, **diagnostics_record(diag)})
         if progress:
             print(f"after epoch {epoch + 1}, {note}: {diag['modality_gap'].format()}", flush=True)
