@@ -1,7 +1,9 @@
 """Protocol Rank-1 / mAP of trained runs with the global feature taken before or after the BN-neck
-(`model.test_global` bn | pooled): one set of weights, two test features, side by side.
+(`model.test_global` bn | pooled), or with `--part local` the holistic part (`model.test_local` pooled | bn):
+one set of weights, two test features, side by side.
 
-    python bench/test_space.py RUN_DIR [RUN_DIR ...] [--test-feature concat global] [--out docs/results/test_space.md]
+    python bench/test_space.py RUN_DIR [RUN_DIR ...] [--test-feature concat global] [--part global|local]
+        [--out docs/results/test_space.md]
 
 The alignment losses act on the pooled (pre-BN) features; the BN-neck standardises each unit, which can undo what
 they aligned (bench/gap_spaces.py). Each run's own config gives the protocol (its eval section, its data root);
@@ -22,16 +24,17 @@ from alignment_report import paired, verdict  # noqa: E402
 FORMS = ("bn", "pooled")
 
 
-def evaluate_forms(run: Path, test_features: list[str] | None) -> list[dict]:
-    """One dict per (test feature, global form) of the run's last checkpoint: R1, mAP (all-search, %), gap ratio,
-    modality probe (%)."""
+def evaluate_forms(run: Path, test_features: list[str] | None, part: str = "global") -> list[dict]:
+    """One dict per (test feature, form of ``part``) of the run's last checkpoint: R1, mAP (all-search, %), gap
+    ratio, modality probe (%). ``part``: ``"global"`` varies ``model.test_global``, ``"local"`` the holistic
+    part's ``model.test_local``."""
     from cmemd.app.run import evaluate_model, load_trained, modality_gap_of
 
     model, cfg = load_trained(run / "last.pt")
     out = []
     for feature in test_features or [cfg.model.test_feature]:
         for form in FORMS:
-            m_cfg = dataclasses.replace(cfg.model, test_global=form, test_feature=feature)
+            m_cfg = dataclasses.replace(cfg.model, test_feature=feature, **{f"test_{part}": form})
             model.cfg = m_cfg
             # the features the protocol extracted give the gap too (as `cmemd eval` reports it): no second pass
             res, feats = evaluate_model(model, dataclasses.replace(cfg, model=m_cfg), progress=False,
@@ -63,16 +66,18 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path, help="training runs' out_dirs (their last.pt is read)")
     ap.add_argument("--test-feature", nargs="+", default=None, choices=("concat", "global", "local"),
                     help="test features to evaluate (default: each run's own)")
+    ap.add_argument("--part", choices=("global", "local"), default="global",
+                    help="which part's form to vary: the global feature's (default) or the holistic part's")
     ap.add_argument("--out", type=Path, default=None, help="also write the tables (markdown) here")
     args = ap.parse_args()
     for run in args.runs:
         if not (run / "last.pt").is_file():
             ap.error(f"{run / 'last.pt'} not found: pass training runs' out_dirs (each holds last.pt)")
-    lines = ["| run | test feature | test global | all-search R1 | mAP | gap ratio | modality probe |",
+    lines = [f"| run | test feature | test {args.part} | all-search R1 | mAP | gap ratio | modality probe |",
              "|---|---|---|---|---|---|---|"]
     rows = []
     for run in args.runs:
-        for r in evaluate_forms(run, args.test_feature):
+        for r in evaluate_forms(run, args.test_feature, args.part):
             rows.append(r)
             lines.append(f"| {r['run']} | {r['feature']} | {r['form']} | {r['R1']:.2f} | {r['mAP']:.2f} | "
                          f"{r['gap']:.2f} | {r['probe']:.1f} |")

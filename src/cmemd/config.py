@@ -322,7 +322,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
     from cmemd.engine.schedule import OPTIMIZERS
     from cmemd.engine.trainer import AMP_MODES
     from cmemd.losses.alignment import ALIGNMENT_LOSSES, COSTS, SOLVERS
-    from cmemd.models.vtreid import ACCUMULATE, POOLINGS, TEST_FEATURES, TEST_GLOBALS
+    from cmemd.models.vtreid import ACCUMULATE, POOLINGS, TEST_FEATURES, TEST_GLOBALS, TEST_LOCALS
 
     return {
         "data.channel_aug_kind": CHANNEL_AUG_KINDS,
@@ -330,6 +330,7 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "model.accumulate": ACCUMULATE,
         "model.test_feature": TEST_FEATURES,
         "model.test_global": TEST_GLOBALS,
+        "model.test_local": TEST_LOCALS,
         "loss.alignment": ALIGNMENT_LOSSES,
         "loss.align_granularities": GRANULARITIES,
         "loss.align_feature": ALIGN_FEATURES,

@@ -265,6 +265,35 @@ def test_test_global_pooled_takes_the_pre_bn_feature():
         small_cfg(test_global="post")
 
 
+def test_test_local_bn_takes_the_stripe_weighted_local_bn_outputs():
+    torch.manual_seed(0)
+    x, mod = torch.randn(5, 3, 64, 32), torch.tensor([0, 1, 1, 0, 1])
+    C, S, D = 64, 3, 16
+    pooled = build_model(small_cfg(test_feature="concat")).eval()
+    for neck in pooled.local_necks:  # BN-necks that are not the identity
+        _randomise(neck, 2)
+    with torch.no_grad():  # and unequal stripe weights
+        pooled.stripe_logits.copy_(torch.tensor([0.5, -1.0, 2.0]))
+    bn = build_model(small_cfg(test_feature="concat", test_local="bn")).eval()
+    bn.load_state_dict(pooled.state_dict())
+    with torch.no_grad():
+        out = pooled.forward_output(x, mod)
+        f_pooled, f_bn = pooled(x, mod), bn(x, mod)
+    w = out.stripe_weights
+    # built by hand from the BN-neck outputs, one stripe at a time
+    expected = torch.cat([w[k] * pooled.local_necks[k](out.local_feats[:, k]) for k in range(S)], dim=1)
+    assert expected.shape == (5, S * D)
+    torch.testing.assert_close(f_bn[:, C:], F.normalize(expected, dim=1))
+    torch.testing.assert_close(f_bn[:, :C], f_pooled[:, :C])  # the global part is the same
+    assert not torch.allclose(f_bn[:, C:], f_pooled[:, C:])
+    loc = build_model(small_cfg(test_feature="local", test_local="bn")).eval()
+    loc.load_state_dict(pooled.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(loc(x, mod), expected)
+    with pytest.raises(ConfigError, match="test_local"):
+        small_cfg(test_local="accumulated")
+
+
 def test_shared_model_needs_no_modality():
     model = build_model(small_cfg(modality_specific_stages=0)).eval()
     assert model.modality_parts is None

@@ -403,8 +403,9 @@ def evaluation_records(cfg: TrainConfig, root: Optional[str] = None) -> tuple[li
 def feature_description(cfg: TrainConfig) -> str:
     t = cfg.model.test_feature
     g = "pooled (pre-BN) global" if cfg.model.test_global == "pooled" else "BN-neck global"
-    return (f"{t} feature ({g}{' + holistic' if t == 'concat' else ''})" if t != "local"
-            else "local (holistic) feature")
+    h = "holistic, local BN-neck" if cfg.model.test_local == "bn" else "holistic"
+    return (f"{t} feature ({g}{f' + {h}' if t == 'concat' else ''})" if t != "local"
+            else f"local ({h}) feature")
 
 
 def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[str] = None, device: Any = "cpu",

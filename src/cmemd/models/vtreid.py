@@ -70,6 +70,7 @@ POOLINGS = ("gem", "avg")
 ACCUMULATE = ("prefix", "cumsum", "none")
 TEST_FEATURES = ("concat", "global", "local")
 TEST_GLOBALS = ("bn", "pooled")
+TEST_LOCALS = ("pooled", "bn")
 _ACCUMULATE, _TEST_FEATURES = ACCUMULATE, TEST_FEATURES
 
 
@@ -92,6 +93,9 @@ class ModelConfig:
         test_global: the global feature's form in the test feature: ``"bn"`` (the BN-neck output) [default]
             or ``"pooled"`` (before the BN-neck, where the alignment losses act; the BN-neck's per-unit
             standardisation can undo their alignment: docs/results/alignment_study.md).
+        test_local: the holistic (local) part's form in the test feature: ``"pooled"`` (the stripe-weighted
+            pooled local features, what CM-DL trains) [default] or ``"bn"`` (the stripe-weighted local BN-neck
+            outputs, where ``loss.align_feature=bn`` aligns them).
         use_local: MGS on [True]; False gives the global-only model.
         accumulated_heads: a BN-neck + identity classifier on each accumulated feature [True]. Without
             them only alignment losses read the accumulated features, and those can be lowered by
@@ -117,6 +121,7 @@ class ModelConfig:
     accumulate: str = "prefix"
     test_feature: str = "concat"
     test_global: str = "bn"
+    test_local: str = "pooled"
     use_local: bool = True
     accumulated_heads: bool = True
     zero_init_residual: bool = False
@@ -150,6 +155,8 @@ class ModelConfig:
             raise bad("accumulate", self.accumulate, f"use one of {_ACCUMULATE}")
         if self.test_global not in TEST_GLOBALS:
             raise bad("test_global", self.test_global, f"use one of {TEST_GLOBALS}")
+        if self.test_local not in TEST_LOCALS:
+            raise bad("test_local", self.test_local, f"use one of {TEST_LOCALS}")
         if self.test_feature not in _TEST_FEATURES:
             raise bad("test_feature", self.test_feature, f"use one of {_TEST_FEATURES}")
         if not isinstance(self.non_local, bool):
@@ -404,9 +411,12 @@ class VTReIDModel(nn.Module):
         g = out.global_feat if self.cfg.test_global == "pooled" else out.global_bn
         if self.cfg.test_feature == "global":
             return g
+        local = out.holistic
+        if self.cfg.test_local == "bn":  # the same stripe weights as the pooled holistic feature
+            local = (out.local_bn * out.stripe_weights.view(1, -1, 1)).flatten(1)
         if self.cfg.test_feature == "local":
-            return out.holistic
-        return torch.cat([F.normalize(g, dim=1), F.normalize(out.holistic, dim=1)], dim=1)
+            return local
+        return torch.cat([F.normalize(g, dim=1), F.normalize(local, dim=1)], dim=1)
 
     def forward(self, x: Tensor, modality: Optional[Tensor] = None):
         out = self.forward_output(x, modality)
