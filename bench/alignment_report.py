@@ -64,19 +64,29 @@ def verdict(lo: float, hi: float, above: str = "a better", below: str = "b bette
 
 
 def row_table(rows: dict, runs: dict[str, list[dict]], baseline: str | None) -> list[str]:
-    out = ["| row | seeds | all R1 | all mAP | indoor R1 | indoor mAP | gap ratio | modality probe | t->v R1 (diag) | plan same-view x uniform |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| row | seeds | all R1 | all mAP | indoor R1 | indoor mAP | gap ratio | modality probe | t->v R1 (diag) | "
+           "within-id mixing | plan same-view x uniform |",
+           "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, (label, _) in rows.items():
         rs = runs.get(name)
         if not rs:
-            out.append(f"| {label} | 0 | (not run yet) | | | | | | | |")
+            out.append(f"| {label} | 0 | (not run yet) | | | | | | | | |")
             continue
         out.append(
             f"| {label} | {len(rs)} | {fmt([r1(r) for r in rs])} | {fmt([r1(r, ALL, 'mAP') for r in rs])} | "
             f"{fmt([r1(r, INDOOR) for r in rs])} | {fmt([r1(r, INDOOR, 'mAP') for r in rs])} | "
             f"{fmt([diag(r, 'gap_centre_ratio') for r in rs])} | {fmt([100 * diag(r, 'gap_probe_accuracy') for r in rs], 1)} | "
-            f"{fmt([100 * diag(r, 'gap_r1_t2v') for r in rs], 1)} | {purity_cell(rs)} |")
+            f"{fmt([100 * diag(r, 'gap_r1_t2v') for r in rs], 1)} | {mixing_cell(rs)} | {purity_cell(rs)} |")
     return out
+
+
+def mixing_cell(rs: list[dict]) -> str:
+    """Within-identity modality mixing (the modality gap's `mixing`: 0 = two clusters per identity, 1 = as if the
+    labels were random), over the runs that recorded it (added in session 7; `--backfill` adds it from a run's
+    checkpoint), with their count when that is not every run."""
+    have = [r for r in rs if "gap_mixing" in r["test_diagnostics"]]
+    cell = fmt([diag(r, "gap_mixing") for r in have])
+    return cell if len(have) in (0, len(rs)) else f"{cell} ({len(have)} of {len(rs)} seeds)"
 
 
 def purity_cell(rs: list[dict]) -> str:

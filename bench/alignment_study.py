@@ -359,6 +359,43 @@ def run_one(group: str, row: str, seed: int) -> dict:
     return rec
 
 
+def backfill(group: str, row: str, seed: int) -> str:
+    """Add test diagnostics that a finished run's file lacks (a measure added after it ran), computed on the run's
+    own checkpoint; the stored gap ratio, recomputed from the same checkpoint, must come back unchanged, which
+    checks that the checkpoint is the run's. Returns what was done, one word."""
+    import torch
+
+    from cmemd.app.run import config_diagnostics, load_trained
+    from cmemd.data.sysu import SYSUMM01
+    from cmemd.engine.diagnostics import diagnostics_record, nuisance_of
+
+    done, ckpt = run_path(group, row, seed), WORK / group / row / f"seed{seed}" / "last.pt"
+    if not done.is_file():
+        return "not-run"
+    rec = json.loads(done.read_text())
+    if not ckpt.is_file():
+        return "no-checkpoint"
+    model, cfg = load_trained(ckpt)
+    if not same_settings(rec["config"], _stable(cfg.to_dict())):
+        return "other-settings"
+    if {"gap_mixing", "gap_overlap_share"} <= rec["test_diagnostics"].keys():
+        return "complete"
+    torch.set_num_threads(1)
+    data = Path(cfg.data.root)
+    ds = SYSUMM01(data)
+    test = ds.query() + ds.gallery_pool("all")
+    new = diagnostics_record(config_diagnostics(model, test, cfg, nuisance=nuisance_of(test, data)))
+    old = rec["test_diagnostics"]["gap_centre_ratio"]
+    if abs(new["gap_centre_ratio"] - old) > 1e-4:
+        sys.exit(f"{ckpt}: its gap ratio is {new['gap_centre_ratio']:.6f}, the run file {done} says {old:.6f}: "
+                 "the checkpoint is not the run's (delete the checkpoint, or the run file to run it again)")
+    rec["test_diagnostics"].update({k: v for k, v in new.items() if k not in rec["test_diagnostics"]})
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec, indent=1))
+    tmp.replace(done)
+    return "backfilled"
+
+
 def pixel_purity(ids: int = 80) -> None:
     """Plan purity of plans computed on the images themselves (test ids of the cost group's data): how much view
     structure a cross-modality cost can find at all, before any learning; then the ceiling (the most same-view
@@ -441,9 +478,20 @@ def main() -> None:
     ap.add_argument("--shard", default="1/1")
     ap.add_argument("--report-only", action="store_true")
     ap.add_argument("--pixel-purity", action="store_true", help="plan purity of plans on raw pixels (a reference)")
+    ap.add_argument("--backfill", action="store_true",
+                    help="add the test diagnostics finished runs' files lack, from their checkpoints (on the "
+                         "machine that ran them); nothing is trained")
     args = ap.parse_args()
     if args.pixel_purity:
         pixel_purity()
+        return
+    if args.backfill:
+        for g in args.groups or list(GROUPS):
+            for row in args.rows or GROUPS[g]["rows"]:
+                for seed in args.seeds or GROUPS[g]["seeds"]:
+                    if row in GROUPS[g]["rows"]:
+                        print(f"{g}/{row} seed {seed}: {backfill(g, row, seed)}", flush=True)
+        write_report()
         return
     t0 = time.time()
     if args.report_only:

@@ -129,3 +129,11 @@ def test_variation_points_pair_by_seed_and_take_the_default_level_from_its_group
     half = stats.t.ppf(0.975, 1) * np.std([1.0, 4.0], ddof=1) / np.sqrt(2)
     assert half1 == pytest.approx(half)
     assert adv2 == pytest.approx(-5.0) and half2 == 0.0 and pur2 == pytest.approx(1.2)
+
+
+def test_mixing_cell_averages_the_runs_that_recorded_it_and_says_how_many():
+    a, b, c = run(0, 30.0), run(1, 31.0), run(2, 32.0)
+    a["test_diagnostics"]["gap_mixing"], b["test_diagnostics"]["gap_mixing"] = 0.1, 0.3
+    assert report.mixing_cell([a, b]) == "0.20 ± 0.10"  # np.std, as the other cells
+    assert report.mixing_cell([a, b, c]) == "0.20 ± 0.10 (2 of 3 seeds)"
+    assert report.mixing_cell([c]) == "-"

@@ -190,6 +190,9 @@ def plot_training(metrics: Union[str, Path], out: Path) -> Optional[Path]:
         axes[3].plot(dx, [r["gap_centre_ratio"] for r in diags], marker="o", ms=3, label="gap centre ratio")
         axes[3].plot(dx, [2 * r["gap_probe_accuracy"] for r in diags], marker="o", ms=3,
                      label="modality probe acc. x2 (1 = chance)")
+        if "gap_mixing" in diags[0]:
+            axes[3].plot(dx, [r["gap_mixing"] for r in diags], marker="o", ms=3,
+                         label="within-identity mixing (1 = as if random)")
         if "purity_ratio" in diags[0]:
             axes[3].plot(dx, [r["purity_ratio"] for r in diags], marker="o", ms=3, label="plan same-view x uniform")
         axes[3].axhline(1.0, color="grey", lw=0.8)

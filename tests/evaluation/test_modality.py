@@ -110,6 +110,61 @@ def test_centre_ratio_is_unbiased_for_aligned_modalities():
         assert modality_gap(f, p, m, c).centre_ratio < bound
 
 
+def _brute_mixing(f, p, m):
+    """Per identity, image by image: is the nearest other image of its identity of the other modality?"""
+    f = f / np.linalg.norm(f, axis=1, keepdims=True)
+    per_id = []
+    for pid in sorted(set(p)):
+        idx = [i for i in range(len(p)) if p[i] == pid]
+        if sum(m[i] == 0 for i in idx) < 2 or sum(m[i] == 1 for i in idx) < 2:
+            continue
+        hits, chance = [], []
+        for i in idx:
+            nearest = min((j for j in idx if j != i), key=lambda j: float(np.sum((f[i] - f[j]) ** 2)))
+            hits.append(m[nearest] != m[i])
+            chance.append(sum(m[j] != m[i] for j in idx) / (len(idx) - 1))
+        per_id.append(np.mean(hits) / np.mean(chance))
+    return np.array(per_id)
+
+
+@settings(max_examples=30, deadline=None)
+@given(seed=st.integers(0, 10_000), gap=st.sampled_from([0.0, 0.5, 2.0]))
+def test_mixing_matches_brute_force(seed, gap):
+    rng = np.random.default_rng(seed)
+    f, p, m, c = _two_modality_set(gap, n_ids=5, k=4, d=6, seed=seed)
+    keep = rng.random(len(p)) < 0.8  # unequal modality counts; some identities drop out (< 2 per modality)
+    f, p, m, c = f[keep], p[keep], m[keep], c[keep]
+    per_id = _brute_mixing(f, p, m)
+    r = modality_gap(f, p, m, c)
+    assert r.num_ids == len(per_id)
+    if len(per_id):
+        assert r.mixing == pytest.approx(per_id.mean())
+        assert r.overlap_share == pytest.approx(np.mean(per_id >= 0.5))
+    # the same measure whichever modality is called visible, and in any row order
+    order = rng.permutation(len(p))
+    s = modality_gap(f[order], p[order], 1 - m[order], c[order])
+    assert s.mixing == pytest.approx(r.mixing, nan_ok=True) and s.overlap_share == pytest.approx(r.overlap_share, nan_ok=True)
+
+
+def test_mixing_closed_forms():
+    # split modalities: every image's nearest same-identity image is of its own modality
+    split = modality_gap(*_two_modality_set(10.0, n_ids=6, k=4))
+    assert split.mixing == 0.0 and split.overlap_share == 0.0
+    # twins: each thermal image sits next to one visible image, the pairs far apart: every nearest is
+    # cross-modal, against a random labelling's k / (2k - 1)
+    rng = np.random.default_rng(3)
+    k, feats, pids, mods = 4, [], [], []
+    for pid in range(3):
+        for j in range(k):
+            base = rng.normal(size=8) * 5 + 20 * np.eye(8)[j]
+            for mod in (0, 1):
+                feats.append(base + 1e-3 * rng.normal(size=8))
+                pids.append(pid)
+                mods.append(mod)
+    twins = modality_gap(np.array(feats), pids, mods, normalize=False)
+    assert twins.mixing == pytest.approx((2 * k - 1) / k) and twins.overlap_share == 1.0
+
+
 def test_gap_bad_input_names_the_field():
     with pytest.raises(EvaluationError, match="pids"):
         modality_gap(np.zeros((3, 2)), [1, 2], [0, 1, 0])

@@ -100,7 +100,7 @@ def diagnostics_record(diag: dict[str, Any]) -> dict[str, float]:
     """A flat ``{name: number}`` form for metrics.jsonl and result files."""
     rec: dict[str, float] = {}
     gap: ModalityGap = diag["modality_gap"]
-    for key in ("centre_ratio", "probe_accuracy", "r1_v2v", "r1_t2t", "r1_t2v"):
+    for key in ("centre_ratio", "probe_accuracy", "r1_v2v", "r1_t2t", "r1_t2v", "mixing", "overlap_share"):
         rec[f"gap_{key}"] = float(getattr(gap, key))
     pur: Optional[PlanPurity] = diag.get("plan_purity")
     if pur is not None:

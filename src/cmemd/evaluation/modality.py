@@ -92,6 +92,12 @@ class ModalityGap:
     linear modality probe on held-out identities (0.5 = modalities indistinguishable, 1 = separable).
     ``r1_v2v``, ``r1_t2t``, ``r1_t2v``: Rank-1 within and across modalities (fractions; cross-camera
     within a modality when cameras are given). ``num_ids``: identities with both modalities.
+    ``mixing``: how far each identity's two modalities are intermixed, the question a t-SNE plot answers
+    by eye. Within each identity, the share of images whose nearest other image of that identity is of the
+    other modality, divided by the share a random modality labelling would give (``n_other / (n - 1)``
+    per image); averaged over identities. 0: each identity's modalities form two clusters; about 1: mixed
+    as if the labels were random (above 1: each image's nearest is its counterpart of the other modality).
+    ``overlap_share``: the share of identities whose own ``mixing`` is at least 0.5.
     """
 
     centre_ratio: float
@@ -103,6 +109,8 @@ class ModalityGap:
     r1_t2v: float
     num_ids: int
     num_images: int
+    mixing: float = float("nan")
+    overlap_share: float = float("nan")
 
     def to_dict(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and np.isnan(v) else v) for k, v in asdict(self).items()}
@@ -114,7 +122,9 @@ class ModalityGap:
         return (f"modality gap ({self.num_ids} ids, {self.num_images} images, L2-normalised features): "
                 f"centre ratio {self.centre_ratio:.2f} (0 = modalities share a centre), "
                 f"modality probe {pct(self.probe_accuracy)}% (50 = indistinguishable), "
-                f"Rank-1 v->v {pct(self.r1_v2v)} / t->t {pct(self.r1_t2t)} / t->v {pct(self.r1_t2v)}")
+                f"Rank-1 v->v {pct(self.r1_v2v)} / t->t {pct(self.r1_t2t)} / t->v {pct(self.r1_t2v)}, "
+                f"within-identity mixing {self.mixing:.2f} (1 = as if random; "
+                f"{pct(self.overlap_share)}% of ids at 0.5 or more)")
 
 
 def _as_array(x: Any, name: str, n: Optional[int] = None) -> np.ndarray:
@@ -126,6 +136,21 @@ def _as_array(x: Any, name: str, n: Optional[int] = None) -> np.ndarray:
 
 def _normalise(f: np.ndarray) -> np.ndarray:
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+
+
+def _identity_mixing(f: np.ndarray, p: np.ndarray, m: np.ndarray, ids: Sequence[int]) -> np.ndarray:
+    """Per identity of ``ids``: the share of its images whose nearest other image of the identity (Euclidean)
+    is of the other modality, over the mean share a random modality labelling gives (``n_other / (n - 1)``)."""
+    out = []
+    for pid in ids:
+        x, mods = f[p == pid], m[p == pid]
+        n = len(x)
+        d = np.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=2)
+        np.fill_diagonal(d, np.inf)
+        cross = mods[np.argmin(d, axis=1)] != mods
+        n_other = np.where(mods == 0, np.sum(mods == 1), np.sum(mods == 0))
+        out.append(cross.mean() / np.mean(n_other / (n - 1)))
+    return np.array(out, dtype=np.float64)
 
 
 def _rank1(sim: np.ndarray, qp: np.ndarray, gp: np.ndarray, invalid: np.ndarray) -> float:
@@ -220,6 +245,7 @@ def modality_gap(feats: Tensor | np.ndarray, pids: Sequence[int] | np.ndarray, m
         q, g = np.flatnonzero(m == qm), np.flatnonzero(m == gm)
         r1[name] = _rank1(sim[np.ix_(q, g)], p[q], p[g], invalid[np.ix_(q, g)]) if len(q) and len(g) else float("nan")
     nan = float("nan")
+    mix = _identity_mixing(f, p, m, both)
     dist = float(np.sqrt(max(np.mean(dists), 0.0))) if dists else nan
     spread = float(np.sqrt(np.mean(spreads))) if spreads else nan
     return ModalityGap(
@@ -228,6 +254,8 @@ def modality_gap(feats: Tensor | np.ndarray, pids: Sequence[int] | np.ndarray, m
         spread=spread,
         probe_accuracy=_probe_accuracy(f[keep], p[keep], m[keep]) if keep.any() else nan,
         r1_v2v=r1["v2v"], r1_t2t=r1["t2t"], r1_t2v=r1["t2v"], num_ids=len(both), num_images=n,
+        mixing=float(mix.mean()) if len(mix) else nan,
+        overlap_share=float(np.mean(mix >= 0.5)) if len(mix) else nan,
     )
 
 
