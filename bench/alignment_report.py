@@ -28,11 +28,13 @@ def fmt(vals: list[float], digits: int = 2) -> str:
 
 
 def paired(a: list[dict], b: list[dict], value: Callable[[dict], float]) -> tuple[list[float], float, float, float]:
-    """Per-seed differences a - b, their mean and a 95% t interval (NaN with fewer than 2 pairs)."""
+    """Per-seed differences a - b, their mean and a 95% t interval (NaN with fewer than 2 pairs). A seed whose
+    value is NaN in either row (a measure that run did not record) makes no pair."""
     from scipy import stats
 
     bs = {r["seed"]: r for r in b}
     d = [value(r) - value(bs[r["seed"]]) for r in a if r["seed"] in bs]
+    d = [x for x in d if not np.isnan(x)]
     if len(d) < 2:
         return d, float(np.mean(d)) if d else float("nan"), float("nan"), float("nan")
     m, se = float(np.mean(d)), float(np.std(d, ddof=1) / np.sqrt(len(d)))
@@ -85,7 +87,7 @@ def mixing_cell(rs: list[dict]) -> str:
     labels were random), over the runs that recorded it (added in session 7; `--backfill` adds it from a run's
     checkpoint), with their count when that is not every run."""
     have = [r for r in rs if "gap_mixing" in r["test_diagnostics"]]
-    cell = fmt([diag(r, "gap_mixing") for r in have])
+    cell = fmt([diag(r, "gap_mixing") for r in have], 3)
     return cell if len(have) in (0, len(rs)) else f"{cell} ({len(have)} of {len(rs)} seeds)"
 
 
@@ -98,7 +100,7 @@ def purity_cell(rs: list[dict]) -> str:
 
 
 def comparisons(pairs: list[tuple[str, str]], rows: dict, runs: dict, value=r1, what="all-search R1",
-                resolve: float = 2.0, words: tuple[str, str] = ("a better", "b better")) -> list[str]:
+                resolve: float = 2.0, words: tuple[str, str] = ("a better", "b better"), digits: int = 2) -> list[str]:
     """Paired-difference rows; the last column: seeds needed for a 95% interval of ±``resolve`` at the spread of the
     differences so far (how far the study is from resolving a difference of that size)."""
     out = [f"| a | b | per-seed a - b ({what}) | mean [95% t interval] | verdict | seeds for ±{resolve:g} |",
@@ -109,9 +111,9 @@ def comparisons(pairs: list[tuple[str, str]], rows: dict, runs: dict, value=r1, 
         d, m, lo, hi = paired(runs[a], runs[b], value)
         if not d:
             continue
-        interval = f"{m:+.2f} [{lo:+.2f}, {hi:+.2f}]" if not np.isnan(lo) else f"{m:+.2f}"
+        interval = f"{m:+.{digits}f} [{lo:+.{digits}f}, {hi:+.{digits}f}]" if not np.isnan(lo) else f"{m:+.{digits}f}"
         need_s = str(seeds_for(float(np.std(d, ddof=1)), resolve)) if len(d) > 1 else "-"
-        out.append(f"| {rows[a][0]} | {rows[b][0]} | {', '.join(f'{x:+.2f}' for x in d)} | {interval} | "
+        out.append(f"| {rows[a][0]} | {rows[b][0]} | {', '.join(f'{x:+.{digits}f}' for x in d)} | {interval} | "
                    f"{verdict(lo, hi, *words)} | {need_s} |")
     return out
 
@@ -260,7 +262,10 @@ def write(groups: dict, load_runs, report: Path, out_dir: Path, command: str, wa
              "within-modality spread (bias-corrected; 0 = modalities share a centre); **modality probe** = balanced "
              "accuracy of a linear probe telling visible from thermal on held-out ids (50% = indistinguishable); "
              "**t->v R1 (diag)** = thermal->visible Rank-1 against every visible test image (not the protocol's "
-             "number); **plan same-view x uniform** = share of the exact CM-EMD plan's mass (cost and feature of the "
+             "number); **within-id mixing** = share of test images whose nearest other image of their identity is of "
+             "the other modality, over the share a random labelling gives (0 = each identity forms a visible and a "
+             "thermal cluster, 1 = mixed as if at random: the number behind a t-SNE's overlap); "
+             "**plan same-view x uniform** = share of the exact CM-EMD plan's mass (cost and feature of the "
              "row's loss, global feature, groups of 4 + 4 images per id) on same-view visible-thermal pairs, over the "
              "share the uniform all-pairs coupling gives them (1 = no preference; in brackets, where recorded, the most "
              "any plan with the same marginals can reach on those groups). Rank-1 and mAP: SYSU-MM01 "
@@ -284,6 +289,12 @@ def write(groups: dict, load_runs, report: Path, out_dir: Path, command: str, wa
                 lines += ["", "Paired differences in the gap ratio (test ids; negative = a closes more of the gap):", ""]
                 lines += comparisons(g["pairs"], rows, both, value=gap, what="gap ratio", resolve=0.1,
                                      words=("a leaves the larger gap", "a closes more of the gap"))
+                if any("gap_mixing" in r["test_diagnostics"] for rs in both.values() for r in rs):
+                    lines += ["", "Paired differences in within-identity mixing (test ids; the seeds both rows "
+                              "recorded it for; positive = a mixes the modalities more):", ""]
+                    lines += comparisons(g["pairs"], rows, both, value=lambda r: diag(r, "gap_mixing"),
+                                         what="mixing", resolve=0.005, words=("a mixes more", "a mixes less"),
+                                         digits=3)
         if gname == "core" and runs:
             lines += ["", "Feature health at this budget (last epoch's steps; the issue's goal: every ratio at least "
                       "0.5x, dead units under 10%):", ""]

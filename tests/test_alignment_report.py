@@ -134,6 +134,14 @@ def test_variation_points_pair_by_seed_and_take_the_default_level_from_its_group
 def test_mixing_cell_averages_the_runs_that_recorded_it_and_says_how_many():
     a, b, c = run(0, 30.0), run(1, 31.0), run(2, 32.0)
     a["test_diagnostics"]["gap_mixing"], b["test_diagnostics"]["gap_mixing"] = 0.1, 0.3
-    assert report.mixing_cell([a, b]) == "0.20 ± 0.10"  # np.std, as the other cells
-    assert report.mixing_cell([a, b, c]) == "0.20 ± 0.10 (2 of 3 seeds)"
+    assert report.mixing_cell([a, b]) == "0.200 ± 0.100"  # np.std, as the other cells
+    assert report.mixing_cell([a, b, c]) == "0.200 ± 0.100 (2 of 3 seeds)"
     assert report.mixing_cell([c]) == "-"
+
+
+def test_paired_skips_seeds_whose_measure_is_missing_in_either_row():
+    a = [run(k, 30.0 + k) for k in range(4)]
+    b = [run(k, 30.0) for k in range(4)]
+    a[1]["test_diagnostics"]["gap_centre_ratio"] = float("nan")  # not recorded for that run
+    d, m, lo, hi = report.paired(a, b, lambda r: report.diag(r, "gap_centre_ratio") + report.r1(r))
+    assert d == [0.0, 2.0, 3.0] and m == pytest.approx(5 / 3)
