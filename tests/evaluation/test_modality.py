@@ -163,6 +163,11 @@ def test_mixing_closed_forms():
                 mods.append(mod)
     twins = modality_gap(np.array(feats), pids, mods, normalize=False)
     assert twins.mixing == pytest.approx((2 * k - 1) / k) and twins.overlap_share == 1.0
+    # one distribution for both modalities: the labels are exchangeable, so the expected mixing is 1
+    rng = np.random.default_rng(5)
+    n = 400
+    same = modality_gap(rng.normal(size=(8 * n, 8)), np.repeat(np.arange(n), 8), np.tile([0, 0, 0, 0, 1, 1, 1, 1], n))
+    assert same.mixing == pytest.approx(1.0, abs=0.08)  # about 4 standard errors
 
 
 def test_gap_bad_input_names_the_field():
