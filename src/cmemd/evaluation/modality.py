@@ -145,7 +145,8 @@ def _identity_mixing(f: np.ndarray, p: np.ndarray, m: np.ndarray, ids: Sequence[
     for pid in ids:
         x, mods = f[p == pid], m[p == pid]
         n = len(x)
-        d = np.sum((x[:, None, :] - x[None, :, :]) ** 2, axis=2)
+        sq = np.sum(x * x, axis=1)
+        d = sq[:, None] + sq[None, :] - 2 * x @ x.T  # n x n, never n x n x D (real sets: hundreds of images an id)
         np.fill_diagonal(d, np.inf)
         cross = mods[np.argmin(d, axis=1)] != mods
         n_other = np.where(mods == 0, np.sum(mods == 1), np.sum(mods == 0))
