@@ -4,6 +4,7 @@
     python bench/alignment_study.py --groups cost --jobs 2   # one group
     python bench/alignment_study.py --report-only            # rebuild docs/results/alignment_study.md
     python bench/alignment_study.py --groups core --rows full --seeds 1   # one run
+    python bench/alignment_study.py --backfill --groups space      # add newer test diagnostics from checkpoints
 
 Groups (each run: train, evaluate with the SYSU-MM01 protocol, then diagnostics on the test ids):
   cost       the alignment-cost candidates at a short budget: feature norms and dead units per granularity
