@@ -138,20 +138,18 @@ def _normalise(f: np.ndarray) -> np.ndarray:
     return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
 
 
-def _identity_mixing(f: np.ndarray, p: np.ndarray, m: np.ndarray, ids: Sequence[int]) -> np.ndarray:
-    """Per identity of ``ids``: the share of its images whose nearest other image of the identity (Euclidean)
-    is of the other modality, over the mean share a random modality labelling gives (``n_other / (n - 1)``)."""
-    out = []
-    for pid in ids:
-        x, mods = f[p == pid], m[p == pid]
-        n = len(x)
-        sq = np.sum(x * x, axis=1)
-        d = sq[:, None] + sq[None, :] - 2 * x @ x.T  # n x n, never n x n x D (real sets: hundreds of images an id)
-        np.fill_diagonal(d, np.inf)
-        cross = mods[np.argmin(d, axis=1)] != mods
-        n_other = np.where(mods == 0, np.sum(mods == 1), np.sum(mods == 0))
-        out.append(cross.mean() / np.mean(n_other / (n - 1)))
-    return np.array(out, dtype=np.float64)
+def _identity_mixing(v: np.ndarray, t: np.ndarray) -> float:
+    """One identity's visible ``v`` and thermal ``t`` features: the share of its images whose nearest other image
+    of the identity (Euclidean) is of the other modality, over the mean share a random modality labelling gives
+    (``n_other / (n - 1)`` per image, ``2 n_v n_t / (n (n - 1))`` on average)."""
+    x = np.concatenate([v, t])
+    mods = np.repeat([0, 1], [len(v), len(t)])
+    n = len(x)
+    sq = np.sum(x * x, axis=1)
+    d = sq[:, None] + sq[None, :] - 2 * x @ x.T  # n x n, never n x n x D (real sets: hundreds of images an id)
+    np.fill_diagonal(d, np.inf)
+    cross = mods[np.argmin(d, axis=1)] != mods
+    return float(cross.mean() / (2 * len(v) * len(t) / (n * (n - 1))))
 
 
 def _rank1(sim: np.ndarray, qp: np.ndarray, gp: np.ndarray, invalid: np.ndarray) -> float:
@@ -224,7 +222,7 @@ def modality_gap(feats: Tensor | np.ndarray, pids: Sequence[int] | np.ndarray, m
     c = _as_array(cams, "cams", n).astype(np.int64) if cams is not None else np.zeros(n, np.int64)
     if normalize:
         f = _normalise(f)
-    dists, spreads, both = [], [], []
+    dists, spreads, mix, both = [], [], [], []
     for pid in np.unique(p):
         v, t = f[(p == pid) & (m == 0)], f[(p == pid) & (m == 1)]
         if len(v) < 2 or len(t) < 2:
@@ -237,6 +235,7 @@ def modality_gap(feats: Tensor | np.ndarray, pids: Sequence[int] | np.ndarray, m
         # kept unclipped and squared: the noise of one identity's estimate averages out over identities
         dists.append(np.sum((cv - ct) ** 2) - var_v / len(v) - var_t / len(t))
         spreads.append((var_v + var_t) / 2)
+        mix.append(_identity_mixing(v, t))
     keep = np.isin(p, both)
     sim = f @ f.T
     same_cam = (p[:, None] == p[None, :]) & (c[:, None] == c[None, :])
@@ -246,7 +245,7 @@ def modality_gap(feats: Tensor | np.ndarray, pids: Sequence[int] | np.ndarray, m
         q, g = np.flatnonzero(m == qm), np.flatnonzero(m == gm)
         r1[name] = _rank1(sim[np.ix_(q, g)], p[q], p[g], invalid[np.ix_(q, g)]) if len(q) and len(g) else float("nan")
     nan = float("nan")
-    mix = _identity_mixing(f, p, m, both)
+    mix = np.array(mix)
     dist = float(np.sqrt(max(np.mean(dists), 0.0))) if dists else nan
     spread = float(np.sqrt(np.mean(spreads))) if spreads else nan
     return ModalityGap(
