@@ -325,16 +325,39 @@ def run_path(group: str, row: str, seed: int) -> Path:
     return RUNS / group / row / f"seed{seed}.json"
 
 
-def run_one(group: str, row: str, seed: int) -> dict:
-    from cmemd.config import load_config
+def work_dir(group: str, row: str, seed: int) -> Path:
+    """The run's training directory (checkpoints, metrics.jsonl); machine-local, not committed."""
+    return WORK / group / row / f"seed{seed}"
+
+
+def run_diagnostics(model, cfg, data: Path) -> dict[str, float]:
+    """The flat diagnostics record of ``model`` on the SYSU-layout test set at ``data`` (queries + all-search pool),
+    as the config's loss sees them."""
+    from cmemd.app.run import config_diagnostics
     from cmemd.data.sysu import SYSUMM01
     from cmemd.engine.diagnostics import diagnostics_record, nuisance_of
-    from cmemd.app.run import config_diagnostics, train
+
+    ds = SYSUMM01(data)
+    test = ds.query() + ds.gallery_pool("all")
+    return diagnostics_record(config_diagnostics(model, test, cfg, nuisance=nuisance_of(test, data)))
+
+
+def write_run(done: Path, rec: dict) -> None:
+    """Write a run file atomically (a half-written file would be read as a finished run)."""
+    done.parent.mkdir(parents=True, exist_ok=True)
+    tmp = done.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec, indent=1))
+    tmp.replace(done)
+
+
+def run_one(group: str, row: str, seed: int) -> dict:
+    from cmemd.config import load_config
+    from cmemd.app.run import train
 
     g = GROUPS[group]
     label, overrides = g["rows"][row]
     data = ensure_data(g["ids"], g["variation"](row) if callable(g["variation"]) else g["variation"])
-    out = WORK / group / row / f"seed{seed}"
+    out = work_dir(group, row, seed)
     cfg = load_config("synth_cmemd",
                       [f"data.root={data}", f"run.out_dir={out}", f"run.seed={seed}", *g["budget"], *overrides])
     done = run_path(group, row, seed)
@@ -351,9 +374,6 @@ def run_one(group: str, row: str, seed: int) -> dict:
             shutil.rmtree(out)
     t0 = time.time()
     outcome = train(cfg, resume=(out / "last.pt").exists(), progress=False)
-    ds = SYSUMM01(data)
-    test = ds.query() + ds.gallery_pool("all")
-    diag = config_diagnostics(outcome.model, test, cfg, nuisance=nuisance_of(test, data))
     hist = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     epochs = [h for h in hist if h.get("kind") == "epoch"]
     diags = [h for h in hist if h.get("kind") == "diag"]
@@ -362,16 +382,13 @@ def run_one(group: str, row: str, seed: int) -> dict:
         "config": _stable(cfg.to_dict()), "seconds": time.time() - t0,
         "results": {name: {"mean": r.mean, "std": r.std, "trials": [t["R1"] for t in r.rows()]}
                     for name, r in outcome.results.items()},
-        "test_diagnostics": diagnostics_record(diag),
+        "test_diagnostics": run_diagnostics(outcome.model, cfg, data),
         "last_epoch": {k: v for k, v in epochs[-1].items() if k.startswith(("norm_", "dead_", "zero_", "align", "ce_", "loss"))},
         "epochs": [{k: v for k, v in e.items() if k.startswith(("norm_", "dead_", "zero_", "align", "epoch"))} for e in epochs],
         "val_diagnostics": diags,
         "data": data.name,
     }
-    done.parent.mkdir(parents=True, exist_ok=True)
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rec, indent=1))
-    tmp.replace(done)
+    write_run(done, rec)
     shutil.rmtree(out / "tensorboard", ignore_errors=True)
     r1 = rec["results"]["sysu all-search single-shot"]["mean"]["R1"]
     print(f"{group}/{row} seed {seed}: all-search R1 {100 * r1:.2f}, "
@@ -385,11 +402,9 @@ def backfill(group: str, row: str, seed: int) -> str:
     checks that the checkpoint is the run's. Returns what was done, one word."""
     import torch
 
-    from cmemd.app.run import config_diagnostics, load_trained
-    from cmemd.data.sysu import SYSUMM01
-    from cmemd.engine.diagnostics import diagnostics_record, nuisance_of
+    from cmemd.app.run import load_trained
 
-    done, ckpt = run_path(group, row, seed), WORK / group / row / f"seed{seed}" / "last.pt"
+    done, ckpt = run_path(group, row, seed), work_dir(group, row, seed) / "last.pt"
     if not done.is_file():
         return "not-run"
     rec = json.loads(done.read_text())
@@ -401,18 +416,13 @@ def backfill(group: str, row: str, seed: int) -> str:
     if {"gap_mixing", "gap_overlap_share"} <= rec["test_diagnostics"].keys():
         return "complete"
     torch.set_num_threads(1)
-    data = Path(cfg.data.root)
-    ds = SYSUMM01(data)
-    test = ds.query() + ds.gallery_pool("all")
-    new = diagnostics_record(config_diagnostics(model, test, cfg, nuisance=nuisance_of(test, data)))
+    new = run_diagnostics(model, cfg, Path(cfg.data.root))
     old = rec["test_diagnostics"]["gap_centre_ratio"]
     if abs(new["gap_centre_ratio"] - old) > 1e-4:
         sys.exit(f"{ckpt}: its gap ratio is {new['gap_centre_ratio']:.6f}, the run file {done} says {old:.6f}: "
                  "the checkpoint is not the run's (delete the checkpoint, or the run file to run it again)")
     rec["test_diagnostics"].update({k: v for k, v in new.items() if k not in rec["test_diagnostics"]})
-    tmp = done.with_suffix(".tmp")
-    tmp.write_text(json.dumps(rec, indent=1))
-    tmp.replace(done)
+    write_run(done, rec)
     return "backfilled"
 
 
