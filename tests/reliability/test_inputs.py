@@ -20,10 +20,11 @@ from cmemd.data.cache import build_cache
 from cmemd.data.dataset import build_test_loader, build_train_loader
 from cmemd.data.images import load_image
 from cmemd.data.records import ImageRecord
-from cmemd.data.stats import check_dataset
+from cmemd.data.registry import resolve
+from cmemd.data.stats import check_dataset, dataset_stats
 from cmemd.errors import DatasetError
 from cmemd.retrieval import build_index, search
-from tests.data.builders import make_sysu
+from tests.data.builders import make_llcm, make_regdb, make_sysu
 
 ORIENTATION = 0x0112  # the EXIF tag
 
@@ -213,3 +214,97 @@ def test_bomb_given_to_index_and_search_is_named(tmp_path, bombs):
     assert not (tmp_path / "g.npz").exists()
     with pytest.raises(DatasetError, match=r"b\.png: image too large"):
         model.encode([folder / "b.png"], "thermal")  # what `cmemd search --query` does with the query
+
+
+# --------------------------------------------------------------------------- symlinks
+
+
+def _sysu(root):
+    counts = {(pid, cam): 2 for pid in (1, 2, 3) for cam in range(1, 7)}
+    return make_sysu(root, counts, train=[1], val=[2], test=[3])
+
+
+def _loops_in(layout, root):
+    """Symlink loops in a tiny dataset of ``layout``: a self-link, a two-link cycle, and a looping folder;
+    returns the looping paths (each must be named among the problems)."""
+    if layout == "sysu":
+        _sysu(root)
+        loops = [root / "cam1/0001/0009.jpg", root / "cam4/0003", root / "exp/val_id.txt"]
+        os.symlink("0009.jpg", loops[0])
+        shutil.rmtree(loops[1])
+        os.symlink("0003", loops[1])  # a listed id's folder
+        loops[2].unlink()
+        os.symlink("val_b.txt", loops[2])
+        os.symlink("val_id.txt", root / "exp/val_b.txt")  # two links pointing at each other
+    elif layout == "regdb":
+        make_regdb(root, num_ids=4, per_id=2)
+        loops = [root / "Visible/1/male_front_v_00001_1.bmp", root / "idx/test_thermal_2.txt"]
+        for p in loops:
+            p.unlink()
+            os.symlink(p.name, p)
+    else:
+        make_llcm(root, {(m, pid, cam): 2 for m in ("visible", "thermal") for pid in (3, 4) for cam in (1, 2)})
+        loops = [root / "test_vis/cam1/0003/loop.jpg", root / "test_nir/cam5", root / "vis/cam1/0001/0001_c01_001.jpg"]
+        os.symlink("loop.jpg", loops[0])
+        shutil.rmtree(loops[1])
+        os.symlink("cam5", loops[1])
+        loops[2].unlink()
+        os.symlink(loops[2].name, loops[2])
+    return loops
+
+
+@pytest.mark.parametrize("layout", ["sysu", "regdb", "llcm"])
+def test_symlink_loops_are_layout_problems(tmp_path, layout):
+    root = tmp_path / layout
+    loops = _loops_in(layout, root)
+    problems = check_dataset(root, layout)
+    for p in loops:
+        assert any(x.find(f"{p}: symlink loop") >= 0 for x in problems), (p, problems)
+    assert not any("does not exist" in x or "not found" in x or "missing" in x for x in problems)
+    runner = CliRunner()
+    res = runner.invoke(app, ["data", "check", str(root), "--layout", layout])
+    assert res.exit_code == 1 and "symlink loop" in res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit)  # not an OSError
+    res = runner.invoke(app, ["data", "stats", str(root), "--layout", layout])
+    assert res.exit_code == 2 and "symlink loop" in res.output and "Traceback" not in res.output
+    with pytest.raises(DatasetError, match="symlink loop"):  # what `cmemd train` reads first
+        resolve(root, layout).train_records(root)
+
+
+def test_a_looping_root_is_named(tmp_path):
+    os.symlink("root", tmp_path / "root")
+    for layout in (None, "sysu", "regdb", "llcm"):
+        with pytest.raises(DatasetError, match=f"{tmp_path / 'root'}: symlink loop"):
+            dataset_stats(tmp_path / "root", layout)
+    with pytest.raises(DatasetError, match="symlink loop"):
+        load_image(tmp_path / "root")
+    with pytest.raises(DatasetError, match="symlink loop"):
+        build_cache([tmp_path / "root"], 8, 4, cache_dir=tmp_path / "c", progress=False)
+
+
+def test_links_to_data_elsewhere_are_followed(tmp_path):
+    """Users link datasets in from other disks: a linked root, camera folder, id folder and image read as the
+    real ones; a link back to an enclosing folder is a stray entry, listed, and the scan ends."""
+    plain = _sysu(tmp_path / "plain")
+    real = _sysu(tmp_path / "elsewhere" / "sysu")
+    store = tmp_path / "other_disk"
+    store.mkdir()
+    shutil.move(real / "cam3", store / "cam3")
+    os.symlink(store / "cam3", real / "cam3")
+    shutil.move(real / "cam1/0002", store / "0002")
+    os.symlink(store / "0002", real / "cam1/0002")
+    shutil.move(real / "cam5/0003/0001.jpg", store / "img.jpg")
+    os.symlink(store / "img.jpg", real / "cam5/0003/0001.jpg")
+    os.symlink(real, tmp_path / "linked")
+    root = tmp_path / "linked"
+    assert check_dataset(root) == []
+    want = dataset_stats(plain)
+    got = dataset_stats(root)
+    assert got["splits"] == want["splits"] and got["totals"] == want["totals"]
+    strip = len(str(root))
+    assert [r.path[strip:] for r in resolve(root).train_records(root)] == \
+        [r.path[len(str(plain)):] for r in resolve(plain).train_records(plain)]
+
+    os.symlink("..", real / "cam2/0001/up")  # a cycle: cam2/0001/up/0001/up/... never ends if walked
+    problems = check_dataset(root)
+    assert problems == [f"{root / 'cam2/0001'}: non-image files ['up']; move them out of the dataset"]

@@ -34,11 +34,12 @@ def loop_message(path: str | Path, what: str = "file") -> str:
         target = f" (it points to {os.readlink(path)!r})"
     except OSError:
         target = ""
-    return (f"{path}: symlink loop{target}: following it never reaches a {what}; remove the link or point it "
-            f"at the real {what}")
+    article = "an" if what[:1] in "aeiou" else "a"
+    return (f"{path}: symlink loop{target}: following it never reaches {article} {what}; remove the link or point "
+            f"it at the real {what}")
 
 
-def missing(path: str | Path, message: str, what: str = "file") -> str:
+def missing_or_loop(path: str | Path, message: str, what: str = "file") -> str:
     """``message`` (the reader's own "not found" text for ``path``), or the loop message when ``path`` is a
     symlink loop rather than absent."""
     return loop_message(path, what) if is_symlink_loop(path) else message
