@@ -3,6 +3,7 @@ EXIF orientation, decompression bombs, symlink loops, every problem listed at on
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import struct
 import zlib
@@ -308,3 +309,49 @@ def test_links_to_data_elsewhere_are_followed(tmp_path):
     os.symlink("..", real / "cam2/0001/up")  # a cycle: cam2/0001/up/0001/up/... never ends if walked
     problems = check_dataset(root)
     assert problems == [f"{root / 'cam2/0001'}: non-image files ['up']; move them out of the dataset"]
+
+
+# --------------------------------------------------------------------------- data preview arguments
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--out", "{d}/p.txt"], r"unsupported file type '\.txt'; name a \.png, \.jpg, \.jpeg, \.bmp file"),
+    (["--out", "{d}/p"], r"unsupported file type '\(no suffix\)'"),
+    (["--out", "{d}"], r"is a folder"),
+    (["--ids", "0"], r"--ids\) must be >= 1.*got 0"),
+    (["--ids", "-3"], r"--ids\) must be >= 1.*got -3"),
+    (["--per-camera", "0"], r"--per-camera\) must be >= 1"),
+    (["--out", "{d}/no/such/folder/p.png"], r"--out .*p\.png: folder .*folder does not exist; create it first"),
+])
+def test_preview_arguments_are_checked_before_any_work(tmp_path, monkeypatch, args, message):
+    import cmemd.data.preview as preview_mod
+
+    root = _sysu(tmp_path / "sysu")
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+
+    def no_work(*a, **k):
+        raise AssertionError("an image was read before the arguments were checked")
+
+    monkeypatch.setattr(preview_mod, "load_image", no_work)
+    monkeypatch.setattr(preview_mod, "resolve", no_work, raising=False)
+    args = [a.format(d=out_dir) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(out_dir / "p.png")]
+    res = CliRunner().invoke(app, ["data", "preview", str(root), *args])
+    assert res.exit_code == 2, res.output
+    assert res.output.startswith("error: ") and len(res.output.strip().splitlines()) == 1
+    assert re.search(message, res.output), res.output
+    assert list(out_dir.iterdir()) == []
+
+
+def test_preview_writes_the_chosen_format_and_names_a_bad_image(tmp_path, bombs):
+    root = _sysu(tmp_path / "sysu")
+    runner = CliRunner()
+    for name, fmt in (("p.jpg", "JPEG"), ("p.BMP", "BMP"), ("p.png", "PNG")):
+        res = runner.invoke(app, ["data", "preview", str(root), "--out", str(tmp_path / name), "--ids", "2"])
+        assert res.exit_code == 0, res.output
+        assert Image.open(tmp_path / name).format == fmt
+    shutil.copy(bombs[0], root / "cam1/0001/0001.jpg")
+    res = runner.invoke(app, ["data", "preview", str(root), "--out", str(tmp_path / "q.png"), "--ids", "3"])
+    assert res.exit_code == 2 and "0001.jpg: image too large" in res.output and not (tmp_path / "q.png").exists()
