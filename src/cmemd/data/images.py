@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,19 +31,21 @@ def load_image(path: str | Path) -> Image.Image:
     """
     path = Path(path)
     try:
-        # The bomb warning becomes an error here, so it is refused like the larger bombs PIL itself
-        # refuses (and is not printed as a bare warning). catch_warnings swaps the process-wide
-        # filters: harmless where cmemd decodes (one thread per process, DataLoader workers are processes).
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as im:
-                im.load()
-                ImageOps.exif_transpose(im, in_place=True)
-                return _to_rgb(im)
+        with Image.open(path) as im:
+            # Between PIL's limit and twice it PIL only warns (in Image.open, where its warning is shown
+            # under the process's own filters): refuse before decoding. No warnings.catch_warnings here:
+            # changing the filters on every image would make every "once" warning of the process repeat.
+            limit = Image.MAX_IMAGE_PIXELS
+            if limit is not None and im.width * im.height > limit:
+                raise DatasetError(_too_large(path, im.width * im.height, limit))
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)
+            return _to_rgb(im)
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found; check the dataset root and split files") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise DatasetError(_too_large(path, e)) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:  # the warning: under -W error
+        m = re.search(r"\((\d+) pixels\)", str(e))
+        raise DatasetError(_too_large(path, int(m.group(1)) if m else None, Image.MAX_IMAGE_PIXELS)) from None
     except OSError as e:
         if e.errno is not None:  # the file could not be opened (a loop, no permission), not a decoding failure
             raise DatasetError(os_error_message(path, e, "image")) from None
@@ -58,12 +59,11 @@ def _undecodable(path: Path, e: Exception) -> str:
             "replace it from the original dataset archive")
 
 
-def _too_large(path: Path, e: Exception) -> str:
-    m = re.search(r"\((\d+) pixels\)", str(e))
-    size = f"{int(m.group(1)):,} pixels" if m else str(e)
-    return (f"{path}: image too large to decode safely ({size}; the limit is PIL's decompression-bomb guard, "
-            f"PIL.Image.MAX_IMAGE_PIXELS = {Image.MAX_IMAGE_PIXELS:,} pixels); resize the image (a person crop "
-            "needs a few hundred pixels a side) or remove it from the dataset")
+def _too_large(path: Path, pixels: int | None, limit: int | None) -> str:
+    size = f"{pixels:,} pixels; " if pixels is not None else ""
+    return (f"{path}: image too large to decode safely ({size}the limit is PIL's decompression-bomb guard, "
+            f"PIL.Image.MAX_IMAGE_PIXELS = {limit:,} pixels); resize the image (a person crop needs a few "
+            "hundred pixels a side) or remove it from the dataset")
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:
