@@ -140,7 +140,7 @@ def data_synth(
 @data_app.command("preview")
 def data_preview(
     root: Path = typer.Argument(..., help="Dataset root (any known layout, real or synthetic)."),
-    out: Path = typer.Option(Path("preview.png"), "--out", help="Image file to write: .png (exact tiles), .jpg or .bmp."),
+    out: Path = typer.Option(Path("preview.png"), "--out", help="Image file to write: .png, .jpg or .bmp."),
     ids: int = typer.Option(6, help="Number of identities (rows)."),
     per_camera: int = typer.Option(2, help="Images per camera (SYSU, LLCM: per sensor) or pairs / 2 (RegDB)."),
 ) -> None:

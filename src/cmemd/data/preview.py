@@ -47,7 +47,8 @@ def check_preview_args(out: str | Path, ids: int, per_camera: int) -> None:
     """Refuse an output file or counts :func:`preview_grid` cannot use, before any image is read."""
     out = Path(out)
     if out.is_dir():
-        raise ConfigError(f"preview output {out}: is a folder; name the image file to write, e.g. {out / 'preview.png'}")
+        raise ConfigError(f"preview output {out}: is a folder; name the image file to write, "
+                          f"e.g. {out / 'preview.png'}")
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise ConfigError(f"preview output {out}: unsupported file type {out.suffix or '(no suffix)'!r}; name a "
                           f"{', '.join(OUTPUT_SUFFIXES)} file (PNG keeps the tiles exact)")
@@ -101,5 +102,6 @@ def preview_grid(
         out.parent.mkdir(parents=True, exist_ok=True)
         sheet.save(out)
     except OSError as e:
-        raise ConfigError(f"preview output {out}: cannot write it ({e.strerror or e}); choose a writable path") from None
+        raise ConfigError(f"preview output {out}: cannot write it ({e.strerror or e}); "
+                          "choose a writable path") from None
     return out

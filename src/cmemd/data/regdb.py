@@ -72,10 +72,9 @@ class RegDB:
         _refuse_other_layout(self.root, "regdb")
         absent = [n for n in ("Visible", "Thermal", "idx") if not (self.root / n).is_dir()]
         if absent:
-            loops = "".join(f"; {loop_message(self.root / n, 'folder')}" for n in absent if is_symlink_loop(self.root / n))
-            raise DatasetError(
-                f"{self.root}: RegDB folders missing: {absent}; expected Visible/, Thermal/ and idx/ under the root{loops}"
-            )
+            loops = [loop_message(self.root / n, "folder") for n in absent if is_symlink_loop(self.root / n)]
+            raise DatasetError(f"{self.root}: RegDB folders missing: {absent}; expected Visible/, Thermal/ and idx/ "
+                               "under the root" + "".join(f"; {x}" for x in loops))
 
     def _check_trial(self, trial: int) -> None:
         if trial not in TRIALS:

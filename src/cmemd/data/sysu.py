@@ -116,7 +116,8 @@ class SYSUMM01:
         for c in CAMERA_MODALITY:
             if not (self.root / f"cam{c}").is_dir():
                 cam = self.root / f"cam{c}"
-                problems.append(missing_or_loop(cam, f"{cam}: camera folder missing (SYSU-MM01 has cam1..cam6)", "folder"))
+                problems.append(missing_or_loop(cam, f"{cam}: camera folder missing (SYSU-MM01 has cam1..cam6)",
+                                                "folder"))
         self.split_ids = {}
         for split, name in SPLIT_FILES.items():
             try:
