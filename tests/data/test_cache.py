@@ -167,3 +167,19 @@ def test_pickle_drops_the_memory_map(tmp_path):
     assert len(blob) < 64 * 32 * 3  # the pixels are not in the pickle
     c2 = pickle.loads(blob)
     np.testing.assert_array_equal(c2.numpy(2), c.numpy(2))
+
+
+def test_a_cache_from_before_exif_orientation_is_rebuilt(tmp_path, counted_decodes):
+    """Version-1 caches were decoded without the EXIF orientation: one is rebuilt, not reused sideways."""
+    import json
+
+    paths = write_images(tmp_path, n=2)
+    c = build_cache(paths, 16, 8, cache_dir=tmp_path / "c", name="ds", progress=False)
+    index_path = c.array_path.with_suffix(".json")
+    index = json.loads(index_path.read_text())
+    assert index["version"] == 2
+    index["version"] = 1
+    index_path.write_text(json.dumps(index))
+    assert load_cache(paths, 16, 8, cache_dir=tmp_path / "c", name="ds") is None
+    build_cache(paths, 16, 8, cache_dir=tmp_path / "c", name="ds", progress=False)
+    assert len(counted_decodes) == 4

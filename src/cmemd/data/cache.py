@@ -31,7 +31,8 @@ from cmemd.data.transforms import resize_pil
 from cmemd.errors import DatasetError
 from cmemd.progress import progress_bar
 
-FORMAT_VERSION = 1
+# 2: images are decoded upright (EXIF orientation applied); a version-1 cache may hold them sideways, so it is rebuilt.
+FORMAT_VERSION = 2
 
 
 def user_cache_dir() -> Path:
