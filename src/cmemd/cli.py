@@ -140,14 +140,17 @@ def data_synth(
 @data_app.command("preview")
 def data_preview(
     root: Path = typer.Argument(..., help="Dataset root (any known layout, real or synthetic)."),
-    out: Path = typer.Option(Path("preview.png"), "--out", help="PNG file to write."),
+    out: Path = typer.Option(Path("preview.png"), "--out", help="Image file to write: .png, .jpg or .bmp."),
     ids: int = typer.Option(6, help="Number of identities (rows)."),
     per_camera: int = typer.Option(2, help="Images per camera (SYSU, LLCM: per sensor) or pairs / 2 (RegDB)."),
 ) -> None:
     """Write a grid of images: rows are identities, columns cameras and modalities (as the dataset lays them out)."""
-    from cmemd.data.preview import preview_grid
+    from cmemd.data.preview import check_preview_args, preview_grid
 
     try:
+        check_preview_args(out, ids, per_camera)
+        if not out.parent.is_dir():
+            raise ConfigError(f"--out {out}: folder {out.parent} does not exist; create it first")
         path = preview_grid(root, out, ids=ids, per_camera=per_camera)
     except CmemdError as e:
         _fail(e)

@@ -122,6 +122,29 @@ def test_bad_image_raises_dataset_error(tmp_path):
         build_cache(paths + [str(tmp_path / "missing.png")], 16, 8, cache_dir=tmp_path / "c", progress=False)
 
 
+def test_every_unreadable_image_is_listed_and_nothing_is_cached(tmp_path, counted_decodes):
+    paths = write_images(tmp_path, n=4)
+    bad = []
+    for i in range(23):  # more than the 20 a message shows
+        p = tmp_path / f"bad{i:02d}.png"
+        p.write_bytes(b"not an image" if i % 2 else (tmp_path / "img0.png").read_bytes()[:40])  # junk, truncated
+        bad.append(str(p))
+    bad.append(str(tmp_path / "missing.png"))
+    mixed = paths[:2] + bad[:10] + [paths[2]] + bad[10:] + [paths[3]]
+    with pytest.raises(DatasetError) as e:
+        build_cache(mixed, 16, 8, cache_dir=tmp_path / "c", progress=False)
+    problems = e.value.problems
+    assert len(problems) == len(bad) and [p.split(":")[0] for p in problems] == bad  # all of them, in path order
+    assert "24 of 28 images cannot be read" in str(e.value) and "... and 4 more" in str(e.value)
+    assert "not found" in problems[-1] and all("does not decode" in p for p in problems[:-1])
+    assert all(p in counted_decodes for p in paths)  # the good ones after the first bad one were still read
+    assert os.listdir(tmp_path / "c") == []  # no partial array, no index
+    assert load_cache(mixed, 16, 8, cache_dir=tmp_path / "c") is None
+    # once the bad files are gone the same call builds the cache
+    c = build_cache(paths, 16, 8, cache_dir=tmp_path / "c", progress=False)
+    assert len(c) == 4
+
+
 def test_default_location_and_readonly_fallback(tmp_path, monkeypatch):
     root = tmp_path / "ds"
     root.mkdir()
@@ -144,3 +167,19 @@ def test_pickle_drops_the_memory_map(tmp_path):
     assert len(blob) < 64 * 32 * 3  # the pixels are not in the pickle
     c2 = pickle.loads(blob)
     np.testing.assert_array_equal(c2.numpy(2), c.numpy(2))
+
+
+def test_a_cache_from_before_exif_orientation_is_rebuilt(tmp_path, counted_decodes):
+    """Version-1 caches were decoded without the EXIF orientation: one is rebuilt, not reused sideways."""
+    import json
+
+    paths = write_images(tmp_path, n=2)
+    c = build_cache(paths, 16, 8, cache_dir=tmp_path / "c", name="ds", progress=False)
+    index_path = c.array_path.with_suffix(".json")
+    index = json.loads(index_path.read_text())
+    assert index["version"] == 2
+    index["version"] = 1
+    index_path.write_text(json.dumps(index))
+    assert load_cache(paths, 16, 8, cache_dir=tmp_path / "c", name="ds") is None
+    build_cache(paths, 16, 8, cache_dir=tmp_path / "c", name="ds", progress=False)
+    assert len(counted_decodes) == 4

@@ -66,3 +66,32 @@ def test_missing_idx_file(regdb):
     idx_path(regdb, "test", "thermal", 5).unlink()
     with pytest.raises(DatasetError, match="test_thermal_5.txt: split file not found"):
         RegDB(regdb).test(5)
+
+
+def test_check_lists_every_problem_of_every_split_file(regdb):
+    """`cmemd data check` on RegDB: a problem in one idx file does not hide those of the others, not even
+    of the other modality's file of the same trial and split."""
+    from cmemd.data.stats import check_dataset
+
+    broken = {}
+    for split, m, t in (("train", "visible", 3), ("train", "thermal", 3), ("test", "visible", 7), ("test", "thermal", 7)):
+        p = idx_path(regdb, split, m, t)
+        lines = p.read_text().splitlines()
+        lines[1] = lines[1].rsplit(" ", 1)[0] + " x"  # a bad label on line 2
+        p.write_text("\n".join(lines) + "\n")
+        broken[p] = f"{p}:2: label 'x' is not a non-negative integer"
+    idx_path(regdb, "test", "thermal", 5).unlink()
+    idx_path(regdb, "train", "visible", 9).write_text("Visible/1/none.bmp 0\n")
+    problems = check_dataset(regdb)
+    want = list(broken.values()) + [f"{idx_path(regdb, 'test', 'thermal', 5)}: split file not found",
+                                    f"{idx_path(regdb, 'train', 'visible', 9)}:1: image"]
+    for w in want:
+        assert sum(p.startswith(w) for p in problems) == 1, (w, problems)
+    assert len(problems) == len(want)
+    # the readers themselves report both files of a trial at once
+    with pytest.raises(DatasetError) as e:
+        RegDB(regdb).train(3)
+    assert e.value.problems == [broken[idx_path(regdb, "train", m, 3)] for m in ("visible", "thermal")]
+    with pytest.raises(DatasetError) as e:
+        RegDB(regdb).test(7)
+    assert len(e.value.problems) == 2

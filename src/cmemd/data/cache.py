@@ -25,12 +25,14 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from cmemd.data.fs import os_error_message
 from cmemd.data.images import load_image
 from cmemd.data.transforms import resize_pil
 from cmemd.errors import DatasetError
 from cmemd.progress import progress_bar
 
-FORMAT_VERSION = 1
+# 2: images are decoded upright (EXIF orientation applied); a version-1 cache may hold them sideways, so it is rebuilt.
+FORMAT_VERSION = 2
 
 
 def user_cache_dir() -> Path:
@@ -78,6 +80,8 @@ def _stat(path: str) -> tuple[int, int]:
         st = os.stat(path)
     except FileNotFoundError:
         raise DatasetError(f"{path}: image file not found; check the dataset root and split files") from None
+    except OSError as e:  # a symlink loop, no permission
+        raise DatasetError(os_error_message(path, e, "image")) from None
     return int(st.st_size), int(st.st_mtime_ns)
 
 
@@ -204,13 +208,31 @@ def build_cache(
     stem = cache_stem(paths, height, width, interpolation, name)
     index_path, array_path = d / f"{stem}.json", d / f"{stem}.npy"
     index_path.unlink(missing_ok=True)  # from here on no index vouches for the array
-    stats = [_stat(p) for p in paths]
+    # Every image is tried and every failure collected, so that one run names all the files to fix;
+    # a single failure still leaves no cache (the temp array is removed below).
+    problems: dict[int, str] = {}  # path index -> problem, so they are listed in path order
+    stats: list[tuple[int, int]] = []
+    for i, p in enumerate(paths):
+        try:
+            stats.append(_stat(p))
+        except DatasetError as e:
+            problems[i] = str(e)
+            stats.append((-1, -1))
     fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{stem}.", suffix=".npy.tmp")
     os.close(fd)
     try:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), height, width, 3))
         for i, p in enumerate(progress_bar(paths, desc=f"caching {len(paths)} images at {height}x{width}", disable=not progress, unit="img")):
-            arr[i] = np.asarray(resize_pil(load_image(p), height, width, interpolation), dtype=np.uint8)
+            if i in problems:  # missing: already listed
+                continue
+            try:
+                arr[i] = np.asarray(resize_pil(load_image(p), height, width, interpolation), dtype=np.uint8)
+            except DatasetError as e:
+                problems[i] = str(e)
+        if problems:
+            raise DatasetError(f"image cache: {len(problems)} of {len(paths)} images cannot be read, so nothing was "
+                               "cached; replace or remove them (`cmemd data check <root>` lists every dataset problem)",
+                               [problems[i] for i in sorted(problems)])
         arr.flush()
         del arr
         _fsync_replace(tmp, array_path)

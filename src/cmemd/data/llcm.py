@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 
+from cmemd.data.fs import is_symlink_loop, loop_message, missing_or_loop
 from cmemd.data.records import ImageRecord, path_label_lines
 from cmemd.data.sysu import _list_images, _refuse_other_layout, read_id_file
 from cmemd.errors import DatasetError
@@ -67,8 +68,9 @@ def read_train_list(path: str | Path, root: str | Path, modality: str, *, check_
     """Parse ``idx/train_vis.txt`` / ``idx/train_nir.txt``; every malformed line is reported at once."""
     path, root = Path(path), Path(root)
     if not path.is_file():
-        raise DatasetError(f"{path}: training list not found; LLCM ships idx/{TRAIN_LIST[modality]} "
-                           "('<relative path> <label>' per line)")
+        raise DatasetError(missing_or_loop(path, f"{path}: training list not found; LLCM ships "
+                                                 f"idx/{TRAIN_LIST[modality]} ('<relative path> <label>' per line)",
+                                           "training list"))
     records, problems = [], []
     for where, rel, label, problem in path_label_lines(path):
         if problem:
@@ -81,7 +83,7 @@ def read_train_list(path: str | Path, root: str | Path, modality: str, *, check_
             continue
         full = root / rel
         if check_exists and not full.is_file():
-            problems.append(f"{where}: image {full} does not exist")
+            problems.append(f"{where}: " + missing_or_loop(full, f"image {full} does not exist", "image"))
             continue
         records.append(ImageRecord(str(full), label, cam, modality))
     if problems:
@@ -96,7 +98,8 @@ def train_records(root: str | Path) -> list[ImageRecord]:
     contiguous 0..N-1 and present in both modalities; every problem of both lists at once."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root}: LLCM root not found; pass the folder that holds idx/, test_vis/, test_nir/")
+        raise DatasetError(missing_or_loop(root, f"{root}: LLCM root not found; pass the folder that holds idx/, "
+                                                 "test_vis/, test_nir/", "folder"))
     _refuse_other_layout(root, "llcm")
     records, problems = [], []
     for m in ("visible", "thermal"):
@@ -134,14 +137,16 @@ class LLCM:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DatasetError(f"{self.root}: LLCM root not found; pass the folder that holds idx/, test_vis/, test_nir/")
+            raise DatasetError(missing_or_loop(self.root, f"{self.root}: LLCM root not found; pass the folder that "
+                                                          "holds idx/, test_vis/, test_nir/", "folder"))
         _refuse_other_layout(self.root, "llcm")
         problems: list[str] = []
         for m, folder in TEST_FOLDER.items():
             for c in MODALITY_CAMS[m]:
                 if not (self.root / folder / f"cam{c}").is_dir():
-                    problems.append(f"{self.root / folder / f'cam{c}'}: camera folder missing "
-                                    f"(LLCM has {folder}/cam{{{','.join(map(str, MODALITY_CAMS[m]))}}})")
+                    problems.append(missing_or_loop(
+                        self.root / folder / f"cam{c}", f"{self.root / folder / f'cam{c}'}: camera folder missing "
+                        f"(LLCM has {folder}/cam{{{','.join(map(str, MODALITY_CAMS[m]))}}})", "folder"))
         try:
             self.test_ids = sorted(read_id_file(self.root / "idx" / TEST_ID_FILE,
                                                 missing=f"LLCM ships it as idx/{TEST_ID_FILE}"))
@@ -155,8 +160,11 @@ class LLCM:
                 for c in MODALITY_CAMS[m]:
                     d = self.root / folder / f"cam{c}" / f"{pid:04d}"
                     if not d.is_dir():
+                        if is_symlink_loop(d):
+                            problems.append(loop_message(d, "folder"))
                         continue
-                    images, others = _list_images(d)
+                    images, others, unreadable = _list_images(d)
+                    problems += unreadable
                     if others:
                         problems.append(f"{d}: non-image files {others[:5]}; move them out of the dataset")
                     if not images:

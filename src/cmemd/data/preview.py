@@ -12,9 +12,11 @@ from typing import List, Optional, Tuple
 from PIL import Image, ImageDraw
 
 from cmemd.data.images import load_image
-from cmemd.errors import DatasetError
+from cmemd.errors import ConfigError, DatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
+#: The files :func:`preview_grid` writes, by suffix (PIL picks the format from it).
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 def _images(d: Path) -> List[Path]:
@@ -41,6 +43,21 @@ def pick_evenly(candidates: List[str], n: int) -> List[str]:
     return [candidates[int(i * step)] for i in range(n)]
 
 
+def check_preview_args(out: str | Path, ids: int, per_camera: int) -> None:
+    """Refuse an output file or counts :func:`preview_grid` cannot use, before any image is read."""
+    out = Path(out)
+    if out.is_dir():
+        raise ConfigError(f"preview output {out}: is a folder; name the image file to write, "
+                          f"e.g. {out / 'preview.png'}")
+    if out.suffix.lower() not in OUTPUT_SUFFIXES:
+        raise ConfigError(f"preview output {out}: unsupported file type {out.suffix or '(no suffix)'!r}; name a "
+                          f"{', '.join(OUTPUT_SUFFIXES)} file (PNG keeps the tiles exact)")
+    if ids < 1:
+        raise ConfigError(f"preview: ids (--ids) must be >= 1, one identity per row; got {ids}")
+    if per_camera < 1:
+        raise ConfigError(f"preview: per_camera (--per-camera) must be >= 1 image per column group; got {per_camera}")
+
+
 def preview_grid(
     root: str | Path,
     out: str | Path,
@@ -49,16 +66,18 @@ def preview_grid(
     tile: Tuple[int, int] = (128, 64),
     layout: Optional[str] = None,
 ) -> Path:
-    """Write a PNG grid of ``ids`` identities; returns the output path.
+    """Write a grid of ``ids`` identities (PNG, or JPEG/BMP by ``out``'s suffix); returns the output path.
 
     The dataset (``layout``, detected from ``root`` when None) chooses rows and columns
     (:attr:`~cmemd.data.spec.DatasetSpec.preview`): SYSU ``per_camera`` images from each of
     cam1..cam6, RegDB the first ``2 * per_camera`` visible/thermal pairs, LLCM ``per_camera``
     images of each camera's VIS and NIR sensor. Blank tiles where an id has no image; column
-    headers name the camera and modality (PIL's default font).
+    headers name the camera and modality (PIL's default font). A missing output folder is created;
+    an unsupported suffix or a count below 1 raises :class:`ConfigError` before any image is read.
     """
     from cmemd.data.registry import resolve
 
+    check_preview_args(out, ids, per_camera)
     root = Path(root)
     headers, rows = resolve(root, layout).preview(root, ids, per_camera)
     th, tw = tile
@@ -79,6 +98,10 @@ def preview_grid(
                 continue
             sheet.paste(load_image(p).resize((tw, th), Image.Resampling.BILINEAR), (x, y))
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sheet.save(out)
+    except OSError as e:
+        raise ConfigError(f"preview output {out}: cannot write it ({e.strerror or e}); "
+                          "choose a writable path") from None
     return out

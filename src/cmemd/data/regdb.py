@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from cmemd.data.fs import is_symlink_loop, loop_message, missing_or_loop
 from cmemd.data.records import ImageRecord, path_label_lines
 from cmemd.data.sysu import _refuse_other_layout
 from cmemd.errors import DatasetError
@@ -34,7 +35,8 @@ def read_idx_file(path: str | Path, root: str | Path, modality: str, *, check_ex
     """Parse one idx file into records; every malformed line is reported at once."""
     path, root = Path(path), Path(root)
     if not path.is_file():
-        raise DatasetError(f"{path}: split file not found; RegDB ships idx/ with 10 trials of train/test lists")
+        raise DatasetError(missing_or_loop(path, f"{path}: split file not found; RegDB ships idx/ with 10 trials of "
+                                                 "train/test lists", "split file"))
     folder = MODALITY_FOLDER[modality]
     records, problems = [], []
     for where, rel, label, problem in path_label_lines(path):
@@ -46,7 +48,7 @@ def read_idx_file(path: str | Path, root: str | Path, modality: str, *, check_ex
             continue
         full = root / rel
         if check_exists and not full.is_file():
-            problems.append(f"{where}: image {full} does not exist")
+            problems.append(f"{where}: " + missing_or_loop(full, f"image {full} does not exist", "image"))
             continue
         records.append(ImageRecord(str(full), label, MODALITY_CAMERA[modality], modality))
     if problems:
@@ -65,24 +67,37 @@ class RegDB:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DatasetError(f"{self.root}: RegDB root not found; pass the folder that holds Visible/, Thermal/, idx/")
+            raise DatasetError(missing_or_loop(self.root, f"{self.root}: RegDB root not found; pass the folder that "
+                                                          "holds Visible/, Thermal/, idx/", "folder"))
         _refuse_other_layout(self.root, "regdb")
-        missing = [n for n in ("Visible", "Thermal", "idx") if not (self.root / n).is_dir()]
-        if missing:
-            raise DatasetError(
-                f"{self.root}: RegDB folders missing: {missing}; expected Visible/, Thermal/ and idx/ under the root"
-            )
+        absent = [n for n in ("Visible", "Thermal", "idx") if not (self.root / n).is_dir()]
+        if absent:
+            loops = [loop_message(self.root / n, "folder") for n in absent if is_symlink_loop(self.root / n)]
+            raise DatasetError(f"{self.root}: RegDB folders missing: {absent}; expected Visible/, Thermal/ and idx/ "
+                               "under the root" + "".join(f"; {x}" for x in loops))
 
     def _check_trial(self, trial: int) -> None:
         if trial not in TRIALS:
             raise DatasetError(f"RegDB trial must be in 1..10 (the idx file suffix), got {trial}")
 
+    def _read_both(self, split: str, trial: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
+        """(visible, thermal) records of one split of a trial; the problems of both idx files raised together."""
+        self._check_trial(trial)
+        out, problems = [], []
+        for m in ("visible", "thermal"):
+            try:
+                out.append(read_idx_file(idx_path(self.root, split, m, trial), self.root, m))
+            except DatasetError as e:
+                problems += e.problems
+        if problems:
+            raise DatasetError(f"{self.root / 'idx'}: {len(problems)} problem(s) in the trial {trial} {split} lists",
+                               problems)
+        return out[0], out[1]
+
     def train(self, trial: int) -> list[ImageRecord]:
         """Visible then thermal training records of a trial, with the idx labels (checked contiguous 0..N-1)."""
-        self._check_trial(trial)
-        records = []
-        for m in ("visible", "thermal"):
-            records += read_idx_file(idx_path(self.root, "train", m, trial), self.root, m)
+        vis, th = self._read_both("train", trial)
+        records = vis + th
         labels = sorted({r.pid for r in records})
         if labels != list(range(len(labels))):
             gaps = sorted(set(range(labels[-1] + 1)) - set(labels))[:10]
@@ -98,8 +113,7 @@ class RegDB:
 
     def test(self, trial: int) -> tuple[list[ImageRecord], list[ImageRecord]]:
         """(visible, thermal) test records of a trial; pids are the idx labels."""
-        self._check_trial(trial)
-        return tuple(read_idx_file(idx_path(self.root, "test", m, trial), self.root, m) for m in ("visible", "thermal"))  # type: ignore[return-value]
+        return self._read_both("test", trial)
 
 
 # ---------------------------------------------------------------------- registry entry (cmemd.data.registry)

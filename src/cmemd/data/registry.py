@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cmemd.data import llcm, regdb, sysu
+from cmemd.data.fs import missing_or_loop
 from cmemd.data.spec import DatasetSpec
 from cmemd.errors import DatasetError
 
@@ -39,7 +40,8 @@ def detect_layout(root: str | Path) -> str:
     """
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(f"{root}: dataset root not found; pass the dataset's top folder ({known()})")
+        raise DatasetError(missing_or_loop(root, f"{root}: dataset root not found; pass the dataset's top folder "
+                                                 f"({known()})", "folder"))
     hits = [name for name, spec in DATASETS.items() if spec.detect(root)]
     if len(hits) == 1:
         return hits[0]

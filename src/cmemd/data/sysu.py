@@ -19,6 +19,7 @@ from typing import Sequence
 
 import numpy as np
 
+from cmemd.data.fs import is_symlink_loop, loop_message, missing_or_loop, os_error_message
 from cmemd.data.records import ImageRecord
 from cmemd.errors import DatasetError
 
@@ -47,7 +48,7 @@ def read_id_file(path: str | Path, missing: str = "SYSU-MM01 ships it in exp/ (c
     positive integers. ``missing`` says where the file comes from, for the not-found message."""
     path = Path(path)
     if not path.is_file():
-        raise DatasetError(f"{path}: split file not found; {missing}")
+        raise DatasetError(missing_or_loop(path, f"{path}: split file not found; {missing}", "split file"))
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
@@ -70,22 +71,33 @@ def read_id_file(path: str | Path, missing: str = "SYSU-MM01 ships it in exp/ (c
     return ids
 
 
-def _list_images(folder: Path) -> tuple[list[str], list[str]]:
-    """Sorted image file names in a folder, and the names of non-image files (hidden files ignored)."""
-    images, others = [], []
-    with os.scandir(folder) as it:
-        for e in it:
-            if e.name.startswith("."):
-                continue
-            (images if e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file() else others).append(e.name)
-    return sorted(images), sorted(others)
+def _list_images(folder: Path) -> tuple[list[str], list[str], list[str]]:
+    """Sorted image file names in a folder, the names of non-image files (hidden files ignored), and the
+    problems of entries that cannot be followed (a symlink loop, no permission), each naming its path.
+
+    Symlinks are followed: an image or folder linked in from elsewhere counts as if it were here."""
+    images, others, problems = [], [], []
+    try:
+        with os.scandir(folder) as it:
+            for e in it:
+                if e.name.startswith("."):
+                    continue
+                try:
+                    is_file = e.is_file()  # follows a symlink; raises on a loop (ELOOP)
+                except OSError as err:
+                    problems.append(os_error_message(folder / e.name, err, "image"))
+                    continue
+                (images if e.name.lower().endswith(IMAGE_EXTENSIONS) and is_file else others).append(e.name)
+    except OSError as err:
+        problems.append(os_error_message(folder, err, "folder"))
+    return sorted(images), sorted(others), sorted(problems)
 
 
 @dataclass
 class SYSUMM01:
     """The SYSU-MM01 dataset at ``root``, scanned once at construction.
 
-    Every structural problem (missing camera folder or split file, malformed split line,
+    Every structural problem (missing camera folder or split file, symlink loop, malformed split line,
     listed id with no images, empty id folder) is collected and raised together as one
     :class:`DatasetError`.
     """
@@ -97,12 +109,15 @@ class SYSUMM01:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DatasetError(f"{self.root}: SYSU-MM01 root not found; pass the folder that holds cam1..cam6 and exp/")
+            raise DatasetError(missing_or_loop(self.root, f"{self.root}: SYSU-MM01 root not found; pass the folder "
+                                                          "that holds cam1..cam6 and exp/", "folder"))
         _refuse_other_layout(self.root, "sysu")
         problems: list[str] = []
         for c in CAMERA_MODALITY:
             if not (self.root / f"cam{c}").is_dir():
-                problems.append(f"{self.root / f'cam{c}'}: camera folder missing (SYSU-MM01 has cam1..cam6)")
+                cam = self.root / f"cam{c}"
+                problems.append(missing_or_loop(cam, f"{cam}: camera folder missing (SYSU-MM01 has cam1..cam6)",
+                                                "folder"))
         self.split_ids = {}
         for split, name in SPLIT_FILES.items():
             try:
@@ -117,8 +132,11 @@ class SYSUMM01:
             for c in CAMERA_MODALITY:
                 folder = self.root / f"cam{c}" / f"{pid:04d}"
                 if not folder.is_dir():
+                    if is_symlink_loop(folder):
+                        problems.append(loop_message(folder, "folder"))
                     continue
-                images, others = _list_images(folder)
+                images, others, unreadable = _list_images(folder)
+                problems += unreadable
                 if others:
                     problems.append(f"{folder}: non-image files {others[:5]}; move them out of the dataset")
                 if not images:
