@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -113,11 +114,16 @@ def test_demo_replaces_its_own_earlier_folders_and_keeps_foreign_files(tmp_path,
     (data / MARKER).unlink()  # a set generated before the marker: its synth_summary.json is the mark
     (data / "cam1" / "0004" / "stale.jpg").write_bytes(b"old")
     _legacy_run(out)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious.txt").write_text("keep")
+    (out / "tensorboard").symlink_to(elsewhere)  # a link among the run's entries: removed, never followed
     assert folder_kind(data) == "dataset" and folder_kind(out) == "run"
     seen = {}
 
     def stop(cfg, config, data_dir, out_dir, *rest):
         seen["out"] = sorted(p.name for p in out_dir.iterdir())
+        seen["lock"] = (out_dir / LOCK).read_text().strip()  # held while the demo trains and evaluates
         seen["summary"] = json.loads((data_dir / "synth_summary.json").read_text())
         return {}
 
@@ -125,6 +131,8 @@ def test_demo_replaces_its_own_earlier_folders_and_keeps_foreign_files(tmp_path,
     res = runner.invoke(app, ["demo", "--data-dir", str(data), "--out-dir", str(out), "--ids", "3"])
     assert res.exit_code == 0, res.output
     assert seen["out"] == sorted([LOCK, MARKER, "notes.md"])  # the old run's files gone, the user's note kept
+    assert seen["lock"] == str(os.getpid()) and (out / LOCK).read_text() == ""  # released at the end
+    assert (elsewhere / "precious.txt").read_text() == "keep"
     assert "keeps entries cmemd did not write: notes.md" in res.output
     assert json.loads((out / MARKER).read_text())["kind"] == "run"
     # the data folder holds exactly the new set: no image of the old one (ids 4, stale.jpg) survived
