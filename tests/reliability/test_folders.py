@@ -41,14 +41,14 @@ def _fake_dataset(root: Path) -> Path:
 
 def _no_work(monkeypatch) -> None:
     """Tripwires: the demo's data generation and training must not start."""
-    import cmemd.app.demo as demo
+    import cmemd.app.run as run
     import cmemd.data.synth as synth
 
     def boom(*a, **k):
         raise AssertionError("the work started before the folder check")
 
     monkeypatch.setattr(synth, "generate_sysu", boom)
-    monkeypatch.setattr(demo, "_train_and_evaluate", boom)
+    monkeypatch.setattr(run, "train", boom)
 
 
 # --------------------------------------------------------------------------- cmemd demo
@@ -106,7 +106,7 @@ def _legacy_run(folder: Path) -> None:
 
 
 def test_demo_replaces_its_own_earlier_folders_and_keeps_foreign_files(tmp_path, monkeypatch):
-    import cmemd.app.demo as demo
+    import cmemd.app.run as run
 
     data, out = tmp_path / "data" / "demo", tmp_path / "runs" / "demo"
     old = SynthConfig(ids=4, images_per_camera=(1, 1), height=32, width=16, seed=9)
@@ -121,15 +121,15 @@ def test_demo_replaces_its_own_earlier_folders_and_keeps_foreign_files(tmp_path,
     assert folder_kind(data) == "dataset" and folder_kind(out) == "run"
     seen = {}
 
-    def stop(cfg, config, data_dir, out_dir, *rest):
-        seen["out"] = sorted(p.name for p in out_dir.iterdir())
-        seen["lock"] = (out_dir / LOCK).read_text().strip()  # held while the demo trains and evaluates
-        seen["summary"] = json.loads((data_dir / "synth_summary.json").read_text())
-        return {}
+    def stop(cfg, **kw):  # the demo's training: look at the folders, then stop the demo there
+        seen["out"] = sorted(p.name for p in out.iterdir())
+        seen["lock"] = (out / LOCK).read_text().strip()  # held while the demo trains and evaluates
+        seen["summary"] = json.loads((data / "synth_summary.json").read_text())
+        raise ConfigError("stopped by the test before training")
 
-    monkeypatch.setattr(demo, "_train_and_evaluate", stop)
+    monkeypatch.setattr(run, "train", stop)
     res = runner.invoke(app, ["demo", "--data-dir", str(data), "--out-dir", str(out), "--ids", "3"])
-    assert res.exit_code == 0, res.output
+    assert res.exit_code == 2 and "stopped by the test" in res.output, res.output
     assert seen["out"] == sorted([LOCK, MARKER, "notes.md"])  # the old run's files gone, the user's note kept
     assert seen["lock"] == str(os.getpid()) and (out / LOCK).read_text() == ""  # released at the end
     assert (elsewhere / "precious.txt").read_text() == "keep"
