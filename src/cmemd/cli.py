@@ -116,10 +116,10 @@ def data_synth(
         if spec is None or spec.synthesize is None:
             makers = [n for n, s in DATASETS.items() if s.synthesize is not None]
             raise ConfigError(f"--layout {layout!r} is unknown: use one of {', '.join(makers)}")
+        check_replaceable(out, "dataset", "--out")  # a folder cmemd did not make is never written into
         if folder_entries(out) and not force:
-            raise ConfigError(f"--out {out} is not empty: choose an empty folder, or pass --force to replace the "
-                              "synthetic set in it (only a folder the generator made is replaced)")
-        check_replaceable(out, "dataset", "--out")  # before any image is drawn
+            raise ConfigError(f"--out {out} holds an earlier synthetic set: pass --force to replace it (its images "
+                              "are removed first), or choose an empty folder")
         lo, hi = spec.synth_defaults.get("images_per_camera", (10, 20))
         cfg = SynthConfig(
             ids=ids if ids is not None else spec.synth_defaults.get("ids", 300),
