@@ -5,7 +5,8 @@ Three rules, each for a way a command could lose a user's work (docs/reliability
 * **Never delete a folder cmemd did not make.** A folder cmemd may later replace (a synthetic dataset, the
   demo's run folder) carries a marker file, :data:`MARKER`, saying what made it. Folders written before the
   marker existed are recognised by their own contents: a dataset by the generator's ``synth_summary.json``, a
-  run folder by its ``config.yaml`` beside a cmemd ``last.pt`` or a ``metrics.jsonl``. Replacing a folder
+  run folder by its ``config.yaml`` (with a training config's sections) beside a cmemd ``last.pt`` or a
+  ``metrics.jsonl``. Replacing a folder
   (:func:`clear_folder`) removes only the entries cmemd writes there, and only in a folder of the right kind;
   a non-empty folder that is not cmemd's is refused with a :class:`ConfigError` naming it, before any work.
 * **One writer per run folder.** :func:`lock_folder` takes an OS lock (``flock``) on :data:`LOCK` inside the
@@ -28,11 +29,14 @@ import tempfile
 from pathlib import Path
 from typing import Iterable, Optional, Union
 
+import yaml
+
 from cmemd.errors import ConfigError, TrainingError
 
 MARKER = ".cmemd-made"
 LOCK = ".cmemd-lock"
 KINDS = ("dataset", "run")
+_RUN_SECTIONS = {"data", "model", "loss", "optim", "eval", "run"}  # of a run's config.yaml (cmemd.config.TrainConfig)
 
 # What a cmemd run writes into its folder (the patterns :func:`clear_folder` removes when a run folder is replaced).
 RUN_ENTRIES = ("last.pt", "last.prev.pt", "best.pt", "best.prev.pt", "config.yaml", "environment.json",
@@ -70,10 +74,19 @@ def folder_kind(folder: PathLike) -> Optional[str]:
         pass
     if _is_synth_summary(folder / "synth_summary.json"):
         return "dataset"
-    if (folder / "config.yaml").is_file() and (_is_cmemd_checkpoint(folder / "last.pt")
-                                               or (folder / "metrics.jsonl").is_file()):
+    if _is_run_config(folder / "config.yaml") and (_is_cmemd_checkpoint(folder / "last.pt")
+                                                   or (folder / "metrics.jsonl").is_file()):
         return "run"
     return None
+
+
+def _is_run_config(path: Path) -> bool:
+    """A ``config.yaml`` as ``cmemd train`` writes it (its sections), not any YAML file of that name."""
+    try:
+        cfg = yaml.safe_load(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return False
+    return isinstance(cfg, dict) and _RUN_SECTIONS <= set(cfg)
 
 
 def _is_synth_summary(path: Path) -> bool:
@@ -191,7 +204,11 @@ def lock_folder(folder: PathLike, *, option: str = "run.out_dir") -> FolderLock:
     if held is not None:
         held._count += 1
         return held
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    except OSError as e:
+        raise ConfigError(f"{option} {folder}: cannot open the lock file {path} ({e.strerror or e}); "
+                          "choose a folder you can write") from e
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:

@@ -9,9 +9,11 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from cmemd.cli import app
+from cmemd.config import TrainConfig
 from cmemd.data.synth import SynthConfig, generate_sysu
 from cmemd.errors import ConfigError
 from cmemd.folders import LOCK, MARKER, folder_kind
@@ -94,10 +96,24 @@ def test_demo_refuses_a_file_as_out_dir_and_a_dataset_as_run_folder(tmp_path, mo
     assert (synth_set / "cam1").is_dir()
 
 
+def test_demo_refuses_another_tools_run_folder(tmp_path, monkeypatch):
+    """config.yaml + metrics.jsonl + last.pt of another training tool is not a cmemd run folder."""
+    run = tmp_path / "their_run"
+    run.mkdir()
+    (run / "config.yaml").write_text("lr: 0.1\nmodel: resnet50\n")
+    (run / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n')
+    (run / "last.pt").write_bytes(b"PK\x03\x04 a torch zip")
+    before = _tree(run)
+    _no_work(monkeypatch)
+    res = runner.invoke(app, ["demo", "--out-dir", str(run), "--data-dir", str(tmp_path / "d")])
+    assert res.exit_code == 2 and "did not write" in res.output, res.output
+    assert _tree(run) == before
+
+
 def _legacy_run(folder: Path) -> None:
     """A run folder as cmemd wrote it before the marker existed, plus a file of the user's."""
     folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text("run: {}\n")
+    (folder / "config.yaml").write_text(yaml.safe_dump(TrainConfig().to_dict(), sort_keys=False))
     (folder / "last.pt").write_bytes(b"CMEMD-CKPT 1 00 0\n")
     (folder / "metrics.jsonl").write_text('{"step": 1}\n')
     (folder / "report").mkdir()
