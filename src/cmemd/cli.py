@@ -100,7 +100,7 @@ def data_synth(
     occlusion_rate: float = typer.Option(0.1, help="Probability that an image is partly occluded."),
     thermal_noise: float = typer.Option(0.01, help="Thermal sensor noise (0..0.5); blur grows with it."),
     camera_gap: float = typer.Option(0.2, help="How different the cameras look (0..1)."),
-    force: bool = typer.Option(False, "--force", help="Write into a non-empty folder."),
+    force: bool = typer.Option(False, "--force", help="Replace the synthetic set in a non-empty folder the generator made (its files are removed first); a folder cmemd did not make is refused."),
 ) -> None:
     """Generate the synthetic visible-thermal benchmark in a dataset's layout (SYSU-MM01, RegDB, LLCM)."""
     import json
@@ -109,14 +109,17 @@ def data_synth(
     from cmemd.data.registry import DATASETS
     from cmemd.data.synth import SynthConfig
     from cmemd.errors import ConfigError
+    from cmemd.folders import check_replaceable, folder_entries
 
     try:
         spec = DATASETS.get(layout)
         if spec is None or spec.synthesize is None:
             makers = [n for n, s in DATASETS.items() if s.synthesize is not None]
             raise ConfigError(f"--layout {layout!r} is unknown: use one of {', '.join(makers)}")
-        if out.exists() and any(out.iterdir()) and not force:
-            raise ConfigError(f"--out {out} is not empty: choose an empty folder or pass --force to write into it")
+        check_replaceable(out, "dataset", "--out")  # a folder cmemd did not make is never written into
+        if folder_entries(out) and not force:
+            raise ConfigError(f"--out {out} holds an earlier synthetic set: pass --force to replace it (its images "
+                              "are removed first), or choose an empty folder")
         lo, hi = spec.synth_defaults.get("images_per_camera", (10, 20))
         cfg = SynthConfig(
             ids=ids if ids is not None else spec.synth_defaults.get("ids", 300),
@@ -232,8 +235,13 @@ def eval_cmd(
     from dataclasses import replace
 
     from cmemd.app.run import evaluate_model, format_all, load_trained, modality_gap_of, resolve_device, save_results
+    from cmemd.folders import check_output_file, check_output_folder
 
     try:
+        if out:  # where the results go is checked before the evaluation, not after it
+            check_output_file(out, "--out")
+        if report:
+            check_output_folder(report, "--report")
         dev = resolve_device(device)
         model, cfg = load_trained(checkpoint, device=dev)
         from cmemd.data.registry import get_dataset
@@ -296,8 +304,10 @@ def extract_cmd(
     from cmemd.engine.extract import extract_features
     from cmemd.app.run import evaluation_sets, load_trained, resolve_device
     from cmemd.evaluation.features import save_features
+    from cmemd.folders import check_output_folder
 
     try:
+        check_output_folder(out_dir, "--out-dir")  # before the model is loaded
         dev = resolve_device(device)
         model, cfg = load_trained(checkpoint, device=dev)
         sets = evaluation_sets(cfg, str(data) if data else None)
@@ -338,13 +348,14 @@ def eval_features_cmd(
 
     from cmemd.data.registry import DATASETS, known
     from cmemd.evaluation import ReRanking, format_results, load_features, save_json, to_dict
+    from cmemd.folders import check_output_file
 
     try:
         if protocol not in DATASETS:
             raise ConfigError(f"--protocol {protocol!r} is unknown; use one of {', '.join(DATASETS)} ({known()})")
         spec = DATASETS[protocol]
-        if out is not None and not out.parent.exists():  # before the work, not after
-            raise CmemdError(f"--out {out}: folder {out.parent} does not exist; create it or choose another path")
+        if out is not None:  # before the work, not after
+            check_output_file(out, "--out")
         q, g = load_features(query), load_features(gallery)
         options = dict(mode=mode, shots=shots, method=method, trials=trials, rand_perm=rand_perm, trial=trial,
                        feature_name=feature_name)
@@ -367,8 +378,8 @@ def eval_features_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    data_dir: Path = typer.Option(Path("data/demo_sysu"), help="Where the synthetic SYSU-layout set goes (reused when it matches)."),
-    out_dir: Path = typer.Option(Path("runs/demo"), help="Run directory (replaced on each demo run)."),
+    data_dir: Path = typer.Option(Path("data/demo_sysu"), help="Where the synthetic SYSU-layout set goes (reused when it matches, regenerated only in a folder cmemd made)."),
+    out_dir: Path = typer.Option(Path("runs/demo"), help="Run directory (replaced on each demo run; only a run folder cmemd made is, any other non-empty folder is refused)."),
     config: Path = typer.Option(Path("synth_cmemd_global"), "--config", "-c",
                                 help="Training config (file or packaged name); synth_cmemd is the paper's full model."),
     ids: int = typer.Option(200, help="Identities in the synthetic set."),

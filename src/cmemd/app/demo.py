@@ -13,38 +13,56 @@ def run_demo(*, data_dir: Path, out_dir: Path, config: Any, ids: int = 200, epoc
     """Run the demo; returns the results (``{setting: ProtocolResult}``). ``write_report(folder, results,
     features, **notes)`` writes the HTML report (the CLI's; skipped when None)."""
     import json
-    import shutil
     import time
 
-    from cmemd.app.run import evaluate_model, format_all, modality_gap_of, save_results, train
     from cmemd.config import load_config
-    from cmemd.data.preview import preview_grid
-    from cmemd.data.stats import dataset_stats, format_stats
     from cmemd.data.synth import SynthConfig, generate_sysu
+    from cmemd.folders import RUN_ENTRIES, check_output_folder, check_replaceable, clear_folder, lock_folder
 
     phases: dict[str, float] = {}
     t0 = time.time()
     synth = SynthConfig(ids=ids, images_per_camera=(10, 12), seed=0)
-    summary_path = data_dir / "synth_summary.json"
-    cached = summary_path.is_file() and json.loads(summary_path.read_text()).get("config") == synth.to_dict()
-    if cached:
-        echo(f"[1/4] synthetic data: reusing {data_dir} (same generator settings)")
-    else:
-        echo(f"[1/4] synthetic data: generating {ids} identities into {data_dir} ...")
-        if data_dir.exists():
-            shutil.rmtree(data_dir)
-        generate_sysu(data_dir, synth, workers=2)
+    try:
+        cached = json.loads((data_dir / "synth_summary.json").read_text()).get("config") == synth.to_dict()
+    except (OSError, ValueError, AttributeError):
+        cached = False
+    # Every refusal comes before any work: a folder cmemd did not make is never replaced (cmemd.folders), and a
+    # run folder another process is writing is never touched.
+    check_output_folder(data_dir, "--data-dir")
+    if not cached:
+        check_replaceable(data_dir, "dataset", "--data-dir")
+    check_output_folder(out_dir, "--out-dir")
+    check_replaceable(out_dir, "run", "--out-dir")
+    # the demo reports plain AND re-ranked numbers, each labelled (eval.rerank only adds the second table)
+    cfg = load_config(config, [f"data.root={data_dir}", f"run.out_dir={out_dir}", "eval.rerank=true",
+                               *(overrides or [])] + ([f"optim.epochs={epochs}"] if epochs else []))
+    with lock_folder(out_dir, option="--out-dir"):  # train() takes it again (re-entrant in one process)
+        kept = clear_folder(out_dir, "run", RUN_ENTRIES, option="--out-dir", made_by="cmemd demo")
+        if kept:
+            echo(f"note: {out_dir} keeps entries cmemd did not write: {', '.join(kept)}")
+        if cached:
+            echo(f"[1/4] synthetic data: reusing {data_dir} (same generator settings)")
+        else:
+            echo(f"[1/4] synthetic data: generating {ids} identities into {data_dir} ...")
+            generate_sysu(data_dir, synth, workers=2)  # replaces only an earlier synthetic set (checked above)
+        return _train_and_evaluate(cfg, config, data_dir, out_dir, phases, t0, echo, write_report)
+
+
+def _train_and_evaluate(cfg: Any, config: Any, data_dir: Path, out_dir: Path, phases: dict[str, float], t0: float,
+                        echo: Callable[[str], None], write_report: Optional[Callable[..., Path]]) -> dict[str, Any]:
+    """The demo after its folders are ready (its run folder locked): train, evaluate, print, write the report."""
+    import time
+
+    from cmemd.app.run import evaluate_model, format_all, modality_gap_of, save_results, train
+    from cmemd.data.preview import preview_grid
+    from cmemd.data.stats import dataset_stats, format_stats
+
     echo(format_stats(dataset_stats(data_dir)))
     preview = preview_grid(data_dir, out_dir.parent / f"{out_dir.name}_preview.png", ids=6, per_camera=2)
     echo(f"preview of the data: {preview}")
     phases["data"] = time.time() - t0
 
     t0 = time.time()
-    # the demo reports plain AND re-ranked numbers, each labelled (eval.rerank only adds the second table)
-    cfg = load_config(config, [f"data.root={data_dir}", f"run.out_dir={out_dir}", "eval.rerank=true",
-                               *(overrides or [])] + ([f"optim.epochs={epochs}"] if epochs else []))
-    if out_dir.exists():
-        shutil.rmtree(out_dir)
     echo(f"[2/4] training {config} ({cfg.model.arch} width {cfg.model.width}, {cfg.data.height}x{cfg.data.width}, "
          f"{cfg.optim.epochs} epochs, alignment {cfg.loss.alignment}"
          + (f" on {cfg.loss.align_granularities} / {cfg.loss.align_feature}, λ={cfg.loss.lambda_align:g}"

@@ -18,15 +18,17 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+import yaml
 
-from cmemd.config import TrainConfig, config_from_dict, dump_config
+from cmemd.config import TrainConfig, config_from_dict
 from cmemd.data.records import ImageRecord
 from cmemd.engine.checkpoint import load_checkpoint
 from cmemd.engine.extract import extract_features
 from cmemd.engine.objective import Objective
 from cmemd.engine.schedule import build_optimizer
 from cmemd.engine.trainer import Trainer, unwrap
-from cmemd.errors import CheckpointError, ConfigError
+from cmemd.errors import CheckpointError, ConfigError, TrainingError
+from cmemd.folders import lock_folder, write_atomic
 
 SELECTION_NOTE = "none: the model of the last epoch is reported; nothing was selected on the test set"
 VAL_SELECTION_NOTE = ("val: best.pt is the epoch with the best mAP on the held-out val ids (thermal queries, "
@@ -166,7 +168,28 @@ def _check_resume_config(saved_path: Path, cfg: TrainConfig) -> None:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, evaluate_after: bool = True) -> TrainOutcome:
-    """Train one model as ``cfg`` says (one RegDB trial), write the run directory, evaluate at the end."""
+    """Train one model as ``cfg`` says (one RegDB trial), write the run directory, evaluate at the end.
+
+    The run folder is locked while the run writes it (:func:`cmemd.folders.lock_folder`, taken by the process that
+    writes it: rank 0 under DDP): a second run into the same ``run.out_dir`` is a :class:`TrainingError` naming the
+    holder's pid, raised before it writes anything."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and int(os.environ.get("RANK", "0")) != 0:
+        return _train(cfg, resume=resume, progress=progress, evaluate_after=evaluate_after)
+    with lock_folder(cfg.run.out_dir):
+        return _train(cfg, resume=resume, progress=progress, evaluate_after=evaluate_after)
+
+
+def _write_run_file(path: Path, text: str) -> None:
+    """A run-record file (environment.json, config.yaml) written atomically; a failure (a full disk) is a
+    TrainingError that says the run's checkpoint and metrics were not touched."""
+    try:
+        write_atomic(path, text)
+    except OSError as e:
+        raise TrainingError(f"{path}: writing it failed ({e.strerror or e}); nothing else was changed: the run's "
+                            "checkpoint and metrics.jsonl are intact. Free disk space, then run the command again") from e
+
+
+def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bool) -> TrainOutcome:
     from cmemd.data.dataset import build_train_loader
     from cmemd.models import build_model
 
@@ -188,7 +211,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
         if ckpt.exists() and (out_dir / "config.yaml").is_file():
             _check_resume_config(out_dir / "config.yaml", cfg)
         out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "environment.json").write_text(json.dumps(environment(threads), indent=2))
+        _write_run_file(out_dir / "environment.json", json.dumps(environment(threads), indent=2))
 
     data = training_data(cfg)
     d = cfg.data
@@ -232,7 +255,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
     elif resume and rank == 0:
         print(f"--resume: no checkpoint in {out_dir} yet, starting from scratch", flush=True)
     if rank == 0:  # after a successful resume only: a refused one leaves the run's record as it was
-        dump_config(cfg, out_dir / "config.yaml")
+        _write_run_file(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # dump_config's format
     if rank == 0 and progress:
         print(f"training on {data.description}: {len(data.records)} images, {data.num_classes} ids, "
               f"{loader.batch_sampler.num_batches} steps/epoch x {o.epochs} epochs, device {device}, world size {world}; "

@@ -31,6 +31,7 @@ import numpy as np
 from PIL import Image
 
 from cmemd.errors import ConfigError
+from cmemd.folders import clear_folder
 
 # Seed tags: the first word after the seed, so that streams for different purposes never collide.
 _T_ID, _T_PLAN, _T_SPLIT, _T_SHOT, _T_CAM, _T_SCENE, _T_REGDB, _T_LLCM = 11, 12, 13, 14, 15, 16, 17, 18
@@ -800,9 +801,18 @@ def _write_rand_perm(path: Path, config: SynthConfig, plan: Dict[int, Dict[int, 
     path.write_bytes(bytes(data))
 
 
+# Everything a generator writes at the top of its folder, in any layout (and the image cache built from those
+# files): what regenerating a folder clears first, so that no image of an earlier set survives under the same ids.
+GENERATED_ENTRIES = ("cam1", "cam2", "cam3", "cam4", "cam5", "cam6", "exp", "Visible", "Thermal", "idx",
+                     "train_vis", "train_nir", "test_vis", "test_nir", "synth_summary.json", NUISANCE_FILE,
+                     ".cmemd_cache")
+
+
 def _check_out(out_dir: Path) -> Path:
+    """The output folder, ready: created, or cleared of an earlier synthetic set (``GENERATED_ENTRIES`` only, in a
+    folder the generator made: :mod:`cmemd.folders`); a non-empty folder it did not make is a ConfigError."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    clear_folder(out_dir, "dataset", GENERATED_ENTRIES, option="out_dir", made_by="cmemd.data.synth")
     return out_dir
 
 

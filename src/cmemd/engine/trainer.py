@@ -22,6 +22,7 @@ from torch import nn
 from cmemd.engine.checkpoint import load_checkpoint, save_checkpoint
 from cmemd.engine.schedule import lr_factor, set_lr
 from cmemd.errors import CheckpointError, TrainingError
+from cmemd.folders import write_atomic
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
 AMP_MODES = ("none", *AMP_DTYPES)
@@ -332,6 +333,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
                 keep.append(line)
         except (ValueError, AttributeError):
             continue
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(x + "\n" for x in keep))
-    os.replace(tmp, path)
+    try:  # through a temp file + rename: a full disk leaves the log as it was, and no temp file behind
+        write_atomic(path, "".join(x + "\n" for x in keep))
+    except OSError as e:
+        raise TrainingError(
+            f"{path}: rewriting the metrics log for --resume failed ({e.strerror or e}); nothing was changed: the "
+            "checkpoint and the metrics log are intact. Free disk space, then resume again") from e
