@@ -68,7 +68,7 @@ def _set_cuda_rng_states(states: Optional[list]) -> None:
     """Restore the saved CUDA RNG states of the GPUs that exist now; warn about any that cannot be.
 
     A run saves the state of every visible GPU; resumed with fewer GPUs (or on CPU), the states of the
-    missing ones are skipped, so their random streams (dropout, augmentation on the GPU) differ from an
+    missing ones are skipped, so whatever is drawn on those GPUs differs from an
     uninterrupted run. ``torch.cuda.set_rng_state_all`` would raise IndexError instead.
     """
     if not states:
