@@ -438,21 +438,31 @@ def search_cmd(
     query: List[Path] = typer.Option(..., "--query", help="Query image (repeat the option for several)."),
     query_modality: str = typer.Option(..., "--query-modality", help="visible or thermal."),
     top_k: int = typer.Option(10, "--top-k", help="Matches to show per query."),
-    out: Optional[Path] = typer.Option(None, "--out", help="PNG strip (query + top-k); with several queries NAME_1.png, NAME_2.png, ..."),
+    out: Optional[Path] = typer.Option(None, "--out", help="PNG strip (query + top-k), NAME.png; with several queries NAME_1.png, NAME_2.png, ..."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ) -> None:
-    """Rank the gallery for each query image (cosine similarity); the gallery is not re-encoded."""
+    """Rank the gallery for each query image (cosine similarity); the gallery is not re-encoded.
+
+    The gallery must have been indexed with this checkpoint (its file records the model's fingerprint).
+    """
     from cmemd.api import load
-    from cmemd.retrieval import draw_strip, load_gallery, search
+    from cmemd.retrieval import check_gallery_model, draw_strip, load_gallery, search
 
     try:
         if query_modality not in ("visible", "thermal"):
             raise ConfigError(f"--query-modality {query_modality!r} is unknown: use visible or thermal")
+        if out is not None:  # before any work
+            out = out if out.suffix else out.with_suffix(".png")
+            if out.suffix.lower() != ".png":
+                raise ConfigError(f"--out {out}: the strip is a PNG image; name a .png file")
+            if not out.parent.is_dir():
+                raise ConfigError(f"--out {out}: folder {out.parent} does not exist; create it first")
         g, g_mod = load_gallery(gallery)
         model = load(checkpoint, device=device)
         if model.feature_dim != g.feats.shape[1]:
             raise ConfigError(f"{gallery}: features are {g.feats.shape[1]}-d but {checkpoint} gives "
                               f"{model.feature_dim}-d features; re-index the gallery with this checkpoint (cmemd index)")
+        check_gallery_model(gallery, model)
         feats = model.encode(list(query), query_modality)
         ranked = search(g, feats, top_k=top_k)
         for i, (q, matches) in enumerate(zip(query, ranked)):
@@ -460,7 +470,7 @@ def search_cmd(
             for m in matches:
                 typer.echo(f"  {m.rank:>3}  {m.score:+.4f}  {m.path}")
             if out is not None:
-                path = out if len(query) == 1 else out.with_name(f"{out.stem}_{i + 1}{out.suffix or '.png'}")
+                path = out if len(query) == 1 else out.with_name(f"{out.stem}_{i + 1}{out.suffix}")
                 h = max(128, model.height)
                 draw_strip(q, matches, path, query_modality=query_modality, gallery_modality=g_mod,
                            height=h, width=round(h * model.width / model.height))
@@ -473,7 +483,7 @@ def search_cmd(
 def export_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A last.pt written by `cmemd train`."),
     out: Path = typer.Option(..., "--out", help="ONNX file to write."),
-    opset: int = typer.Option(17, help="ONNX opset version."),
+    opset: int = typer.Option(17, help="ONNX opset version (10 up to the newest this torch's exporter writes)."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Include test-time flip in the graph (default: the model's eval.flip)."),
 ) -> None:
     """Export the feature extractor to ONNX: inputs images (N x 3 x H x W) and modality (int64 N), dynamic batch."""

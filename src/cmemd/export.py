@@ -59,16 +59,44 @@ class ExportWrapper(nn.Module):
         return f
 
 
+# The graph slices the stripes with sizes computed from the input (Slice with tensor inputs: opset 10) and
+# selects each row's stem with Where (opset 9); the top is what this torch's ONNX exporter writes.
+MIN_OPSET = 10
+
+
+def max_opset() -> int:
+    """The newest ONNX opset this torch's exporter writes."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:  # pragma: no cover - a torch that moved it: the TorchScript exporter's documented top
+        return 20
+    return int(getattr(_constants, "ONNX_MAX_OPSET", getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", 20)))
+
+
+def check_opset(opset: int) -> None:
+    """:class:`ConfigError` unless ``opset`` is one the export can be written in (checked before any work)."""
+    top = max_opset()
+    if not MIN_OPSET <= int(opset) <= top:
+        raise ConfigError(f"--opset {opset}: the export needs an ONNX opset in {MIN_OPSET}..{top} "
+                          f"(the graph's dynamic slicing needs opset {MIN_OPSET}; {top} is the newest this torch "
+                          "writes); the default is 17")
+
+
 def export_onnx(model: nn.Module, out: Union[str, Path], *, height: int, width: int, opset: int = 17,
                 check: bool = True, flip: bool = False) -> dict[str, Any]:
     """Write ``model`` (eval mode) as ONNX to ``out``; returns a summary (path, inputs, outputs, test-time
-    flip, max difference to PyTorch on a probe batch when onnxruntime is installed and ``check``)."""
+    flip, max difference to PyTorch on a probe batch when onnxruntime is installed and ``check``).
+
+    ``model`` itself is left as it was (device, train/eval mode, weights): the export and the check run on
+    CPU copies of it.
+    """
     from cmemd.engine.extract import encode_batch
 
+    check_opset(opset)
     out = Path(out)
     if not out.parent.exists():
         raise ConfigError(f"export: folder {out.parent} does not exist; create it first")
-    wrapper = ExportWrapper(model, flip=flip).cpu()
+    wrapper = ExportWrapper(model, flip=flip).cpu()  # a deep copy: model keeps its device and mode
     g = torch.Generator().manual_seed(0)
     x = torch.randn(3, 3, height, width, generator=g)
     m = torch.tensor([0, 1, 0], dtype=torch.int64)
@@ -94,7 +122,9 @@ def export_onnx(model: nn.Module, out: Union[str, Path], *, height: int, width: 
         x = torch.randn(5, 3, height, width, generator=g)
         m = torch.tensor([1, 0, 1, 1, 0], dtype=torch.int64)
         with torch.no_grad():
-            ref = nn.functional.normalize(encode_batch(model.cpu().eval(), x, m, flip=flip), dim=1).numpy()
+            # the caller's model stays where and as it is (a GPU model in train mode is not moved or switched)
+            reference = copy.deepcopy(model).cpu().eval()
+            ref = nn.functional.normalize(encode_batch(reference, x, m, flip=flip), dim=1).numpy()
         got = sess.run(None, {"images": x.numpy(), "modality": m.numpy()})[0]
         summary["max_abs_diff"] = float(abs(got - ref).max())
     return summary
@@ -106,6 +136,9 @@ def export_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], *, fl
     checkpoint's ``eval.flip``."""
     from cmemd.app.run import load_trained
 
+    check_opset(kw.get("opset", 17))  # before loading the checkpoint
+    if not Path(out).parent.exists():
+        raise ConfigError(f"export: folder {Path(out).parent} does not exist; create it first")
     model, cfg = load_trained(checkpoint, device="cpu")
     flip = cfg.eval.flip if flip is None else bool(flip)
     return export_onnx(model, out, height=cfg.data.height, width=cfg.data.width, flip=flip, **kw)

@@ -2,11 +2,17 @@
 for any query image (``cmemd search``) without re-encoding the gallery.
 
 The gallery file is the eval-features ``.npz`` (``feats``, ``pids``, ``cams``, ``paths``; pids -1 and
-cams 0 when unknown) plus a ``modality`` array naming the gallery's modality; features are
-L2-normalised, so scores are cosine similarities.
+cams 0 when unknown) plus a ``modality`` array naming the gallery's modality and a ``model_fingerprint``
+(:func:`model_fingerprint` of the model that indexed it); features are L2-normalised, so scores are
+cosine similarities. Scores are only meaningful against queries encoded by the same model, so
+``cmemd search`` refuses a gallery whose fingerprint is not its model's, or that has none (a gallery
+indexed before fingerprints were recorded: re-index it). Every array is read without pickle.
 """
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
@@ -18,6 +24,24 @@ from cmemd.evaluation.features import FeatureSet, _validate, load_features
 from cmemd.evaluation.metrics import top_k as ranked_top_k
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+FINGERPRINT = "model_fingerprint"
+
+
+def model_fingerprint(model: Any) -> str:
+    """SHA-256 (hex) of what a :class:`cmemd.api.ReIDModel`'s features depend on: every weight and buffer of
+    its network (name, dtype, shape and bytes, in state-dict order), its architecture (the config's
+    ``model`` section, without the ImageNet-weights setting the checkpoint overrides) and its input size."""
+    import torch
+
+    arch = dataclasses.asdict(model.config.model) if dataclasses.is_dataclass(model.config.model) else {}
+    arch.pop("pretrained", None)
+    h = hashlib.sha256(json.dumps({"model": arch, "input": [model.height, model.width]}, sort_keys=True,
+                                  default=str).encode())
+    for name, t in model.network.state_dict().items():
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def list_images(folder: Union[str, Path]) -> list[Path]:
@@ -53,16 +77,54 @@ def build_index(model: Any, folder: Union[str, Path], out: Union[str, Path], *, 
     paths = np.asarray([str(p) for p in files], dtype=str)
     _validate(feats, pids, cams, paths, str(out))
     np.savez(out, feats=feats, pids=pids, cams=cams, paths=paths, modality=np.asarray(modality),
-             feature_dim=np.asarray(feats.shape[1]))
+             feature_dim=np.asarray(feats.shape[1]), **{FINGERPRINT: np.asarray(model_fingerprint(model))})
     return FeatureSet(feats, pids, cams, paths, str(out))
 
 
 def load_gallery(path: Union[str, Path]) -> tuple[FeatureSet, str]:
     """A gallery file and its modality ("unknown" for a plain eval-features file)."""
     fs = load_features(path)
-    with np.load(path, allow_pickle=False) as z:
-        modality = str(z["modality"]) if "modality" in z.files else "unknown"
-    return fs, modality
+    modality = _gallery_string(path, "modality")
+    return fs, "unknown" if modality is None else modality
+
+
+def check_gallery_model(path: Union[str, Path], model: Any) -> None:
+    """:class:`EvaluationError` unless the gallery ``path`` was indexed by ``model`` (same fingerprint).
+
+    A gallery without a fingerprint (indexed before they were recorded, or written by another tool) is
+    refused too: nothing says its features came from this model, and scores against another model's
+    features look like any others."""
+    stored = _gallery_string(path, FINGERPRINT)
+    source = getattr(model, "source", "") or "this checkpoint"
+    again = f"re-index it with this checkpoint (cmemd index --checkpoint {source} --images ... --out {path})"
+    if stored is None:
+        raise EvaluationError(f"{path}: the gallery does not record which model indexed it (no '{FINGERPRINT}'; "
+                              f"written before cmemd recorded it, or by another tool), so its scores against "
+                              f"{source} cannot be trusted; {again}")
+    mine = model_fingerprint(model)
+    if stored != mine:
+        raise EvaluationError(f"{path}: the gallery was indexed by another model (fingerprint {stored[:12]}) than "
+                              f"{source} ({mine[:12]}); its scores would be meaningless. Search "
+                              f"with the checkpoint it was indexed with, or {again}")
+
+
+def _gallery_string(path: Union[str, Path], key: str) -> Optional[str]:
+    """The string array ``key`` of a gallery file (None when absent), read without pickle."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if key not in z.files:
+                return None
+            value = z[key]
+    except ValueError as e:  # an object array: reading it would unpickle, which can run code
+        raise EvaluationError(f"{path}: '{key}' is stored as a pickled object array ({e}); it was not read "
+                              "(unpickling can run code). A gallery holds it as a string array: re-index the "
+                              "gallery with cmemd index") from None
+    except OSError as e:
+        raise EvaluationError(f"{path}: not a readable .npz file ({e})") from None
+    if value.ndim != 0 or value.dtype.kind != "U":
+        raise EvaluationError(f"{path}: '{key}' must be a single string, got dtype {value.dtype} shape "
+                              f"{value.shape}; re-index the gallery with cmemd index")
+    return str(value)
 
 
 @dataclass

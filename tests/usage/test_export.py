@@ -64,3 +64,20 @@ def test_onnx_of_a_model_without_modality_stems(tiny_checkpoint, tmp_path):
     with torch.no_grad():
         ref = torch.nn.functional.normalize(net(torch.from_numpy(x)), dim=1).numpy()
     assert np.abs(got - ref).max() <= 1e-4
+
+
+def test_export_leaves_the_callers_model_as_it_was(tiny_checkpoint, tmp_path):
+    """The export and its check run on copies: the model keeps its tensors (so its device), mode and values."""
+    pytest.importorskip("onnxruntime")  # the check against PyTorch is where the model used to be moved
+    from cmemd.export import export_onnx
+
+    net = cmemd.load(tiny_checkpoint).network.train()  # a model in the middle of training
+    params = {n: (p, p.data_ptr(), p.device) for n, p in net.named_parameters()}
+    values = {k: v.clone() for k, v in net.state_dict().items()}
+    summary = export_onnx(net, tmp_path / "m.onnx", height=32, width=16)
+    assert summary["max_abs_diff"] <= 1e-4
+    assert all(m.training for m in net.modules())
+    for n, p in net.named_parameters():
+        assert p is params[n][0] and p.data_ptr() == params[n][1] and p.device == params[n][2], n
+    for k, v in net.state_dict().items():
+        assert torch.equal(v, values[k]), k  # BatchNorm statistics untouched too

@@ -22,7 +22,7 @@ import yaml
 
 from cmemd.config import TrainConfig, config_from_dict
 from cmemd.data.records import ImageRecord
-from cmemd.engine.checkpoint import load_checkpoint
+from cmemd.engine.checkpoint import RefusedCheckpointError, load_checkpoint, previous_path
 from cmemd.engine.extract import extract_features
 from cmemd.engine.objective import Objective
 from cmemd.engine.schedule import build_optimizer
@@ -204,11 +204,14 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
     set_determinism(cfg.run.seed, cfg.run.deterministic)
     out_dir = Path(cfg.run.out_dir)
     ckpt = out_dir / "last.pt"
+    # last.prev.pt alone is a run too (last.pt lost): resume from it; a new run would overwrite it
+    has_run = ckpt.exists() or previous_path(ckpt).is_file()
     if rank == 0:
-        if ckpt.exists() and not resume:
-            raise ConfigError(f"{out_dir} already holds a run (last.pt); pass --resume to continue it, "
+        if has_run and not resume:
+            held = "last.pt" if ckpt.exists() else "last.prev.pt"
+            raise ConfigError(f"{out_dir} already holds a run ({held}); pass --resume to continue it, "
                               "or choose another run.out_dir")
-        if ckpt.exists() and (out_dir / "config.yaml").is_file():
+        if has_run and (out_dir / "config.yaml").is_file():
             _check_resume_config(out_dir / "config.yaml", cfg)
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_run_file(out_dir / "environment.json", json.dumps(environment(threads), indent=2))
@@ -248,8 +251,8 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
         extra_state=extra, rank=rank, progress=progress,
         on_epoch_end=_chain(hooks),
     )
-    if resume and ckpt.exists():
-        used = trainer.resume(ckpt)
+    if resume and has_run:
+        used = trainer.resume(ckpt)  # a damaged or missing last.pt falls back to last.prev.pt, with a warning
         if rank == 0:
             print(f"resumed from {used}: epoch {trainer.epoch + 1}, batch {trainer.batches_done}, step {trainer.step}", flush=True)
     elif resume and rank == 0:
@@ -527,16 +530,31 @@ def format_all(results: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------- checkpoints -> models
 
+def _read_named_checkpoint(checkpoint: str | Path) -> tuple[dict[str, Any], Path]:
+    """The file the user named, as named: a damaged one is an error that points at its ``.prev`` twin (if any)
+    instead of quietly reading that one."""
+    try:
+        return load_checkpoint(checkpoint, map_location="cpu", fallback=False)
+    except RefusedCheckpointError:
+        raise
+    except CheckpointError as e:
+        prev = previous_path(checkpoint)
+        if Path(checkpoint).exists() and prev.is_file():
+            raise CheckpointError(f"{e}. The previous checkpoint of the run is {prev}: pass that file to use it") from None
+        raise
+
+
 def load_trained(checkpoint: str | Path, device: Any = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
     """The model and config stored in a ``cmemd train`` checkpoint, weights verified to fit.
 
-    A file that is not a cmemd checkpoint, a training state without a model, or weights that do
-    not fit the stored architecture are :class:`CheckpointError` (never a silent fallback to
-    freshly initialised weights).
+    A file that is not a cmemd checkpoint, a damaged one, one that needs more than tensors and plain
+    data to load (refused unread), a training state without a model, or weights that do not fit the
+    stored architecture are :class:`CheckpointError` (never a silent fallback to freshly initialised
+    weights, nor to the ``.prev`` file beside it: that fallback is for ``--resume`` only).
     """
     from cmemd.models import ModelConfig, build_model
 
-    state, used = load_checkpoint(checkpoint, map_location="cpu")
+    state, used = _read_named_checkpoint(checkpoint)
     for key in ("model", "model_config", "config"):
         if key not in state:
             raise CheckpointError(f"{used}: no {key!r} entry; this is not a checkpoint written by `cmemd train`")

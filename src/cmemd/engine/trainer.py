@@ -11,6 +11,7 @@ import math
 import os
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -34,16 +35,52 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+    """Every RNG state, as tensors and plain numbers only (a checkpoint loads with ``weights_only=True``)."""
+    kind, key, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "numpy": {"kind": str(kind), "key": torch.from_numpy(np.asarray(key, np.int64)), "pos": int(pos),
+                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
+            "python": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    """Restore :func:`rng_state`'s states (also the numpy-array form of older checkpoints), always from CPU
+    copies: a state loaded onto a GPU is not a valid RNG state. CUDA states are restored for the GPUs that
+    are visible; a warning says when the checkpoint holds more (see :func:`_set_cuda_rng_states`)."""
+    torch.set_rng_state(state["torch"].cpu())
+    np.random.set_state(_numpy_rng_state(state["numpy"]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    _set_cuda_rng_states(state.get("cuda"))
+
+
+def _numpy_rng_state(saved: Any) -> tuple:
+    """``np.random.set_state``'s tuple from the saved form: a dict with a tensor key, or (older checkpoints)
+    numpy's own tuple with a uint32 array."""
+    if isinstance(saved, dict):
+        key = saved["key"].cpu().numpy().astype(np.uint32)
+        return (saved["kind"], key, int(saved["pos"]), int(saved["has_gauss"]), float(saved["gauss"]))
+    kind, key, pos, has_gauss, gauss = saved
+    return (kind, np.asarray(key, np.uint32), int(pos), int(has_gauss), float(gauss))
+
+
+def _set_cuda_rng_states(states: Optional[list]) -> None:
+    """Restore the saved CUDA RNG states of the GPUs that exist now; warn about any that cannot be.
+
+    A run saves the state of every visible GPU; resumed with fewer GPUs (or on CPU), the states of the
+    missing ones are skipped, so whatever is drawn on those GPUs differs from an
+    uninterrupted run. ``torch.cuda.set_rng_state_all`` would raise IndexError instead.
+    """
+    if not states:
+        return
+    visible = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    for index, state in enumerate(states[:visible]):
+        torch.cuda.set_rng_state(state.cpu(), index)
+    if len(states) > visible:
+        warnings.warn(f"the checkpoint holds the CUDA RNG states of {len(states)} GPU(s) but {visible} are visible: "
+                      f"restored {min(visible, len(states))}; the random streams of the others start afresh, so "
+                      "the resumed run is not bit-identical to an uninterrupted one", stacklevel=3)
 
 
 class Trainer:
@@ -177,7 +214,9 @@ class Trainer:
 
     def resume(self, path: str | Path) -> Path:
         """Restore everything a checkpoint holds; the run continues as if never stopped."""
-        state, used = load_checkpoint(path, map_location=self.device)
+        # On the CPU whatever the device: the RNG states must stay CPU ByteTensors (torch.set_rng_state refuses
+        # a CUDA tensor); load_state_dict copies the weights and the optimiser state to their parameters' device.
+        state, used = load_checkpoint(path, map_location="cpu")
         try:
             unwrap(self.model).load_state_dict(state["model"])
         except (RuntimeError, KeyError) as e:
@@ -187,10 +226,16 @@ class Trainer:
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.loader.batch_sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
+        try:
+            set_rng_state(state["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
+            raise CheckpointError(f"{used}: the checkpoint's RNG state is unusable ({type(e).__name__}: {e}); "
+                                  "resume from a checkpoint written by `cmemd train`") from None
         self.epoch, self.batches_done, self.step = int(state["epoch"]), int(state["batches_done"]), int(state["step"])
         self.extra_state.update({k: v for k, v in state.items() if k.startswith("best_")})  # model-selection memory
         self.last_checkpoint = used
+        if self.rank == 0 and used != Path(path) and Path(path).exists():
+            _move_aside(Path(path), used)
         if self.rank == 0:
             _truncate_metrics(self.out_dir / "metrics.jsonl", self.step)
         return used
@@ -302,6 +347,15 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, saved: Any, used: Path) ->
         optimizer.load_state_dict(saved)
     except (ValueError, KeyError, RuntimeError) as e:
         raise CheckpointError(f"{used}: the optimizer state does not fit ({type(e).__name__}: {e}); {fix}") from None
+
+
+def _move_aside(damaged: Path, used: Path) -> None:
+    """Rename a damaged ``last.pt`` that resume fell back from, so that the next save (which keeps the file
+    it replaces as ``last.prev.pt``) cannot put it in the place of the good checkpoint ``used``."""
+    aside = damaged.with_name(f"{damaged.stem}.damaged{damaged.suffix}")
+    os.replace(damaged, aside)
+    warnings.warn(f"{damaged} is damaged: moved aside to {aside}, so that {used} stays the previous good checkpoint",
+                  stacklevel=3)
 
 
 def _epoch_length(sampler: Any) -> int:
