@@ -15,6 +15,7 @@ import torch
 
 from cmemd.data.records import MODALITIES
 from cmemd.errors import ConfigError
+from cmemd.numerics import l2_normalize
 
 ImageLike = Union[str, Path, "np.ndarray", torch.Tensor, Any]  # Any: a PIL image
 ModalityLike = Union[str, int, Sequence[Union[str, int]], np.ndarray, torch.Tensor]
@@ -132,7 +133,7 @@ class ReIDModel:
                 x = self.preprocess(chunk, mods[s:s + batch_size])
             f = encode_batch(self.network, x.to(self.device), mods[s:s + batch_size].to(self.device),
                               flip=self.flip if flip is None else bool(flip)).float()
-            out.append(torch.nn.functional.normalize(f, dim=1).cpu())
+            out.append(l2_normalize(f, dim=1).cpu())
         if not out:
             return np.zeros((0, self.feature_dim), np.float32)
         return torch.cat(out).numpy().astype(np.float32, copy=False)
