@@ -60,6 +60,7 @@ _FLAG_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "--epochs": (lambda v: v >= 1, "an integer >= 1"),
     "--ids": (lambda v: v >= 3, "an integer >= 3 (at least one identity per split)"),
     "--workers": (lambda v: v >= 1, "an integer >= 1 (worker processes)"),
+    "--opset": (lambda v: 7 <= v <= 20, "an integer in 7..20 (the ONNX opsets torch's TorchScript exporter writes)"),
 }
 
 
@@ -504,6 +505,7 @@ def export_cmd(
     from cmemd.export import export_checkpoint
 
     try:
+        _check_flags(opset=opset)
         summary = export_checkpoint(checkpoint, out, opset=opset, flip=flip)
     except CmemdError as e:
         _fail(e)

@@ -23,7 +23,7 @@ def guarded(monkeypatch):
     """Every first step of real work in the commands fails the test if reached."""
     for target in ("cmemd.app.run.load_trained", "cmemd.app.run.resolve_device", "cmemd.evaluation.load_features",
                    "cmemd.app.demo.run_demo", "cmemd.api.load", "cmemd.retrieval.load_gallery",
-                   "cmemd.retrieval.build_index"):
+                   "cmemd.retrieval.build_index", "cmemd.export.export_checkpoint"):
         monkeypatch.setattr(target, _no_work)
 
 
@@ -61,6 +61,7 @@ BAD = [
     (["search", "--checkpoint", "c.pt", "--gallery", "g.npz", "--query", "q.jpg", "--query-modality", "thermal"], "--top-k", ["0", "-1"]),
     (["demo"], "--epochs", ["0", "-2"]),
     (["demo"], "--ids", ["0", "2"]),
+    (["export", "--checkpoint", "c.pt", "--out", "m.onnx"], "--opset", ["0", "6", "21"]),
 ]
 
 
@@ -81,7 +82,7 @@ def test_data_synth_flags(tmp_path, flag, values):
 def test_every_range_accepts_its_lowest_value_and_rejects_just_below():
     # the table itself: the documented lowest value passes, the integer (or number) just below it fails
     lowest = {"--trials": 1, "--shots": 1, "--trial": 1, "--k1": 1, "--k2": 1, "--lambda-value": 0.0, "--batch-size": 1,
-              "--top-k": 1, "--epochs": 1, "--ids": 3, "--workers": 1}
+              "--top-k": 1, "--epochs": 1, "--ids": 3, "--workers": 1, "--opset": 7}
     assert set(lowest) == set(_FLAG_RANGES)
     for flag, lo in lowest.items():
         ok, allowed = _FLAG_RANGES[flag]
