@@ -71,8 +71,8 @@ def _check_flags(**values: Any) -> None:
         flag = "--" + name.replace("_", "-")
         ok, allowed = _FLAG_RANGES[flag]
         if value is not None and not ok(value):
-            raise ConfigError(f"{flag} {value:g}: must be {allowed}" if isinstance(value, float)
-                              else f"{flag} {value}: must be {allowed}")
+            raise ConfigError(f"{flag}={value:g}: must be {allowed}" if isinstance(value, float)
+                              else f"{flag}={value}: must be {allowed}")
 
 
 # --------------------------------------------------------------------------- data

@@ -38,7 +38,7 @@ def _expect_rejected(args, flag, value):
     lines = [line for line in out.splitlines() if line.startswith("error:")]
     assert len(lines) == 1, out
     allowed = _FLAG_RANGES[flag][1]
-    assert lines[0] == f"error: {flag} {value}: must be {allowed}"
+    assert lines[0] == f"error: {flag}={value}: must be {allowed}"
     assert "Traceback" not in out
 
 
