@@ -20,11 +20,13 @@ __all__ = ["l2_normalize", "l2_normalize_np"]
 
 def l2_normalize(x: Tensor, dim: int = -1) -> Tensor:
     """``x / ||x||`` along ``dim`` for any finite scale (float tensors); all-zero rows stay zero, as in
-    ``torch.nn.functional.normalize``. One reduction and one division more than the naive form."""
-    m = x.abs().amax(dim=dim, keepdim=True)
+    ``torch.nn.functional.normalize``. About as fast as the naive form (two reductions without a temporary
+    for the largest entry; the last division in place unless autograd needs ``y``)."""
+    m = torch.maximum(x.amax(dim=dim, keepdim=True), -x.amin(dim=dim, keepdim=True))
     y = x / torch.where(m > 0, m, torch.ones_like(m))
     n = torch.linalg.vector_norm(y, dim=dim, keepdim=True)
-    return y / torch.where(n > 0, n, torch.ones_like(n))
+    n = torch.where(n > 0, n, torch.ones_like(n))
+    return y / n if y.requires_grad else y.div_(n)
 
 
 def l2_normalize_np(x: np.ndarray, axis: int = -1) -> np.ndarray:
