@@ -9,6 +9,7 @@ from cmemd.errors import (  # noqa: E402
     ConfigError,
     DatasetError,
     EvaluationError,
+    InputError,
     SolverError,
     TrainingError,
 )
@@ -20,6 +21,7 @@ __all__ = [
     "ConfigError",
     "CheckpointError",
     "EvaluationError",
+    "InputError",
     "SolverError",
     "TrainingError",
     "load",

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, List, Optional
 
 import typer
 
@@ -44,6 +44,34 @@ def _root(
 def _fail(err: Exception) -> None:
     typer.secho(f"error: {err}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+#: The range of every numeric flag, checked before any work: a 0 or a negative is an error (never read as "the
+#: default", which ``value or default`` did).
+_FLAG_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "--trials": (lambda v: v >= 1, "an integer >= 1 (10 is the protocol)"),
+    "--shots": (lambda v: v in (1, 10), "1 (single-shot) or 10 (multi-shot)"),
+    "--trial": (lambda v: 1 <= v <= 10, "an integer in 1..10 (the RegDB split)"),
+    "--k1": (lambda v: v >= 1, "an integer >= 1 (k-reciprocal neighbours; the paper's 20)"),
+    "--k2": (lambda v: v >= 1, "an integer >= 1 (query-expansion neighbours; the paper's 6)"),
+    "--lambda-value": (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1] (the weight of the original distance)"),
+    "--batch-size": (lambda v: v >= 1, "an integer >= 1 (images per forward pass)"),
+    "--top-k": (lambda v: v >= 1, "an integer >= 1 (matches listed per query)"),
+    "--epochs": (lambda v: v >= 1, "an integer >= 1"),
+    "--ids": (lambda v: v >= 3, "an integer >= 3 (at least one identity per split)"),
+    "--workers": (lambda v: v >= 1, "an integer >= 1 (worker processes)"),
+}
+
+
+def _check_flags(**values: Any) -> None:
+    """ConfigError naming the first flag (keyword ``lambda_value`` = ``--lambda-value``) outside its range in
+    :data:`_FLAG_RANGES`; ``None`` (not given: the default applies) passes."""
+    for name, value in values.items():
+        flag = "--" + name.replace("_", "-")
+        ok, allowed = _FLAG_RANGES[flag]
+        if value is not None and not ok(value):
+            raise ConfigError(f"{flag}={value:g}: must be {allowed}" if isinstance(value, float)
+                              else f"{flag}={value}: must be {allowed}")
 
 
 # --------------------------------------------------------------------------- data
@@ -112,6 +140,7 @@ def data_synth(
     from cmemd.folders import check_replaceable, folder_entries
 
     try:
+        _check_flags(ids=ids, workers=workers)
         spec = DATASETS.get(layout)
         if spec is None or spec.synthesize is None:
             makers = [n for n, s in DATASETS.items() if s.synthesize is not None]
@@ -238,6 +267,7 @@ def eval_cmd(
     from cmemd.folders import check_output_file, check_output_folder
 
     try:
+        _check_flags(shots=shots, trials=trials, trial=trial, k1=k1, k2=k2, lambda_value=lambda_value)
         if out:  # where the results go is checked before the evaluation, not after it
             check_output_file(out, "--out")
         if report:
@@ -255,12 +285,14 @@ def eval_cmd(
             raise ConfigError(f"--trial {trial}: this model was trained on {spec.title} trial {d.trial}; testing it on "
                               "another trial's split leaks training ids (one model per trial)")
         d = replace(d, root=str(data) if data else d.root)
-        e = replace(e, modes=list(mode) if mode else e.modes, shots=shots or e.shots, method=method or e.method,
-                    rand_perm=str(rand_perm) if rand_perm else e.rand_perm, trials=trials or e.trials,
+        e = replace(e, modes=list(mode) if mode else e.modes, shots=e.shots if shots is None else shots,
+                    method=method or e.method, rand_perm=str(rand_perm) if rand_perm else e.rand_perm,
+                    trials=e.trials if trials is None else trials,
                     flip=e.flip if flip is None else flip,
                     directions=list(direction) if direction else e.directions)
-        e = replace(e, rerank=e.rerank if rerank is None else rerank, rerank_k1=k1 or e.rerank_k1,
-                    rerank_k2=k2 or e.rerank_k2, rerank_lambda=e.rerank_lambda if lambda_value is None else lambda_value)
+        e = replace(e, rerank=e.rerank if rerank is None else rerank,
+                    rerank_k1=e.rerank_k1 if k1 is None else k1, rerank_k2=e.rerank_k2 if k2 is None else k2,
+                    rerank_lambda=e.rerank_lambda if lambda_value is None else lambda_value)
         cfg = replace(cfg, data=d, eval=e)
         from cmemd.config import validate
 
@@ -351,6 +383,7 @@ def eval_features_cmd(
     from cmemd.folders import check_output_file
 
     try:
+        _check_flags(shots=shots, trials=trials, trial=trial, k1=k1, k2=k2, lambda_value=lambda_value)
         if protocol not in DATASETS:
             raise ConfigError(f"--protocol {protocol!r} is unknown; use one of {', '.join(DATASETS)} ({known()})")
         spec = DATASETS[protocol]
@@ -395,6 +428,7 @@ def demo_cmd(
     from cmemd.app.demo import run_demo
 
     try:
+        _check_flags(ids=ids, epochs=epochs)
         run_demo(data_dir=data_dir, out_dir=out_dir, config=config, ids=ids, epochs=epochs, overrides=overrides or [],
                  echo=typer.echo, write_report=_write_report)
     except CmemdError as e:
@@ -420,6 +454,7 @@ def index_cmd(
     from cmemd.retrieval import build_index
 
     try:
+        _check_flags(batch_size=batch_size)
         if modality not in ("visible", "thermal"):
             raise ConfigError(f"--modality {modality!r} is unknown: use visible or thermal")
         model = load(checkpoint, device=device)
@@ -449,6 +484,7 @@ def search_cmd(
     from cmemd.retrieval import check_gallery_model, draw_strip, load_gallery, search
 
     try:
+        _check_flags(top_k=top_k)
         if query_modality not in ("visible", "thermal"):
             raise ConfigError(f"--query-modality {query_modality!r} is unknown: use visible or thermal")
         if out is not None:  # before any work

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.resources
 import inspect
+import math
 import re
 import types
 import typing
@@ -348,6 +349,103 @@ def _choices() -> dict[str, tuple[str, ...]]:
 SELECTIONS = ("none", "val")
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a numeric setting may take: finite, between ``lo`` and ``hi`` (each end included unless
+    ``*_open``; ``None``: unbounded). ``None`` itself passes for an Optional field; a list field's entries are each
+    checked. ``meaning`` is said in the error so the user knows what the number is."""
+
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False
+    hi_open: bool = False
+    meaning: str = ""
+
+    def admits(self, v: float) -> bool:
+        if not math.isfinite(v):
+            return False
+        if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
+            return False
+        return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def describe(self, integer: bool) -> str:
+        kind = "an integer" if integer else "a finite number"
+        lo, hi = (x if isinstance(x, int) or x is None else f"{x:g}" for x in (self.lo, self.hi))
+        if self.lo is not None and self.hi is not None:
+            text = f"{kind} in {'(' if self.lo_open else '['}{lo}, {hi}{')' if self.hi_open else ']'}"
+        elif self.lo is not None:
+            text = f"{kind} {'>' if self.lo_open else '>='} {lo}"
+        else:
+            text = kind
+        return text + (f" ({self.meaning})" if self.meaning else "")
+
+
+_POSITIVE, _NON_NEGATIVE, _COUNT = Range(0, lo_open=True), Range(0), Range(1)
+_PROBABILITY = Range(0, 1, meaning="a probability")
+
+#: The range of every numeric setting (tests/reliability/test_values.py checks that none is missing), written once
+#: here and checked by :func:`validate` before any work, so that ``optim.lr=inf`` or ``data.num_workers=-1`` is an
+#: error naming the key instead of a crash (or a silently meaningless run) later.
+RANGES: dict[str, Range] = {
+    "data.trial": Range(1, 10, meaning="the RegDB trial"),
+    "data.height": _COUNT, "data.width": _COUNT,
+    "data.num_ids": Range(1, meaning="P, identities per batch"),
+    "data.num_instances": Range(1, meaning="K, images per modality per identity"),
+    "data.steps_per_epoch": Range(1, meaning="or null for the field's convention"),
+    "data.num_workers": Range(0, meaning="0 loads in the main process"),
+    "data.pad": _NON_NEGATIVE,
+    "data.random_erasing": _PROBABILITY, "data.channel_aug": _PROBABILITY,
+    "model.width": _COUNT, "model.modality_specific_stages": Range(0, 4), "model.last_stride": Range(1, 2),
+    "model.gem_p": _POSITIVE, "model.num_stripes": _COUNT, "model.local_dim": _COUNT,
+    "loss.label_smoothing": Range(0, 1, hi_open=True),
+    "loss.lambda_align": Range(0, meaning="a loss weight; 0 turns the term off"),
+    "loss.lambda_accum_ce": Range(0, meaning="a loss weight; 0 turns the term off"),
+    "loss.lambda_dl": Range(0, meaning="a loss weight; 0 turns the term off"),
+    "loss.lambda_triplet": Range(0, meaning="a loss weight; 0 turns the term off"),
+    "loss.sinkhorn_eps": _POSITIVE, "loss.sinkhorn_iters": _COUNT,
+    "optim.lr": Range(0, lo_open=True, meaning="the heads' learning rate"),
+    "optim.backbone_lr": Range(0, meaning="0 freezes the backbone"),
+    "optim.momentum": Range(0, 1, hi_open=True),
+    "optim.weight_decay": _NON_NEGATIVE,
+    "optim.epochs": _COUNT, "optim.warmup_epochs": _NON_NEGATIVE,
+    "optim.milestones": Range(1, meaning="each entry an epoch"),
+    "optim.gamma": Range(0, 1, lo_open=True, meaning="the learning-rate factor at each milestone"),
+    "optim.grad_clip": Range(0, lo_open=True, meaning="or null for no clipping"),
+    "eval.shots": Range(1, 10), "eval.trials": _COUNT, "eval.batch_size": _COUNT,
+    "eval.rerank_k1": _COUNT, "eval.rerank_k2": _COUNT, "eval.rerank_lambda": Range(0, 1),
+    "run.seed": Range(0, 2**32 - 1),
+    "run.threads": Range(1, meaning="or null for the automatic policy"),
+    "run.log_every": _COUNT, "run.checkpoint_every_steps": Range(0, meaning="0 saves at epoch ends only"),
+    "run.max_minutes": Range(0, lo_open=True, meaning="or null for no budget"),
+    "run.diagnostics_ids": Range(0, meaning="0 turns the diagnostics off"),
+}
+
+
+def numeric_fields() -> dict[str, Any]:
+    """``{"section.name": annotated type}`` of every int / float (or Optional / list of them) setting."""
+    out = {}
+    for section, section_type in _field_types(TrainConfig).items():
+        for name, tp in _field_types(section_type).items():
+            args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
+            base = typing.get_args(args[0])[0] if typing.get_origin(args[0]) is list else args[0]
+            if base in (int, float):
+                out[f"{section}.{name}"] = base
+    return out
+
+
+def _check_ranges(cfg: TrainConfig) -> None:
+    defaults = TrainConfig()
+    for key, base in numeric_fields().items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        rng = RANGES[key]
+        for v in value if isinstance(value, list) else [value]:
+            if v is not None and not rng.admits(v):
+                default = getattr(getattr(defaults, section), name)
+                raise ConfigError(f"{key}={value!r}: must be {rng.describe(base is int)}; set it in the config or "
+                                  f"override it ({key}=...; the default is {'null' if default is None else default})")
+
+
 def validate(cfg: TrainConfig) -> None:
     """Check enumerated choices and ranges; ConfigError names the key."""
     from cmemd.data.llcm import DIRECTIONS
@@ -368,21 +466,17 @@ def validate(cfg: TrainConfig) -> None:
     for d in cfg.eval.directions:
         if d not in DIRECTIONS:
             raise ConfigError(f"eval.directions entries must be one of {DIRECTIONS} (LLCM), got {d!r}")
+    _check_ranges(cfg)
     if cfg.eval.shots not in (1, 10):
         raise ConfigError(f"eval.shots must be 1 or 10, got {cfg.eval.shots}")
-    if cfg.eval.rerank_k1 < 1 or cfg.eval.rerank_k2 < 1 or not 0.0 <= cfg.eval.rerank_lambda <= 1.0:
-        raise ConfigError(f"eval.rerank_k1 / eval.rerank_k2 must be >= 1 and eval.rerank_lambda in [0, 1], got "
-                          f"{cfg.eval.rerank_k1} / {cfg.eval.rerank_k2} / {cfg.eval.rerank_lambda}")
-    if not 1 <= cfg.data.trial <= 10:
-        raise ConfigError(f"data.trial must be in 1..10 (RegDB trial), got {cfg.data.trial}")
+    if cfg.data.num_ids < 2 and cfg.loss.lambda_dl > 0:
+        raise ConfigError(f"data.num_ids={cfg.data.num_ids} with CM-DL (loss.lambda_dl={cfg.loss.lambda_dl:g}): CM-DL "
+                          "divides the within-identity spread by the spread between identity centres, which a batch of "
+                          "one identity does not have (the loss is ~1e6); set data.num_ids=2 or more, or loss.lambda_dl=0")
     try:  # the library's own checks (ranges, combinations such as use_local=false with test_feature=concat)
         ModelConfig(num_classes=1, **asdict(cfg.model))
     except ConfigError as e:
         raise ConfigError(str(e).replace("ModelConfig.", "model.")) from None
-    for key in ("data.num_ids", "data.num_instances", "data.height", "data.width", "optim.epochs"):
-        section, name = key.split(".")
-        if getattr(getattr(cfg, section), name) < 1:
-            raise ConfigError(f"{key} must be >= 1")
 
 
 def config_from_dict(d: dict, source: str = "checkpoint") -> TrainConfig:
@@ -399,4 +493,5 @@ def dump_config(cfg: TrainConfig, path: str | Path) -> None:
 __all__ = [
     "TrainConfig", "DataConfig", "ModelSettings", "LossSettings", "OptimSettings", "EvalSettings", "RunSettings",
     "load_config", "resolve_config", "packaged_configs", "apply_overrides", "validate", "config_from_dict", "dump_config",
+    "Range", "RANGES", "numeric_fields",
 ]

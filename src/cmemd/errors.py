@@ -44,3 +44,9 @@ class SolverError(CmemdError):
 
 class TrainingError(CmemdError):
     """Training cannot continue (non-finite loss, bad resume state)."""
+
+
+class InputError(ConfigError, ValueError):
+    """An argument of a library call has an unsupported type, shape or value (an image array of the wrong
+    shape, ``modality=0.7``, ``device="tpu"``). A ConfigError (what such arguments raised before) and a
+    ValueError, so either ``except`` catches it."""

@@ -26,6 +26,7 @@ from cmemd.evaluation.features import FeatureSet
 from cmemd.evaluation.metrics import REMOVAL_RULES
 from cmemd.evaluation.metrics import top_k as ranked_top_k
 from cmemd.evaluation.results import METRIC_NAMES, ProtocolResult, rerank_label
+from cmemd.numerics import l2_normalize_np
 
 REMOVALS = REMOVAL_RULES
 
@@ -107,8 +108,7 @@ def tsne(x: np.ndarray, *, perplexity: float = 30.0, iterations: int = 500, seed
 # ------------------------------------------------------------------------------ ranking
 
 def _normalise(f: np.ndarray) -> np.ndarray:
-    f = np.asarray(f, dtype=np.float32)
-    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    return l2_normalize_np(np.asarray(f, dtype=np.float32), axis=1)
 
 
 def ranked_lists(query: FeatureSet, gallery: FeatureSet, rows: np.ndarray, *, top_k: int = 10,

@@ -29,6 +29,7 @@ from cmemd.engine.schedule import build_optimizer
 from cmemd.engine.trainer import Trainer, unwrap
 from cmemd.errors import CheckpointError, ConfigError, TrainingError
 from cmemd.folders import lock_folder, write_atomic
+from cmemd.models.resnet import IMAGENET_URLS, fetch_imagenet, imagenet_location
 
 SELECTION_NOTE = "none: the model of the last epoch is reported; nothing was selected on the test set"
 VAL_SELECTION_NOTE = ("val: best.pt is the epoch with the best mAP on the held-out val ids (thermal queries, "
@@ -111,7 +112,53 @@ def training_data(cfg: TrainConfig) -> TrainingData:
     desc = f"{spec.title} {d.root}" + (f": trial {d.trial}" if spec.training_trials else "")
     if spec.has_val:
         desc += ": train ids (val ids held out for selection)" if held_out else ": train+val ids"
+    check_batch_layout(cfg, records, desc)
     return TrainingData(records, len({r.pid for r in records}), desc)
+
+
+def check_batch_layout(cfg: TrainConfig, records: list[ImageRecord], where: str = "the training set") -> None:
+    """``data.num_ids`` / ``data.num_instances`` against the training records, before the cache, sampler and model
+    are built: a K larger than every identity's image count only repeats images (and a large one fills the memory:
+    a batch holds 2 * P * K images); more identities per batch than the set has cannot be drawn."""
+    counts: dict[int, list[int]] = {}
+    for r in records:
+        counts.setdefault(r.pid, [0, 0])[r.modality == "thermal"] += 1
+    usable = [min(c) for c in counts.values() if min(c) > 0]  # identities with both modalities
+    d = cfg.data
+    if usable and d.num_instances > max(usable):
+        raise ConfigError(
+            f"data.num_instances={d.num_instances}: no identity of {where} has that many images of each modality "
+            f"(the most any has is {max(usable)}), so every image of a batch would be a repeat; set "
+            f"data.num_instances={max(usable)} or less (the usual value is 4)")
+    if d.num_ids > len(usable):
+        raise ConfigError(
+            f"data.num_ids={d.num_ids}: {where} has only {len(usable)} identities with both visible and thermal "
+            f"images, and a batch draws data.num_ids distinct ones; set data.num_ids={len(usable)} or less")
+
+
+def check_pretrained(cfg: TrainConfig, *, progress: bool = True) -> None:
+    """Make sure ``model.pretrained`` can be read before the data cache and the model are built: a local file
+    must exist; ImageNet weights are downloaded into the torch hub cache now (offline: an error naming the fix
+    in seconds, not after the cache build)."""
+    src, arch = cfg.model.pretrained, cfg.model.arch
+    if not src:
+        return
+    if src in {v for urls in IMAGENET_URLS.values() for v in urls}:
+        try:
+            url, cached = imagenet_location(arch, src)
+        except CheckpointError as e:  # e.g. imagenet-v2 for an arch that has only v1
+            raise ConfigError(f"model.pretrained={src}: {e}") from None
+        try:
+            fetch_imagenet(arch, src, progress=progress)
+        except CheckpointError as e:
+            raise ConfigError(
+                f"model.pretrained={src}: the {arch} ImageNet weights are not in the torch hub cache and could not be "
+                f"downloaded ({e.__cause__ or e}). Offline (e.g. on a GPU cluster): copy {url} to {cached} (fetch it "
+                "where there is network), or set model.pretrained=PATH to a torchvision-format .pth file you have "
+                "(model.pretrained=null trains from scratch)") from None
+    elif not Path(src).is_file():
+        raise ConfigError(f"model.pretrained={src}: file not found; set model.pretrained=PATH to a torchvision-format "
+                          ".pth file, 'imagenet' (downloaded once into the torch hub cache) or null (from scratch)")
 
 
 def model_config(cfg: TrainConfig, num_classes: int):
@@ -216,6 +263,7 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
         out_dir.mkdir(parents=True, exist_ok=True)
         _write_run_file(out_dir / "environment.json", json.dumps(environment(threads), indent=2))
 
+    check_pretrained(cfg, progress=progress and rank == 0)
     data = training_data(cfg)
     d = cfg.data
     loader = build_train_loader(

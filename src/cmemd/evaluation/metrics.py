@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from cmemd.errors import EvaluationError
+from cmemd.numerics import l2_normalize
 
 ArrayLike = Union[np.ndarray, torch.Tensor]
 
@@ -155,16 +156,31 @@ def _work_dtype(*feats: torch.Tensor) -> torch.dtype:
 def _prepare_feats(t: torch.Tensor, name: str, metric: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     t = t.to(device=device, dtype=dtype)
     if metric == "cosine":
-        norms = torch.linalg.vector_norm(t, dim=1)
-        zero = norms == 0
+        zero = ~t.any(dim=1)
         if bool(zero.any()):
             idx = torch.nonzero(zero).flatten().tolist()
             raise EvaluationError(
                 f"{name}: {len(idx)} zero-norm row(s) (indices {_show(idx)}) cannot be L2-normalised for "
                 "metric='cosine'; drop those rows or fix the feature extractor (a dead feature is a bug, not a tie)"
             )
-        t = t / norms[:, None]
+        return l2_normalize(t, dim=1)  # scale-safe: features of 1e20 or 1e-20 rank as the same features of 1
+    _check_euclidean_range(t, name)
     return t
+
+
+def _check_euclidean_range(t: torch.Tensor, name: str) -> None:
+    """Raw features whose squared distances over- or underflow the working dtype cannot be ranked by
+    ``metric='euclidean'`` (every distance inf/NaN or 0); say so instead of ranking noise."""
+    info = torch.finfo(t.dtype)
+    m = float(t.abs().amax())
+    if m == 0:
+        return  # all-zero features: every distance is exactly 0, a real (if useless) tie
+    if 4.0 * t.shape[1] * m * m > info.max or m * m < info.tiny:
+        raise EvaluationError(
+            f"{name}: entries up to {m:.3g} make squared Euclidean distances {'overflow' if m > 1 else 'underflow'} "
+            f"{str(t.dtype).replace('torch.', '')}; divide the query and gallery features by the same factor (the "
+            "Euclidean ranking does not change), pass float64 features, or use metric='cosine' (scale-safe)"
+        )
 
 
 def _resolve_device(device: Optional[Union[str, torch.device]], *xs: Any) -> torch.device:
@@ -384,8 +400,9 @@ def evaluate(
             query drops every cam2 gallery image, SYSU-MM01); ``"same-pid-same-cam"`` (Market-1501).
         cmc: ``"standard"`` (RegDB, Market) or ``"identity-dedup"`` (SYSU-MM01: each gallery id
             counts once, at its best-ranked image). mAP/mINP always use the full ranked list.
-        metric: ``"cosine"`` (on L2-normalised features; zero-norm rows raise) or ``"euclidean"``
-            (on the raw features).
+        metric: ``"cosine"`` (on L2-normalised features, whatever their scale; zero-norm rows raise) or
+            ``"euclidean"`` (on the raw features; entries so large or small that squared distances over- or
+            underflow raise).
         max_rank: length of the returned CMC curve.
         chunk_size: queries per chunk; by default sized so one chunk's work tensors fit
             ``memory_budget`` bytes.

@@ -25,6 +25,7 @@ from torch import Tensor
 
 from cmemd import ot
 from cmemd.errors import EvaluationError
+from cmemd.numerics import l2_normalize, l2_normalize_np
 
 __all__ = [
     "DEAD_BELOW",
@@ -135,7 +136,7 @@ def _as_array(x: Any, name: str, n: Optional[int] = None) -> np.ndarray:
 
 
 def _normalise(f: np.ndarray) -> np.ndarray:
-    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
+    return l2_normalize_np(f, axis=1)  # scale-safe (features of 1e20 or 1e-20 are the same directions)
 
 
 def _identity_mixing(v: np.ndarray, t: np.ndarray) -> float:
@@ -357,7 +358,7 @@ def plan_purity(feats: Tensor, groups: Sequence[tuple[np.ndarray, np.ndarray]], 
     nuisance = {k: np.asarray(v, dtype=np.float64) for k, v in (nuisance or {}).items()}
     if cost is None:
         def cost(v: Tensor, t: Tensor) -> Tensor:
-            return 1.0 - torch.nn.functional.normalize(v, dim=-1) @ torch.nn.functional.normalize(t, dim=-1).transpose(-1, -2)
+            return 1.0 - l2_normalize(v, dim=-1) @ l2_normalize(t, dim=-1).transpose(-1, -2)
     by_shape: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
     for iv, it in groups:
         by_shape.setdefault((len(iv), len(it)), []).append((np.asarray(iv), np.asarray(it)))

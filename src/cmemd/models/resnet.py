@@ -37,6 +37,8 @@ __all__ = [
     "resnet101",
     "ARCHS",
     "IMAGENET_URLS",
+    "imagenet_location",
+    "fetch_imagenet",
     "read_state_dict",
     "load_pretrained",
     "load_mapped_state_dict",
@@ -340,7 +342,9 @@ def _unwrap(obj: object, where: str) -> dict[str, Tensor]:
     return sd
 
 
-def _download(arch: str, variant: str, progress: bool) -> tuple[dict[str, Tensor], str]:
+def imagenet_location(arch: str, variant: str = "imagenet") -> tuple[str, Path]:
+    """``(url, cached file)`` of torchvision's ImageNet weights for ``arch``: where they are downloaded from and
+    where the torch hub cache keeps them (the file to provide by hand on an offline machine)."""
     urls = IMAGENET_URLS.get(arch)
     if urls is None:
         raise CheckpointError(f"load_pretrained: no ImageNet weights known for arch {arch!r}; "
@@ -349,8 +353,41 @@ def _download(arch: str, variant: str, progress: bool) -> tuple[dict[str, Tensor
         raise CheckpointError(f"load_pretrained: source {variant!r} is not available for {arch}; "
                               f"use one of {sorted(urls)} or a local file path.")
     url = urls[variant]
-    filename = url.rsplit("/", 1)[1]
-    cached = Path(torch.hub.get_dir()) / "checkpoints" / filename
+    return url, Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
+
+
+def fetch_imagenet(arch: str, variant: str = "imagenet", *, progress: bool = True) -> Path:
+    """The cached file of torchvision's ImageNet weights for ``arch``, downloaded first when it is missing (with
+    the bounded socket timeout, so an offline machine fails in seconds). Reads nothing into memory: it lets a
+    caller find out early, before slow preparation, whether :func:`read_state_dict` will have the weights.
+
+    Raises:
+        CheckpointError: the download failed (no network, bad hash); the message names the cache file.
+    """
+    url, cached = imagenet_location(arch, variant)
+    if cached.is_file():
+        return cached
+    old_timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
+    try:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        prefix = torch.hub.HASH_REGEX.search(cached.name)
+        # written to a temporary file and moved into place: a failed download leaves no partial file
+        torch.hub.download_url_to_file(url, str(cached), prefix.group(1) if prefix else None, progress=progress)
+    except (urllib.error.URLError, OSError) as e:
+        raise CheckpointError(
+            f"load_pretrained: could not download {url} ({e}). Without network access, put the "
+            f"file at {cached} (torch hub cache) or pass a local path as source.") from e
+    except RuntimeError as e:  # torch.hub reports a hash mismatch as RuntimeError
+        raise CheckpointError(f"load_pretrained: {url} failed to download ({e}); retry, or pass a local path "
+                              "as source.") from e
+    finally:
+        socket.setdefaulttimeout(old_timeout)
+    return cached
+
+
+def _download(arch: str, variant: str, progress: bool) -> tuple[dict[str, Tensor], str]:
+    url, cached = imagenet_location(arch, variant)
     # A bounded socket timeout makes an offline machine fail in seconds instead of hanging.
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)

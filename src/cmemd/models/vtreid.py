@@ -42,12 +42,12 @@ from dataclasses import dataclass
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmemd.errors import CheckpointError, ConfigError
 from cmemd.models.resnet import (ARCHS, ResNet, agw_non_local, is_non_local_key, load_mapped_state_dict,
                                  read_state_dict)
+from cmemd.numerics import l2_normalize
 
 __all__ = [
     "ModelConfig",
@@ -416,7 +416,7 @@ class VTReIDModel(nn.Module):
             local = (out.local_bn * out.stripe_weights.view(1, -1, 1)).flatten(1)
         if self.cfg.test_feature == "local":
             return local
-        return torch.cat([F.normalize(g, dim=1), F.normalize(local, dim=1)], dim=1)
+        return torch.cat([l2_normalize(g, dim=1), l2_normalize(local, dim=1)], dim=1)
 
     def forward(self, x: Tensor, modality: Optional[Tensor] = None):
         out = self.forward_output(x, modality)
