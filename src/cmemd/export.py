@@ -25,6 +25,7 @@ import torch
 from torch import Tensor, nn
 
 from cmemd.errors import ConfigError
+from cmemd.numerics import l2_normalize
 
 
 def export_route(self: nn.Module, x: Tensor, modality: Optional[Tensor]) -> Tensor:
@@ -51,7 +52,7 @@ class ExportWrapper(nn.Module):
     def forward(self, images: Tensor, modality: Tensor) -> Tensor:
         from cmemd.engine.extract import encode_batch
 
-        f = nn.functional.normalize(encode_batch(self.net, images, modality, flip=self.flip), dim=1)
+        f = l2_normalize(encode_batch(self.net, images, modality, flip=self.flip), dim=1)
         if self.net.modality_parts is None:
             # A model without modality-specific stages ignores the modality; keep it a graph input
             # (the exporter drops unused inputs) so every exported file has the same signature.
@@ -124,7 +125,7 @@ def export_onnx(model: nn.Module, out: Union[str, Path], *, height: int, width: 
         with torch.no_grad():
             # the caller's model stays where and as it is (a GPU model in train mode is not moved or switched)
             reference = copy.deepcopy(model).cpu().eval()
-            ref = nn.functional.normalize(encode_batch(reference, x, m, flip=flip), dim=1).numpy()
+            ref = l2_normalize(encode_batch(reference, x, m, flip=flip), dim=1).numpy()
         got = sess.run(None, {"images": x.numpy(), "modality": m.numpy()})[0]
         summary["max_abs_diff"] = float(abs(got - ref).max())
     return summary

@@ -13,12 +13,14 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from cmemd.data.fs import is_symlink_loop, loop_message
 from cmemd.errors import ConfigError, DatasetError, EvaluationError
 from cmemd.evaluation.features import FeatureSet, _validate, load_features
 from cmemd.evaluation.metrics import top_k as ranked_top_k
@@ -45,14 +47,35 @@ def model_fingerprint(model: Any) -> str:
 
 
 def list_images(folder: Union[str, Path]) -> list[Path]:
-    """Every image file under ``folder`` (recursive, sorted by path)."""
+    """Every image file under ``folder`` (recursive, sorted by path).
+
+    Symlinked subfolders are followed (galleries are often linked in from other disks), each real folder
+    once, so a link back to an enclosing folder cannot make the walk endless; a link that never resolves
+    (a loop) is an error naming it rather than an image silently left out.
+    """
     folder = Path(folder)
     if not folder.is_dir():
         raise DatasetError(f"{folder}: not a folder; pass --images DIR holding the gallery images")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    files: list[Path] = []
+    loops: list[str] = []
+    seen: set[str] = set()
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen:
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        for name in dirnames + filenames:
+            p = Path(dirpath) / name
+            if is_symlink_loop(p):
+                loops.append(loop_message(p, "image or folder"))
+            elif name in filenames and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+                files.append(p)
+    if loops:
+        raise DatasetError("\n".join(loops))
     if not files:
         raise DatasetError(f"{folder}: no image files ({', '.join(IMAGE_SUFFIXES)}) found in it or below it")
-    return files
+    return sorted(files)
 
 
 def build_index(model: Any, folder: Union[str, Path], out: Union[str, Path], *, modality: str,

@@ -204,7 +204,8 @@ def test_exif_orientation_reaches_index_and_search(tmp_path):
     for i in range(3):
         Image.fromarray(rng.integers(0, 256, (8, 4, 3), dtype=np.uint8)).save(folder / f"b{i}.png")
     Image.fromarray(upright).save(tmp_path / "query.png")
-    cfg = SimpleNamespace(data=SimpleNamespace(height=8, width=4), eval=SimpleNamespace(flip=False))
+    cfg = SimpleNamespace(data=SimpleNamespace(height=8, width=4), eval=SimpleNamespace(flip=False),
+                          model=SimpleNamespace())
     model = ReIDModel(_PixelNet(8, 4), cfg)
     gallery = build_index(model, folder, tmp_path / "g.npz", modality="visible", progress=False)
     q = model.encode([tmp_path / "query.png"], "visible")
@@ -218,7 +219,8 @@ def test_bomb_given_to_index_and_search_is_named(tmp_path, bombs):
     folder.mkdir()
     Image.fromarray(np.zeros((8, 4, 3), np.uint8)).save(folder / "a.png")
     shutil.copy(bombs[0], folder / "b.png")
-    cfg = SimpleNamespace(data=SimpleNamespace(height=8, width=4), eval=SimpleNamespace(flip=False))
+    cfg = SimpleNamespace(data=SimpleNamespace(height=8, width=4), eval=SimpleNamespace(flip=False),
+                          model=SimpleNamespace())
     model = ReIDModel(_PixelNet(8, 4), cfg)
     with pytest.raises(DatasetError, match=r"b\.png: image too large"):
         build_index(model, folder, tmp_path / "g.npz", modality="visible", progress=False)

@@ -35,7 +35,7 @@ def run_demo(*, data_dir: Path, out_dir: Path, config: Any, ids: int = 200, epoc
     check_replaceable(out_dir, "run", "--out-dir")
     # the demo reports plain AND re-ranked numbers, each labelled (eval.rerank only adds the second table)
     cfg = load_config(config, [f"data.root={data_dir}", f"run.out_dir={out_dir}", "eval.rerank=true",
-                               *(overrides or [])] + ([f"optim.epochs={epochs}"] if epochs else []))
+                               *(overrides or [])] + ([f"optim.epochs={epochs}"] if epochs is not None else []))
     with lock_folder(out_dir, option="--out-dir"):  # train() takes it again (re-entrant in one process)
         kept = clear_folder(out_dir, "run", RUN_ENTRIES, option="--out-dir", made_by="cmemd demo")
         if kept:
