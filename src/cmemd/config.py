@@ -38,6 +38,9 @@ class DataConfig:
     num_ids: int = 8  # P identities per batch
     num_instances: int = 4  # K images per modality per identity
     steps_per_epoch: Optional[int] = None  # None: the field's convention (largest modality // (P*K))
+    # several processes (torchrun): global = the num_ids x (K+K) batch split over the ranks, one-GPU steps/epoch
+    # (the recipe exactly); per_rank = num_ids ids on every rank (W x the batch), one-GPU steps/epoch
+    ddp_batch: str = "global"
     num_workers: int = 2
     cache: bool = True  # decoded-image cache (uint8, pre-resized, memory-mapped)
     cache_dir: Optional[str] = None
@@ -123,7 +126,8 @@ class RunSettings:
     threads: Optional[int] = None
     log_every: int = 20
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
-    max_minutes: Optional[float] = None  # wall-clock budget: stop after the epoch that crosses it
+    max_minutes: Optional[float] = None  # wall-clock budget: stop after the epoch that crosses it (rank 0's clock)
+    dist_timeout_minutes: float = 120.0  # several processes: how long a rank waits in a collective (rank 0 evaluating)
     selection: str = "none"  # none | val (validation split; never the test set)
     diagnostics_ids: int = 30  # modality gap + plan purity on this many val ids after each epoch (0: off)
 
@@ -341,11 +345,14 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "optim.amp": AMP_MODES,
         "eval.method": GALLERY_METHODS,
         "run.selection": SELECTIONS,
+        "data.ddp_batch": DDP_BATCHES,
     }
 
 
 #: run.selection: none (the last epoch) | val (best mAP on a validation split; never the test set)
 SELECTIONS = ("none", "val")
+#: data.ddp_batch: what a step's batch is with several processes (docs/reproduce.md)
+DDP_BATCHES = ("global", "per_rank")
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -373,6 +380,8 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.eval.rerank_k1 < 1 or cfg.eval.rerank_k2 < 1 or not 0.0 <= cfg.eval.rerank_lambda <= 1.0:
         raise ConfigError(f"eval.rerank_k1 / eval.rerank_k2 must be >= 1 and eval.rerank_lambda in [0, 1], got "
                           f"{cfg.eval.rerank_k1} / {cfg.eval.rerank_k2} / {cfg.eval.rerank_lambda}")
+    if not cfg.run.dist_timeout_minutes > 0:
+        raise ConfigError(f"run.dist_timeout_minutes must be > 0, got {cfg.run.dist_timeout_minutes}")
     if not 1 <= cfg.data.trial <= 10:
         raise ConfigError(f"data.trial must be in 1..10 (RegDB trial), got {cfg.data.trial}")
     try:  # the library's own checks (ranges, combinations such as use_local=false with test_feature=concat)
