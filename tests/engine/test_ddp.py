@@ -51,7 +51,13 @@ def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
 
     decoded = []
     real_load = cache_module.load_image
-    cache_module.load_image = lambda path, *a, **k: decoded.append(path) or real_load(path, *a, **k)
+
+    def slow_load(path, *a, **k):  # counts decodes; slow enough that two unsynchronised builders would overlap
+        decoded.append(path)
+        time.sleep(0.01)
+        return real_load(path, *a, **k)
+
+    cache_module.load_image = slow_load
     real_fb = Trainer.forward_backward
     plan: dict = {}
     seen: list = []
