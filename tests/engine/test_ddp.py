@@ -287,3 +287,31 @@ def test_two_rank_step_equals_one_rank_step(tmp_path):
             assert float((got - d).norm()) <= 1e-4 * scale + 1e-12, f"{k}: 2-rank step differs from the 1-rank step"
         moved += scale > 0
     assert moved > 0.9 * len(ref)  # nearly every parameter took a step (the comparison is not vacuous)
+
+
+def test_batch_layout_of_each_mode(tiny_sysu, tmp_path):
+    """What data.ddp_batch means for W ranks, without launching them: the ids per rank, the steps per epoch (the
+    one-GPU count in both modes, as docs/reproduce.md says; a sampler built with that layout agrees), and an
+    uneven split of the global batch refused with the fix named."""
+    from cmemd.app.run import ddp_batch_layout, training_data
+    from cmemd.config import load_config
+    from cmemd.data.sampler import CrossModalityIdentitySampler
+    from cmemd.errors import ConfigError
+
+    cfg = load_config(None, tiny_overrides(tiny_sysu, tmp_path, **{"data.num_ids": 4}))
+    records = training_data(cfg).records
+    one_gpu = max(sum(r.modality == m for r in records) for m in ("visible", "thermal")) // (4 * 2)
+    for mode, per_rank in (("global", 2), ("per_rank", 4)):
+        cfg.data.ddp_batch = mode
+        for world in (1, 2):
+            layout = ddp_batch_layout(cfg, records, world)
+            assert layout.ids_per_rank == (4 if world == 1 else per_rank) and layout.steps_per_epoch == one_gpu
+            samplers = [CrossModalityIdentitySampler(records, layout.ids_per_rank, 2, rank=r, world_size=world,
+                                                     num_batches=layout.num_batches) for r in range(world)]
+            assert {s.num_batches for s in samplers} == {one_gpu}
+            assert all(len(b) == 2 * 2 * layout.ids_per_rank for s in samplers for b in s.epoch_batches(0))
+    cfg.data.ddp_batch, cfg.data.num_ids = "global", 3
+    with pytest.raises(ConfigError, match=r"data\.num_ids=3 .* 2 ranks .*data\.ddp_batch=per_rank"):
+        ddp_batch_layout(cfg, records, 2)
+    cfg.data.ddp_batch = "per_rank"
+    assert ddp_batch_layout(cfg, records, 2).ids_per_rank == 3
