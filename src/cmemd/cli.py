@@ -212,8 +212,10 @@ def train_cmd(
                        f"checkpoint is {e.checkpoint}; resume with: {_resume_command()}")
         raise typer.Exit(code=e.exit_code)
     except KeyboardInterrupt:
-        typer.secho("interrupted again: stopped at once, without saving; the last complete checkpoint (if any) is "
-                    f"intact; resume with: {_resume_command()}", fg=typer.colors.RED, err=True)
+        # outside the training steps (setup, evaluation) or a second Ctrl-C: nothing is saved, nothing corrupted
+        typer.secho("interrupted: stopped at once, without saving (outside the training steps, or a second signal); "
+                    f"the last complete checkpoint, if any, is intact; resume with: {_resume_command()}",
+                    fg=typer.colors.RED, err=True)
         raise typer.Exit(code=130)
 
 
