@@ -218,8 +218,12 @@ def train_cmd(
     all_trials: bool = typer.Option(False, "--all-trials", help="Datasets with numbered training splits (RegDB): train one model per trial and report the mean."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the evaluation after training."),
 ) -> None:
-    """Train a model (CM-EMD or a baseline) and evaluate it on the test protocol."""
-    from cmemd.app.run import format_all, train
+    """Train a model (CM-EMD or a baseline) and evaluate it on the test protocol.
+
+    Ctrl-C (SIGINT) or SIGTERM stops at the next step boundary, saves a resumable checkpoint, prints the command
+    that resumes and exits 130 / 143; a second signal a few seconds later stops at once without saving (the last
+    complete checkpoint stays: checkpoints are written atomically)."""
+    from cmemd.app.run import TrainingInterrupted, format_all, train
 
     try:
         cfg = _load_cfg(config, overrides or [])
@@ -237,6 +241,38 @@ def train_cmd(
             typer.echo(f"run directory: {outcome.out_dir} (checkpoint {outcome.checkpoint}, results.json, metrics.jsonl)")
     except CmemdError as e:
         _fail(e)
+    except TrainingInterrupted as e:
+        if e.rank == 0:
+            typer.echo(f"interrupted at epoch {e.epoch + 1} step {e.step} ({_signal_name(e.signum)}); the resumable "
+                       f"checkpoint is {e.checkpoint}; resume with: {_resume_command()}")
+        raise typer.Exit(code=e.exit_code)
+    except KeyboardInterrupt:
+        # outside the training steps (setup, evaluation) or a second Ctrl-C: nothing is saved, nothing corrupted
+        typer.secho("interrupted: stopped at once, without saving (outside the training steps, or a second signal); "
+                    f"the last complete checkpoint, if any, is intact; resume with: {_resume_command()}",
+                    fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=130)
+
+
+def _signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def _resume_command() -> str:
+    """The command line this process was started with, plus ``--resume`` (under torchrun: a torchrun line with
+    this machine's number of processes)."""
+    import os
+    import shlex
+
+    args = sys.argv[1:] + ([] if "--resume" in sys.argv[1:] else ["--resume"])
+    prog = ["python", "-m", "cmemd"] if Path(sys.argv[0]).name == "__main__.py" else ["cmemd"]
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        nodes = int(os.environ["WORLD_SIZE"]) // int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
+        prog = ["torchrun", *([f"--nnodes={nodes}"] if nodes > 1 else []),
+                f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', os.environ['WORLD_SIZE'])}", "-m", "cmemd"]
+    return shlex.join(prog + args)
 
 
 @app.command("eval")

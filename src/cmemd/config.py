@@ -39,6 +39,9 @@ class DataConfig:
     num_ids: int = 8  # P identities per batch
     num_instances: int = 4  # K images per modality per identity
     steps_per_epoch: Optional[int] = None  # None: the field's convention (largest modality // (P*K))
+    # several processes (torchrun): global = the num_ids x (K+K) batch split over the ranks, one-GPU steps/epoch
+    # (the recipe exactly); per_rank = num_ids ids on every rank (W x the batch), one-GPU steps/epoch
+    ddp_batch: str = "global"
     num_workers: int = 2
     cache: bool = True  # decoded-image cache (uint8, pre-resized, memory-mapped)
     cache_dir: Optional[str] = None
@@ -124,7 +127,8 @@ class RunSettings:
     threads: Optional[int] = None
     log_every: int = 20
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
-    max_minutes: Optional[float] = None  # wall-clock budget: stop after the epoch that crosses it
+    max_minutes: Optional[float] = None  # wall-clock budget: stop after the epoch that crosses it (rank 0's clock)
+    dist_timeout_minutes: float = 120.0  # several processes: how long a rank waits in a collective (rank 0 evaluating)
     selection: str = "none"  # none | val (validation split; never the test set)
     diagnostics_ids: int = 30  # modality gap + plan purity on this many val ids after each epoch (0: off)
 
@@ -342,11 +346,14 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "optim.amp": AMP_MODES,
         "eval.method": GALLERY_METHODS,
         "run.selection": SELECTIONS,
+        "data.ddp_batch": DDP_BATCHES,
     }
 
 
 #: run.selection: none (the last epoch) | val (best mAP on a validation split; never the test set)
 SELECTIONS = ("none", "val")
+#: data.ddp_batch: what a step's batch is with several processes (docs/reproduce.md)
+DDP_BATCHES = ("global", "per_rank")
 
 
 @dataclass(frozen=True)
@@ -417,6 +424,7 @@ RANGES: dict[str, Range] = {
     "run.threads": Range(1, meaning="or null for the automatic policy"),
     "run.log_every": _COUNT, "run.checkpoint_every_steps": Range(0, meaning="0 saves at epoch ends only"),
     "run.max_minutes": Range(0, lo_open=True, meaning="or null for no budget"),
+    "run.dist_timeout_minutes": Range(0, lo_open=True, meaning="how long a rank waits in a collective"),
     "run.diagnostics_ids": Range(0, meaning="0 turns the diagnostics off"),
 }
 

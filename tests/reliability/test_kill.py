@@ -1,4 +1,5 @@
-"""A training run SIGKILLed at random points and resumed with ``--resume`` ends where an uninterrupted run ends.
+"""A training run SIGKILLed at random points and resumed with ``--resume`` ends where an uninterrupted run ends;
+one stopped by SIGINT / SIGTERM saves where it stopped, exits 130 / 143 and prints the command that resumes it.
 
 One uninterrupted CLI run is the reference. A second run of the same command is killed
 (seeded random points) inside steps, inside a checkpoint write (``CMEMD_TEST_SLOW_CHECKPOINT_WRITE``
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shlex
 import signal
 import subprocess
 import sys
@@ -53,7 +55,9 @@ def _overrides(root, out) -> list[str]:
 
 
 def _env(**extra) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(REPO), PYTHONWARNINGS="default")
+    # this checkout's src first: the subprocess must run the code under test, not whatever cmemd is installed
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(REPO / "src"), str(REPO)]),
+               PYTHONWARNINGS="default")
     env.pop("CMEMD_TEST_SLOW_CHECKPOINT_WRITE", None)
     env.update(extra)
     return env
@@ -171,3 +175,71 @@ def test_sigkill_anywhere_then_resume_matches_uninterrupted(tiny_sysu, tmp_path)
     assert [r["epoch"] for r in recs if r["kind"] == "epoch"] == [0, 1]
     # no temp file of a killed writer is left behind
     assert not list(out.glob(".*.tmp-*")), list(out.iterdir())
+
+
+def _interrupt_when(proc: subprocess.Popen, ready, sig: int, timeout: float = 90.0) -> int:
+    """Send ``sig`` to ``proc`` once ``ready()`` is true; its exit code."""
+    t0 = time.time()
+    while not ready():
+        assert proc.poll() is None, f"the run ended (rc {proc.returncode}) before the signal"
+        assert time.time() - t0 < timeout, "signal point never reached"
+        time.sleep(0.01)
+    proc.send_signal(sig)
+    return proc.wait(timeout=60)
+
+
+def _printed_command(log: Path) -> list[str]:
+    """The resume command the run printed, made runnable here (``cmemd`` / ``python -m cmemd`` -> this Python)."""
+    text = log.read_text()
+    line = next(x for x in text.splitlines() if "resume with: " in x)
+    cmd = shlex.split(line.split("resume with: ", 1)[1])
+    if cmd[0] == "cmemd":
+        return [sys.executable, "-m", "cmemd", *cmd[1:]]
+    assert cmd[:3] == ["python", "-m", "cmemd"], cmd
+    return [sys.executable, *cmd[1:]]
+
+
+def test_sigint_sigterm_save_print_the_resume_command_and_resume_bit_identically(tiny_sysu, tmp_path):  # noqa: F811
+    """SIGINT inside epoch 1, then SIGTERM inside epoch 2 of the resumed run: each exits 130 / 143 with a
+    mid-epoch checkpoint at the step it names (no periodic checkpoints here: only the interruption saves inside an
+    epoch), and the printed command finishes the run with the uninterrupted run's weights and step losses."""
+    ref_out, out = tmp_path / "ref", tmp_path / "stopped"
+    base = tiny_overrides(tiny_sysu, ref_out, **{"run.threads": 1})
+    ref = subprocess.run([sys.executable, "-m", "cmemd", "train", "-c", str(CONFIG), *base, "--no-eval"],
+                         cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stdout + ref.stderr
+    ref_state = read_checkpoint(ref_out / "last.pt")
+    per_epoch = int(ref_state["step"]) // 2
+    args = tiny_overrides(tiny_sysu, out, **{"run.threads": 1, "data.num_workers": 1})
+
+    log1 = tmp_path / "log1.txt"
+    rc = _interrupt_when(_start([*args, "--no-eval"], log1), lambda: _steps_logged(out) >= 3, signal.SIGINT)
+    text = log1.read_text()
+    assert rc == 130, text
+    state = read_checkpoint(out / "last.pt")
+    at = int(state["step"])
+    assert 3 <= at < per_epoch and state["epoch"] == 0 and state["batches_done"] == at  # saved inside epoch 1
+    assert f"interrupted at epoch 1 step {at} (SIGINT)" in text, text
+    cmd = _printed_command(log1)
+    assert cmd[3:] == ["train", "-c", str(CONFIG), *args, "--no-eval", "--resume"], cmd  # the exact command
+
+    log2 = tmp_path / "log2.txt"
+    p2 = subprocess.Popen(cmd, cwd=REPO, env=_env(), stdout=open(log2, "w"), stderr=subprocess.STDOUT)
+    rc = _interrupt_when(p2, lambda: _steps_logged(out) >= per_epoch + 2, signal.SIGTERM)
+    text = log2.read_text()
+    assert rc == 143, text
+    state = read_checkpoint(out / "last.pt")
+    at = int(state["step"])
+    assert state["epoch"] == 1 and 2 <= state["batches_done"] == at - per_epoch < per_epoch, text
+    assert f"interrupted at epoch 2 step {at} (SIGTERM)" in text and text.count("--resume") == 1, text
+    cmd = _printed_command(log2)
+    assert cmd.count("--resume") == 1
+
+    done = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    state = read_checkpoint(out / "last.pt")
+    for k, v in ref_state["model"].items():
+        assert torch.equal(state["model"][k], v), k
+    steps = [r for r in _step_records(out) if r["kind"] == "step"]
+    assert [r["step"] for r in steps] == list(range(1, 2 * per_epoch + 1))
+    assert [r["loss"] for r in steps] == [r["loss"] for r in _step_records(ref_out) if r["kind"] == "step"]

@@ -5,12 +5,15 @@ Trainer, evaluation). A user in a notebook can make the same calls without a con
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,16 +69,101 @@ def environment(thread_policy: Optional[dict[str, Any]] = None) -> dict[str, Any
     }
 
 
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """(rank, world size); starts the process group when launched by torchrun (gloo on CPU, nccl on GPU)."""
+def init_distributed(device: torch.device, timeout_minutes: float = 120.0) -> tuple[int, int]:
+    """(rank, world size); starts the process group when launched by torchrun (gloo on CPU, nccl on GPU).
+
+    ``timeout_minutes`` (``run.dist_timeout_minutes``) is how long a rank waits in a collective: the other ranks
+    wait while rank 0 alone evaluates (per-epoch validation, the final evaluation, re-ranking), which can outlast
+    NCCL's 10-minute default.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return 0, 1
+    import datetime
+
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
+                                timeout=datetime.timedelta(minutes=timeout_minutes))
     return dist.get_rank(), dist.get_world_size()
+
+
+@contextlib.contextmanager
+def local_rank_zero_first(world: int):
+    """Run the body on each machine's local rank 0 first, then on the other ranks (a barrier between), so that
+    shared files (the decoded-image cache, downloaded ImageNet weights) are built once and then only read. One
+    process: just runs the body."""
+    if world <= 1:
+        yield
+        return
+    import torch.distributed as dist
+
+    first = int(os.environ.get("LOCAL_RANK", "0")) == 0
+    if not first:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if first:  # also on failure: the others then try for themselves and report their own error
+            dist.barrier()
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal (SIGINT/SIGTERM) at a step boundary, every rank alike, after rank 0 saved a
+    resumable checkpoint; ``signum``, ``epoch`` (0-based, in progress), ``step`` and ``checkpoint`` say where."""
+
+    def __init__(self, signum: int, epoch: int, step: int, checkpoint: Path, rank: int = 0) -> None:
+        self.signum, self.epoch, self.step, self.checkpoint, self.rank = signum, epoch, step, checkpoint, rank
+        super().__init__(f"interrupted by {signal.Signals(signum).name} at epoch {epoch + 1} step {step}; "
+                         f"resumable checkpoint {checkpoint}")
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention: 128 + the signal number (130 SIGINT, 143 SIGTERM)."""
+        return 128 + self.signum
+
+
+#: A repeat of the signal within this many seconds is the same interruption (torchrun forwards the Ctrl-C the
+#: terminal already delivered to every process of the group); a later one aborts at once.
+REPEAT_SIGNAL_WINDOW_S = 3.0
+
+
+@contextlib.contextmanager
+def stop_on_signals(trainer: Trainer, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
+    """While the body runs, SIGINT/SIGTERM ask ``trainer`` to stop at the next step boundary
+    (:meth:`Trainer.request_stop`: a flag, nothing else happens in the handler). A second signal after
+    :data:`REPEAT_SIGNAL_WINDOW_S` aborts at once (KeyboardInterrupt, or the default action of SIGTERM): safe,
+    since checkpoints are written atomically, so the last complete one stays. Handlers are installed only in the
+    main thread (Python's rule) and restored afterwards. DataLoader workers forked inside inherit the handler and
+    keep running, so the step in progress completes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in signals}
+    first: list[float] = []
+
+    def handler(signum, frame):
+        now = time.monotonic()
+        if not first:
+            first.append(now)
+            trainer.request_stop(signum)
+            return
+        if now - first[0] < REPEAT_SIGNAL_WINDOW_S:
+            return
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        signal.raise_signal(signum)
+
+    for s in signals:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
 
 
 def set_determinism(seed: int, deterministic: bool) -> None:
@@ -244,7 +332,7 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
     from cmemd.threads import apply_thread_policy, describe
 
     threads = apply_thread_policy(cfg.run.threads, device, (cfg.data.height, cfg.data.width))
-    rank, world = init_distributed(device)
+    rank, world = init_distributed(device, cfg.run.dist_timeout_minutes)
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
@@ -266,15 +354,21 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
     check_pretrained(cfg, progress=progress and rank == 0)
     data = training_data(cfg)
     d = cfg.data
-    loader = build_train_loader(
-        data.records, height=d.height, width=d.width, P=d.num_ids, K=d.num_instances, seed=cfg.run.seed,
-        num_workers=d.num_workers, use_cache=d.cache, cache_dir=d.cache_dir, dataset_root=d.root,
-        rank=rank, world_size=world, num_batches=d.steps_per_epoch, pad=d.pad, flip=d.flip, random_erasing=d.random_erasing,
-        channel_aug=d.channel_aug, channel_aug_kind=d.channel_aug_kind, persistent_workers=True,
-        pin_memory=device.type == "cuda",
-    )
+    layout = ddp_batch_layout(cfg, data.records, world)
+    with local_rank_zero_first(world):  # one image cache, built by local rank 0, then opened by the others
+        loader = build_train_loader(
+            data.records, height=d.height, width=d.width, P=layout.ids_per_rank, K=d.num_instances, seed=cfg.run.seed,
+            num_workers=d.num_workers, use_cache=d.cache, cache_dir=d.cache_dir, dataset_root=d.root,
+            rank=rank, world_size=world, num_batches=layout.num_batches, pad=d.pad, flip=d.flip,
+            random_erasing=d.random_erasing, channel_aug=d.channel_aug, channel_aug_kind=d.channel_aug_kind,
+            persistent_workers=True, pin_memory=device.type == "cuda",
+        )
     mcfg = model_config(cfg, data.num_classes)
-    model = build_model(mcfg).to(device)
+    with local_rank_zero_first(world):  # ImageNet weights fetched once per machine
+        model = build_model(mcfg).to(device)
+    objective = objective_from_config(cfg).to(device)
+    # parameters the loss settings never give a gradient are frozen: DDP would wait for them forever
+    frozen = objective.freeze_unused(model)
     if cfg.optim.channels_last:
         model = model.to(memory_format=torch.channels_last)
     o = cfg.optim
@@ -292,7 +386,7 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
     if cfg.run.diagnostics_ids > 0 and rank == 0:
         hooks.append(_diagnostics_hook(cfg, device, progress))
     trainer = Trainer(
-        model, objective_from_config(cfg).to(device), optimizer, loader, epochs=o.epochs, out_dir=out_dir, device=device,
+        model, objective, optimizer, loader, epochs=o.epochs, out_dir=out_dir, device=device,
         amp=o.amp, grad_clip=o.grad_clip, channels_last=o.channels_last, warmup_epochs=o.warmup_epochs,
         milestones=o.milestones, gamma=o.gamma, log_every=cfg.run.log_every,
         checkpoint_every_steps=cfg.run.checkpoint_every_steps, max_minutes=cfg.run.max_minutes,
@@ -311,10 +405,21 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
         print(f"training on {data.description}: {len(data.records)} images, {data.num_classes} ids, "
               f"{loader.batch_sampler.num_batches} steps/epoch x {o.epochs} epochs, device {device}, world size {world}; "
               f"model selection: {selection}", flush=True)
+        if world > 1:
+            print(f"several processes: {layout.describe(world)}", flush=True)
+        if frozen:
+            print(f"not trained (no loss term reads them under these loss settings): {', '.join(frozen)}", flush=True)
         print(f"threads: {describe(threads)}", flush=True)
     t0 = time.time()
-    history = trainer.fit()
+    with stop_on_signals(trainer):
+        history = trainer.fit()
     seconds = time.time() - t0
+    if trainer.interrupted is not None:  # every rank stopped after the same step; rank 0 has saved
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.barrier()
+        raise TrainingInterrupted(trainer.interrupted, trainer.epoch, trainer.step, ckpt, rank)
     outcome = TrainOutcome(out_dir, ckpt, history, seconds, model=unwrap(model))
     if evaluate_after and trainer.epoch >= o.epochs and rank == 0:
         final = unwrap(model)
@@ -332,6 +437,50 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
 
         dist.barrier()
     return outcome
+
+
+@dataclass
+class BatchLayout:
+    """How a step's batch is split over the ranks (``data.ddp_batch``, see docs/reproduce.md)."""
+
+    mode: str  # global | per_rank
+    ids_per_rank: int  # P of each rank's sampler
+    num_ids: int  # data.num_ids
+    num_instances: int  # K
+    num_batches: Optional[int]  # the sampler's epoch length (None: the sampler's own convention)
+    steps_per_epoch: int  # optimizer steps per epoch (the same on every rank)
+
+    def describe(self, world: int) -> str:
+        k = self.num_instances
+        if self.mode == "global":
+            return (f"data.ddp_batch=global: each step's batch is the recipe's {self.num_ids} ids x ({k}+{k}) images, "
+                    f"split over {world} ranks ({self.ids_per_rank} ids each); {self.steps_per_epoch} steps/epoch as "
+                    f"on one GPU; learning rate and schedule unchanged")
+        return (f"data.ddp_batch=per_rank: each rank takes {self.num_ids} ids x ({k}+{k}) images, a global batch of "
+                f"{world * self.num_ids} ids ({world}x the recipe's); {self.steps_per_epoch} steps/epoch as on one GPU "
+                f"({world}x the images per epoch); learning rate NOT scaled (set optim.lr / optim.backbone_lr yourself)")
+
+
+def ddp_batch_layout(cfg: TrainConfig, records: list[ImageRecord], world: int) -> BatchLayout:
+    """What ``data.ddp_batch`` means for ``world`` ranks. ``global`` (default): the recipe's batch of
+    ``data.num_ids`` ids split over the ranks (``num_ids`` must be a multiple of the world size) and the one-GPU
+    number of steps per epoch: the same optimisation as one GPU. ``per_rank``: every rank takes ``num_ids`` ids (a
+    W-times larger global batch) for the one-GPU number of steps per epoch. Either way the learning rate and
+    the schedule (warm-up, milestones in epochs) are the config's."""
+    from cmemd.data.sampler import epoch_length
+
+    d = cfg.data
+    if d.ddp_batch == "global" and d.num_ids % world:
+        raise ConfigError(f"data.num_ids={d.num_ids} cannot be split over {world} ranks with data.ddp_batch=global "
+                          f"(each rank takes num_ids / world ids); use a multiple of {world}, or "
+                          "data.ddp_batch=per_rank (every rank takes num_ids ids)")
+    per_rank = d.num_ids // world if d.ddp_batch == "global" else d.num_ids
+    one_gpu = epoch_length(sum(r.modality == "visible" for r in records), sum(r.modality == "thermal" for r in records),
+                           d.num_ids, d.num_instances)
+    steps = d.steps_per_epoch or one_gpu
+    # global: the sampler's own convention (largest modality // (P_rank * K * world)) is already the one-GPU length
+    num_batches = d.steps_per_epoch if d.ddp_batch == "global" else steps
+    return BatchLayout(d.ddp_batch, per_rank, d.num_ids, d.num_instances, num_batches, steps)
 
 
 def train_all_trials(cfg: TrainConfig, *, resume: bool = False, evaluate_after: bool = True,

@@ -34,6 +34,12 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
     return int(value)
 
 
+def epoch_length(num_visible: int, num_thermal: int, ids_per_step: int, K: int) -> int:
+    """Steps per epoch by the field's convention: the larger modality's image count // (ids per step (over all
+    ranks) x K), at least 1."""
+    return max(1, max(num_visible, num_thermal) // (ids_per_step * K))
+
+
 class CrossModalityIdentitySampler(Sampler[list[int]]):
     """Batch sampler yielding lists of indices into ``records`` (use as ``batch_sampler``).
 
@@ -107,7 +113,7 @@ class CrossModalityIdentitySampler(Sampler[list[int]]):
         self._thermal = [np.asarray(by_pid[p][1], dtype=np.int64) for p in self.pids]
         self.num_visible, self.num_thermal = n_vis, n_th
         if num_batches is None:
-            num_batches = max(1, max(n_vis, n_th) // (self.P * self.K * self.world_size))
+            num_batches = epoch_length(n_vis, n_th, self.P * self.world_size, self.K)
         self.num_batches = _check_int("num_batches", num_batches, 1)
         self.epoch = 0
         self.start_batch = 0

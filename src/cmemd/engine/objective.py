@@ -130,6 +130,44 @@ class Objective(nn.Module):
         self.cmdl = CMDLLoss(cross=dl_variant == "cross")
         self.lambda_triplet = lambda_triplet
 
+    def unused_parameters(self, model: nn.Module) -> list[str]:
+        """Names of the parameters of ``model`` (a :class:`cmemd.models.VTReIDModel`, or one wrapping it as
+        ``.module``) that no term of this objective gives a gradient, whatever the batch: the stripe weights
+        without CM-DL (``lambda_dl=0``: only the holistic feature reads them), the accumulated classifiers
+        without their identity loss (``lambda_accum_ce=0``), their BN-necks unless an alignment reads the
+        accumulated BN-neck outputs too, and the prefix reduction when neither reads the accumulated features.
+        Frozen BN-neck biases are not listed (they are not trainable)."""
+        net = getattr(model, "module", model)
+        if getattr(net, "local_stream", None) is None:
+            return []
+        align_all = self.lambda_align > 0 and self.alignment_name != "none" and self.align_granularities == "all"
+        unused = []
+        if self.lambda_dl <= 0:
+            unused.append("stripe_logits")
+        heads = getattr(net, "accum_classifiers", None) is not None
+        accum_ce = heads and self.lambda_accum_ce > 0
+        if heads and not accum_ce:
+            unused.append("accum_classifiers")
+            if not (align_all and self.align_feature == "bn"):
+                unused.append("accum_necks")
+        if getattr(net, "accum_reduce", None) is not None and not (accum_ce or align_all):
+            unused.append("accum_reduce")
+        prefixes = tuple(unused)
+        return [name for name, p in net.named_parameters()
+                if p.requires_grad and (name in prefixes or name.startswith(tuple(f"{x}." for x in prefixes)))]
+
+    def freeze_unused(self, model: nn.Module) -> list[str]:
+        """Set ``requires_grad=False`` on :meth:`unused_parameters` (they stay in the model and its checkpoints, at
+        their initial values, as an unused parameter always did: the optimiser skips a parameter without a
+        gradient). DistributedDataParallel then never waits for their gradients, without the cost of
+        ``find_unused_parameters``. Returns the names of the frozen modules (``stripe_logits``, ...)."""
+        net = getattr(model, "module", model)
+        names = self.unused_parameters(net)
+        params = dict(net.named_parameters())
+        for name in names:
+            params[name].requires_grad_(False)
+        return sorted({n.split(".")[0] for n in names})
+
     def _ce(self, logits: Tensor, pids: Tensor) -> Tensor:
         if self.label_smoothing > 0:
             return cross_entropy_label_smooth(logits, pids, self.label_smoothing)

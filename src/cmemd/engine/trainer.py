@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 
 from cmemd.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -99,6 +100,14 @@ class Trainer:
         checkpoint_every_steps: also checkpoint inside an epoch every N steps (0: epoch ends only).
         extra_state: saved in every checkpoint (e.g. the resolved config, the label count).
         on_epoch_end: ``callback(trainer, epoch)`` after each epoch's checkpoint (e.g. evaluation).
+
+    Several processes (DDP): every stop is decided once and followed by every rank, so no rank is left
+    waiting in a collective. A non-finite loss on any rank stops all of them before the update
+    (:meth:`check_loss`, the one small all_reduce of a step, which also carries stop requests); the
+    ``max_minutes`` budget is rank 0's clock, broadcast at the end of each epoch; a stop asked for with
+    :meth:`request_stop` (a signal handler) on any rank stops every rank after the same step, rank 0 saves a
+    resumable checkpoint and :attr:`interrupted` holds the signal number. Logged loss terms are the means
+    over the ranks.
     """
 
     def __init__(
@@ -144,6 +153,85 @@ class Trainer:
         self.step = 0  # optimiser steps in the whole run
         self.history: list[dict] = []
         self.last_checkpoint: Optional[Path] = None
+        self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.interrupted: Optional[int] = None  # the signal number that stopped fit() early (None: not stopped)
+        self._stop_requested: Optional[int] = None  # set by request_stop (on this rank)
+        self._stop_agreed: Optional[int] = None  # a stop every rank has agreed on (DDP)
+        self._voted_at = -1  # the step whose check_loss vote ran (DDP)
+
+    # ------------------------------------------------------------------ stopping
+    def request_stop(self, signum: int) -> None:
+        """Ask the loop to stop at the next step boundary and save a resumable checkpoint (``signum``: the signal
+        that asked, kept in :attr:`interrupted`). Only sets a flag, so a signal handler may call it."""
+        if self._stop_requested is None:
+            self._stop_requested = int(signum)
+
+    def check_loss(self, total: torch.Tensor, terms: dict[str, float]) -> None:
+        """Raise :class:`TrainingError` when the loss is non-finite (on any rank: all ranks raise together, before
+        any rank starts the backward pass whose gradient reduction the others would wait on forever).
+
+        With several processes this is one all_reduce (max) of a 2-element tensor per step: the non-finite flag
+        and this rank's stop request (the signal number), so a stop asked for on one rank reaches every rank
+        without a collective of its own; reading it back is the one host synchronisation the single-process
+        check (``torch.isfinite``) costs anyway. An override of :meth:`forward_backward` should call it.
+        """
+        if self.world > 1:
+            flags = torch.stack([(~torch.isfinite(total.detach())).to(torch.float32).reshape(()),
+                                 torch.tensor(float(self._stop_requested or 0), device=total.device)])
+            if dist.get_backend() != "nccl":
+                flags = flags.cpu()
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+            bad_any, stop = flags.tolist()
+            self._voted_at = self.step
+            if stop:
+                self._stop_agreed = int(stop)
+            if not bad_any:
+                return
+            here = not math.isfinite(float(total))
+        elif torch.isfinite(total):
+            return
+        else:
+            here = True
+        bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
+        where = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
+        who = "" if self.world == 1 else (f" on rank {self.rank}" if here else f" on another rank (every rank stops; "
+                                                                                 f"rank {self.rank}'s loss was finite)")
+        raise TrainingError(
+            f"non-finite loss at epoch {self.epoch} step {self.step}{who} (terms {bad or terms}){where}. "
+            "Lower the learning rate, enable optim.grad_clip, or check the input images."
+        )
+
+    def _stop_after_step(self) -> Optional[int]:
+        """The signal number of a stop every rank takes after this step (None: go on)."""
+        if self.world == 1:
+            return self._stop_requested
+        if self._voted_at != self.step - 1:  # forward_backward was overridden without check_loss: vote here
+            self._vote_stop()
+        return self._stop_agreed
+
+    def _vote_stop(self, time_is_up: bool = False) -> bool:
+        """One all_reduce (max) of [rank 0's time-budget decision, this rank's stop request]: sets the agreed stop;
+        returns whether rank 0's budget is spent (the other ranks' clocks do not vote)."""
+        if self.world == 1:
+            self._stop_agreed = self._stop_requested
+            return time_is_up
+        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        flags = torch.tensor([float(time_is_up and self.rank == 0), float(self._stop_requested or 0)], device=device)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)
+        up, stop = flags.tolist()
+        if stop:
+            self._stop_agreed = int(stop)
+        return bool(up)
+
+    def _mean_over_ranks(self, terms: dict[str, float]) -> dict[str, float]:
+        """``terms`` averaged over the ranks (one all_reduce; every rank logs the same keys)."""
+        if self.world == 1 or not terms:
+            return terms
+        keys = sorted(terms)
+        device = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        t = torch.tensor([float(terms[k]) for k in keys], dtype=torch.float64, device=device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return dict(zip(keys, (t / self.world).tolist()))
 
     # ------------------------------------------------------------------ hook
     def forward_backward(self, batch: Any) -> dict[str, float]:
@@ -162,13 +250,7 @@ class Trainer:
             out = self.model(images, modalities)
         # Losses run in float32: the OT costs and variance ratios lose too much in half precision.
         total, terms = self.objective(_to_float(out), pids, modalities)
-        if not torch.isfinite(total):
-            bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
-            where = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
-            raise TrainingError(
-                f"non-finite loss at epoch {self.epoch} step {self.step} (terms {bad or terms}){where}. "
-                "Lower the learning rate, enable optim.grad_clip, or check the input images."
-            )
+        self.check_loss(total, terms)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(total).backward()
@@ -267,7 +349,12 @@ class Trainer:
         return self._tb
 
     def fit(self) -> list[dict]:
-        """Run (or continue) training up to ``epochs``; returns the per-epoch summaries."""
+        """Run (or continue) training up to ``epochs``; returns the per-epoch summaries.
+
+        Stops early (every rank alike) when the ``max_minutes`` budget is spent at an epoch's end, or after the
+        step during which :meth:`request_stop` was called: then a resumable checkpoint is saved (mid-epoch when
+        the stop falls inside an epoch) and :attr:`interrupted` is the signal number.
+        """
         from cmemd.progress import progress_bar
 
         self.model.train()
@@ -281,6 +368,7 @@ class Trainer:
                 self.loader.dataset.set_epoch(self.epoch)
             sums: dict[str, float] = {}
             n, images_seen, t0 = 0, 0, time.time()
+            stop: Optional[int] = None
             bar = progress_bar(total=steps_per_epoch, initial=self.batches_done, desc=f"epoch {self.epoch + 1}/{self.epochs}",
                                unit="steps", disable=not self.progress or self.rank != 0, leave=False)
             for batch in self.loader:
@@ -296,15 +384,23 @@ class Trainer:
                 rate = images_seen / max(time.time() - t0, 1e-9)
                 bar.update(1)
                 bar.set_postfix(loss=f"{terms['loss']:.3f}", img_s=f"{rate:.0f}")
-                if self.step % self.log_every == 0:
+                if self.step % self.log_every == 0:  # the ranks' mean: one all_reduce per logging step only
                     self._log({"kind": "step", "epoch": self.epoch, "step": self.step,
-                               "lr": self.optimizer.param_groups[-1]["lr"], **terms, "img_per_s": rate})
+                               "lr": self.optimizer.param_groups[-1]["lr"], **self._mean_over_ranks(terms),
+                               "img_per_s": rate})
+                stop = self._stop_after_step()
+                if stop is not None and self.batches_done < steps_per_epoch:
+                    break
                 if self.checkpoint_every_steps and self.step % self.checkpoint_every_steps == 0 \
                         and self.batches_done < steps_per_epoch:
                     self.save()
             bar.close()
+            if stop is not None and self.batches_done < steps_per_epoch:  # stopped inside the epoch
+                self.save()
+                self.interrupted = stop
+                return self.history
             summary = {"kind": "epoch", "epoch": self.epoch, "step": self.step,
-                       **{k: v / max(n, 1) for k, v in sums.items()},
+                       **self._mean_over_ranks({k: v / max(n, 1) for k, v in sums.items()}),
                        "img_per_s": images_seen / max(time.time() - t0, 1e-9), "seconds": time.time() - t0}
             self.history.append(summary)
             self._log(summary)
@@ -323,9 +419,16 @@ class Trainer:
             self.epoch, self.batches_done = self.epoch + 1, 0
             if self.on_epoch_end is not None:
                 self.on_epoch_end(self, finished)
-            if self.max_minutes is not None and (time.time() - started) / 60 > self.max_minutes and self.epoch < self.epochs:
-                print(f"stopping after epoch {self.epoch}: the {self.max_minutes:g}-minute budget is spent "
-                      f"(resume with --resume to continue)", flush=True)
+            # rank 0's clock decides for every rank (its clock also counts the checkpoint write and its hooks)
+            spent = self.max_minutes is not None and (time.time() - started) / 60 > self.max_minutes
+            spent = self._vote_stop(time_is_up=spent)
+            if self._stop_agreed is not None:
+                self.interrupted = self._stop_agreed
+                return self.history
+            if spent and self.epoch < self.epochs:
+                if self.rank == 0:
+                    print(f"stopping after epoch {self.epoch}: the {self.max_minutes:g}-minute budget is spent "
+                          f"(resume with --resume to continue)", flush=True)
                 break
         return self.history
 
