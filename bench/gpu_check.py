@@ -142,6 +142,9 @@ class Check:
         self.watchdog.start()
 
     def _hung(self) -> None:
+        for pgid in list(RUNNING_GROUPS):  # launches of the hung row (torchrun and its workers)
+            with contextlib.suppress(OSError):
+                os.killpg(pgid, signal.SIGKILL)
         with self.lock:
             for r in self.rows:
                 if r.status == "running":
@@ -359,6 +362,7 @@ def run_command(cmd: list[str], timeout: float, env: Optional[dict] = None, cwd:
     row is stopped, so no worker of a hung launch outlives the check."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=cwd,
                             start_new_session=True)
+    RUNNING_GROUPS.add(proc.pid)
     try:
         out, _ = proc.communicate(timeout=max(1.0, timeout))
         return proc.returncode, out
@@ -370,6 +374,11 @@ def run_command(cmd: list[str], timeout: float, env: Optional[dict] = None, cwd:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.communicate()
         raise
+    finally:
+        RUNNING_GROUPS.discard(proc.pid)
+
+
+RUNNING_GROUPS: set[int] = set()  # process groups of the launches running now (the watchdog kills them)
 
 
 def child_env() -> dict:
@@ -636,8 +645,10 @@ def row_idle(r: Row, ctx: Ctx) -> None:
                 if e.device_type == DeviceType.CPU and e.name.startswith("aten::")]
     require(bool(steps), "the profiler recorded no step")
     idle = idle_fraction(steps, busy)
-    top = sorted(((e.key, e.device_time_total if ctx.cuda else e.cpu_time_total) for e in prof.key_averages()),
-                 key=lambda kv: -kv[1])[:10]
+    def total(e):  # device_time_total in recent torch, cuda_time_total before
+        return (getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)) if ctx.cuda else e.cpu_time_total
+
+    top = sorted(((e.key, total(e)) for e in prof.key_averages()), key=lambda kv: -kv[1])[:10]
     r.lines += table(["operator", "total µs"], [[k, float(v)] for k, v in top])
     r.data.update(idle=idle, busy_intervals=len(busy))
     if not ctx.cuda:
@@ -1031,7 +1042,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available; --smoke: cpu).")
     ap.add_argument("--smoke", "--quick", action="store_true", help="Tiny sizes: a test of the script on the CPU.")
-    ap.add_argument("--budget", type=float, default=None, help="Seconds for the whole check [450; --smoke 240].")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="Global deadline in seconds [420 (the watchdog exits at most 25 s after it); --smoke 240].")
     ap.add_argument("--out", type=Path, default=ROOT / "docs/results/gpu.md")
     ap.add_argument("--work", type=Path, default=None, help="Scratch folder (data, runs) [a temporary folder].")
     ap.add_argument("--resume-child", action="store_true", help=argparse.SUPPRESS)
@@ -1050,7 +1062,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)
     sz = SMOKE if args.smoke else FULL
-    budget = args.budget or (240.0 if args.smoke else 450.0)
+    budget = args.budget or (240.0 if args.smoke else 420.0)
     work = args.work or Path(tempfile.mkdtemp(prefix="cmemd_gpu_check_"))
     work.mkdir(parents=True, exist_ok=True)
     cmdline = "python bench/gpu_check.py " + " ".join(sys.argv[1:] if argv is None else argv)

@@ -100,6 +100,23 @@ def test_a_row_past_its_budget_fails_and_the_next_row_runs(gc, check):
     assert slow.status == "FAIL: ran past its 1 s budget" and ok.status == "pass" and c.exit_code() == 1
 
 
+def test_a_row_hung_where_no_time_box_reaches_is_reported_by_the_watchdog(tmp_path):
+    """SIGALRM blocked (as in a C call that never returns to Python): the watchdog writes the report and exits."""
+    code = f"""
+import importlib.util, signal, sys, time
+spec = importlib.util.spec_from_file_location("gpu_check_snippet", {str(SCRIPT)!r})
+m = importlib.util.module_from_spec(spec); sys.modules[spec.name] = m; spec.loader.exec_module(m)
+c = m.Check(m.Path({str(tmp_path / "gpu.md")!r}), ["# t"], budget=3, grace=1)
+c.run("s", "first", "passes", 5, lambda r: None)
+c.run("s", "hung", "returns", 5, lambda r: (signal.pthread_sigmask(signal.SIG_BLOCK, {{signal.SIGALRM}}), time.sleep(60)))
+"""
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 1, res.stderr[-2000:]
+    rows = json.loads((tmp_path / "gpu.json").read_text())["rows"]
+    assert [r["status"][:40] for r in rows] == ["pass", "FAIL: still running at the global deadli"]
+    assert "Stopped by the watchdog" in (tmp_path / "gpu.md").read_text()
+
+
 # ---------------------------------------------------------------------------------------------- injected faults
 
 def test_a_gradscaler_that_skips_every_step_fails_the_amp_row(gc, check, monkeypatch):
