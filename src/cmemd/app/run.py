@@ -267,7 +267,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, eval
 
     device = resolve_device(cfg.run.device, select=False)
     backends = configure_backends(cfg.run.seed, cfg.run.deterministic, cfg.run.cudnn_benchmark, device)
-    select_device(device)  # after CUBLAS_WORKSPACE_CONFIG is set: cuda:N becomes this process's CUDA device
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # DDP: each rank takes its LOCAL_RANK's GPU below
+        select_device(device)  # after CUBLAS_WORKSPACE_CONFIG is set: cuda:N becomes this process's CUDA device
     from cmemd.threads import apply_thread_policy, describe
 
     threads = apply_thread_policy(cfg.run.threads, device, (cfg.data.height, cfg.data.width))
