@@ -810,7 +810,8 @@ def resume_experiment(sz: Sizes, dev, work: Path) -> dict:
             "optim.warmup_epochs=1", "optim.milestones=[100]", f"run.out_dir={work / out}", f"run.device={dev}",
             "run.log_every=1", "run.deterministic=true", "run.diagnostics_ids=0", *extra])
 
-    train(cfg("resume_a"), progress=False, evaluate_after=False)
+    outcome = train(cfg("resume_a"), progress=False, evaluate_after=False)
+    deterministic_sps = outcome.history[-1]["seconds"] / S
     real_fb, real_resume = Trainer.forward_backward, Trainer.resume
     resumed_at = {}
 
@@ -850,7 +851,8 @@ def resume_experiment(sz: Sizes, dev, work: Path) -> dict:
     env = json.loads((work / "resume_b" / "environment.json").read_text())
     return dict(crashed=crashed, resumed_at=resumed_at, expected_at=dict(epoch=1, batch=S // 2, step=ckpt_at),
                 steps_a=steps("resume_a"), steps_b=steps("resume_b"), weight_diff=diff, total_steps=2 * S,
-                backends=env.get("backends"), resumed_seconds=seconds, torch_cuda=str(torch.version.cuda))
+                backends=env.get("backends"), resumed_seconds=seconds, torch_cuda=str(torch.version.cuda),
+                deterministic_s_per_step=deterministic_sps)
 
 
 def judge_resume(res: dict) -> str:
@@ -887,7 +889,8 @@ def row_resume(r: Row, ctx: Ctx) -> None:
     r.lines += [f"Backends of the resumed run: {res.get('backends')}", ""]
     r.lines += table(["step", "uninterrupted loss", "resumed loss"],
                      [[s, la, lb] for (s, la), (_, lb) in zip(res["steps_a"], res["steps_b"])])
-    r.measured = judge_resume(res)
+    r.measured = judge_resume(res) + (f"; deterministic training {res['deterministic_s_per_step']:.3f} s/step "
+                                      f"(epoch 2 of {ctx.sz.resume_steps} steps, data loading included)")
 
 
 def resume_child(args) -> int:
