@@ -722,7 +722,7 @@ def row_memory(r: Row, ctx: Ctx) -> None:
     small, big = 2 * ctx.sz.P * ctx.sz.K, 4 * ctx.sz.P * ctx.sz.K
     if not ctx.cuda:
         r.status = "not judged: the CPU has no peak-memory counter (every setting ran)"
-        r.measured = "ran at " + ", ".join(f"{n} {a}" for n, a in peaks)
+        r.measured = "ran at " + ", ".join(f"{n} img {'fp32' if a == 'none' else a}" for n, a in peaks)
         return
     total = torch.cuda.get_device_properties(ctx.dev).total_memory / 2**30
     r.measured = ", ".join(f"{n} img {'fp32' if a == 'none' else a}: {v:.1f} GiB" for (n, a), v in peaks.items())
