@@ -122,7 +122,9 @@ class EvalSettings:
 class RunSettings:
     out_dir: str = "runs/default"
     seed: int = 0
-    deterministic: bool = False
+    deterministic: bool = False  # deterministic algorithms only (on CUDA also CUBLAS_WORKSPACE_CONFIG); see docs/reproduce.md
+    # cuDNN autotuning: null (auto) = on for CUDA training unless run.deterministic; true | false force it
+    cudnn_benchmark: Optional[bool] = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     threads: Optional[int] = None
     log_every: int = 20

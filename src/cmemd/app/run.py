@@ -41,18 +41,43 @@ VAL_SELECTION_NOTE = ("val: best.pt is the epoch with the best mAP on the held-o
 
 # ---------------------------------------------------------------------- environment
 
-def resolve_device(name: str = "auto") -> torch.device:
+def resolve_device(name: str = "auto", *, select: bool = True) -> torch.device:
+    """The torch device ``run.device`` names (``auto``: CUDA when available). A ``cuda:N`` is checked against
+    the GPUs present and, with ``select``, made the current CUDA device (``torch.cuda.set_device``), so that
+    nothing of this process lands on GPU 0 (cuDNN/cuBLAS handles, the caching allocator, ``.cuda()`` calls)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"run.device={name!r} but CUDA is not available; use run.device=cpu")
+    if dev.type == "cuda" and dev.index is not None:
+        count = torch.cuda.device_count()
+        if dev.index >= count:
+            raise ConfigError(f"run.device={name!r} but this machine has {count} GPU(s) (cuda:0..cuda:{count - 1}); "
+                              "choose one of them")
+        if select:
+            select_device(dev)
     return dev
 
 
-def environment(thread_policy: Optional[dict[str, Any]] = None) -> dict[str, Any]:
-    """Versions, the git commit and the CPU thread policy (:func:`cmemd.threads.apply_thread_policy`), saved beside
-    every run."""
+def select_device(device: torch.device) -> None:
+    """Make a ``cuda:N`` device the current CUDA device of this process (nothing for CPU or a bare ``cuda``)."""
+    if device.type == "cuda" and device.index is not None:
+        torch.cuda.set_device(device)
+
+
+def device_name(device: torch.device) -> Optional[str]:
+    """The GPU's name for a CUDA device (the current device for a bare ``cuda``), else None."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_name(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def environment(thread_policy: Optional[dict[str, Any]] = None, device: Optional[torch.device] = None,
+                backends: Optional["Backends"] = None) -> dict[str, Any]:
+    """Versions, the git commit, the CPU thread policy (:func:`cmemd.threads.apply_thread_policy`), the GPU the
+    run uses (``device``; default the current CUDA device) and the determinism / cuDNN settings (``backends``),
+    saved beside every run."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
                                 cwd=Path(__file__).resolve().parent).stdout.strip() or None
@@ -63,9 +88,10 @@ def environment(thread_policy: Optional[dict[str, Any]] = None) -> dict[str, Any
     return {
         "cmemd": __version__, "git_commit": commit, "python": sys.version.split()[0], "torch": torch.__version__,
         "numpy": np.__version__, "platform": platform.platform(), "cpu_count": os.cpu_count(),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "cuda": device_name(device if device is not None else torch.device("cuda")),
         "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         **({"thread_policy": thread_policy} if thread_policy else {}),
+        **({"backends": dataclasses.asdict(backends)} if backends is not None else {}),
     }
 
 
@@ -166,15 +192,84 @@ def stop_on_signals(trainer: Trainer, signals: tuple[int, ...] = (signal.SIGINT,
             signal.signal(s, h)
 
 
-def set_determinism(seed: int, deterministic: bool) -> None:
+#: cuBLAS workspace setting that makes cuBLAS deterministic (CUDA >= 10.2; PyTorch's reproducibility notes)
+CUBLAS_DETERMINISTIC = ":4096:8"
+_CUBLAS_DETERMINISTIC_VALUES = (":4096:8", ":16:8")
+
+
+@dataclass
+class Backends:
+    """What :func:`configure_backends` set for a run: determinism and cuDNN autotuning, each with the reason,
+    as the run header prints them and ``environment.json`` records them."""
+
+    deterministic: bool
+    determinism_note: str
+    cudnn_benchmark: bool
+    cudnn_benchmark_note: str
+
+    def describe(self) -> str:
+        return (f"deterministic {'on' if self.deterministic else 'off'} ({self.determinism_note}); "
+                f"cuDNN autotuning {'on' if self.cudnn_benchmark else 'off'} ({self.cudnn_benchmark_note})")
+
+
+def cudnn_benchmark_choice(requested: Optional[bool], device: torch.device, deterministic: bool) -> tuple[bool, str]:
+    """Whether cuDNN autotuning (``torch.backends.cudnn.benchmark``) is on for a run, and why.
+
+    ``requested`` is ``run.cudnn_benchmark``: None (auto) turns it on for CUDA training that is not deterministic
+    (fixed input sizes, so the autotuned kernels are reused every step); ``true``/``false`` force it. Autotuning
+    picks kernels by timing them, so it contradicts ``run.deterministic=true``: that combination is a ConfigError.
+    """
+    if deterministic and requested:
+        raise ConfigError("run.cudnn_benchmark=true with run.deterministic=true: autotuning picks cuDNN kernels by "
+                          "timing them, so two runs may differ; set run.cudnn_benchmark=null (auto) or false, or "
+                          "run.deterministic=false")
+    if device.type != "cuda":
+        return False, f"{device.type}: cuDNN is not used"
+    if deterministic:
+        return False, "run.deterministic=true"
+    if requested is None:
+        return True, "run.cudnn_benchmark=null: on for CUDA training that is not deterministic"
+    return bool(requested), f"run.cudnn_benchmark={str(bool(requested)).lower()}"
+
+
+def set_determinism(seed: int, deterministic: bool, device: Optional[torch.device] = None) -> str:
+    """Seed Python, NumPy and torch; with ``deterministic`` make torch use deterministic algorithms only (an op
+    without one raises instead of warning). On CUDA this also sets ``CUBLAS_WORKSPACE_CONFIG`` (when the
+    environment has no deterministic value), which cuBLAS reads when it first runs in the process: call this
+    before any CUDA matrix product. Returns a note saying what was set, for the run header."""
     import random
 
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
+    if not deterministic:
+        return "run.deterministic=false"
+    note = "torch.use_deterministic_algorithms(True)"
+    if device is not None and device.type == "cuda":
+        env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
+        if env in _CUBLAS_DETERMINISTIC_VALUES:
+            note += f", CUBLAS_WORKSPACE_CONFIG={env} from the environment"
+        else:
+            late = torch.cuda.is_initialized()
+            os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_DETERMINISTIC
+            note += f", CUBLAS_WORKSPACE_CONFIG={CUBLAS_DETERMINISTIC}" + (
+                " set after CUDA had started in this process: deterministic only if no CUDA matrix product ran "
+                f"before (export CUBLAS_WORKSPACE_CONFIG={CUBLAS_DETERMINISTIC} before starting Python to be sure)"
+                if late else " set before CUDA started")
+        note += ", cudnn.deterministic"
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    return note
+
+
+def configure_backends(seed: int, deterministic: bool, cudnn_benchmark: Optional[bool],
+                       device: torch.device) -> Backends:
+    """Seeds, determinism (:func:`set_determinism`) and cuDNN autotuning (:func:`cudnn_benchmark_choice`) for a
+    run on ``device``; before the model is built (cuBLAS reads its workspace setting once)."""
+    bench, bench_note = cudnn_benchmark_choice(cudnn_benchmark, device, deterministic)
+    det_note = set_determinism(seed, deterministic, device)
+    torch.backends.cudnn.benchmark = bench
+    return Backends(deterministic, det_note, bench, bench_note)
 
 
 # ---------------------------------------------------------------------- data
@@ -328,7 +423,10 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
     from cmemd.data.dataset import build_train_loader
     from cmemd.models import build_model
 
-    device = resolve_device(cfg.run.device)
+    device = resolve_device(cfg.run.device, select=False)
+    backends = configure_backends(cfg.run.seed, cfg.run.deterministic, cfg.run.cudnn_benchmark, device)
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # DDP: each rank takes its LOCAL_RANK's GPU below
+        select_device(device)  # after CUBLAS_WORKSPACE_CONFIG is set: cuda:N becomes this process's CUDA device
     from cmemd.threads import apply_thread_policy, describe
 
     threads = apply_thread_policy(cfg.run.threads, device, (cfg.data.height, cfg.data.width))
@@ -336,7 +434,6 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
     if device.type == "cuda" and world > 1:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         torch.cuda.set_device(device)
-    set_determinism(cfg.run.seed, cfg.run.deterministic)
     out_dir = Path(cfg.run.out_dir)
     ckpt = out_dir / "last.pt"
     # last.prev.pt alone is a run too (last.pt lost): resume from it; a new run would overwrite it
@@ -349,7 +446,7 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
         if has_run and (out_dir / "config.yaml").is_file():
             _check_resume_config(out_dir / "config.yaml", cfg)
         out_dir.mkdir(parents=True, exist_ok=True)
-        _write_run_file(out_dir / "environment.json", json.dumps(environment(threads), indent=2))
+        _write_run_file(out_dir / "environment.json", json.dumps(environment(threads, device, backends), indent=2))
 
     check_pretrained(cfg, progress=progress and rank == 0)
     data = training_data(cfg)
@@ -410,6 +507,7 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
         if frozen:
             print(f"not trained (no loss term reads them under these loss settings): {', '.join(frozen)}", flush=True)
         print(f"threads: {describe(threads)}", flush=True)
+        print(f"{device} ({device_name(device) or platform.processor() or 'CPU'}): {backends.describe()}", flush=True)
     t0 = time.time()
     with stop_on_signals(trainer):
         history = trainer.fit()
@@ -584,7 +682,7 @@ def _val_selector(cfg: TrainConfig, device: torch.device):
     spec = get_dataset(cfg.data.dataset)
     sets = spec.val_sets(cfg.data.root)
     kw = dict(height=cfg.data.height, width=cfg.data.width, batch_size=cfg.eval.batch_size, device=device,
-              flip=cfg.eval.flip)
+              flip=cfg.eval.flip, **eval_loader_settings(cfg, device))
 
     def on_epoch_end(trainer: Trainer, epoch: int) -> None:
         model = unwrap(trainer.model)
@@ -631,6 +729,15 @@ def feature_description(cfg: TrainConfig) -> str:
             else f"local ({h}) feature")
 
 
+def eval_loader_settings(cfg: TrainConfig, device: Any, root: Optional[str] = None) -> dict[str, Any]:
+    """The data settings the test loader takes from ``cfg.data`` (as the training loader does): decoding
+    workers, the decoded-image cache (under ``root``, default ``data.root``, unless ``data.cache_dir``) and
+    pinned memory on a GPU. They change how fast features are extracted, never the features."""
+    d = cfg.data
+    return dict(num_workers=d.num_workers, use_cache=d.cache, cache_dir=d.cache_dir, dataset_root=root or d.root,
+                pin_memory=torch.device(device).type == "cuda")
+
+
 def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[str] = None, device: Any = "cpu",
                    progress: bool = True, return_features: bool = False) -> Any:
     """Evaluate a model on the dataset of ``cfg`` (or ``root``) with the protocol in ``cfg.eval``.
@@ -650,7 +757,8 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
     spec = get_dataset(d.dataset)
     rerank = ReRanking(e.rerank_k1, e.rerank_k2, e.rerank_lambda) if e.rerank else None
     sets = evaluation_sets(cfg, root)
-    kw = dict(height=d.height, width=d.width, batch_size=e.batch_size, device=device, progress=progress, flip=e.flip)
+    kw = dict(height=d.height, width=d.width, batch_size=e.batch_size, device=device, progress=progress, flip=e.flip,
+              **eval_loader_settings(cfg, device, root))
 
     def featurize(records, desc):
         return extract_features(model, records, desc=desc, **kw)

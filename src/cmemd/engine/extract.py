@@ -40,12 +40,16 @@ def extract_features(
     progress: bool = False,
     desc: str = "extract",
     flip: bool = False,
+    pin_memory: bool = False,
 ) -> np.ndarray:
     """The model's test feature for every record, in record order (float32, N x D).
 
     The modality tensor comes from the records, so a query of thermal images goes through the
     thermal stem and a visible gallery through the visible one, whatever the order. ``flip``
-    averages each image's feature with its mirror's (:func:`encode_batch`).
+    averages each image's feature with its mirror's (:func:`encode_batch`). ``num_workers`` decode in
+    worker processes, ``use_cache`` reads the decoded-image cache (built on first use, see
+    :mod:`cmemd.data.cache`) and ``pin_memory`` pins the batches for an asynchronous copy to a GPU; none of
+    them changes the features.
     """
     from cmemd.data.dataset import build_test_loader
     from cmemd.progress import progress_bar
@@ -53,10 +57,11 @@ def extract_features(
     was_training = model.training
     model.eval()
     loader = build_test_loader(records, height=height, width=width, batch_size=batch_size, num_workers=num_workers,
-                               use_cache=use_cache, cache_dir=cache_dir, dataset_root=dataset_root)
+                               use_cache=use_cache, cache_dir=cache_dir, dataset_root=dataset_root,
+                               pin_memory=pin_memory)
     out = []
     for batch in progress_bar(loader, desc=desc, disable=not progress, leave=False):
-        images, modalities = batch[0].to(device), batch[2].to(device)
+        images, modalities = batch[0].to(device, non_blocking=pin_memory), batch[2].to(device, non_blocking=pin_memory)
         out.append(encode_batch(model, images, modalities, flip=flip).float().cpu())
     model.train(was_training)
     return torch.cat(out).numpy() if out else np.zeros((0, 0), np.float32)

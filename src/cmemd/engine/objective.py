@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from cmemd.errors import ConfigError
 from cmemd.evaluation.modality import feature_health
 from cmemd.losses.alignment import make_alignment_loss
-from cmemd.losses.classification import cross_entropy_label_smooth
+from cmemd.losses.classification import cross_entropy, cross_entropy_label_smooth
 from cmemd.losses.triplet import wrt_triplet
 
 
@@ -171,7 +171,7 @@ class Objective(nn.Module):
     def _ce(self, logits: Tensor, pids: Tensor) -> Tensor:
         if self.label_smoothing > 0:
             return cross_entropy_label_smooth(logits, pids, self.label_smoothing)
-        return nn.functional.cross_entropy(logits, pids)
+        return cross_entropy(logits, pids)  # deterministic on CUDA under run.deterministic=true
 
     def forward(self, out: Any, pids: Tensor, modalities: Tensor) -> tuple[Tensor, dict[str, float]]:
         terms: dict[str, Tensor] = {}

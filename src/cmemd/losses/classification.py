@@ -1,12 +1,25 @@
 """Identity classification loss: cross-entropy with label smoothing."""
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmemd.errors import TrainingError
 
-__all__ = ["cross_entropy_label_smooth", "CrossEntropyLabelSmooth"]
+__all__ = ["cross_entropy", "cross_entropy_label_smooth", "CrossEntropyLabelSmooth"]
+
+
+def cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """``F.cross_entropy(logits, targets, label_smoothing=...)`` (mean over the batch), except on CUDA under
+    ``torch.use_deterministic_algorithms(True)`` (``run.deterministic=true``), where it is computed densely as
+    ``-(log_softmax(logits) * smoothed one-hot).sum(1).mean()``: the same value up to rounding, without the
+    NLL kernels that have no deterministic CUDA implementation (they would raise in that mode)."""
+    if logits.is_cuda and torch.are_deterministic_algorithms_enabled():
+        C = logits.shape[1]
+        target = F.one_hot(targets.long(), C).to(logits.dtype) * (1.0 - label_smoothing) + label_smoothing / C
+        return -(F.log_softmax(logits, dim=1) * target).sum(dim=1).mean()
+    return F.cross_entropy(logits, targets.long(), label_smoothing=label_smoothing)
 
 
 def cross_entropy_label_smooth(logits: Tensor, targets: Tensor, epsilon: float = 0.1) -> Tensor:
@@ -32,7 +45,7 @@ def cross_entropy_label_smooth(logits: Tensor, targets: Tensor, epsilon: float =
             f"cross_entropy_label_smooth: targets must lie in [0, {logits.shape[1]}); got range "
             f"[{int(targets.min())}, {int(targets.max())}] -- is num_classes the number of training ids?"
         )
-    return F.cross_entropy(logits, targets.long(), label_smoothing=epsilon)
+    return cross_entropy(logits, targets, epsilon)
 
 
 class CrossEntropyLabelSmooth(nn.Module):

@@ -254,6 +254,15 @@ def _part(resnet: ResNet, stages: tuple[str, ...]) -> nn.Sequential:
     return nn.Sequential(mods)
 
 
+def _cumsum_stripes(f: Tensor) -> Tensor:
+    """``f.cumsum(dim=1)`` (N x S x D); on CUDA under ``torch.use_deterministic_algorithms(True)`` as a product
+    with a lower-triangular matrix of ones, because a floating-point CUDA cumsum has no deterministic kernel."""
+    if f.is_cuda and torch.are_deterministic_algorithms_enabled():
+        s = f.shape[1]
+        return torch.einsum("ks,nsd->nkd", torch.ones(s, s, dtype=f.dtype, device=f.device).tril(), f)
+    return f.cumsum(dim=1)
+
+
 def _stripe_bounds(h: int, s: int) -> list[tuple[int, int]]:
     """Adaptive-pooling bins: row ranges of S stripes over H rows (overlapping if H < S)."""
     return [((k * h) // s, -((-(k + 1) * h) // s)) for k in range(s)]
@@ -396,7 +405,7 @@ class VTReIDModel(nn.Module):
             # One reduction for every k; its BN sees the N*S prefix features together.
             out.accumulated_feats = self.accum_reduce(prefix.reshape(n * s_, c)).reshape(n, s_, -1)
         elif self.cfg.accumulate == "cumsum":
-            out.accumulated_feats = f.cumsum(dim=1)
+            out.accumulated_feats = _cumsum_stripes(f)
         if out.accumulated_feats is not None and self.cfg.accumulated_heads:
             out.accumulated_bn = torch.stack([neck(out.accumulated_feats[:, k])
                                               for k, neck in enumerate(self.accum_necks)], dim=1)
