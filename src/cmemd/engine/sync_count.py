@@ -15,6 +15,8 @@ synchronise on a GPU. Two conventions follow from running on the CPU:
 * A copy is counted when it names a device and is blocking, even when (as on the CPU) source and
   destination are the same device: on a CPU-only run the mode cannot tell a no-op from a transfer,
   so it counts conservatively; code that is already on the right device should not call ``.to``.
+  torch's own same-device ``.to`` calls (device-generic library code, e.g. ``clip_grad_norm_``'s
+  per-device norms) are no-ops on any device and are not counted.
 * ``torch.optim``'s own calls are not counted: the optimisers keep their step counters on the host
   (``capturable=False``, the default) and read them with ``.item()``, which never waits for the
   device (pass ``ignore=()`` to count them too).
@@ -116,6 +118,8 @@ def _kind(func: Any, args: tuple, kwargs: dict) -> Optional[str]:
     if func in _TO:
         if kwargs.get("non_blocking") or (func is _TB.copy_ and len(args) > 2 and args[2]):
             return None
+        if func is _TB.to and _device_arg(args, kwargs) == args[0].device and _torch_caller():
+            return None  # torch's own device-generic code: a no-op on any device
         if func is _TB.copy_:
             src, dst = args[1], args[0]
             return "copy" if isinstance(src, torch.Tensor) and src.device != dst.device else None
@@ -127,6 +131,15 @@ def _kind(func: Any, args: tuple, kwargs: dict) -> Optional[str]:
     if func in _FACTORIES:
         return "copy" if kwargs.get("device") is not None else None
     return None
+
+
+def _torch_caller() -> bool:
+    """Whether the torch call was made by torch's own Python code."""
+    f = sys._getframe(3)
+    while f is not None and f.f_globals.get("__name__", "") in (__name__, "torch.overrides"):
+        f = f.f_back
+    module = f.f_globals.get("__name__", "") if f is not None else ""
+    return module == "torch" or module.startswith("torch.")
 
 
 def _caller(ignore: tuple[str, ...]) -> Optional[str]:
