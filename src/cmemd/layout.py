@@ -55,7 +55,7 @@ def group_labels(pids: Sequence[int], modalities: Sequence[int], name: str = "al
     return list(by_shape.values()), len(members) - skipped, skipped
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BatchLayout:
     """What the model and the losses need to know about a batch's labels, known on the host.
 
@@ -136,6 +136,22 @@ class BatchLayout:
     def pin_memory(self) -> "BatchLayout":
         """Page-locked copies of the index tensors (the DataLoader's ``pin_memory`` calls this)."""
         return self._map(lambda t: t.pin_memory())
+
+    def __eq__(self, other: object) -> bool:
+        """Same structure (index tensors compared by value; device and memory layout aside)."""
+        if not isinstance(other, BatchLayout):
+            return NotImplemented
+
+        def same(a: object, b: object) -> bool:
+            if isinstance(a, Tensor) and isinstance(b, Tensor):
+                return a.shape == b.shape and bool(torch.equal(a.cpu(), b.cpu()))
+            if isinstance(a, tuple) and isinstance(b, tuple):
+                return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+            return a == b
+
+        return all(same(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self))
+
+    __hash__ = None  # type: ignore[assignment]  # mutable tensors inside
 
     def check(self, n: int, name: str) -> None:
         """Raise unless the layout describes a batch of ``n`` samples."""
