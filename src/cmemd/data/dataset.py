@@ -22,9 +22,9 @@ from cmemd.data.cache import ImageCache, build_cache
 from cmemd.data.images import load_image
 from cmemd.data.records import ImageRecord, modality_index
 from cmemd.data.sampler import CrossModalityIdentitySampler
-from cmemd.layout import BatchLayout
 from cmemd.data.transforms import Transform, TransformConfig, transforms_from_config
 from cmemd.errors import ConfigError, DatasetError
+from cmemd.layout import BatchLayout
 
 
 class Batch(NamedTuple):

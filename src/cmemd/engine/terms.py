@@ -14,22 +14,29 @@ from typing import Iterator, Mapping, Optional, Union
 import torch
 from torch import Tensor
 
-__all__ = ["LoggedTerms", "to_floats", "raw_terms"]
+__all__ = ["LoggedTerms", "to_floats", "raw_terms", "wide_dtype"]
 
 Value = Union[Tensor, float]
+
+
+def wide_dtype(device: torch.device) -> torch.dtype:
+    """float64 (every float32 value and the sum of two exactly as Python floats), float32 where the device has
+    no float64 (MPS)."""
+    return torch.float32 if device.type == "mps" else torch.float64
 
 
 def to_floats(values: Mapping[str, Value]) -> dict[str, float]:
     """Every value as a Python float, in the mapping's order; the tensors are read with ONE transfer per
     device (stacked in float64, which holds every float32 / bfloat16 / float16 value exactly, so each float
-    equals ``float(tensor)``)."""
+    equals ``float(tensor)``; float32 on MPS)."""
     by_device: dict[torch.device, list[str]] = {}
     for k, v in values.items():
         if isinstance(v, Tensor):
             by_device.setdefault(v.device, []).append(k)
     read: dict[str, float] = {}
-    for keys in by_device.values():
-        stacked = torch.stack([values[k].detach().reshape(()).to(torch.float64) for k in keys])  # type: ignore[union-attr]
+    for device, keys in by_device.items():
+        wide = wide_dtype(device)
+        stacked = torch.stack([values[k].detach().reshape(()).to(wide) for k in keys])  # type: ignore[union-attr]
         read.update(zip(keys, stacked.tolist()))
     return {k: read[k] if k in read else float(v) for k, v in values.items()}
 

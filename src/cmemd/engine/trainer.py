@@ -22,7 +22,7 @@ from torch import nn
 
 from cmemd.engine.checkpoint import load_checkpoint, save_checkpoint
 from cmemd.engine.schedule import lr_factor, set_lr
-from cmemd.engine.terms import LoggedTerms, raw_terms, to_floats
+from cmemd.engine.terms import LoggedTerms, raw_terms, to_floats, wide_dtype
 from cmemd.errors import CheckpointError, TrainingError
 
 AMP_DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16}
@@ -331,10 +331,10 @@ def _takes_layout(fn: Any) -> bool:
 
 def _accumulate(sums: dict[str, Any], terms: Any) -> None:
     """Add a step's terms to the epoch's sums without reading them: tensors are summed on the device in float64
-    (each float32 term and each partial sum exactly as the Python float sum it replaces)."""
+    (each float32 term and each partial sum exactly as the Python float sum it replaces; float32 on MPS)."""
     for k, v in raw_terms(terms).items():
         if isinstance(v, torch.Tensor):
-            v = v.detach().to(torch.float64)
+            v = v.detach().to(wide_dtype(v.device))
         sums[k] = sums[k] + v if k in sums else 0.0 + v
 
 
