@@ -69,6 +69,12 @@ def test_optimiser_step_counters_are_not_counted_unless_asked():
         opt.step()
     assert default.total == 0
     assert everything.by_kind["item"] >= 1  # Adam reads its host-side step counter
+    # torch's own same-device .to() (clip_grad_norm_ moves each norm to the first grad's device) is a no-op anywhere;
+    # the same call written in our code counts (on the CPU the mode cannot tell it from a transfer)
+    with count_host_syncs() as clip:
+        torch.nn.utils.clip_grad_norm_([p], 1.0)
+        p.grad.to(p.device)
+    assert dict(clip.by_kind) == {"copy": 1} and next(iter(clip.by_site))[2].startswith(Path(__file__).name)
 
 
 def test_on_sync_callback_sees_each_call():
