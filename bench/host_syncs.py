@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--log-every", type=int, default=3)
     ap.add_argument("--work", type=Path, default=None, help="folder for the tiny data set and runs [a temporary one]")
-    ap.add_argument("--golden", type=Path, help="write every step's logged terms and the final weights' sum here")
+    ap.add_argument("--golden", type=Path,
+                    help="write every step's logged terms, the epoch summary and the final weights' sum here")
     ap.add_argument("--compare", type=Path, help="compare the terms with an earlier --golden file, bit for bit")
     ap.add_argument("--sites", action="store_true", help="print the call sites of a non-logging step")
     args = ap.parse_args(argv)
@@ -160,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
             counts, terms, _, steps = count_steps(trainer)
         with torch._C.DisableTorchFunction():
             weights = float(sum(p.detach().double().sum() for p in trainer.model.parameters()))
-        golden[name] = {"terms": terms, "weights_sum": weights}
+        summary = {k: v for k, v in trainer.history[-1].items() if k not in ("seconds", "img_per_s")}
+        golden[name] = {"terms": terms, "weights_sum": weights, "epoch_summary": summary}
         # step 1 also fills per-process caches (the OT candidate tables' one copy to the device)
         logging = [c for s, c in enumerate(counts, start=1) if s % args.log_every == 0]
         plain = [c for s, c in enumerate(counts, start=1) if s % args.log_every != 0 and s > 1]
@@ -184,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"DIFFERENT: {name}", flush=True)
         for name in (n for n in golden if ref[n] is None):
             print(f"not in {args.compare}: {name}", flush=True)
-        print("terms and weights bit-identical to", args.compare if not bad else "-- NOT identical", flush=True)
+        print("terms, epoch summary and weights bit-identical to", args.compare if not bad else "-- NOT identical", flush=True)
         return 1 if bad else 0
     return 0
 
