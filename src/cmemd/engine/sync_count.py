@@ -25,7 +25,8 @@ Usage::
 
     with count_host_syncs() as syncs:
         trainer.forward_backward(batch)
-    syncs.total, syncs.by_kind, syncs.by_site  # 2, {"scalar": 2}, {("scalar", "__bool__", "trainer.py:131"): 1, ...}
+    syncs.total, syncs.by_kind  # 1, Counter({"scalar": 1}): the trainer's non-finite check
+    syncs.by_site               # Counter({("scalar", "__bool__", "trainer.py:144"): 1}); syncs.table() prints it
 
 The mode intercepts every torch call inside the block (a few microseconds each): use it in tests
 and benchmarks, not in a training run.
