@@ -220,6 +220,28 @@ def test_sinkhorn_non_uniform_and_relative_eps_and_gradient():
     torch.testing.assert_close(close, emd(cost).value, atol=5e-3, rtol=0)
 
 
+# stops after 10 / 20-30 updates, runs to max_iter (the CM-EMD setting), float32 never / float64 soon, short loops
+@pytest.mark.parametrize("eps,max_iter,tol", [(0.5, 200, 1e-6), (0.2, 200, 1e-5), (0.05, 200, 1e-6), (1.0, 5000, 1e-9),
+                                              (0.05, 37, 1e-4), (0.05, 10, 1e-6)])
+def test_sinkhorn_without_early_exit_is_the_same_plan_with_no_host_read(eps, max_iter, tol):
+    """early_exit=False (the accelerator default) freezes the potentials on the device where the early exit would
+    stop: the same plan, bit for bit, whether the test passes early, late or never; and no value is read back."""
+    from cmemd.engine.sync_count import count_host_syncs
+
+    g = torch.Generator().manual_seed(max_iter)
+    for dtype in (torch.float32, torch.float64):
+        cost = torch.rand(13, 4, 4, generator=g).to(dtype)
+        cost[3] = 0.0
+        early = sinkhorn(cost, eps=eps, max_iter=max_iter, tol=tol, early_exit=True)
+        with count_host_syncs() as syncs:
+            frozen = sinkhorn(cost, eps=eps, max_iter=max_iter, tol=tol, early_exit=False, check_finite=False)
+        assert syncs.total == 0, syncs.table()
+        assert torch.equal(early.plan, frozen.plan) and torch.equal(early.value, frozen.value)
+    with count_host_syncs() as syncs:  # the early exit reads one value per test, none after the last update
+        sinkhorn(cost, eps=0.05, max_iter=30, tol=0.0, early_exit=True, check_finite=False)
+    assert dict(syncs.by_kind) == {"scalar": 2}
+
+
 def test_sinkhorn_degenerate_inputs():
     z = sinkhorn(torch.zeros(2, 3, 3))
     torch.testing.assert_close(z.plan, torch.full((2, 3, 3), 1 / 9))

@@ -73,7 +73,7 @@ class EMDResult(NamedTuple):
 # input handling
 
 
-def _as_batched_cost(cost: Tensor, name: str) -> tuple[Tensor, bool]:
+def _as_batched_cost(cost: Tensor, name: str, check_finite: bool = True) -> tuple[Tensor, bool]:
     if not isinstance(cost, Tensor):
         cost = torch.as_tensor(cost)
     if cost.dim() not in (2, 3):
@@ -93,13 +93,25 @@ def _as_batched_cost(cost: Tensor, name: str) -> tuple[Tensor, bool]:
         cost = cost.unsqueeze(0)
     # A finite sum proves every entry finite (NaN/inf propagate) and is much cheaper than an
     # elementwise check; the full check runs only to tell overflow of the sum from a bad entry.
+    # (The check reads a value on the host: with check_finite=False a caller that checks its result
+    # anyway skips that synchronisation; the host-side paths check their own copy, see _host_cost.)
     c = cost.detach()
-    if not bool(torch.isfinite(c.sum())) and not bool(torch.isfinite(c).all()):
-        raise SolverError(
-            f"{name}: cost contains NaN or inf; check the features the cost was built from "
-            "(a forbidden pair needs a large finite cost, not inf)"
-        )
+    if check_finite and not bool(torch.isfinite(c.sum())) and not bool(torch.isfinite(c).all()):
+        raise SolverError(_non_finite(name))
     return cost, unbatched
+
+
+def _non_finite(name: str) -> str:
+    return (f"{name}: cost contains NaN or inf; check the features the cost was built from "
+            "(a forbidden pair needs a large finite cost, not inf)")
+
+
+def _host_cost(cost: Tensor, name: str) -> np.ndarray:
+    """The cost as a float64 array on the host, checked finite (these paths copy it anyway)."""
+    C = cost.detach().to("cpu", torch.float64).numpy()
+    if not np.isfinite(C).all():
+        raise SolverError(_non_finite(name))
+    return C
 
 
 def _marginal(w: Optional[Tensor], B: int, n: int, cost: Tensor, name: str, side: str) -> Optional[Tensor]:
@@ -207,7 +219,7 @@ def _emd_assignment(cost: Tensor) -> Tensor:
     from scipy.optimize import linear_sum_assignment
 
     B, n, m = cost.shape
-    C = cost.detach().to("cpu", torch.float64).numpy()
+    C = _host_cost(cost, "emd")
     plan = np.zeros((B, n, m), dtype=np.float64)
     if n == m:
         cols = np.asarray([linear_sum_assignment(c)[1] for c in C], dtype=np.int64)
@@ -225,7 +237,7 @@ def _emd_linprog(cost: Tensor, a: Tensor, b: Tensor, name: str) -> Tensor:
     from scipy.optimize import linprog
 
     B, n, m = cost.shape
-    C = cost.detach().to("cpu", torch.float64).numpy()
+    C = _host_cost(cost, name)
     A = a.detach().to("cpu", torch.float64).numpy()
     Bm = b.detach().to("cpu", torch.float64).numpy()
     # equality constraints: row sums (n) and column sums (m) of the flattened plan
@@ -255,7 +267,8 @@ def _emd_path(B: int, n: int, m: int, device: torch.device = torch.device("cpu")
     return "linprog"
 
 
-def emd(cost: Tensor, a: Optional[Tensor] = None, b: Optional[Tensor] = None) -> EMDResult:
+def emd(cost: Tensor, a: Optional[Tensor] = None, b: Optional[Tensor] = None, *,
+        check_finite: bool = True) -> EMDResult:
     """Exact Earth Mover's Distance of a batch of small problems.
 
     Args:
@@ -263,6 +276,10 @@ def emd(cost: Tensor, a: Optional[Tensor] = None, b: Optional[Tensor] = None) ->
         a: source marginal ``(n,)`` or ``(B, n)``; None means uniform ``1/n``.
         b: target marginal ``(m,)`` or ``(B, m)``; None means uniform ``1/m``.
             ``a`` and ``b`` must have the same total mass.
+        check_finite: raise :class:`SolverError` on a non-finite cost [True]. The check reads a value on
+            the host (a synchronisation on an accelerator); with False the on-device path skips it and a
+            non-finite cost gives a non-finite ``value`` (the paths that copy the cost to the host check
+            their copy either way).
 
     Returns:
         :class:`EMDResult` ``(plan, value)``: ``plan`` detached, same dtype and device as ``cost``;
@@ -278,7 +295,7 @@ def emd(cost: Tensor, a: Optional[Tensor] = None, b: Optional[Tensor] = None) ->
         SolverError: malformed shapes, non-finite cost, negative or unbalanced marginals, or an LP
             that fails.
     """
-    cost, unbatched = _as_batched_cost(cost, "emd")
+    cost, unbatched = _as_batched_cost(cost, "emd", check_finite)
     B, n, m = cost.shape
     wa = _marginal(a, B, n, cost, "emd", "a")
     wb = _marginal(b, B, m, cost, "emd", "b")
@@ -322,6 +339,8 @@ def sinkhorn(
     max_iter: int = 200,
     tol: float = 1e-6,
     relative_eps: bool = True,
+    check_finite: bool = True,
+    early_exit: Optional[bool] = None,
 ) -> EMDResult:
     """Entropic optimal transport (log-domain Sinkhorn), batched, on the tensor's device.
 
@@ -337,6 +356,12 @@ def sinkhorn(
         tol: stop when the largest L1 error of the row marginals over the batch is below ``tol``
             (checked every 10 iterations; columns are exact after each update).
         relative_eps: see ``eps``.
+        check_finite: raise on a non-finite cost [True]; False skips that host read (see :func:`emd`).
+        early_exit: how the ``tol`` test stops the loop. True: the loop ends at the first test that passes
+            (each test reads a value on the host: a synchronisation on an accelerator). False: the loop runs
+            ``max_iter`` updates and the potentials stop changing on the device from the test that passes on,
+            with no host read; both give the same plan, bit for bit. None [default]: True on the CPU (where a
+            read costs nothing and the saved iterations do), False on an accelerator.
 
     Returns:
         :class:`EMDResult` with the detached entropic plan and ``value = <plan, cost>``
@@ -344,7 +369,7 @@ def sinkhorn(
     """
     if eps <= 0:
         raise SolverError(f"sinkhorn: eps must be > 0, got {eps}; use cmemd.ot.emd for eps = 0")
-    cost, unbatched = _as_batched_cost(cost, "sinkhorn")
+    cost, unbatched = _as_batched_cost(cost, "sinkhorn", check_finite)
     B, n, m = cost.shape
     wa = _marginal(a, B, n, cost, "sinkhorn", "a")
     wb = _marginal(b, B, m, cost, "sinkhorn", "b")
@@ -364,13 +389,24 @@ def sinkhorn(
         K = -C / e  # (B, n, m)
         f = torch.zeros(B, n, dtype=C.dtype, device=C.device)  # potentials divided by eps
         g = torch.zeros(B, m, dtype=C.dtype, device=C.device)
+        early = C.device.type == "cpu" if early_exit is None else early_exit
+        done = None if early else torch.zeros((), dtype=torch.bool, device=C.device)  # converged (frozen)
         for it in range(max_iter):
-            f = log_a - torch.logsumexp(K + g[:, None, :], dim=2)
-            g = log_b - torch.logsumexp(K + f[:, :, None], dim=1)
-            if (it + 1) % 10 == 0 or it == max_iter - 1:
+            f_new = log_a - torch.logsumexp(K + g[:, None, :], dim=2)
+            g_new = log_b - torch.logsumexp(K + f_new[:, :, None], dim=1)
+            if done is None:
+                f, g = f_new, g_new
+            else:
+                f, g = torch.where(done, f, f_new), torch.where(done, g, g_new)
+            # (no test after the last update: the loop ends there either way)
+            if (it + 1) % 10 == 0 and it < max_iter - 1:
                 rows = torch.exp(K + f[:, :, None] + g[:, None, :]).sum(2)
-                if float((rows - a_).abs().sum(1).max()) < tol:
-                    break
+                err = (rows - a_).abs().sum(1).max()
+                if done is None:
+                    if float(err) < tol:
+                        break
+                else:
+                    done = done | (err < tol)
         plan = torch.exp(K + f[:, :, None] + g[:, None, :])
         plan = torch.nan_to_num(plan, nan=0.0)  # rows/cols with zero mass
     value = (plan * cost).sum((-2, -1))

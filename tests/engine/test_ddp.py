@@ -67,7 +67,7 @@ def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
             self.request_stop(signal.SIGINT)
         if rank == 1 and plan.get("nan_at") == self.step + 1:
             real_objective = self.objective
-            self.objective = lambda *a: (lambda t: (t[0] * float("nan"), t[1]))(real_objective(*a))
+            self.objective = lambda *a, **k: (lambda t: (t[0] * float("nan"), t[1]))(real_objective(*a, **k))
             try:
                 return real_fb(self, batch)
             finally:

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, Iterator, Mapping, NamedTuple, Sequence
+from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -24,15 +24,19 @@ from cmemd.data.records import ImageRecord, modality_index
 from cmemd.data.sampler import CrossModalityIdentitySampler
 from cmemd.data.transforms import Transform, TransformConfig, transforms_from_config
 from cmemd.errors import ConfigError, DatasetError
+from cmemd.layout import BatchLayout
 
 
 class Batch(NamedTuple):
-    """A collated batch; unpacks as ``images, pids, modalities, indices``."""
+    """A collated batch: ``images, pids, modalities, indices`` and the ``layout`` of its labels
+    (:class:`cmemd.layout.BatchLayout`, built on the host so the losses never read the labels back from the
+    device; None when the batch was built without one)."""
 
     images: torch.Tensor  # (B, 3, H, W) float32
     pids: torch.Tensor  # (B,) int64
     modalities: torch.Tensor  # (B,) int64, 0 visible / 1 thermal
     indices: torch.Tensor  # (B,) int64, positions in the record list
+    layout: Optional[BatchLayout] = None
 
 
 def sample_generator(seed: int, epoch: int, index: int, draw: int | None = None) -> torch.Generator:
@@ -103,7 +107,7 @@ class ReIDDataset(Dataset):
 
 
 def collate_batch(items: Sequence[tuple[torch.Tensor, int, int, int]]) -> Batch:
-    """Stack dataset items into a :class:`Batch`."""
+    """Stack dataset items into a :class:`Batch` (without a layout)."""
     images, pids, mods, idx = zip(*items)
     return Batch(
         default_collate(list(images)),  # stacks into shared memory inside workers (no extra copy)
@@ -111,6 +115,14 @@ def collate_batch(items: Sequence[tuple[torch.Tensor, int, int, int]]) -> Batch:
         torch.tensor(mods, dtype=torch.long),
         torch.tensor(idx, dtype=torch.long),
     )
+
+
+def collate_train_batch(items: Sequence[tuple[torch.Tensor, int, int, int]]) -> Batch:
+    """:func:`collate_batch` plus the batch's :class:`cmemd.layout.BatchLayout`, built from the labels as Python
+    ints (the training loader's collate: the model and the losses then never read the labels on the device)."""
+    batch = collate_batch(items)
+    _, pids, mods, _ = zip(*items)
+    return batch._replace(layout=BatchLayout.from_labels(pids, mods))
 
 
 class EpochTaggedBatchSampler(Sampler[list[tuple[int, int, int]]]):
@@ -212,7 +224,7 @@ def build_train_loader(
         dataset,
         batch_sampler=EpochTaggedBatchSampler(sampler),
         num_workers=num_workers,
-        collate_fn=collate_batch,
+        collate_fn=collate_train_batch,
         pin_memory=pin_memory,
         persistent_workers=persistent_workers and num_workers > 0,
     )

@@ -6,13 +6,15 @@ are options, so the ablation rows are settings of one objective.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Optional
 
 import torch
 from torch import Tensor, nn
 
+from cmemd.engine.terms import LoggedTerms
 from cmemd.errors import ConfigError
-from cmemd.evaluation.modality import feature_health
+from cmemd.evaluation.modality import feature_health_tensors
+from cmemd.layout import BatchLayout
 from cmemd.losses.alignment import make_alignment_loss
 from cmemd.losses.classification import cross_entropy, cross_entropy_label_smooth
 from cmemd.losses.triplet import wrt_triplet
@@ -44,20 +46,21 @@ def aligned_features(out: Any, granularities: str = "all", feature: str = "poole
     return feats
 
 
-def health_terms(out: Any) -> dict[str, float]:
+def health_terms(out: Any) -> dict[str, Tensor]:
     """Mean norm, dead-unit and zero-entry shares of the pooled (pre-BN) global, local and accumulated features
     (:func:`cmemd.evaluation.modality.feature_health`). Local units are per stripe (each stripe has its own
     reduction). The prefix-accumulated features come from ONE shared reduction, so ``dead_accum`` counts its
     units silent for every image AND every prefix; ``dead_accum_prefix`` counts the
-    (prefix, unit) pairs silent for every image, which grows when the prefixes specialise."""
+    (prefix, unit) pairs silent for every image, which grows when the prefixes specialise. The values are 0-d
+    tensors on the features' device (``float()`` them to read)."""
     terms = {}
     for name, attr in (("global", "global_feat"), ("local", "local_feats"), ("accum", "accumulated_feats")):
         x = getattr(out, attr, None)
         if x is not None:
-            h = feature_health(x, shared_units=name == "accum")
+            h = feature_health_tensors(x, shared_units=name == "accum")
             terms[f"norm_{name}"], terms[f"dead_{name}"], terms[f"zero_{name}"] = h
             if name == "accum":
-                terms["dead_accum_prefix"] = feature_health(x).dead_units
+                terms["dead_accum_prefix"] = feature_health_tensors(x)[1]
     return terms
 
 
@@ -168,26 +171,30 @@ class Objective(nn.Module):
             params[name].requires_grad_(False)
         return sorted({n.split(".")[0] for n in names})
 
-    def _ce(self, logits: Tensor, pids: Tensor) -> Tensor:
+    def _ce(self, logits: Tensor, pids: Tensor, layout: Optional[BatchLayout]) -> Tensor:
         if self.label_smoothing > 0:
-            return cross_entropy_label_smooth(logits, pids, self.label_smoothing)
+            return cross_entropy_label_smooth(logits, pids, self.label_smoothing, layout)
         return cross_entropy(logits, pids)  # deterministic on CUDA under run.deterministic=true
 
-    def forward(self, out: Any, pids: Tensor, modalities: Tensor) -> tuple[Tensor, dict[str, float]]:
+    def forward(self, out: Any, pids: Tensor, modalities: Tensor,
+                layout: Optional[BatchLayout] = None) -> tuple[Tensor, LoggedTerms]:
+        """``(total loss, terms)``; the terms are a :class:`cmemd.engine.terms.LoggedTerms` (floats when read,
+        read all at once). ``layout``: the batch's :class:`cmemd.layout.BatchLayout` (tensors on the output's
+        device), with which the objective makes no host-device synchronisation."""
         terms: dict[str, Tensor] = {}
-        terms["ce_global"] = self._ce(out.global_logits, pids)
+        terms["ce_global"] = self._ce(out.global_logits, pids, layout)
         total = terms["ce_global"]
         local = getattr(out, "local_feats", None)
         if getattr(out, "local_logits", None):
-            terms["ce_local"] = torch.stack([self._ce(lg, pids) for lg in out.local_logits]).mean()
+            terms["ce_local"] = torch.stack([self._ce(lg, pids, layout) for lg in out.local_logits]).mean()
             total = total + terms["ce_local"]
         if getattr(out, "accumulated_logits", None) and self.lambda_accum_ce > 0:
-            terms["ce_accum"] = torch.stack([self._ce(lg, pids) for lg in out.accumulated_logits]).mean()
+            terms["ce_accum"] = torch.stack([self._ce(lg, pids, layout) for lg in out.accumulated_logits]).mean()
             total = total + self.lambda_accum_ce * terms["ce_accum"]
 
         if self.lambda_align > 0 and self.alignment_name != "none":
             feats = aligned_features(out, self.align_granularities, self.align_feature)
-            res = self.align(feats, pids, modalities)
+            res = self.align(feats, pids, modalities, layout=layout)
             terms["align"] = res.loss
             per = res.per_granularity.detach()
             terms["align_global"] = per[0]
@@ -200,9 +207,9 @@ class Objective(nn.Module):
 
         if self.lambda_dl > 0:
             holistic = getattr(out, "holistic", None)
-            dl = self.cmdl(holistic if holistic is not None else out.global_feat, pids, modalities)
+            dl = self.cmdl(holistic if holistic is not None else out.global_feat, pids, modalities, layout=layout)
             if self.dl_on_global and holistic is not None:
-                dl = dl + self.cmdl(out.global_feat, pids, modalities)
+                dl = dl + self.cmdl(out.global_feat, pids, modalities, layout=layout)
             terms["cmdl"] = dl
             total = total + self.lambda_dl * dl
 
@@ -210,7 +217,8 @@ class Objective(nn.Module):
             terms["triplet"] = wrt_triplet(out.global_feat, pids)
             total = total + self.lambda_triplet * terms["triplet"]
 
-        logged = {"loss": float(total.detach())}
-        logged.update({k: float(v.detach()) for k, v in terms.items()})
-        logged.update(health_terms(out))
+        logged = LoggedTerms({"loss": total.detach()})
+        logged.update({k: v.detach() for k, v in terms.items()})
+        for k, v in health_terms(out).items():
+            logged[k] = v
         return total, logged

@@ -6,6 +6,7 @@ logs) stays as it is.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from torch import nn
 
 from cmemd.engine.checkpoint import load_checkpoint, save_checkpoint
 from cmemd.engine.schedule import lr_factor, set_lr
+from cmemd.engine.terms import LoggedTerms, raw_terms, to_floats, wide_dtype
 from cmemd.errors import CheckpointError, TrainingError
 from cmemd.folders import write_atomic
 
@@ -89,7 +91,9 @@ class Trainer:
 
     Args:
         model: returns a named output in train mode (``model(images, modalities)``); may be DDP-wrapped.
-        objective: ``objective(output, pids, modalities) -> (total loss, {term: value})``.
+        objective: ``objective(output, pids, modalities) -> (total loss, {term: value})``; the values may be
+            0-d tensors (read at logging steps only). Model and objective that take a ``layout`` keyword get
+            the batch's :class:`cmemd.layout.BatchLayout` (when the batch has one), on the device.
         optimizer: its groups carry ``initial_lr``; the schedule scales them every step.
         loader: a DataLoader (``cmemd.data.build_train_loader``) yielding :class:`cmemd.data.dataset.Batch`
             (read by name: ``images``, ``pids``, ``modalities``) whose ``batch_sampler`` has
@@ -158,6 +162,9 @@ class Trainer:
         self._stop_requested: Optional[int] = None  # set by request_stop (on this rank)
         self._stop_agreed: Optional[int] = None  # a stop every rank has agreed on (DDP)
         self._voted_at = -1  # the step whose check_loss vote ran (DDP)
+        # the batch layout goes only to a model / objective that takes it (a plain model(images, modalities) works)
+        self._layout_to_model = _takes_layout(unwrap(model))
+        self._layout_to_objective = _takes_layout(objective)
 
     # ------------------------------------------------------------------ stopping
     def request_stop(self, signum: int) -> None:
@@ -234,23 +241,33 @@ class Trainer:
         return dict(zip(keys, (t / self.world).tolist()))
 
     # ------------------------------------------------------------------ hook
-    def forward_backward(self, batch: Any) -> dict[str, float]:
-        """One optimisation step on one batch; returns the logged loss terms.
+    def forward_backward(self, batch: Any) -> LoggedTerms:
+        """One optimisation step on one batch; returns the logged loss terms (a mapping read as floats, all
+        at once on first access: see :class:`cmemd.engine.terms.LoggedTerms`).
 
         A non-finite loss stops training with :class:`TrainingError` before any update, so the
-        last checkpoint stays the last good state.
+        last checkpoint stays the last good state. That check is the step's one host-device
+        synchronisation: the host waits for the forward pass before it queues the backward. With the
+        batch's layout (the training loader's batches carry one) nothing else in the step reads the
+        device, and the terms stay on it until a logging step reads them.
         """
         images, pids, modalities = batch.images, batch.pids, batch.modalities
         images = images.to(self.device, non_blocking=True)
         if self.channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
-        pids, modalities = pids.to(self.device), modalities.to(self.device)
+        pids, modalities = pids.to(self.device, non_blocking=True), modalities.to(self.device, non_blocking=True)
+        layout = getattr(batch, "layout", None)
+        layout = layout.to(self.device) if layout is not None else None
+        model_kw = {"layout": layout} if layout is not None and self._layout_to_model else {}
+        objective_kw = {"layout": layout} if layout is not None and self._layout_to_objective else {}
         autocast = (torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp]) if self.amp != "none" else nullcontext())
         with autocast:
-            out = self.model(images, modalities)
+            out = self.model(images, modalities, **model_kw)
         # Losses run in float32: the OT costs and variance ratios lose too much in half precision.
-        total, terms = self.objective(_to_float(out), pids, modalities)
-        self.check_loss(total, terms)
+        total, terms = self.objective(_to_float(out), pids, modalities, **objective_kw)
+        if not isinstance(terms, LoggedTerms):
+            terms = LoggedTerms(terms)
+        self.check_loss(total, terms)  # the step's one synchronisation (see the docstring)
         self.optimizer.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(total).backward()
@@ -258,7 +275,7 @@ class Trainer:
         else:
             total.backward()
         if self.grad_clip:
-            terms["grad_norm"] = float(nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip))
+            terms["grad_norm"] = nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -379,12 +396,11 @@ class Trainer:
                 self.step += 1
                 n += 1
                 images_seen += int(batch.images.shape[0])
-                for k, v in terms.items():
-                    sums[k] = sums.get(k, 0.0) + v
+                _accumulate(sums, terms)  # on the device: the terms are read at logging steps only
                 rate = images_seen / max(time.time() - t0, 1e-9)
                 bar.update(1)
-                bar.set_postfix(loss=f"{terms['loss']:.3f}", img_s=f"{rate:.0f}")
                 if self.step % self.log_every == 0:  # the ranks' mean: one all_reduce per logging step only
+                    bar.set_postfix(loss=f"{terms['loss']:.3f}", img_s=f"{rate:.0f}")
                     self._log({"kind": "step", "epoch": self.epoch, "step": self.step,
                                "lr": self.optimizer.param_groups[-1]["lr"], **self._mean_over_ranks(terms),
                                "img_per_s": rate})
@@ -400,7 +416,7 @@ class Trainer:
                 self.interrupted = stop
                 return self.history
             summary = {"kind": "epoch", "epoch": self.epoch, "step": self.step,
-                       **self._mean_over_ranks({k: v / max(n, 1) for k, v in sums.items()}),
+                       **self._mean_over_ranks({k: v / max(n, 1) for k, v in to_floats(sums).items()}),
                        "img_per_s": images_seen / max(time.time() - t0, 1e-9), "seconds": time.time() - t0}
             self.history.append(summary)
             self._log(summary)
@@ -459,6 +475,25 @@ def _move_aside(damaged: Path, used: Path) -> None:
     os.replace(damaged, aside)
     warnings.warn(f"{damaged} is damaged: moved aside to {aside}, so that {used} stays the previous good checkpoint",
                   stacklevel=3)
+
+
+def _takes_layout(fn: Any) -> bool:
+    """Whether ``fn`` (a module: its ``forward``) accepts a ``layout`` keyword."""
+    target = fn.forward if isinstance(fn, nn.Module) else fn
+    try:
+        params = inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+    return "layout" in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+
+
+def _accumulate(sums: dict[str, Any], terms: Any) -> None:
+    """Add a step's terms to the epoch's sums without reading them: tensors are summed on the device in float64
+    (each float32 term and each partial sum exactly as the Python float sum it replaces; float32 on MPS)."""
+    for k, v in raw_terms(terms).items():
+        if isinstance(v, torch.Tensor):
+            v = v.detach().to(wide_dtype(v.device))
+        sums[k] = sums[k] + v if k in sums else 0.0 + v
 
 
 def _epoch_length(sampler: Any) -> int:

@@ -31,6 +31,7 @@ __all__ = [
     "DEAD_BELOW",
     "FeatureHealth",
     "feature_health",
+    "feature_health_tensors",
     "ModalityGap",
     "modality_gap",
     "feature_sets_gap",
@@ -65,15 +66,23 @@ def feature_health(feats: Tensor | np.ndarray, dead_below: float = DEAD_BELOW, *
     inputs -- a unit silent for one prefix but active for another is specialised, not dead. The norm is the
     mean norm of the ``(N, S*D)`` rows either way.
     """
+    norm, dead, zero = feature_health_tensors(feats, dead_below, shared_units=shared_units)
+    return FeatureHealth(float(norm), float(dead), float(zero))
+
+
+def feature_health_tensors(feats: Tensor | np.ndarray, dead_below: float = DEAD_BELOW, *,
+                           shared_units: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+    """:func:`feature_health`'s three values as 0-d tensors on the features' device, read by nobody yet (the
+    trainer logs them without waiting for the device each step)."""
     x = torch.as_tensor(feats).detach().float()
     if x.dim() < 2 or x.shape[0] == 0 or x[0].numel() == 0:
         raise EvaluationError(f"feature_health: need a non-empty (N, D) feature tensor, got shape {tuple(x.shape)}")
     zero = x.abs() <= dead_below
     if shared_units and x.dim() == 3:
-        dead = float(zero.all(1).all(0).float().mean())
+        dead = zero.all(1).all(0).float().mean()
     else:
-        dead = float(zero.reshape(x.shape[0], -1).all(0).float().mean())
-    return FeatureHealth(float(x.reshape(x.shape[0], -1).norm(dim=1).mean()), dead, float(zero.float().mean()))
+        dead = zero.reshape(x.shape[0], -1).all(0).float().mean()
+    return x.reshape(x.shape[0], -1).norm(dim=1).mean(), dead, zero.float().mean()
 
 
 # ----------------------------------------------------------------------------- modality gap

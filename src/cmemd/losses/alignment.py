@@ -1,6 +1,6 @@
 """Cross-modality alignment losses: CM-EMD and the alternatives of the ablation.
 
-All of them take ``(feats, pids, modalities)``:
+All of them take ``(feats, pids, modalities)`` (and an optional ``layout``, below):
 
 * ``feats``: one ``(N, D)`` tensor, or a sequence of them -- one per granularity (global, each
   local stripe, each accumulated stripe); the feature width may differ between granularities.
@@ -18,11 +18,16 @@ loss (measured: docs/results/alignment_study.md). ``normalize=False`` gives the 
 
 Per-identity losses (CM-EMD, all-pairs, hetero-centre) group identities by their
 ``(K_v, K_t)`` shape, so every group (and all granularities of it) is ONE batched solver call.
+
+Every loss also takes an optional ``layout`` (:class:`cmemd.layout.BatchLayout`, the batch's grouping
+computed on the host by the collate function, its tensors on the features' device): with it the
+per-identity losses make no host-device synchronisation -- no grouping from the label tensors and
+no finite check of the OT costs (a non-finite feature then gives a non-finite loss, which the
+trainer stops on before backward). Without it they compute the same grouping from the tensors.
 """
 from __future__ import annotations
 
-from collections import defaultdict
-from typing import Callable, NamedTuple, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +35,7 @@ from torch import Tensor, nn
 
 from cmemd import ot
 from cmemd.errors import ConfigError, TrainingError
+from cmemd.layout import BatchLayout, group_labels
 from cmemd.losses.triplet import _safe_sqrt
 
 __all__ = [
@@ -125,30 +131,27 @@ def group_identities(
             f"{name}: pids and modalities must both be (N,), got {tuple(pids.shape)} and "
             f"{tuple(modalities.shape)}"
         )
-    mods = modalities.tolist()
-    if any(m not in (0, 1) for m in mods):
-        raise TrainingError(
-            f"{name}: modalities must be 0 (visible) or 1 (thermal), got values "
-            f"{sorted(set(mods) - {0, 1})}; use cmemd.data.records.modality_index"
-        )
-    members: dict = {}
-    for i, (p, m) in enumerate(zip(pids.tolist(), mods)):
-        members.setdefault(p, ([], []))[m].append(i)
-    by_shape: dict = defaultdict(lambda: ([], []))
-    skipped = 0
-    for vis, th in members.values():
-        if not vis or not th:
-            skipped += 1
-            continue
-        bv, bt = by_shape[(len(vis), len(th))]
-        bv.append(vis)
-        bt.append(th)
+    by_shape, n_id, skipped = group_labels(pids.tolist(), modalities.tolist(), name)
     dev = pids.device
     groups = [
         (torch.tensor(bv, dtype=torch.long, device=dev), torch.tensor(bt, dtype=torch.long, device=dev))
-        for bv, bt in by_shape.values()
+        for bv, bt in by_shape
     ]
-    return groups, len(members) - skipped, skipped
+    return groups, n_id, skipped
+
+
+def _grouping(
+    pids: Tensor, modalities: Tensor, layout: Optional[BatchLayout], device: torch.device, name: str
+) -> tuple[Sequence[tuple[Tensor, Tensor]], int, int]:
+    """The identity groups from the layout when there is one (no synchronisation), else from the labels."""
+    if layout is not None:
+        layout.check(pids.shape[0], name)
+        return layout.groups, layout.num_identities, layout.num_skipped
+    return group_identities(_on(pids, device), _on(modalities, device), name)
+
+
+def _on(t: Tensor, device: torch.device) -> Tensor:
+    return t if t.device == device else t.to(device)
 
 
 def _per_identity(
@@ -157,6 +160,7 @@ def _per_identity(
     modalities: Tensor,
     group_values: Callable[[list[Tensor], list[Tensor]], Tensor],
     name: str,
+    layout: Optional[BatchLayout] = None,
 ) -> AlignmentOutput:
     """Mean over identities per granularity, mean over granularities.
 
@@ -166,7 +170,7 @@ def _per_identity(
     fl = _as_list(feats, name)
     if pids.shape[0] != fl[0].shape[0]:
         raise TrainingError(f"{name}: feats have N = {fl[0].shape[0]} rows but pids has {pids.shape[0]}")
-    groups, n_id, n_skip = group_identities(pids.to(fl[0].device), modalities.to(fl[0].device), name)
+    groups, n_id, n_skip = _grouping(pids, modalities, layout, fl[0].device, name)
     if n_id == 0:
         # nothing to align: a zero that keeps the graph connected, so backward() still works
         zero = torch.stack([f.sum() * 0.0 for f in fl])
@@ -197,6 +201,7 @@ def cmemd_loss(
     solver: str = "exact",
     eps: float = 0.05,
     sinkhorn_iters: int = 200,
+    layout: Optional[BatchLayout] = None,
 ) -> AlignmentOutput:
     """Cross-Modality Earth Mover's Distance loss.
 
@@ -212,6 +217,7 @@ def cmemd_loss(
         solver: ``exact`` (:func:`cmemd.ot.emd`) or ``sinkhorn`` (:func:`cmemd.ot.sinkhorn`,
             ``eps`` relative to each problem's largest cost).
         eps, sinkhorn_iters: Sinkhorn settings (ignored by ``exact``).
+        layout: the batch's grouping computed on the host (see the module docstring).
     """
     _check_cost(cost, "cmemd_loss")
     if solver not in SOLVERS:
@@ -222,12 +228,13 @@ def cmemd_loss(
         # all granularities of the group in one batched call
         C = torch.cat([cross_cost(v, t, cost, normalize) for v, t in zip(vis, th)])
         if solver == "exact":
-            res = ot.emd(C)
+            res = ot.emd(C, check_finite=check)
         else:
-            res = ot.sinkhorn(C, eps=eps, max_iter=sinkhorn_iters)
+            res = ot.sinkhorn(C, eps=eps, max_iter=sinkhorn_iters, check_finite=check)
         return res.value.view(G, n_g)
 
-    return _per_identity(feats, pids, modalities, values, "cmemd_loss")
+    check = layout is None
+    return _per_identity(feats, pids, modalities, values, "cmemd_loss", layout)
 
 
 # --------------------------------------------------------------------------------------------
@@ -235,7 +242,8 @@ def cmemd_loss(
 
 
 def all_pairs_loss(
-    feats: Feats, pids: Tensor, modalities: Tensor, cost: str = "euclidean", normalize: bool = True
+    feats: Feats, pids: Tensor, modalities: Tensor, cost: str = "euclidean", normalize: bool = True,
+    layout: Optional[BatchLayout] = None,
 ) -> AlignmentOutput:
     """Mean cost over ALL cross-modality pairs of an identity (the independent coupling
     ``1/(K_v K_t)``; what the optimal plan avoids). Always >= the CM-EMD with the same cost."""
@@ -244,11 +252,12 @@ def all_pairs_loss(
     def values(vis: list[Tensor], th: list[Tensor]) -> Tensor:
         return torch.stack([cross_cost(v, t, cost, normalize).mean((-2, -1)) for v, t in zip(vis, th)])
 
-    return _per_identity(feats, pids, modalities, values, "all_pairs_loss")
+    return _per_identity(feats, pids, modalities, values, "all_pairs_loss", layout)
 
 
 def hetero_center_loss(
-    feats: Feats, pids: Tensor, modalities: Tensor, cost: str = "euclidean", normalize: bool = True
+    feats: Feats, pids: Tensor, modalities: Tensor, cost: str = "euclidean", normalize: bool = True,
+    layout: Optional[BatchLayout] = None,
 ) -> AlignmentOutput:
     """Hetero-centre alignment (Zhu et al. 2020): cost between an identity's visible centre and its
     thermal centre (Euclidean by default), mean over identities. ``normalize`` normalises the
@@ -263,7 +272,7 @@ def hetero_center_loss(
             out.append(cross_cost(v.mean(1, keepdim=True), t.mean(1, keepdim=True), cost)[:, 0, 0])
         return torch.stack(out)
 
-    return _per_identity(feats, pids, modalities, values, "hetero_center_loss")
+    return _per_identity(feats, pids, modalities, values, "hetero_center_loss", layout)
 
 
 def mmd_loss(
@@ -272,6 +281,7 @@ def mmd_loss(
     modalities: Tensor,
     bandwidths: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
     normalize: bool = True,
+    layout: Optional[BatchLayout] = None,
 ) -> AlignmentOutput:
     """Squared MMD between ALL visible and ALL thermal features of the batch (identity-agnostic).
 
@@ -280,14 +290,17 @@ def mmd_loss(
     floored at 1e-12). Biased (V-statistic) estimator ``mean K_vv + mean K_tt - 2 mean K_vt``:
     non-negative and exactly 0 for identical sets. The squared MMD is returned (its square root
     has an infinite gradient at 0). ``num_identities`` / ``num_skipped`` are reported as for the
-    per-identity losses, for logging; the loss uses every sample.
+    per-identity losses, for logging; the loss uses every sample. ``layout`` saves the grouping's
+    synchronisations (the masked means still select on the device's data).
     """
     fl = _as_list(feats, "mmd_loss")
     if not bandwidths or any(b <= 0 for b in bandwidths):
         raise ConfigError(f"mmd_loss: bandwidths must be positive numbers, got {tuple(bandwidths)}")
-    _, n_id, n_skip = group_identities(pids, modalities, "mmd_loss")
-    vis = modalities.to(fl[0].device) == 0
-    if bool(vis.all()) or not bool(vis.any()):
+    _, n_id, n_skip = _grouping(pids, modalities, layout, pids.device, "mmd_loss")
+    vis = _on(modalities, fl[0].device) == 0
+    one_modality = (min(layout.modality_counts) == 0 if layout is not None
+                    else bool(vis.all()) or not bool(vis.any()))
+    if one_modality:
         zero = torch.stack([f.sum() * 0.0 for f in fl])
         return AlignmentOutput(zero.mean(), zero, n_id, n_skip)
     per_g = []
@@ -312,7 +325,7 @@ def mmd_loss(
 
 
 class CMEMDLoss(nn.Module):
-    """Module form of :func:`cmemd_loss`; ``forward(feats, pids, modalities) -> AlignmentOutput``."""
+    """Module form of :func:`cmemd_loss`; ``forward(feats, pids, modalities, layout=None) -> AlignmentOutput``."""
 
     def __init__(self, cost: str = "euclidean", normalize: bool = True, solver: str = "exact",
                  eps: float = 0.05, sinkhorn_iters: int = 200) -> None:
@@ -323,9 +336,10 @@ class CMEMDLoss(nn.Module):
         self.cost, self.normalize, self.solver = cost, normalize, solver
         self.eps, self.sinkhorn_iters = eps, sinkhorn_iters
 
-    def forward(self, feats: Feats, pids: Tensor, modalities: Tensor) -> AlignmentOutput:
+    def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
+                layout: Optional[BatchLayout] = None) -> AlignmentOutput:
         return cmemd_loss(feats, pids, modalities, self.cost, self.normalize, self.solver,
-                          self.eps, self.sinkhorn_iters)
+                          self.eps, self.sinkhorn_iters, layout)
 
     def extra_repr(self) -> str:
         return f"cost={self.cost}, normalize={self.normalize}, solver={self.solver}"
@@ -339,8 +353,9 @@ class AllPairsLoss(nn.Module):
         _check_cost(cost, "AllPairsLoss")
         self.cost, self.normalize = cost, normalize
 
-    def forward(self, feats: Feats, pids: Tensor, modalities: Tensor) -> AlignmentOutput:
-        return all_pairs_loss(feats, pids, modalities, self.cost, self.normalize)
+    def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
+                layout: Optional[BatchLayout] = None) -> AlignmentOutput:
+        return all_pairs_loss(feats, pids, modalities, self.cost, self.normalize, layout)
 
 
 class HeteroCenterLoss(nn.Module):
@@ -351,8 +366,9 @@ class HeteroCenterLoss(nn.Module):
         _check_cost(cost, "HeteroCenterLoss")
         self.cost, self.normalize = cost, normalize
 
-    def forward(self, feats: Feats, pids: Tensor, modalities: Tensor) -> AlignmentOutput:
-        return hetero_center_loss(feats, pids, modalities, self.cost, self.normalize)
+    def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
+                layout: Optional[BatchLayout] = None) -> AlignmentOutput:
+        return hetero_center_loss(feats, pids, modalities, self.cost, self.normalize, layout)
 
 
 class MMDLoss(nn.Module):
@@ -363,16 +379,18 @@ class MMDLoss(nn.Module):
         super().__init__()
         self.bandwidths, self.normalize = tuple(bandwidths), normalize
 
-    def forward(self, feats: Feats, pids: Tensor, modalities: Tensor) -> AlignmentOutput:
-        return mmd_loss(feats, pids, modalities, self.bandwidths, self.normalize)
+    def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
+                layout: Optional[BatchLayout] = None) -> AlignmentOutput:
+        return mmd_loss(feats, pids, modalities, self.bandwidths, self.normalize, layout)
 
 
 class NoAlignment(nn.Module):
     """The baseline: a zero loss (connected to the graph), with the identity counts for logging."""
 
-    def forward(self, feats: Feats, pids: Tensor, modalities: Tensor) -> AlignmentOutput:
+    def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
+                layout: Optional[BatchLayout] = None) -> AlignmentOutput:
         fl = _as_list(feats, "NoAlignment")
-        _, n_id, n_skip = group_identities(pids, modalities, "NoAlignment")
+        _, n_id, n_skip = _grouping(pids, modalities, layout, pids.device, "NoAlignment")
         zero = torch.stack([f.sum() * 0.0 for f in fl])
         return AlignmentOutput(zero.mean(), zero, n_id, n_skip)
 

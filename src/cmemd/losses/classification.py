@@ -1,11 +1,14 @@
 """Identity classification loss: cross-entropy with label smoothing."""
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmemd.errors import TrainingError
+from cmemd.layout import BatchLayout
 
 __all__ = ["cross_entropy", "cross_entropy_label_smooth", "CrossEntropyLabelSmooth"]
 
@@ -22,7 +25,8 @@ def cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0)
     return F.cross_entropy(logits, targets.long(), label_smoothing=label_smoothing)
 
 
-def cross_entropy_label_smooth(logits: Tensor, targets: Tensor, epsilon: float = 0.1) -> Tensor:
+def cross_entropy_label_smooth(logits: Tensor, targets: Tensor, epsilon: float = 0.1,
+                               layout: Optional[BatchLayout] = None) -> Tensor:
     """Mean cross-entropy against smoothed one-hot targets ``(1 - eps) * onehot + eps / C``.
 
     This is the label-smoothed identity loss of the AGW / BoT baselines (Szegedy et al. 2016);
@@ -32,6 +36,8 @@ def cross_entropy_label_smooth(logits: Tensor, targets: Tensor, epsilon: float =
         logits: ``(N, C)`` unnormalised scores.
         targets: ``(N,)`` integer class indices in ``[0, C)``.
         epsilon: smoothing mass spread uniformly over the ``C`` classes, in ``[0, 1)``.
+        layout: the batch's :class:`cmemd.layout.BatchLayout`, whose label range is checked on the host
+            (without it the range is read from ``targets``: two synchronisations on an accelerator).
     """
     if logits.dim() != 2 or targets.shape != logits.shape[:1]:
         raise TrainingError(
@@ -40,10 +46,15 @@ def cross_entropy_label_smooth(logits: Tensor, targets: Tensor, epsilon: float =
         )
     if not 0.0 <= epsilon < 1.0:
         raise TrainingError(f"cross_entropy_label_smooth: epsilon must be in [0, 1), got {epsilon}")
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= logits.shape[1]):
+    if layout is not None:
+        layout.check(targets.shape[0], "cross_entropy_label_smooth")
+        low, high = layout.pid_min, layout.pid_max
+    elif targets.numel():
+        low, high = int(targets.min()), int(targets.max())
+    if targets.numel() and (low < 0 or high >= logits.shape[1]):
         raise TrainingError(
             f"cross_entropy_label_smooth: targets must lie in [0, {logits.shape[1]}); got range "
-            f"[{int(targets.min())}, {int(targets.max())}] -- is num_classes the number of training ids?"
+            f"[{low}, {high}] -- is num_classes the number of training ids?"
         )
     return cross_entropy(logits, targets, epsilon)
 
@@ -55,8 +66,8 @@ class CrossEntropyLabelSmooth(nn.Module):
         super().__init__()
         self.epsilon = float(epsilon)
 
-    def forward(self, logits: Tensor, targets: Tensor) -> Tensor:
-        return cross_entropy_label_smooth(logits, targets, self.epsilon)
+    def forward(self, logits: Tensor, targets: Tensor, layout: Optional[BatchLayout] = None) -> Tensor:
+        return cross_entropy_label_smooth(logits, targets, self.epsilon, layout)
 
     def extra_repr(self) -> str:
         return f"epsilon={self.epsilon}"

@@ -7,6 +7,7 @@ import torch
 from torch import Tensor, nn
 
 from cmemd.errors import ConfigError, TrainingError
+from cmemd.layout import BatchLayout
 
 __all__ = ["cmdl_loss", "CMDLLoss"]
 
@@ -20,6 +21,7 @@ def cmdl_loss(
     cross: bool = False,
     cross_fallback: str = "own",
     eps: float = 1e-6,
+    layout: Optional[BatchLayout] = None,
 ) -> Tensor:
     """``L = S_w / (S_b + eps)`` over the whole batch (both modalities).
 
@@ -34,6 +36,10 @@ def cmdl_loss(
 
     With a single identity ``S_b = 0`` and the loss is ``S_w / eps`` (finite, large): CM-DL needs
     at least two identities per batch to be meaningful.
+
+    ``layout`` (:class:`cmemd.layout.BatchLayout`, its tensors on the features' device): the identity
+    index of each sample computed on the host, so the loss makes no host-device synchronisation
+    (without it the labels are grouped with ``torch.unique`` and checked on the device's data).
     """
     if feats.dim() != 2 or pids.shape != feats.shape[:1]:
         raise TrainingError(
@@ -41,8 +47,12 @@ def cmdl_loss(
         )
     if cross_fallback not in _FALLBACKS:
         raise ConfigError(f"cmdl_loss: cross_fallback must be one of {_FALLBACKS}, got {cross_fallback!r}")
-    _, inv = torch.unique(pids.to(feats.device), return_inverse=True)
-    Y = int(inv.max()) + 1
+    if layout is not None:
+        layout.check(pids.shape[0], "cmdl_loss")
+        inv, Y = layout.inverse, layout.num_pids
+    else:
+        _, inv = torch.unique(_on(pids, feats.device), return_inverse=True)
+        Y = int(inv.max()) + 1
     counts = torch.zeros(Y, dtype=feats.dtype, device=feats.device).index_add_(
         0, inv, torch.ones_like(inv, dtype=feats.dtype))
     centres = torch.zeros(Y, feats.shape[1], dtype=feats.dtype, device=feats.device).index_add_(
@@ -54,8 +64,8 @@ def cmdl_loss(
         return s_w / (s_b + eps)
     if modalities is None or modalities.shape != pids.shape:
         raise TrainingError("cmdl_loss: cross=True needs modalities of shape (N,) (0 visible, 1 thermal)")
-    mod = modalities.to(feats.device).long()
-    if bool(((mod != 0) & (mod != 1)).any()):
+    mod = _on(modalities, feats.device).long()
+    if layout is None and bool(((mod != 0) & (mod != 1)).any()):  # a layout was checked on the host
         raise TrainingError("cmdl_loss: modalities must be 0 (visible) or 1 (thermal)")
     key = inv * 2 + mod
     mcounts = torch.zeros(2 * Y, dtype=feats.dtype, device=feats.device).index_add_(
@@ -73,8 +83,12 @@ def cmdl_loss(
     return s_w / (s_b + eps)
 
 
+def _on(t: Tensor, device: torch.device) -> Tensor:
+    return t if t.device == device else t.to(device)
+
+
 class CMDLLoss(nn.Module):
-    """Module form of :func:`cmdl_loss`; ``forward(feats, pids, modalities=None) -> Tensor``."""
+    """Module form of :func:`cmdl_loss`; ``forward(feats, pids, modalities=None, layout=None) -> Tensor``."""
 
     def __init__(self, cross: bool = False, cross_fallback: str = "own", eps: float = 1e-6) -> None:
         super().__init__()
@@ -82,8 +96,9 @@ class CMDLLoss(nn.Module):
             raise ConfigError(f"CMDLLoss: cross_fallback must be one of {_FALLBACKS}, got {cross_fallback!r}")
         self.cross, self.cross_fallback, self.eps = cross, cross_fallback, eps
 
-    def forward(self, feats: Tensor, pids: Tensor, modalities: Optional[Tensor] = None) -> Tensor:
-        return cmdl_loss(feats, pids, modalities, self.cross, self.cross_fallback, self.eps)
+    def forward(self, feats: Tensor, pids: Tensor, modalities: Optional[Tensor] = None,
+                layout: Optional[BatchLayout] = None) -> Tensor:
+        return cmdl_loss(feats, pids, modalities, self.cross, self.cross_fallback, self.eps, layout)
 
     def extra_repr(self) -> str:
         return f"cross={self.cross}, cross_fallback={self.cross_fallback}, eps={self.eps}"

@@ -15,7 +15,9 @@ the modality-specific part is shared by both modalities. ``m = 0``: no modality-
 
 Routing: the batch is grouped by modality (slices when it already is, else one gather), each group
 runs through its copy, and the outputs return in the original order, so a batch may mix
-modalities in any order.
+modalities in any order. Finding the groups from the ``modality`` tensor reads it on the host (a few
+synchronisations on an accelerator); the trainer passes the batch's :class:`cmemd.layout.BatchLayout`
+(``layout=``), computed on the host by the collate function, and the routing then reads nothing.
 A training batch holding both modalities uses every trainable parameter (DDP needs no
 ``find_unused_parameters``); a single-modality batch leaves the other copy without gradient, which
 is why the project's sampler always draws both modalities.
@@ -45,6 +47,7 @@ import torch
 from torch import Tensor, nn
 
 from cmemd.errors import CheckpointError, ConfigError
+from cmemd.layout import BatchLayout
 from cmemd.models.resnet import (ARCHS, ResNet, agw_non_local, is_non_local_key, load_mapped_state_dict,
                                  read_state_dict)
 from cmemd.numerics import l2_normalize
@@ -350,9 +353,12 @@ class VTReIDModel(nn.Module):
         return out
 
     # -------------------------------------------------------------------------------- forward
-    def _route(self, x: Tensor, modality: Optional[Tensor]) -> Tensor:
+    def _route(self, x: Tensor, modality: Optional[Tensor], layout: Optional[BatchLayout] = None) -> Tensor:
         if self.modality_parts is None:
             return x
+        if layout is not None:
+            layout.check(x.shape[0], "VTReIDModel.forward")
+            return self._run_parts(x, list(layout.modality_counts), layout.modality_order, layout.modality_inverse)
         if modality is None:
             raise ConfigError("VTReIDModel.forward: modality is required when "
                               "modality_specific_stages > 0 (a tensor of 0 visible / 1 thermal)")
@@ -370,18 +376,25 @@ class VTReIDModel(nn.Module):
         arange = torch.arange(n, device=x.device)
         grouped = bool(torch.equal(order, arange))
         counts = torch.bincount(modality, minlength=len(self.modality_parts)).tolist()
-        xs = x if grouped else x.index_select(0, order)
-        ys = [part(chunk) for part, chunk in zip(self.modality_parts, xs.split(counts)) if chunk.shape[0]]
-        y = torch.cat(ys) if len(ys) > 1 else ys[0]
         if grouped:
-            return y
+            return self._run_parts(x, counts, None, None)
         inverse = torch.empty_like(order)
         inverse[order] = arange
-        return y.index_select(0, inverse)
+        return self._run_parts(x, counts, order, inverse)
 
-    def forward_output(self, x: Tensor, modality: Optional[Tensor] = None) -> VTOutput:
-        """Run the model and return every feature and logit as a :class:`VTOutput`."""
-        z = self._route(x, modality)
+    def _run_parts(self, x: Tensor, counts: list[int], order: Optional[Tensor], inverse: Optional[Tensor]) -> Tensor:
+        """Each modality's images through its copy: ``counts`` per modality after sorting by ``order`` (None:
+        already sorted); ``inverse`` restores the batch order."""
+        xs = x if order is None else x.index_select(0, order)
+        ys = [part(chunk) for part, chunk in zip(self.modality_parts, xs.split(counts)) if chunk.shape[0]]
+        y = torch.cat(ys) if len(ys) > 1 else ys[0]
+        return y if inverse is None else y.index_select(0, inverse)
+
+    def forward_output(self, x: Tensor, modality: Optional[Tensor] = None,
+                       layout: Optional[BatchLayout] = None) -> VTOutput:
+        """Run the model and return every feature and logit as a :class:`VTOutput`. ``layout``: the batch's
+        :class:`cmemd.layout.BatchLayout` (tensors on ``x``'s device), which saves the routing's host reads."""
+        z = self._route(x, modality, layout)
         if self.shared is not None:
             z = self.shared(z)
         g = self.global_pool(self.global_stream(z))
@@ -427,8 +440,8 @@ class VTReIDModel(nn.Module):
             return local
         return torch.cat([l2_normalize(g, dim=1), l2_normalize(local, dim=1)], dim=1)
 
-    def forward(self, x: Tensor, modality: Optional[Tensor] = None):
-        out = self.forward_output(x, modality)
+    def forward(self, x: Tensor, modality: Optional[Tensor] = None, layout: Optional[BatchLayout] = None):
+        out = self.forward_output(x, modality, layout)
         return out if self.training else self.test_feature(out)
 
 
