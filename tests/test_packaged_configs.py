@@ -112,7 +112,7 @@ def test_synth_cmemd_global_is_the_studys_measured_row():
     # the config's comment quotes the alignment study's bn1_global row: it must be that row, budget aside
     import importlib.util
 
-    script = Path(__file__).resolve().parents[1] / "bench" / "alignment_study.py"
+    script = Path(__file__).resolve().parents[1] / "experiments" / "alignment_study" / "study.py"
     spec = importlib.util.spec_from_file_location("alignment_study", script)
     study = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(study)

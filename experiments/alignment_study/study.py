@@ -1,10 +1,10 @@
 """Does CM-EMD align the modalities, and does its plan pick the pairs with small intra-identity variation?
 
-    python bench/alignment_study.py --jobs 2                 # every group in order, resumable, then the report
-    python bench/alignment_study.py --groups cost --jobs 2   # one group
-    python bench/alignment_study.py --report-only            # rebuild docs/results/alignment_study.md
-    python bench/alignment_study.py --groups core --rows full --seeds 1   # one run
-    python bench/alignment_study.py --backfill --groups space      # add newer test diagnostics from checkpoints
+    python experiments/alignment_study/study.py --jobs 2                 # every group in order, resumable, then the report
+    python experiments/alignment_study/study.py --groups cost --jobs 2   # one group
+    python experiments/alignment_study/study.py --report-only            # rebuild docs/results/alignment_study.md
+    python experiments/alignment_study/study.py --groups core --rows full --seeds 1   # one run
+    python experiments/alignment_study/study.py --backfill --groups space      # add newer test diagnostics from checkpoints
 
 Groups (each run: train, evaluate with the SYSU-MM01 protocol, then diagnostics on the test ids):
   cost       the alignment-cost candidates at a short budget: feature norms and dead units per granularity
@@ -42,12 +42,13 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 WORK = ROOT / "data" / "alignment_study"
-OUT = ROOT / "docs" / "results" / "alignment_study"
-RUNS = OUT / "runs"
-REPORT = ROOT / "docs" / "results" / "alignment_study.md"
-COMMAND = "python bench/alignment_study.py --jobs 2"
+OUT = HERE
+RUNS = HERE / "runs"
+REPORT = HERE / "README.md"
+COMMAND = "python experiments/alignment_study/study.py --jobs 2"
 
 # The earlier ablation's budget (docs/results/ablation.md) was 1,600 steps of 8 x (4 + 4), which put the baseline at
 # 19.5 ± 1.5 all-search Rank-1 on the 300-id set, just under the 20-70% band the study needs: 2,000 steps here.
@@ -481,7 +482,7 @@ def plan(groups: list[str]) -> list[tuple[str, str, int]]:
 
 
 def write_report(wall: float | None = None) -> None:
-    from alignment_report import write  # noqa: the report lives beside this script
+    from report import write  # noqa: the report lives beside this script
 
     write(GROUPS, load_runs, REPORT, OUT, COMMAND, wall)
 
