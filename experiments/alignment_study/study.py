@@ -1,10 +1,16 @@
 """Does CM-EMD align the modalities, and does its plan pick the pairs with small intra-identity variation?
+The study is finished (README.md); this driver reproduces any of its runs and rebuilds its report. From the
+repository root, with cmemd installed (`make venv`; `.venv/bin/python` below):
 
-    python experiments/alignment_study/study.py --jobs 2                 # every group in order, resumable, then the report
-    python experiments/alignment_study/study.py --groups cost --jobs 2   # one group
-    python experiments/alignment_study/study.py --report-only            # rebuild docs/results/alignment_study.md
-    python experiments/alignment_study/study.py --groups core --rows full --seeds 1   # one run
-    python experiments/alignment_study/study.py --backfill --groups space      # add newer test diagnostics from checkpoints
+    python experiments/alignment_study/study.py --report-only      # rebuild README.md from runs/ (seconds)
+    python experiments/alignment_study/study.py --jobs 2           # every run not finished, then the report
+    python experiments/alignment_study/study.py --groups cost --jobs 2               # one group
+    python experiments/alignment_study/study.py --groups core --rows full --seeds 5  # one more run
+    python experiments/alignment_study/study.py --groups core --rows full --seeds 1 --again  # redo a finished run
+    python experiments/alignment_study/study.py --backfill --groups space   # newer test diagnostics from checkpoints
+
+Each row is a cmemd config, configs/<group>/<row>.yaml (its `base:` chain ends at the packaged synth_cmemd; the first
+comment line is the row's label); study.yaml lists the groups (data set, seeds, rows, the report's pairs).
 
 Groups (each run: train, evaluate with the SYSU-MM01 protocol, then diagnostics on the test ids):
   cost       the alignment-cost candidates at a short budget: feature norms and dead units per granularity
@@ -24,8 +30,9 @@ Groups (each run: train, evaluate with the SYSU-MM01 protocol, then diagnostics 
   variation_bn  the same levels for + CM-EMD against + all-pairs, both on the BN-neck output of the global
              feature (the space group's best rows), seeds 0..3
 
-Each finished run writes a small JSON file under docs/results/alignment_study/runs/ (commit it): a rerun on any
-machine skips every run whose file is there with the same settings, so the study outlives a session.
+Each finished run writes a small JSON file, runs/<group>/<row>/seed<N>.json (commit it): a rerun on any machine
+skips every run whose file is there with the same settings, so the study outlives a session. (One file per run: two
+shard processes, or two machines, write runs at once without a lock, and their commits never conflict.)
 Checkpoints of unfinished runs live under data/alignment_study/ and resume.
 """
 from __future__ import annotations
@@ -50,221 +57,39 @@ RUNS = HERE / "runs"
 REPORT = HERE / "README.md"
 COMMAND = "python experiments/alignment_study/study.py --jobs 2"
 
-# The earlier ablation's budget (docs/results/ablation.md) was 1,600 steps of 8 x (4 + 4), which put the baseline at
-# 19.5 ± 1.5 all-search Rank-1 on the 300-id set, just under the 20-70% band the study needs: 2,000 steps here.
-BUDGET = ["optim.epochs=10", "optim.warmup_epochs=1", "optim.milestones=[8]", "data.steps_per_epoch=200",
-          "eval.trials=10", "eval.shots=1", "run.log_every=20", "run.threads=1", "run.diagnostics_ids=30"]
-SHORT = ["optim.epochs=2", "optim.warmup_epochs=1", "optim.milestones=[2]", "data.steps_per_epoch=100",
-         "eval.trials=10", "eval.shots=1", "run.log_every=10", "run.threads=1", "run.diagnostics_ids=30"]
-BASELINE = ["model.modality_specific_stages=1", "model.use_local=false", "model.test_feature=global",
-            "loss.label_smoothing=0.1", "loss.alignment=none", "loss.lambda_dl=0", "loss.lambda_triplet=1"]
-# The full model as METHOD writes it (no triplet), spelled out so that the rows stay put if the CPU config moves.
-FULL = ["loss.alignment=cmemd", "loss.lambda_align=2", "loss.lambda_dl=0.1", "model.num_stripes=4",
-        "loss.lambda_triplet=0", "loss.label_smoothing=0", "model.modality_specific_stages=3"]
-PILOT_FULL = ["loss.alignment=cmemd", "loss.lambda_align=0.5", "loss.lambda_dl=0.1", "model.num_stripes=4"]
+ALL = "sysu all-search single-shot"
 SPLIT = (3.0, 1.0, 2.0)  # train : val : test ids, as the earlier ablation (100 test ids of 300)
 
-# group -> row -> (label, overrides); the cost group at the short budget on 80 ids, the rest at BUDGET on 300.
-COST_ROWS = {
-    "none": ("no alignment (reference norms)", PILOT_FULL + ["loss.lambda_align=0", "loss.emd_normalize=false"]),
-    "euclidean": ("Euclidean on pooled features (the old default)", PILOT_FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=false"]),
-    "euclidean_l2": ("Euclidean on L2-normalised pooled features", PILOT_FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=true"]),
-    "cosine": ("cosine distance on pooled features", PILOT_FULL + ["loss.emd_cost=cosine"]),
-    "euclidean_bn": ("Euclidean on BN-neck features", PILOT_FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=false",
-                                                            "loss.align_feature=bn"]),
-    "euclidean_l2_lambda2": ("Euclidean L2, lambda 2", PILOT_FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=true",
-                                                           "loss.lambda_align=2"]),
-    "euclidean_l2_lambda5": ("Euclidean L2, lambda 5", PILOT_FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=true",
-                                                           "loss.lambda_align=5"]),
-    "euclidean_l2_bn": ("Euclidean on L2-normalised BN-neck features", PILOT_FULL + [
-        "loss.emd_cost=euclidean", "loss.emd_normalize=true", "loss.align_feature=bn"]),
-    "euclidean_l2_bn_lambda2": ("Euclidean on L2-normalised BN-neck features, lambda 2", PILOT_FULL + [
-        "loss.emd_cost=euclidean", "loss.emd_normalize=true", "loss.align_feature=bn", "loss.lambda_align=2"]),
-    "euclidean_l2_centered_lambda2": ("Euclidean on L2-normalised batch-centred pooled features, lambda 2",
-                                      PILOT_FULL + ["loss.emd_cost=euclidean", "loss.emd_normalize=true",
-                                                    "loss.align_feature=centered", "loss.lambda_align=2"]),
-    "euclidean_l2_centered": ("Euclidean on L2-normalised batch-centred pooled features", PILOT_FULL + [
-        "loss.emd_cost=euclidean", "loss.emd_normalize=true", "loss.align_feature=centered"]),
-    "euclidean_l2_noheads": ("Euclidean L2, no accumulated classifiers", PILOT_FULL + ["loss.emd_cost=euclidean",
-                                                                                  "loss.emd_normalize=true",
-                                                                                  "model.accumulated_heads=false"]),
-}
-# The alignment cost every alignment row uses, spelled out so the study stays the same if the config's default moves.
-COST = ["loss.emd_cost=euclidean", "loss.emd_normalize=true", "loss.align_feature=pooled"]
-CORE_ROWS = {  # in order of interest: with few seeds done, the main comparison is there first
-    "baseline": ("baseline (AGW-style: stem-only split, CE+LS, WRT triplet, no alignment)", BASELINE),
-    "full": ("full CM-EMD (MGS, CM-DL, 3 modality-specific stages)", FULL + COST),
-    "full_allpairs": ("full, all-pairs alignment instead", FULL + COST + ["loss.alignment=all-pairs"]),
-    "emd_global": ("+ CM-EMD (global feature)", BASELINE + ["loss.alignment=cmemd", "loss.lambda_align=2",
-                                                          "loss.align_granularities=global"] + COST),
-    "allpairs_global": ("+ all-pairs (global feature)", BASELINE + ["loss.alignment=all-pairs", "loss.lambda_align=2",
-                                                                  "loss.align_granularities=global"] + COST),
-    "full_none": ("full, no alignment (lambda 0: the reference norms)", FULL + COST + ["loss.lambda_align=0"]),
-    "full_hetero": ("full, hetero-centre alignment instead", FULL + COST + ["loss.alignment=hetero-center"]),
-    "full_sinkhorn": ("full, Sinkhorn plan instead of the exact one", FULL + COST + ["loss.emd_solver=sinkhorn"]),
-    "full_cosine": ("full, cosine cost instead of Euclidean on the sphere", FULL + COST + ["loss.emd_cost=cosine"]),
-    "full_lambda05": ("full, lambda_emd 0.5 (the raw cost's value)", FULL + COST + ["loss.lambda_align=0.5"]),
-}
-SETTINGS_ROWS = {
-    "full_m1": ("full, stem-only modality split (1 stage)", FULL + COST + ["model.modality_specific_stages=1"]),
-    "full_triplet": ("full + WRT triplet", FULL + COST + ["loss.lambda_triplet=1"]),
-    "full_ls": ("full + label smoothing 0.1", FULL + COST + ["loss.label_smoothing=0.1"]),
-    "full_noheads": ("full, no identity classifiers on the accumulated features", FULL + COST + ["model.accumulated_heads=false"]),
-    "full_triplet_ls": ("full + WRT triplet + label smoothing 0.1", FULL + COST + ["loss.lambda_triplet=1",
-                                                                               "loss.label_smoothing=0.1"]),
-}
-# Where the alignment acts, at the study's budget, on the simplest model (the baseline + CM-EMD on the global feature).
-# The pooled features sit in a narrow cone (cosine 0.997 to their mean after `make demo`; norm 44 against a centred
-# spread of 3.7), so on the sphere the loss's gradient is damped by the norm while the identity loss, through the
-# BN-neck, is amplified by the small per-unit spread: centring first measures the cost at the scale the identity
-# loss sees. The 200-step pilot (section 1) found lambda 2 too strong there; these rows test 0.5 and 1.
-SPACE_ROWS = {
-    f"centered{tag}_global": (f"+ CM-EMD (global feature), batch-centred, lambda {lam}",
-                              BASELINE + ["loss.alignment=cmemd", f"loss.lambda_align={lam}",
-                                          "loss.align_granularities=global", "loss.emd_cost=euclidean",
-                                          "loss.emd_normalize=true", "loss.align_feature=centered"])
-    for tag, lam in (("05", 0.5), ("1", 1))}
-# The test feature is the BN-neck output, whose per-unit standardisation undid the pooled features' alignment in
-# the rows above (notes, session 4): these rows measure the cost on the L2-normalised BN-neck outputs themselves.
-# The 200-step pilot closed most of the gap at lambda 2 (ratio 0.78) but lost Rank-1 there (8.0 vs 14.4 at 0.5).
-SPACE_ROWS.update({
-    f"bn{tag}_global": (f"+ CM-EMD (global feature), on the BN-neck output, lambda {lam}",
-                        BASELINE + ["loss.alignment=cmemd", f"loss.lambda_align={lam}",
-                                    "loss.align_granularities=global", "loss.emd_cost=euclidean",
-                                    "loss.emd_normalize=true", "loss.align_feature=bn"])
-    for tag, lam in (("05", 0.5), ("1", 1), ("2", 2))})
-SPACE_ROWS["bn1_allpairs_global"] = ("+ all-pairs (global feature), on the BN-neck output, lambda 1",
-                                     SPACE_ROWS["bn1_global"][1] + ["loss.alignment=all-pairs"])
-# The field's most common alignment in the same place: does the plan matter, or any pull between the modalities?
-SPACE_ROWS["bn1_hetero_global"] = ("+ hetero-centre (global feature), on the BN-neck output, lambda 1",
-                                   SPACE_ROWS["bn1_global"][1] + ["loss.alignment=hetero-center"])
-# lambda for the two best alignments there (lambda 1 was not tuned for either): does CM-EMD catch hetero-centre?
-SPACE_ROWS.update({f"bn{tag}_hetero_global": (f"+ hetero-centre (global feature), on the BN-neck output, lambda {lam}",
-                                              SPACE_ROWS[f"bn{tag}_global"][1] + ["loss.alignment=hetero-center"])
-                   for tag, lam in (("05", 0.5), ("2", 2))})
-SPACE_ROWS["full_bn1"] = ("full CM-EMD, on the BN-neck outputs, lambda 1",
-                          FULL + COST + ["loss.align_feature=bn", "loss.lambda_align=1"])
-SPACE_ROWS["full_bn1_global"] = ("full CM-EMD, on the global BN-neck output only, lambda 1",
-                                 FULL + COST + ["loss.align_feature=bn", "loss.lambda_align=1",
-                                                "loss.align_granularities=global"])
-# In the full model that alignment collapsed the global feature (its own Rank-1 about 1%, the concatenation kept
-# by the holistic part: bench/test_space.py --test-feature global): the "discrimination degradation" CM-DL is for,
-# on the global feature this time; and the triplet the baseline family has.
-SPACE_ROWS["full_bn1_global_dl"] = ("full CM-EMD, on the global BN-neck output, lambda 1, CM-DL on the global too",
-                                    SPACE_ROWS["full_bn1_global"][1] + ["loss.dl_on_global=true"])
-SPACE_ROWS["full_bn1_global_triplet"] = ("full CM-EMD, on the global BN-neck output, lambda 1, + WRT triplet",
-                                         SPACE_ROWS["full_bn1_global"][1] + ["loss.lambda_triplet=1"])
-# With the triplet the global feature survived the alignment, but the unaligned holistic part brought the gap back
-# into the concatenated test feature: the same with every granularity aligned on its BN-neck output.
-SPACE_ROWS["full_bn1_triplet"] = ("full CM-EMD, on the BN-neck outputs, lambda 1, + WRT triplet",
-                                  SPACE_ROWS["full_bn1"][1] + ["loss.lambda_triplet=1"])
-# The paper's components on the recipe that works: the full model (MGS + CM-DL, every granularity aligned on its
-# BN-neck output) with the baseline's triplet, label smoothing and stem-only split; does it add to `bn1_global`?
-SPACE_ROWS["full_bn1_recipe"] = ("full CM-EMD, on the BN-neck outputs, lambda 1, with the baseline's recipe "
-                                 "(+ WRT triplet, label smoothing 0.1, stem-only split)",
-                                 SPACE_ROWS["full_bn1_triplet"][1] + ["loss.label_smoothing=0.1",
-                                                                      "model.modality_specific_stages=1"])
-# L_emd is the mean over the 9 granularities (global, 4 local, 4 accumulated; METHOD), so at lambda 1 each one,
-# the global feature too, is aligned at 1/9 of the weight `bn1_global` gives its only one (the global part's modality
-# probe stayed at 94-98%): lambda 9 gives each granularity that weight.
-SPACE_ROWS["full_bn9_recipe"] = ("full CM-EMD, on the BN-neck outputs, lambda 9 (1 per granularity), with the "
-                                 "baseline's recipe", SPACE_ROWS["full_bn1_recipe"][1] + ["loss.lambda_align=9"])
-# The remaining alignments of the core rows, in the place that works: the entropic plan, and a kernel two-sample
-# distance that couples no pairs at all.
-SPACE_ROWS["bn1_sinkhorn_global"] = ("+ CM-EMD with the Sinkhorn plan (global feature), on the BN-neck output, lambda 1",
-                                     SPACE_ROWS["bn1_global"][1] + ["loss.emd_solver=sinkhorn"])
-SPACE_ROWS["bn1_mmd_global"] = ("+ MMD (global feature), on the BN-neck output, lambda 1",
-                                SPACE_ROWS["bn1_global"][1] + ["loss.alignment=mmd"])
-VARIATIONS = (0.2, 0.7)  # and the default 0.4: the core rows
-VARIATION_ROWS = {f"{name}_v{v}": (f"{label}, variation {v}", CORE_ROWS[name][1])
-                  for v in VARIATIONS for name, label in (("full", "full CM-EMD"), ("full_allpairs", "full, all-pairs"))}
-# The same sweep for the alignment that works on this benchmark (section 3b): the baseline + CM-EMD against + all-pairs,
-# both on the BN-neck output of the global feature; the default 0.4 is the space group's rows.
-VARIATION_BN_ROWS = {f"{name}_v{v}": (f"{label}, variation {v}", SPACE_ROWS[name][1])
-                     for v in VARIATIONS for name, label in (("bn1_global", "+ CM-EMD (global, BN-neck)"),
-                                                             ("bn1_allpairs_global", "+ all-pairs (global, BN-neck)"))}
-SEEDS5 = [0, 1, 2, 3, 4]
+
+def row_label(path: Path) -> str:
+    """A row config's label: its first line, a comment."""
+    first = path.read_text(encoding="utf-8").split("\n", 1)[0]
+    if not first.startswith("# "):
+        sys.exit(f"{path}: the first line must be a comment naming the row (its label in the report)")
+    return first[2:].strip()
 
 
-def row_variation(row: str) -> float:
-    """The generator variation a variation-group row names (``<row>_v<level>``)."""
-    return float(row.rsplit("_v", 1)[1])
+def load_groups(study: Path = HERE / "study.yaml") -> dict[str, dict]:
+    """The groups of ``study.yaml``, each row as ``(label, config file)`` (``configs/<group>/<row>.yaml``), with the
+    rows the group's pairs name from other groups (``pairs_from``) as ``pair_rows`` for the report."""
+    import yaml
+
+    groups = yaml.safe_load(study.read_text(encoding="utf-8"))["groups"]
+    for name, g in groups.items():
+        files = {row: study.parent / "configs" / name / f"{row}.yaml" for row in g["rows"]}
+        g["rows"] = {row: (row_label(f), f) for row, f in files.items()}
+        g["row_seeds"] = {row: g.get("row_seeds", {}).get(row, g["seeds"]) for row in g["rows"]}
+        g["variation"] = g.get("variation") or {}
+        g["pairs"] = [tuple(pair) for pair in g.get("pairs", [])]
+        g["pairs_from"] = tuple(g.get("pairs_from", ()))
+    for g in groups.values():
+        g["pair_rows"] = {row: v for other in g["pairs_from"] for row, v in groups[other]["rows"].items()}
+    return groups
 
 
-GROUPS: dict[str, dict] = {
-    "cost": {"ids": 80, "budget": SHORT, "seeds": [0], "rows": COST_ROWS, "variation": None,
-             "title": "1. The alignment cost: can it be lowered by shrinking the features?",
-             "about": "Short runs (200 steps, 80-id set, seed 0) of the full model with each candidate cost, lambda 0.5 "
-                      "unless the row says otherwise: mean L2 norm of the pooled features each granularity aligns, "
-                      "share of dead units (|x| <= 1e-5 for every image of the batch) and of zero entries, averaged "
-                      "over the last epoch's steps (`norm_*`, `dead_*`, `zero_*` in metrics.jsonl). These runs counted "
-                      "the accumulated features' units per prefix; a unit of their shared reduction silent for one "
-                      "prefix but active for another is specialised, not dead, and training now logs both counts "
-                      "(`dead_accum`: silent for every prefix; `dead_accum_prefix`)."},
-    "core": {"ids": 300, "budget": BUDGET, "seeds": SEEDS5, "rows": CORE_ROWS, "variation": None,
-             "title": "2. Core rows (5 seeds, paired)",
-             "about": "300 ids (150 train + 50 val, both trained on; 100 test), 2,000 steps of 8 x (4 + 4) images "
-                      "at 64x32 (ResNet-18 width 32), one thread per run. These rows use the pooled cost (L2-normalised "
-                      "pooled features); when section 3b found the cost on the BN-neck output far better, the rows "
-                      "that swap the full model's alignment (hetero-centre, Sinkhorn, cosine, lambda 0.5) were retired "
-                      "short of 5 seeds: the swapped alignments are measured on the BN-neck output in section 3b.",
-             "pairs": [("emd_global", "baseline"), ("emd_global", "allpairs_global"), ("full", "full_none"),
-                       ("full", "baseline"), ("full", "full_allpairs"),
-                       ("full", "full_hetero"), ("full", "full_sinkhorn"), ("full", "full_cosine"),
-                       ("full", "full_lambda05")]},
-    "settings": {"ids": 300, "budget": BUDGET, "seeds": SEEDS5, "rows": SETTINGS_ROWS, "variation": None,
-                 "title": "3. The settings that separate the full model from the earlier best row",
-                 "about": "The earlier ablation's best row differed from the full model in three settings; each is "
-                          "switched alone here, paired against the core `full` row; the accumulated features' "
-                          "identity classifiers, removed; and triplet with label smoothing together (the baseline's "
-                          "recipe on the full model).",
-                 "pairs": [("full_m1", "full"), ("full_triplet", "full"), ("full_ls", "full"), ("full_noheads", "full"),
-                           ("full_triplet_ls", "full"), ("full_triplet_ls", "baseline")],
-                 "pair_rows": CORE_ROWS, "pairs_from": ("core",)},
-    "space": {"ids": 300, "budget": BUDGET, "seeds": SEEDS5, "rows": SPACE_ROWS, "variation": None,
-              "title": "3b. Where the alignment acts: the pooled features, centred by their batch mean, or after the BN-neck",
-              "about": "The baseline + CM-EMD on the global feature, with the cost on the batch-centred, "
-                       "L2-normalised pooled features instead of the pooled ones, or on the L2-normalised BN-neck "
-                       "output (the test feature); there, the other alignments (all-pairs, hetero-centre, the "
-                       "Sinkhorn plan, MMD) and lambda 0.5 / 2; the full model with its cost on the BN-neck outputs "
-                       "(with the triplet, or the baseline's whole recipe at lambda 1 and 9: L_emd is the mean over "
-                       "its 9 granularities); paired with the core rows.",
-              "pairs": [("centered05_global", "emd_global"), ("centered1_global", "emd_global"),
-                        ("centered05_global", "baseline"), ("centered1_global", "baseline"),
-                        ("bn1_global", "baseline"), ("bn2_global", "baseline"), ("bn1_global", "emd_global"),
-                        ("bn1_global", "bn1_allpairs_global"), ("bn1_allpairs_global", "baseline"),
-                        ("bn1_global", "bn1_hetero_global"), ("bn1_hetero_global", "baseline"),
-                        ("full_bn1", "full"), ("full_bn1", "baseline"), ("full_bn1_global", "full"),
-                        ("full_bn1_global", "baseline"), ("full_bn1_global", "bn1_global"),
-                        ("full_bn1_global_dl", "full_bn1_global"), ("full_bn1_global_triplet", "full_bn1_global"),
-                        ("full_bn1_global_dl", "full"), ("full_bn1_global_triplet", "full"),
-                        ("full_bn1_global_triplet", "full_triplet"), ("full_bn1_global_triplet", "bn1_global"),
-                        ("full_bn1_triplet", "full_bn1_global_triplet"), ("full_bn1_triplet", "full_triplet"),
-                        ("full_bn1_triplet", "bn1_global"),
-                        ("bn05_global", "bn1_global"), ("bn05_hetero_global", "bn1_hetero_global"),
-                        ("bn2_hetero_global", "bn1_hetero_global"), ("bn05_global", "bn05_hetero_global"),
-                        ("bn1_global", "bn1_sinkhorn_global"), ("bn1_sinkhorn_global", "baseline"),
-                        ("bn1_global", "bn1_mmd_global"), ("bn1_mmd_global", "baseline"),
-                        ("full_bn1_recipe", "bn1_global"), ("full_bn1_recipe", "full_bn1_triplet"),
-                        ("full_bn1_recipe", "baseline"), ("full_bn9_recipe", "full_bn1_recipe"),
-                        ("full_bn9_recipe", "bn1_global"), ("full_bn9_recipe", "baseline")],
-              "pair_rows": {**CORE_ROWS, **SETTINGS_ROWS}, "pairs_from": ("core", "settings")},
-    "variation": {"ids": 300, "budget": BUDGET, "seeds": [0, 1, 2], "rows": VARIATION_ROWS,
-                  "variation": row_variation,
-                  "title": "4. Intra-identity variation: does CM-EMD's advantage over all-pairs grow with it?",
-                  "about": "The generator's `variation` (view / pose / box changes between images of one person) at "
-                           "0.2 and 0.7 beside the calibrated default 0.4 (the core rows, seeds 0-2); same budget.",
-                  "pairs": [(f"full_v{v}", f"full_allpairs_v{v}") for v in VARIATIONS]},
-    "variation_bn": {"ids": 300, "budget": BUDGET, "seeds": [0, 1, 2, 3], "rows": VARIATION_BN_ROWS,
-                     "variation": row_variation,
-                     "title": "4b. Intra-identity variation, with the alignment on the BN-neck output",
-                     "about": "The same sweep for the baseline + CM-EMD against + all-pairs, both on the L2-normalised "
-                              "BN-neck output of the global feature, lambda 1 (the rows of section 3b); the default "
-                              "0.4 is the space group's runs; same budget.",
-                     "pairs": [("bn1_global_v0.2", "bn1_allpairs_global_v0.2"), ("bn1_global", "bn1_allpairs_global"),
-                               ("bn1_global_v0.7", "bn1_allpairs_global_v0.7")],
-                     "pair_rows": SPACE_ROWS, "pairs_from": ("space",)},
-}
+GROUPS = load_groups()
+# The generator variations the study sweeps beside the calibrated default (--pixel-purity prints each set's ceiling)
+VARIATIONS = tuple(sorted({v for g in GROUPS.values() for v in g["variation"].values()}))
 
 
 def synth_config(ids: int, variation: float | None):
@@ -351,22 +176,40 @@ def write_run(done: Path, rec: dict) -> None:
     tmp.replace(done)
 
 
-def run_one(group: str, row: str, seed: int) -> dict:
+def run_config(group: str, row: str, seed: int, data: Path | str = "<data>", out: Path | None = None):
+    """The TrainConfig of one run: the row's config, its data set, its work dir and the seed."""
     from cmemd.config import load_config
+
+    out = out or work_dir(group, row, seed)
+    return load_config(GROUPS[group]["rows"][row][1], [f"data.root={data}", f"run.out_dir={out}", f"run.seed={seed}"])
+
+
+def finished(group: str, row: str, seed: int) -> dict | None:
+    """The run's saved record if its file is there with the settings the row asks for now, else None (the data root
+    is not part of the settings, so this needs no data set)."""
+    done = run_path(group, row, seed)
+    if not done.is_file():
+        return None
+    rec = json.loads(done.read_text())
+    return rec if same_settings(rec.get("config", {}), _stable(run_config(group, row, seed).to_dict())) else None
+
+
+def run_one(group: str, row: str, seed: int, again: bool = False) -> dict:
+    """Train, evaluate and diagnose one run, and write its file; a finished run is skipped (its record returned).
+    ``again``: train it anyway, in data/alignment_study/again/, and print its Rank-1 beside the committed one."""
     from cmemd.app.run import train
 
+    rec = None if again else finished(group, row, seed)
+    if rec is not None:
+        return rec
     g = GROUPS[group]
-    label, overrides = g["rows"][row]
-    data = ensure_data(g["ids"], g["variation"](row) if callable(g["variation"]) else g["variation"])
-    out = work_dir(group, row, seed)
-    cfg = load_config("synth_cmemd",
-                      [f"data.root={data}", f"run.out_dir={out}", f"run.seed={seed}", *g["budget"], *overrides])
-    done = run_path(group, row, seed)
-    if done.is_file():
-        rec = json.loads(done.read_text())
-        if same_settings(rec.get("config", {}), _stable(cfg.to_dict())):
-            return rec
+    label, config = g["rows"][row]
+    if run_path(group, row, seed).is_file() and not again:
         print(f"{group}/{row} seed {seed}: the saved run used other settings; running it again", flush=True)
+    data = ensure_data(g["ids"], g["variation"].get(row))
+    out = WORK / "again" / group / row / f"seed{seed}" if again else work_dir(group, row, seed)
+    cfg = run_config(group, row, seed, data, out)
+    done = out.with_suffix(".json") if again else run_path(group, row, seed)
     saved = out / "config.yaml"
     if saved.is_file():
         import yaml
@@ -379,7 +222,7 @@ def run_one(group: str, row: str, seed: int) -> dict:
     epochs = [h for h in hist if h.get("kind") == "epoch"]
     diags = [h for h in hist if h.get("kind") == "diag"]
     rec = {
-        "group": group, "row": row, "label": label, "seed": seed, "overrides": overrides,
+        "group": group, "row": row, "label": label, "seed": seed, "row_config": str(config.relative_to(HERE)),
         "config": _stable(cfg.to_dict()), "seconds": time.time() - t0,
         "results": {name: {"mean": r.mean, "std": r.std, "trials": [t["R1"] for t in r.rows()]}
                     for name, r in outcome.results.items()},
@@ -391,9 +234,14 @@ def run_one(group: str, row: str, seed: int) -> dict:
     }
     write_run(done, rec)
     shutil.rmtree(out / "tensorboard", ignore_errors=True)
-    r1 = rec["results"]["sysu all-search single-shot"]["mean"]["R1"]
+    r1 = rec["results"][ALL]["mean"]["R1"]
     print(f"{group}/{row} seed {seed}: all-search R1 {100 * r1:.2f}, "
           f"gap ratio {rec['test_diagnostics']['gap_centre_ratio']:.2f} ({time.time() - t0:.0f} s)", flush=True)
+    committed = run_path(group, row, seed)
+    if again and committed.is_file():
+        old = json.loads(committed.read_text())
+        print(f"  committed run: all-search R1 {100 * old['results'][ALL]['mean']['R1']:.2f}, gap ratio "
+              f"{old['test_diagnostics']['gap_centre_ratio']:.2f}", flush=True)
     return rec
 
 
@@ -477,8 +325,9 @@ def load_runs(group: str) -> dict[str, list[dict]]:
 def plan(groups: list[str]) -> list[tuple[str, str, int]]:
     """Seed-major across the groups: every row of every group gets seed 0 before any gets seed 1, so a study cut
     short (it spans sessions) has the broad picture first and the seeds to resolve it after."""
-    seeds = sorted({s for g in groups for s in GROUPS[g]["seeds"]})
-    return [(g, row, seed) for seed in seeds for g in groups if seed in GROUPS[g]["seeds"] for row in GROUPS[g]["rows"]]
+    seeds = sorted({s for g in groups for v in GROUPS[g]["row_seeds"].values() for s in v})
+    return [(g, row, seed) for seed in seeds for g in groups for row in GROUPS[g]["rows"]
+            if seed in GROUPS[g]["row_seeds"][row]]
 
 
 def write_report(wall: float | None = None) -> None:
@@ -508,6 +357,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1)
     ap.add_argument("--shard", default="1/1")
     ap.add_argument("--report-only", action="store_true")
+    ap.add_argument("--again", action="store_true",
+                    help="train the named runs (--groups, --rows, --seeds) even if finished, into "
+                         "data/alignment_study/again/, and compare with the committed run; runs/ is left as it is")
     ap.add_argument("--pixel-purity", action="store_true", help="plan purity of plans on raw pixels (a reference)")
     ap.add_argument("--backfill", action="store_true",
                     help="add the test diagnostics finished runs' files lack, from their checkpoints (on the "
@@ -519,7 +371,7 @@ def main() -> None:
     if args.backfill:
         for g in args.groups or list(GROUPS):
             for row in args.rows or GROUPS[g]["rows"]:
-                for seed in args.seeds or GROUPS[g]["seeds"]:
+                for seed in args.seeds or GROUPS[g]["row_seeds"].get(row, []):
                     if row in GROUPS[g]["rows"]:
                         print(f"{g}/{row} seed {seed}: {backfill(g, row, seed)}", flush=True)
         write_report()
@@ -532,22 +384,28 @@ def main() -> None:
     # explicit seeds run even beyond a group's planned ones: more pairs for one comparison
     runs = plan(groups) if args.seeds is None else [(g, r, s) for s in args.seeds for g in groups for r in GROUPS[g]["rows"]]
     todo = [(g, r, s) for g, r, s in runs if not args.rows or r in args.rows]
+    k, n = (int(v) for v in args.shard.split("/"))
+    if n == 1:  # the invoking process (shards run their share of `todo`; run_one skips what is finished)
+        pending = todo if args.again else [(g, r, s) for g, r, s in todo if finished(g, r, s) is None]
+        print(f"{len(todo) - len(pending)} of {len(todo)} runs finished (their files are in runs/); "
+              f"{len(pending)} to run", flush=True)
+        if not pending:
+            write_report()  # no wall time: nothing ran
+            return
     if args.jobs > 1:
-        for g in groups:  # data first, once
-            var = GROUPS[g]["variation"]
-            for v in ({var(r) for r in GROUPS[g]["rows"]} if callable(var) else {var}):
-                ensure_data(GROUPS[g]["ids"], v)
+        for ids, v in {(GROUPS[g]["ids"], GROUPS[g]["variation"].get(r)) for g, r, _ in pending}:  # data first, once
+            ensure_data(ids, v)
         procs = [subprocess.Popen([sys.executable, __file__, *_strip(sys.argv[1:]), "--shard", f"{k}/{args.jobs}"])
                  for k in range(1, args.jobs + 1)]
         codes = [p.wait() for p in procs]
-        write_report(time.time() - t0)
+        if not args.again:
+            write_report(time.time() - t0)
         if any(codes):
             sys.exit(f"shard exit codes {codes}: rerun the same command to finish (finished runs are kept)")
         return
-    k, n = (int(v) for v in args.shard.split("/"))
     for g, row, seed in todo[k - 1::n]:
-        run_one(g, row, seed)
-    if n == 1:
+        run_one(g, row, seed, again=args.again)
+    if n == 1 and not args.again:
         write_report(time.time() - t0)
 
 
