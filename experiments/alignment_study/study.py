@@ -58,7 +58,7 @@ REPORT = HERE / "README.md"
 COMMAND = "python experiments/alignment_study/study.py --jobs 2"
 
 ALL = "sysu all-search single-shot"
-SPLIT = (3.0, 1.0, 2.0)  # train : val : test ids, as the earlier ablation (100 test ids of 300)
+SPLIT = (3.0, 1.0, 2.0)  # train : val : test ids, as the earlier ablation (history/; 100 test ids of 300)
 
 
 def row_label(path: Path) -> str:

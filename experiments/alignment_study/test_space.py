@@ -3,7 +3,7 @@
 one set of weights, two test features, side by side.
 
     python experiments/alignment_study/test_space.py RUN_DIR [RUN_DIR ...] [--test-feature concat global] [--part global|local]
-        [--out docs/results/test_space.md]
+        [--out test_space.md]
 
 The alignment losses act on the pooled (pre-BN) features; the BN-neck standardises each unit, which can undo what
 they aligned (gap_spaces.py). Each run's own config gives the protocol (its eval section, its data root);
