@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench bench-ablation venv clean
+.PHONY: demo test bench study venv clean
 
 venv: $(STAMP)
 
@@ -26,10 +26,10 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(PY) bench/run_all.py
 
-# The alignment study (issue 13; several hours on 2 cores, two shard processes). Resumable across machines: every
-# finished run is a small JSON file under docs/results/alignment_study/runs/ (commit it), and a rerun skips it.
-bench-ablation: $(STAMP)
-	$(PY) bench/alignment_study.py --jobs 2
+# The finished alignment study (experiments/alignment_study/): every run whose file is committed is skipped, so on a
+# clone this only rebuilds its page, README.md, from the run files; a run added to study.yaml trains (two processes).
+study: $(STAMP)
+	$(PY) experiments/alignment_study/study.py --jobs 2
 
 clean:
 	rm -rf $(VENV) data/demo runs/demo

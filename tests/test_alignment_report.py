@@ -1,4 +1,4 @@
-"""bench/alignment_report.py: the paired intervals and the feature-health table the alignment study reports.
+"""experiments/alignment_study/report.py: the paired intervals and the feature-health table the alignment study reports.
 
 The study's verdicts ("a better", "not resolved") rest on these numbers, so they are checked against scipy's own
 paired t-test and against hand-computed norm ratios.
@@ -14,7 +14,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from scipy import stats
 
-SCRIPT = Path(__file__).resolve().parents[1] / "bench" / "alignment_report.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "alignment_study" / "report.py"
 spec = importlib.util.spec_from_file_location("alignment_report", SCRIPT)
 report = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(report)

@@ -35,3 +35,41 @@ def test_method_md_cpu_defaults_are_the_shipped_config():
         section, name = key.split(".")
         assert cfg[section][name] == yaml.safe_load(value), \
             f"docs/method.md says {key} = {value}, {config} ships {cfg[section][name]!r}"
+
+
+# ---------------------------------------------------------------------- references and links
+
+_SKIP_DIRS = {".git", ".venv", "data", "runs", "build", "dist", "out", "__pycache__", ".pytest_cache", ".hypothesis"}
+# the reference files outside the repository, which it must never cite (its own pages are docs/*.md)
+_OUTSIDE = tuple(name + ".md" for name in ("METHOD", "PROTOCOLS", "CALIBRATION", "ARCHITECTURE"))
+
+
+def _text_files(top: Path):
+    for path in top.rglob("*"):
+        if path.is_file() and not _SKIP_DIRS & set(path.relative_to(ROOT).parts) and path.suffix in (
+                ".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".cfg", "") and path.stat().st_size < 2_000_000:
+            yield path
+
+
+def test_no_file_cites_the_reference_files_outside_the_repository():
+    hits = [f"{p.relative_to(ROOT)}: {name}" for p in _text_files(ROOT)
+            for name in _OUTSIDE if name in p.read_text(encoding="utf-8", errors="replace")]
+    assert hits == [], "cite docs/method.md, docs/protocols.md, docs/architecture.md or docs/benchmark.md instead"
+
+
+def test_code_cites_no_results_page():
+    """Code and shipped configs say what they do and link docs/ pages that are not results: a measured number or a
+    results page cited from code goes stale when the results move (docs/developing.md)."""
+    hits = [str(p.relative_to(ROOT)) for p in _text_files(ROOT / "src") if "docs/results" in p.read_text("utf-8")]
+    assert hits == []
+
+
+def test_relative_links_in_the_pages_resolve():
+    pages = [ROOT / "README.md", *(ROOT / "docs").rglob("*.md"), *(ROOT / "experiments").glob("**/*.md")]
+    broken = []
+    for page in pages:
+        for link in re.findall(r"\]\(([^)\s]+)\)", page.read_text(encoding="utf-8")):
+            target = link.split("#")[0]
+            if target and not link.startswith(("http://", "https://", "mailto:")) and not (page.parent / target).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {link}")
+    assert broken == []

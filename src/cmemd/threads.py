@@ -1,4 +1,4 @@
-"""CPU thread policy for training on shared machines (measured in ``bench/threads.py``, docs/results/threads.md).
+"""CPU thread policy for training on shared machines (docs/architecture.md, CPU threads).
 
 Two settings decide how a CPU run behaves when other work shares the cores:
 
@@ -16,11 +16,10 @@ import os
 from typing import Any, Optional
 
 WAIT_POLICY = "PASSIVE"
-# Below this many input pixels (128x64) a CPU run uses one thread unless run.threads says otherwise. Measured on the
-# 2-core machine with nothing else running (docs/results/threads.md, quiet section; demo model, 20 steps, 2 reps):
-# one thread 7.2 s alone and 7.7 s beside a busy process, two PASSIVE threads 7.6 s and 9.0 s, two spinning threads
-# (torch's default) 5.2 s and 16.9 s. Larger inputs keep torch's own count (one per core): per-op work grows with the
-# image and a second thread pays for itself (the paper model's PASSIVE rows in docs/results/threads.md).
+# Below this many input pixels (128x64) a CPU run uses one thread unless run.threads says otherwise: on small inputs
+# a second thread costs more in synchronisation than it saves, above all beside other work. Larger inputs keep
+# torch's own count (one per core): per-op work grows with the image and a second thread pays for itself. Why this
+# threshold: docs/architecture.md, CPU threads.
 SMALL_INPUT_PIXELS = 128 * 64
 
 
@@ -73,7 +72,7 @@ def apply_thread_policy(requested: Optional[int], device: Any = "cpu",
           and not os.environ.get("OMP_NUM_THREADS")):
         torch.set_num_threads(1)
         source, reason = "default", (f"default: one thread for {input_size[0]}x{input_size[1]} inputs "
-                                     "(under 128x64; docs/results/threads.md)")
+                                     "(under 128x64; docs/architecture.md)")
     else:
         source, reason = "default", default_reason(device_type)
     return {"threads": torch.get_num_threads(), "source": source, "reason": reason,

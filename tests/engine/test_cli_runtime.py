@@ -41,7 +41,7 @@ def test_progress_to_a_file_is_one_line_per_update_and_threads_are_recorded(tiny
     assert env["thread_policy"] == {**env["thread_policy"], "source": "default", "threads": n}
     # the tiny run's 32x16 input is under 128x64: one thread by default (cmemd.threads.SMALL_INPUT_PIXELS)
     assert n == 1
-    assert "threads: 1 CPU thread(s) (default: one thread for 32x16 inputs (under 128x64; docs/results/threads.md)), " \
+    assert "threads: 1 CPU thread(s) (default: one thread for 32x16 inputs (under 128x64; docs/architecture.md)), " \
            "OMP_WAIT_POLICY=PASSIVE" in out
 
 

@@ -1,4 +1,4 @@
-"""LLCM protocol against a brute-force reference written from the rules (PROTOCOLS.md), ties included."""
+"""LLCM protocol against a brute-force reference written from the rules (docs/protocols.md), ties included."""
 from __future__ import annotations
 
 import random

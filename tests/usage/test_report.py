@@ -1,9 +1,12 @@
-"""The evaluation report: figures, ranked lists, t-SNE, index.html (and a headless-browser look)."""
+"""The evaluation report: figures, ranked lists, t-SNE, index.html, and what a person sees of it in Chromium."""
 from __future__ import annotations
 
-import re
+import html.parser
+import json
+import os
 import shutil
 import subprocess
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,14 +21,21 @@ from cmemd.report import ranked_lists, tsne, write_report  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def eval_report(tiny_checkpoint, tmp_path_factory):
-    """`cmemd eval --report` on the tiny model (the CLI path: features extracted once, then reported)."""
+def eval_run(tiny_checkpoint, tmp_path_factory):
+    """`cmemd eval --report --out` on the tiny model (the CLI path: features extracted once, then reported):
+    the report folder and the results.json of the same evaluation."""
     out = tmp_path_factory.mktemp("report")
+    results = tmp_path_factory.mktemp("results") / "results.json"
     r = CliRunner().invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--trials", "2",
-                                 "--report", str(out)])
+                                 "--report", str(out), "--out", str(results)])
     assert r.exit_code == 0, r.output
     assert f"report written to {out / 'index.html'}" in r.output
-    return out
+    return out, json.loads(results.read_text())
+
+
+@pytest.fixture(scope="module")
+def eval_report(eval_run):
+    return eval_run[0]
 
 
 def test_report_files(eval_report):
@@ -92,14 +102,139 @@ def test_write_report_rejects_mismatched_features(tmp_path, eval_report):
         write_report(tmp_path, {"x": object()}, q, g)
 
 
-def test_index_html_renders_in_chromium(eval_report, tmp_path):
-    browser = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
-    if browser is None:
+# ---------------------------------------------------------------------- in a real browser
+
+# Injected first into a copy of the page: records script errors, console errors and resources that fail to load
+# (capture phase: a broken <img> fires no bubbling event), then after `load` writes what every image is to a person
+# (decoded size, size on screen, visibility) and those errors into the DOM, which Chromium dumps.
+_PROBE = """<script>
+window.__errors = [];
+window.addEventListener("error", e => window.__errors.push(e.message ? "script: " + e.message
+  : "resource: " + (e.target && (e.target.src || e.target.href))), true);
+const consoleError = console.error;
+console.error = (...a) => { window.__errors.push("console: " + a.join(" ")); consoleError(...a); };
+window.addEventListener("load", () => {
+  const images = [...document.images].map(i => { const r = i.getBoundingClientRect(), c = getComputedStyle(i);
+    return {src: i.getAttribute("src"), complete: i.complete, natural: [i.naturalWidth, i.naturalHeight],
+            shown: [r.width, r.height], visible: c.display !== "none" && c.visibility === "visible"
+            && parseFloat(c.opacity) > 0}; });
+  const out = document.createElement("pre");
+  out.id = "browser-probe";
+  out.textContent = JSON.stringify({errors: window.__errors, images: images});
+  document.body.appendChild(out);
+});
+</script>"""
+
+
+def _browser() -> str:
+    """Chromium's path. CI (`.ci/run` installs it, CI=true) must have it; a developer machine may skip."""
+    found = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)), None)
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("CI: no Chromium on this machine (.ci/run installs it: apt-get install chromium)")
         pytest.skip("no Chromium on this machine (apt-get install chromium)")
+    return found
+
+
+def _chromium(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([_browser(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", *args],
+                          capture_output=True, text=True, timeout=120)
+
+
+def _probe_page(report: Path, tmp: Path) -> tuple[dict, str]:
+    """Open a copy of ``report``'s index.html, the probe injected, in Chromium; (the probe's record, the DOM)."""
+    page = tmp / "page"
+    shutil.copytree(report, page)
+    index = page / "index.html"
+    text = index.read_text(encoding="utf-8")
+    assert text.count("<head>") == 1
+    index.write_text(text.replace("<head>", "<head>" + _PROBE), encoding="utf-8")
+    # a virtual-time budget lets the page finish loading (images decoded, `load` handlers run) before the dump
+    r = _chromium("--window-size=1200,2000", "--virtual-time-budget=10000", "--dump-dom", index.as_uri())
+    dom = r.stdout
+    start = dom.find('<pre id="browser-probe">')
+    assert start >= 0, f"Chromium gave no probe record (exit {r.returncode}): {r.stderr[-2000:]}"
+    record = dom[start + len('<pre id="browser-probe">'):dom.index("</pre>", start)]
+    return json.loads(html.unescape(record)), dom
+
+
+class _Tables(html.parser.HTMLParser):
+    """{h3 text: [[cell text, ...] per row]} of the dumped page: the tables as the browser built them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tables: dict[str, list[list[str]]] = {}
+        self._h3: str | None = None
+        self._text: list[str] | None = None
+        self._current: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "h3":
+            self._text = []
+        elif tag == "tr" and self._current is not None:
+            self.tables[self._current].append([])
+        elif tag in ("td", "th"):
+            self._text = []
+
+    def handle_endtag(self, tag):
+        if tag == "h3":
+            self._current = "".join(self._text).strip()
+            self.tables[self._current] = []
+            self._text = None
+        elif tag in ("td", "th") and self._current is not None:
+            self.tables[self._current][-1].append("".join(self._text).strip())
+            self._text = None
+
+    def handle_data(self, data):
+        if self._text is not None:
+            self._text.append(data)
+
+
+def test_report_in_chromium_loads_shows_every_image_and_the_numbers_of_results_json(eval_run, tmp_path):
+    report, results = eval_run
+    probe, dom = _probe_page(report, tmp_path)
+    assert probe["errors"] == []
+    expected = {"cmc.png", "embedding.png", "ranked_lists.png", "training.png"}
+    assert {i["src"] for i in probe["images"]} == expected
+    for img in probe["images"]:
+        with Image.open(report / img["src"]) as im:  # decoded at the file's own size, and drawn on the page
+            assert img["complete"] and img["natural"] == [im.width, im.height], img
+        assert img["visible"] and img["shown"][0] > 200 and img["shown"][1] > 100, img
+    # every table the browser shows is a result of results.json, with its numbers (%, two decimals)
+    parser = _Tables()
+    parser.feed(dom)
+    tables = parser.tables
+    names = [k for k in results if k != "modality_gap"]
+    assert sorted(tables) == sorted(names)
+
+    def pct(x: float | None) -> str:
+        return "-" if x is None or x != x else f"{100 * x:.2f}"
+
+    for name in names:
+        res, rows = results[name], tables[name]
+        metrics = rows[0][1:]
+        assert metrics == ["R1", "R5", "R10", "R20", "mAP", "mINP"]
+        assert len(rows) == 1 + len(res["trials"]) + 1
+        for row, t, trial in zip(rows[1:], res["trial_ids"], res["trials"]):
+            assert row == [f"trial {t}"] + [pct(trial[k]) for k in metrics]
+        assert rows[-1] == ["mean ± std"] + [f"{pct(res['mean'][k])} ± {pct(res['std'][k])}" for k in metrics]
+
+
+def test_the_browser_probe_sees_a_broken_image(eval_report, tmp_path):
+    """The probe above can fail: an image that does not decode is reported as a failed resource, of no size."""
+    broken = tmp_path / "broken"
+    shutil.copytree(eval_report, broken)
+    data = (broken / "cmc.png").read_bytes()
+    (broken / "cmc.png").write_bytes(b"not a PNG" + data[64:])  # the signature and header gone
+    probe, _ = _probe_page(broken, tmp_path)
+    cmc = next(i for i in probe["images"] if i["src"] == "cmc.png")
+    assert cmc["natural"] == [0, 0]
+    assert any("cmc.png" in e for e in probe["errors"]), probe["errors"]
+
+
+def test_report_screenshot_in_chromium_shows_the_figures(eval_report, tmp_path):
     shot = tmp_path / "shot.png"
-    subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-                    "--window-size=1200,2000", (eval_report / "index.html").resolve().as_uri()],
-                   capture_output=True, timeout=120)
+    _chromium(f"--screenshot={shot}", "--window-size=1200,2000", (eval_report / "index.html").resolve().as_uri())
     assert shot.is_file(), "Chromium wrote no screenshot"
     a = np.asarray(Image.open(shot).convert("RGB")).astype(np.int16)
     assert a.shape[:2] == (2000, 1200)
@@ -109,4 +244,3 @@ def test_index_html_renders_in_chromium(eval_report, tmp_path):
     green = ((a[..., 1] > 120) & (a[..., 0] < 80) & (a[..., 2] < 80)).sum()
     red = ((a[..., 0] > 170) & (a[..., 1] < 70) & (a[..., 2] < 70)).sum()
     assert green + red > 500, (green, red)
-    shutil.copy(shot, eval_report / "screenshot.png")

@@ -1,6 +1,6 @@
 """``cmemd demo``: generate the synthetic benchmark (cached), train CM-EMD on CPU, evaluate SYSU-MM01
 all/indoor-search plain and re-ranked, print the tables, write the report. The CLI's default config is
-``synth_cmemd_global`` (the baseline + CM-EMD on the BN-neck output: docs/results/alignment_study.md, 3b)."""
+``synth_cmemd_global`` (the baseline + CM-EMD on the BN-neck output; why: docs/method.md)."""
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,6 +1,6 @@
 """LLCM (low-light cross-modality, CVPR 2023): reader for the released layout and the per-trial draws.
 
-Layout (PROTOCOLS.md)::
+Layout (docs/protocols.md)::
 
     root/idx/train_vis.txt  train_nir.txt       lines "<path relative to root> <label>", labels 0..N-1
     root/idx/test_id.txt                        one line of comma-separated test ids

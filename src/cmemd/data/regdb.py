@@ -1,6 +1,6 @@
 """RegDB: reader for the released layout with its 10 train/test trials.
 
-Layout (PROTOCOLS.md)::
+Layout (docs/protocols.md)::
 
     root/Visible/<pid>/<name>_v_<n>_<k>.bmp
     root/Thermal/<pid>/<name>_t_<n>_<k>.bmp

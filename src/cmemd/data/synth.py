@@ -1,6 +1,6 @@
 """A synthetic visible-thermal pedestrian dataset, written in the real datasets' layouts.
 
-Why it looks the way it does (see ``shared/reference/CALIBRATION.md``): every attribute that
+Why it looks the way it does (docs/benchmark.md): every attribute that
 identifies a person leaves a trace in BOTH modalities. A person is a set of latent attributes
 (body geometry, hair, garments with type / thickness / colour / pattern, shoes, carried objects).
 The visible image shows colours under a camera's illumination; the thermal image shows a
@@ -92,10 +92,9 @@ class SynthConfig:
     with it too), ``camera_gap`` (0..1 how different the cameras' illumination / white balance /
     ambient temperature are), ``jpeg_quality`` (min, max quality of the written JPEGs).
 
-    The difficulty defaults were calibrated (docs/benchmark.md) so that a CPU model trained for a few
-    minutes reaches clearly-above-chance but far-from-perfect thermal->visible accuracy: with the
-    generator's first settings (palette 12, variation 0.8, occlusion 0.2, thermal noise 0.04, camera
-    gap 0.7) thermal->visible Rank-1 stayed at chance while within-modality Rank-1 reached 60-90%.
+    The difficulty defaults were calibrated so that a CPU model trained for a few minutes reaches
+    clearly-above-chance but far-from-perfect thermal->visible accuracy (how, and what each setting
+    gave: docs/benchmark.md).
     """
 
     ids: int = 300

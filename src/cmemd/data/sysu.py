@@ -1,6 +1,6 @@
 """SYSU-MM01: reader for the released layout and the two gallery-drawing protocols.
 
-Layout (PROTOCOLS.md)::
+Layout (docs/protocols.md)::
 
     root/cam1 .. cam6/<pid:04d>/<k:04d>.jpg
     root/exp/train_id.txt val_id.txt test_id.txt    (one line of comma-separated ids)

@@ -1,4 +1,4 @@
-"""Training engine: objective, loop, checkpoints, feature extraction, config-driven runs."""
+"""Training engine: objective, loop, checkpoints, feature extraction (config -> runs: ``cmemd.app``)."""
 from cmemd.engine.checkpoint import load_checkpoint, read_checkpoint, save_checkpoint
 from cmemd.engine.extract import extract_features
 from cmemd.engine.objective import Objective

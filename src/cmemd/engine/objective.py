@@ -1,8 +1,8 @@
 """The training objective: the model's named output in, the total loss and its named terms out.
 
 L = CE_g + mean_k CE_k + lambda_align * L_align + lambda_dl * L_dl (+ lambda_triplet * WRT),
-as METHOD.md writes it. Which alignment (CM-EMD or an alternative) and on which granularities
-are options, so the ablation rows are settings of one objective.
+as docs/method.md writes it. Which alignment (CM-EMD or an alternative) and on which granularities
+are options, so every variant compared is a setting of one objective.
 """
 from __future__ import annotations
 
@@ -77,11 +77,11 @@ class Objective(nn.Module):
             ``bn`` (the BN-neck outputs) or ``centered`` (pooled minus the batch mean); see
             :func:`aligned_features`.
         emd_cost, emd_normalize, emd_solver, sinkhorn_eps, sinkhorn_iters: the cost and plan options
-            (cost/normalize apply to every alignment loss alike -- MMD takes ``normalize`` -- so the
-            ablation compares alignment strategies, not scalings).
+            (cost/normalize apply to every alignment loss alike -- MMD takes ``normalize`` -- so a
+            comparison is between alignment strategies, not scalings).
         lambda_accum_ce: weight of the identity loss on the accumulated features (mean over their S
             classifiers), a term of its own beside ``ce_local`` (mean over the S local classifiers, weight 1
-            as METHOD.md writes it); used when the model has accumulated classifiers.
+            as docs/method.md writes it); used when the model has accumulated classifiers.
         lambda_dl: weight of CM-DL on the holistic feature (the global one when there is no
             local stream); ``dl_variant`` ``plain`` | ``cross``; ``dl_on_global`` adds it on the global feature.
         lambda_triplet: weight of the weighted-regularisation triplet on the global feature.

@@ -14,7 +14,7 @@ re-ranked distances, with the same removal and CMC rules. Each trial re-ranks it
 parameters). Re-ranking is transductive: never compare a re-ranked number with a plain one.
 
 RegDB: query = all test images of one modality, gallery = all test images of the other; no
-removal, standard CMC. One call evaluates one trial (one model per trial; PROTOCOLS.md);
+removal, standard CMC. One call evaluates one trial (one model per trial; docs/protocols.md);
 :func:`~cmemd.evaluation.results.combine_results` averages trials.
 
 LLCM: both modalities' test images are featurised once; the visible x NIR similarities are

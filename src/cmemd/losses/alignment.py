@@ -1,4 +1,4 @@
-"""Cross-modality alignment losses: CM-EMD and the alternatives of the ablation.
+"""Cross-modality alignment losses: CM-EMD and the alternatives it is compared with.
 
 All of them take ``(feats, pids, modalities)`` (and an optional ``layout``, below):
 
@@ -14,7 +14,7 @@ modality cannot be aligned; they are left out and counted in ``num_skipped`` (ne
 
 Every loss L2-normalises the features before its cost by default (``normalize=True``): on raw features
 an alignment cost can be lowered by shrinking the features, which the BN-neck hides from the identity
-loss (measured: docs/results/alignment_study.md). ``normalize=False`` gives the raw-feature losses.
+loss (docs/method.md). ``normalize=False`` gives the raw-feature losses.
 
 Per-identity losses (CM-EMD, all-pairs, hetero-centre) group identities by their
 ``(K_v, K_t)`` shape, so every group (and all granularities of it) is ONE batched solver call.
@@ -238,7 +238,7 @@ def cmemd_loss(
 
 
 # --------------------------------------------------------------------------------------------
-# alternatives for the ablation
+# the alternatives: all-pairs, hetero-centre, MMD
 
 
 def all_pairs_loss(

@@ -95,7 +95,7 @@ class ModelConfig:
         test_feature: ``"concat"`` [default] | ``"global"`` | ``"local"``.
         test_global: the global feature's form in the test feature: ``"bn"`` (the BN-neck output) [default]
             or ``"pooled"`` (before the BN-neck, where the alignment losses act; the BN-neck's per-unit
-            standardisation can undo their alignment: docs/results/alignment_study.md).
+            standardisation can undo their alignment: docs/method.md).
         test_local: the holistic (local) part's form in the test feature: ``"pooled"`` (the stripe-weighted
             pooled local features, what CM-DL trains) [default] or ``"bn"`` (the stripe-weighted local BN-neck
             outputs, where ``loss.align_feature=bn`` aligns them).

@@ -1,4 +1,4 @@
-"""The report of bench/alignment_study.py: tables, paired intervals and plots from the committed run files."""
+"""The alignment study's report (study.py beside it): tables, paired intervals and plots from the run files."""
 from __future__ import annotations
 
 import functools
@@ -256,7 +256,7 @@ def write(groups: dict, load_runs, report: Path, out_dir: Path, command: str, wa
     load_runs = functools.lru_cache(maxsize=None)(load_runs)  # groups are read again for pairs and health
     lines = ["# Alignment study: does CM-EMD align the modalities, and does its plan pick low-variation pairs?", "",
              f"Command: `{command}` (resumable: every finished run is a JSON file under "
-             "`docs/results/alignment_study/runs/`, and a rerun skips it). `--report-only` rebuilds this page.", "",
+             "[`runs/`](runs/), and a rerun skips it). `--report-only` rebuilds this page.", "",
              "Measures (from features only, `cmemd.evaluation.modality`, on the 100 test ids after training): "
              "**gap ratio** = distance between an identity's visible and thermal feature centres over the "
              "within-modality spread (bias-corrected; 0 = modalities share a centre); **modality probe** = balanced "
@@ -305,9 +305,9 @@ def write(groups: dict, load_runs, report: Path, out_dir: Path, command: str, wa
         if gname == ("variation_bn" if "variation_bn" in groups else "variation"):  # one plot after the last sweep
             p = variation_plot(groups, load_runs, out_dir)
             if p:
-                lines += ["", f"![variation](alignment_study/{p.name})"]
+                lines += ["", f"![variation]({p.name})"]
         lines += [""]
-    notes = report.with_name("alignment_study_notes.md")
+    notes = report.with_name("notes.md")
     if notes.is_file():
         lines += [notes.read_text().strip(), ""]
     report.write_text("\n".join(lines) + "\n")

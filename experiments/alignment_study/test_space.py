@@ -2,11 +2,11 @@
 (`model.test_global` bn | pooled), or with `--part local` the holistic part (`model.test_local` pooled | bn):
 one set of weights, two test features, side by side.
 
-    python bench/test_space.py RUN_DIR [RUN_DIR ...] [--test-feature concat global] [--part global|local]
-        [--out docs/results/test_space.md]
+    python experiments/alignment_study/test_space.py RUN_DIR [RUN_DIR ...] [--test-feature concat global] [--part global|local]
+        [--out test_space.md]
 
 The alignment losses act on the pooled (pre-BN) features; the BN-neck standardises each unit, which can undo what
-they aligned (bench/gap_spaces.py). Each run's own config gives the protocol (its eval section, its data root);
+they aligned (gap_spaces.py). Each run's own config gives the protocol (its eval section, its data root);
 `--test-feature` also evaluates other test features of the same weights (a full model's global part alone, say).
 With two or more runs, a paired summary follows: pooled minus bn per run, the mean and a 95% t interval (runs are
 the pairs: the same weights are evaluated both ways).
@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from alignment_report import paired, verdict  # noqa: E402
+from report import paired, verdict  # noqa: E402
 
 FORMS = ("bn", "pooled")
 

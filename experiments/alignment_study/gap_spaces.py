@@ -1,9 +1,9 @@
 """Modality gap of a trained model in each of its feature spaces: does the alignment close the gap where it acts
 (the pooled features, L2-normalised) even where the test feature (BN-neck) keeps it?
 
-    python bench/gap_spaces.py runs/demo            # the run's own data root, test ids
-    python bench/gap_spaces.py runs/demo --split train   # the ids the model trained on (where the loss acted)
-    python bench/gap_spaces.py RUN_DIR --root DATA  # another SYSU-layout root
+    python experiments/alignment_study/gap_spaces.py runs/demo            # the run's own data root, test ids
+    python experiments/alignment_study/gap_spaces.py runs/demo --split train   # the ids the model trained on (where the loss acted)
+    python experiments/alignment_study/gap_spaces.py RUN_DIR --root DATA  # another SYSU-layout root
 
 Prints the gap ratio (and its parts, with the distance between identities' centres), the modality probe and the
 within/cross-modality Rank-1 (cmemd.evaluation.modality) of the test feature, the global feature as pooled /

@@ -1,4 +1,4 @@
-"""bench/test_space.py: the paired pooled-vs-bn summary over runs (the runs are the pairs)."""
+"""experiments/alignment_study/test_space.py: the paired pooled-vs-bn summary over runs (the runs are the pairs)."""
 from __future__ import annotations
 
 import importlib.util
@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from scipy import stats
 
-BENCH = Path(__file__).resolve().parents[1] / "bench"
-sys.path.insert(0, str(BENCH))  # test_space imports its sibling alignment_report
-spec = importlib.util.spec_from_file_location("test_space_bench", BENCH / "test_space.py")
+STUDY = Path(__file__).resolve().parents[1] / "experiments" / "alignment_study"
+sys.path.insert(0, str(STUDY))  # test_space imports its sibling report
+spec = importlib.util.spec_from_file_location("alignment_test_space", STUDY / "test_space.py")
 test_space = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(test_space)
 

@@ -1,9 +1,11 @@
 """Calibrate the synthetic benchmark: generate (cached), train the CPU model, print v->v, t->t, t->v side by side.
 
-    python bench/calibrate.py --ids 200 --synth-palette-size 4 optim.epochs=4 model.modality_specific_stages=1
+    python experiments/calibration/calibrate.py --ids 200 --synth-palette-size 4 optim.epochs=4 \
+        model.modality_specific_stages=1
 
-key=value arguments override `configs/synth_cmemd.yaml`; --synth-* flags set SynthConfig fields. Each run appends
-a row to docs/results/calibration.md with its command.
+key=value arguments override the packaged `synth_cmemd` config; --synth-* flags set SynthConfig fields. Each run
+appends a row to experiments/calibration/calibration.md with its command. How the generator was calibrated:
+docs/benchmark.md.
 """
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
 KNOBS = ("palette_size", "variation", "occlusion_rate", "thermal_noise", "camera_gap")
 
 
@@ -50,10 +53,10 @@ def main() -> None:
     d = modality_diagnostics(out.model, str(data), height=cfg.data.height, width=cfg.data.width)
     row = {k: round(100 * v, 1) for k, v in d.items()}
     print(json.dumps({"knobs": synth.to_dict(), "overrides": args.overrides, "train_s": round(time.time() - t0), **row}))
-    report = ROOT / "docs/results/calibration.md"
+    report = HERE / "calibration.md"
     if not report.exists():
-        report.write_text("# Calibration runs (bench/calibrate.py)\n\n| command | v2v R1 | t2t R1 | t2v R1 | t2v mAP | train s |\n|---|---|---|---|---|---|\n")
-    cmd = "python bench/calibrate.py " + " ".join(sys.argv[1:])
+        report.write_text("# Calibration runs (experiments/calibration/calibrate.py)\n\n| command | v2v R1 | t2t R1 | t2v R1 | t2v mAP | train s |\n|---|---|---|---|---|---|\n")
+    cmd = "python experiments/calibration/calibrate.py " + " ".join(sys.argv[1:])
     with open(report, "a") as f:
         f.write(f"| `{cmd}` | {row['v2v_R1']} | {row['t2t_R1']} | {row['t2v_R1']} | {row['t2v_mAP']} | {time.time() - t0:.0f} |\n")
 
