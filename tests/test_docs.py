@@ -46,7 +46,10 @@ _OUTSIDE = tuple(name + ".md" for name in ("METHOD", "PROTOCOLS", "CALIBRATION",
 
 def _text_files(top: Path):
     for path in top.rglob("*"):
-        if path.is_file() and not _SKIP_DIRS & set(path.relative_to(ROOT).parts) and path.suffix in (
+        parts = path.relative_to(ROOT).parts
+        if any(part.endswith(".egg-info") for part in parts):  # pip's build metadata (a copy of the README)
+            continue
+        if path.is_file() and not _SKIP_DIRS & set(parts) and path.suffix in (
                 ".py", ".md", ".yaml", ".yml", ".toml", ".txt", ".cfg", "") and path.stat().st_size < 2_000_000:
             yield path
 

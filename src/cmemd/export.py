@@ -28,8 +28,9 @@ from cmemd.errors import ConfigError
 from cmemd.numerics import l2_normalize
 
 
-def export_route(self: nn.Module, x: Tensor, modality: Optional[Tensor]) -> Tensor:
-    """Branch-free replacement for ``VTReIDModel._route``: both stems, then a per-row select."""
+def export_route(self: nn.Module, x: Tensor, modality: Optional[Tensor], layout: Any = None) -> Tensor:
+    """Branch-free replacement for ``VTReIDModel._route``: both stems, then a per-row select (a batch layout,
+    the training loader's shortcut, is not needed: every row takes both stems)."""
     if self.modality_parts is None:
         return x
     if modality is None:

@@ -94,8 +94,9 @@ def _is_synth_summary(path: Path) -> bool:
         summary = json.loads(path.read_text())
     except (OSError, ValueError):
         return False
+    # the generator's summary: its settings and the layout it wrote (the registry's names are not this module's)
     return isinstance(summary, dict) and isinstance(summary.get("config"), dict) \
-        and summary.get("layout") in ("sysu", "regdb", "llcm")
+        and isinstance(summary.get("layout"), str)
 
 
 def _is_cmemd_checkpoint(path: Path) -> bool:
