@@ -1,0 +1,1 @@
+"""Benchmarks: one module per benchmark (its constants, draws, protocol, options and registry entry)."""
