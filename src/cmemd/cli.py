@@ -223,12 +223,14 @@ def train_cmd(
     Ctrl-C (SIGINT) or SIGTERM stops at the next step boundary, saves a resumable checkpoint, prints the command
     that resumes and exits 130 / 143; a second signal a few seconds later stops at once without saving (the last
     complete checkpoint stays: checkpoints are written atomically)."""
-    from cmemd.app.run import TrainingInterrupted, format_all, train
+    from cmemd.app.evaluate import format_all
+    from cmemd.app.runtime import TrainingInterrupted
+    from cmemd.app.train import train
 
     try:
         cfg = _load_cfg(config, overrides or [])
         if all_trials:
-            from cmemd.app.run import train_all_trials
+            from cmemd.app.train import train_all_trials
 
             combined = train_all_trials(cfg, resume=resume, evaluate_after=not no_eval, echo=typer.echo)
             if combined:
@@ -299,7 +301,8 @@ def eval_cmd(
     """Evaluate a trained checkpoint with its dataset's protocol (SYSU-MM01, RegDB, LLCM)."""
     from dataclasses import replace
 
-    from cmemd.app.run import evaluate_model, format_all, load_trained, modality_gap_of, resolve_device, save_results
+    from cmemd.app.evaluate import evaluate_model, format_all, load_trained, modality_gap_of, save_results
+    from cmemd.app.runtime import resolve_device
     from cmemd.folders import check_output_file, check_output_folder
 
     try:
@@ -370,7 +373,8 @@ def extract_cmd(
 ) -> None:
     """Save the features of the dataset's test sets as .npz (SYSU query + gallery_pool, RegDB visible/thermal of the trial, LLCM visible/thermal)."""
     from cmemd.engine.extract import extract_features
-    from cmemd.app.run import evaluation_sets, load_trained, resolve_device
+    from cmemd.app.evaluate import evaluation_sets, load_trained
+    from cmemd.app.runtime import resolve_device
     from cmemd.evaluation.features import save_features
     from cmemd.folders import check_output_folder
 

@@ -8,7 +8,8 @@ import torch
 from cmemd.config import load_config
 from cmemd.engine.checkpoint import read_checkpoint
 from cmemd.engine.objective import Objective
-from cmemd.app.run import load_trained, train
+from cmemd.app.evaluate import load_trained
+from cmemd.app.train import train
 from cmemd.errors import CheckpointError, ConfigError, TrainingError
 from cmemd.models import ModelConfig, build_model
 from tests.engine.conftest import tiny_overrides
@@ -169,7 +170,7 @@ def test_resume_check_reads_a_key_missing_from_an_older_run_as_its_default(tmp_p
     import yaml
 
     from cmemd.config import dump_config
-    from cmemd.app.run import _check_resume_config
+    from cmemd.app.train import _check_resume_config
 
     cfg = load_config(None, [f"run.out_dir={tmp_path}"])
     dump_config(cfg, tmp_path / "config.yaml")

@@ -53,7 +53,8 @@ def _train_and_evaluate(cfg: Any, config: Any, data_dir: Path, out_dir: Path, ph
     """The demo after its folders are ready (its run folder locked): train, evaluate, print, write the report."""
     import time
 
-    from cmemd.app.run import evaluate_model, format_all, modality_gap_of, save_results, train
+    from cmemd.app.evaluate import evaluate_model, format_all, modality_gap_of, save_results
+    from cmemd.app.train import train
     from cmemd.data.preview import preview_grid
     from cmemd.data.stats import dataset_stats, format_stats
 
@@ -97,7 +98,7 @@ def _train_and_evaluate(cfg: Any, config: Any, data_dir: Path, out_dir: Path, ph
 def _test_plan_purity(model: Any, cfg: Any, data_dir: Path):
     """The plan's same-view preference on the test ids (the mechanism the paper claims), measured on the feature and
     cost the loss aligns; None without the generator's nuisance sidecar."""
-    from cmemd.app.run import config_diagnostics
+    from cmemd.app.train import config_diagnostics
     from cmemd.data.sysu import SYSUMM01
     from cmemd.engine.diagnostics import nuisance_of
 
