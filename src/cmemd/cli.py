@@ -339,7 +339,7 @@ def eval_cmd(
         typer.echo(f"checkpoint {checkpoint}: {cfg.model.arch}, test feature '{cfg.model.test_feature}'; data {d.root}; "
                    + (f"plain and re-ranked (k-reciprocal, k1={e.rerank_k1}, k2={e.rerank_k2}, λ={e.rerank_lambda:g})"
                       if e.rerank else "no re-ranking"))
-        results, feats = evaluate_model(model, cfg, device=dev, return_features=True)
+        results, feats = evaluate_model(model, cfg, device=dev, return_features=True, spec=spec)
         gap = modality_gap_of(feats)
         typer.echo(format_all(results))
         typer.echo(gap.format())

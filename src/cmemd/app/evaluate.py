@@ -13,25 +13,33 @@ import torch
 
 from cmemd.config import TrainConfig, config_from_dict
 from cmemd.data.records import ImageRecord
+from cmemd.data.registry import get_dataset
+from cmemd.data.spec import DatasetSpec
 from cmemd.engine.checkpoint import RefusedCheckpointError, load_checkpoint, previous_path
 from cmemd.engine.extract import extract_features
 from cmemd.errors import CheckpointError
 
 # ---------------------------------------------------------------------- evaluation
 
-def evaluation_sets(cfg: TrainConfig, root: Optional[str] = None) -> dict[str, list[ImageRecord]]:
+def dataset_of(cfg: TrainConfig, spec: Optional[DatasetSpec] = None) -> DatasetSpec:
+    """``spec`` when given, else the registry entry of ``cfg.data.dataset``: a run looks its dataset up once and
+    passes the entry down; a helper called on its own (a notebook, a benchmark script) looks it up itself."""
+    return spec if spec is not None else get_dataset(cfg.data.dataset)
+
+
+def evaluation_sets(cfg: TrainConfig, root: Optional[str] = None, *,
+                    spec: Optional[DatasetSpec] = None) -> dict[str, list[ImageRecord]]:
     """The named test sets the protocol of ``cfg`` evaluates on ``root`` (default: the training root), as the
-    dataset's registry entry lists them: SYSU-MM01 ``query`` (cam3/cam6) and ``gallery_pool`` (every visible
-    test image; each trial draws its gallery from it); RegDB the visible and thermal test images of the trained
-    trial; LLCM every ``visible`` and ``thermal`` (NIR) test image."""
-    from cmemd.data.registry import get_dataset
-
-    return get_dataset(cfg.data.dataset).test_sets(root or cfg.data.root, trial=cfg.data.trial)
+    dataset's registry entry (``spec``, default :func:`dataset_of`) lists them: SYSU-MM01 ``query`` (cam3/cam6)
+    and ``gallery_pool`` (every visible test image; each trial draws its gallery from it); RegDB the visible and
+    thermal test images of the trained trial; LLCM every ``visible`` and ``thermal`` (NIR) test image."""
+    return dataset_of(cfg, spec).test_sets(root or cfg.data.root, trial=cfg.data.trial)
 
 
-def evaluation_records(cfg: TrainConfig, root: Optional[str] = None) -> tuple[list[ImageRecord], ...]:
+def evaluation_records(cfg: TrainConfig, root: Optional[str] = None, *,
+                       spec: Optional[DatasetSpec] = None) -> tuple[list[ImageRecord], ...]:
     """The record lists of :func:`evaluation_sets` in the dataset's order (SYSU-MM01: queries, pool)."""
-    return tuple(evaluation_sets(cfg, root).values())
+    return tuple(evaluation_sets(cfg, root, spec=spec).values())
 
 
 def feature_description(cfg: TrainConfig) -> str:
@@ -52,7 +60,7 @@ def eval_loader_settings(cfg: TrainConfig, device: Any, root: Optional[str] = No
 
 
 def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[str] = None, device: Any = "cpu",
-                   progress: bool = True, return_features: bool = False) -> Any:
+                   progress: bool = True, return_features: bool = False, spec: Optional[DatasetSpec] = None) -> Any:
     """Evaluate a model on the dataset of ``cfg`` (or ``root``) with the protocol in ``cfg.eval``.
 
     Returns ``{setting name: ProtocolResult}``: SYSU modes (features extracted once for the query and
@@ -61,15 +69,14 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
     k-reciprocal re-ranked result, named ``"<setting>, re-ranked (k-reciprocal, k1=.., k2=.., λ=..)"``.
     With ``return_features=True`` returns ``(results, features)``, ``features`` = ``{"query": FeatureSet,
     "gallery": FeatureSet, "query_modality", "gallery_modality", "removal"}`` (every thermal test image against
-    every visible one), for reports.
+    every visible one), for reports. ``spec``: the dataset's registry entry (default :func:`dataset_of`).
     """
-    from cmemd.data.registry import get_dataset
     from cmemd.evaluation import ReRanking
 
     d, e = cfg.data, cfg.eval
-    spec = get_dataset(d.dataset)
+    spec = dataset_of(cfg, spec)
     rerank = ReRanking(e.rerank_k1, e.rerank_k2, e.rerank_lambda) if e.rerank else None
-    sets = evaluation_sets(cfg, root)
+    sets = evaluation_sets(cfg, root, spec=spec)
     kw = dict(height=d.height, width=d.width, batch_size=e.batch_size, device=device, progress=progress, flip=e.flip,
               **eval_loader_settings(cfg, device, root))
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 import torch
 import yaml
 
-from cmemd.app.evaluate import eval_loader_settings, evaluate_model, modality_gap_of, save_results
+from cmemd.app.evaluate import dataset_of, eval_loader_settings, evaluate_model, modality_gap_of, save_results
 from cmemd.app.runtime import (
     TrainingInterrupted,
     configure_backends,
@@ -33,6 +33,7 @@ from cmemd.app.runtime import (
 )
 from cmemd.config import TrainConfig
 from cmemd.data.records import ImageRecord
+from cmemd.data.spec import DatasetSpec
 from cmemd.engine.checkpoint import load_checkpoint, previous_path
 from cmemd.engine.extract import extract_features
 from cmemd.engine.objective import Objective
@@ -55,12 +56,11 @@ class TrainingData:
     description: str
 
 
-def training_data(cfg: TrainConfig) -> TrainingData:
-    """The training records of ``cfg.data`` (the dataset's registry entry reads them)."""
-    from cmemd.data.registry import get_dataset
-
+def training_data(cfg: TrainConfig, *, spec: Optional[DatasetSpec] = None) -> TrainingData:
+    """The training records of ``cfg.data`` (the dataset's registry entry ``spec`` reads them; default
+    :func:`~cmemd.app.evaluate.dataset_of`)."""
     d = cfg.data
-    spec = get_dataset(d.dataset)
+    spec = dataset_of(cfg, spec)
     held_out = cfg.run.selection == "val"
     if held_out and not spec.has_val:
         raise ConfigError(f"run.selection=val needs a validation split; {spec.title} has none. "
@@ -223,7 +223,8 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
         _write_run_file(out_dir / "environment.json", json.dumps(environment(threads, device, backends), indent=2))
 
     check_pretrained(cfg, progress=progress and rank == 0)
-    data = training_data(cfg)
+    spec = dataset_of(cfg)  # looked up once; the helpers below take it
+    data = training_data(cfg, spec=spec)
     d = cfg.data
     layout = ddp_batch_layout(cfg, data.records, world)
     with local_rank_zero_first(world):  # one image cache, built by local rank 0, then opened by the others
@@ -253,9 +254,9 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
              "selection": selection, "kind": "cmemd-train"}
     hooks = []
     if cfg.run.selection == "val" and rank == 0:
-        hooks.append(_val_selector(cfg, device))
+        hooks.append(_val_selector(cfg, spec, device))
     if cfg.run.diagnostics_ids > 0 and rank == 0:
-        hooks.append(_diagnostics_hook(cfg, device, progress))
+        hooks.append(_diagnostics_hook(cfg, spec, device, progress))
     trainer = Trainer(
         model, objective, optimizer, loader, epochs=o.epochs, out_dir=out_dir, device=device,
         amp=o.amp, grad_clip=o.grad_clip, channels_last=o.channels_last, warmup_epochs=o.warmup_epochs,
@@ -299,7 +300,8 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
             best, _ = load_checkpoint(out_dir / "best.pt", map_location=device)
             final.load_state_dict(best["model"])
             print(f"evaluating best.pt (epoch {best['best_epoch'] + 1}, selected on the val ids)", flush=True)
-        outcome.results, feats = evaluate_model(final, cfg, device=device, progress=progress, return_features=True)
+        outcome.results, feats = evaluate_model(final, cfg, device=device, progress=progress, return_features=True,
+                                                spec=spec)
         outcome.modality_gap = modality_gap_of(feats)
         save_results(outcome.results, out_dir / "results.json", outcome.modality_gap)
         if progress:
@@ -363,10 +365,9 @@ def train_all_trials(cfg: TrainConfig, *, resume: bool = False, evaluate_after: 
     A dataset with one training split is a :class:`ConfigError`."""
     from dataclasses import replace
 
-    from cmemd.data.registry import get_dataset
     from cmemd.evaluation.results import combine_results
 
-    spec = get_dataset(cfg.data.dataset)
+    spec = dataset_of(cfg)
     if not spec.training_trials:
         raise ConfigError(f"--all-trials is for datasets with numbered training splits; {spec.title} "
                           "(data.dataset) has one training split")
@@ -399,13 +400,13 @@ def _chain(hooks: list):
     return run_all
 
 
-def diagnostic_records(cfg: TrainConfig) -> tuple[list[ImageRecord], str]:
+def diagnostic_records(cfg: TrainConfig, *, spec: Optional[DatasetSpec] = None) -> tuple[list[ImageRecord], str]:
     """The records the per-epoch diagnostics use, and a note saying what they are: the val ids of the
-    dataset (trained on unless ``run.selection=val``); none for a dataset without a validation split."""
-    from cmemd.data.registry import get_dataset
+    dataset (``spec``, default :func:`~cmemd.app.evaluate.dataset_of`; trained on unless ``run.selection=val``);
+    none for a dataset without a validation split."""
     from cmemd.engine.diagnostics import select_identities
 
-    spec = get_dataset(cfg.data.dataset)
+    spec = dataset_of(cfg, spec)
     if not spec.has_val:
         return [], f"{spec.title} has no validation split: per-epoch modality diagnostics are off"
     recs = select_identities([r for part in spec.val_sets(cfg.data.root).values() for r in part],
@@ -426,11 +427,11 @@ def config_diagnostics(model: torch.nn.Module, records: list[ImageRecord], cfg: 
                                  normalize=loss.emd_normalize, align_feature=loss.align_feature)
 
 
-def _diagnostics_hook(cfg: TrainConfig, device: torch.device, progress: bool):
+def _diagnostics_hook(cfg: TrainConfig, spec: DatasetSpec, device: torch.device, progress: bool):
     """on_epoch_end hook: modality gap and (on synthetic data) plan purity on val ids, logged as a 'diag' line."""
     from cmemd.engine.diagnostics import diagnostics_record, nuisance_of
 
-    recs, note = diagnostic_records(cfg)
+    recs, note = diagnostic_records(cfg, spec=spec)
     if not recs:
         if progress:
             print(f"diagnostics: {note}", flush=True)
@@ -439,7 +440,7 @@ def _diagnostics_hook(cfg: TrainConfig, device: torch.device, progress: bool):
 
     def on_epoch_end(trainer: Trainer, epoch: int) -> None:
         diag = config_diagnostics(unwrap(trainer.model), recs, cfg, nuisance=nuisance, device=device)
-        trainer._log({"kind": "diag", "epoch": epoch, "step": trainer.step, **diagnostics_record(diag)})
+        trainer.log({"kind": "diag", "epoch": epoch, "step": trainer.step, **diagnostics_record(diag)})
         if progress:
             print(f"after epoch {epoch + 1}, {note}: {diag['modality_gap'].format()}", flush=True)
             if diag["plan_purity"] is not None:
@@ -448,12 +449,10 @@ def _diagnostics_hook(cfg: TrainConfig, device: torch.device, progress: bool):
     return on_epoch_end
 
 
-def _val_selector(cfg: TrainConfig, device: torch.device):
+def _val_selector(cfg: TrainConfig, spec: DatasetSpec, device: torch.device):
     """on_epoch_end hook: evaluate on the val ids (the dataset's ``val_options``), keep best.pt (by mAP), log a 'val' line."""
-    from cmemd.data.registry import get_dataset
     from cmemd.engine.checkpoint import save_checkpoint
 
-    spec = get_dataset(cfg.data.dataset)
     sets = spec.val_sets(cfg.data.root)
     kw = dict(height=cfg.data.height, width=cfg.data.width, batch_size=cfg.eval.batch_size, device=device,
               flip=cfg.eval.flip, **eval_loader_settings(cfg, device))
@@ -465,7 +464,7 @@ def _val_selector(cfg: TrainConfig, device: torch.device):
         r = next(iter(out.results.values()))
         score = r.mean["mAP"]
         best = trainer.extra_state.get("best_val_mAP")
-        trainer._log({"kind": "val", "epoch": epoch, "step": trainer.step, "val_R1": r.mean["R1"], "val_mAP": score})
+        trainer.log({"kind": "val", "epoch": epoch, "step": trainer.step, "val_R1": r.mean["R1"], "val_mAP": score})
         if best is None or score > best:
             trainer.extra_state["best_val_mAP"] = score
             trainer.extra_state["best_epoch"] = epoch
