@@ -304,6 +304,7 @@ def eval_cmd(
     from cmemd.app.evaluate import evaluate_model, format_all, load_trained, modality_gap_of, save_results
     from cmemd.app.runtime import resolve_device
     from cmemd.folders import check_output_file, check_output_folder
+    from cmemd.report import write_evaluation_report
 
     try:
         _check_flags(shots=shots, trials=trials, trial=trial, k1=k1, k2=k2, lambda_value=lambda_value)
@@ -347,20 +348,10 @@ def eval_cmd(
             save_results(results, out, gap)
             typer.echo(f"results written to {out}")
         if report:
-            index = _write_report(report, results, feats, checkpoint=checkpoint, data=d.root)
+            index = write_evaluation_report(report, results, feats, checkpoint=checkpoint, data=d.root)
             typer.echo(f"report written to {index}")
     except CmemdError as err:
         _fail(err)
-
-
-def _write_report(folder: Path, results, feats: dict, **notes) -> Path:
-    from cmemd.report import write_report
-
-    checkpoint = notes.get("checkpoint")
-    metrics = Path(checkpoint).parent / "metrics.jsonl" if checkpoint else None
-    return write_report(folder, results, feats["query"], feats["gallery"], query_modality=feats["query_modality"],
-                        gallery_modality=feats["gallery_modality"], removal=feats["removal"], notes=notes,
-                        metrics=metrics)
 
 
 @app.command("extract")
@@ -470,7 +461,7 @@ def demo_cmd(
     try:
         _check_flags(ids=ids, epochs=epochs)
         run_demo(data_dir=data_dir, out_dir=out_dir, config=config, ids=ids, epochs=epochs, overrides=overrides or [],
-                 echo=typer.echo, write_report=_write_report)
+                 echo=typer.echo)
     except CmemdError as e:
         _fail(e)
 
