@@ -160,8 +160,9 @@ def run_diagnostics(model, cfg, data: Path) -> dict[str, float]:
     """The flat diagnostics record of ``model`` on the SYSU-layout test set at ``data`` (queries + all-search pool),
     as the config's loss sees them."""
     from cmemd.app.train import config_diagnostics
+    from cmemd.benchmarks.synthetic import nuisance_of
     from cmemd.data.sysu import SYSUMM01
-    from cmemd.engine.diagnostics import diagnostics_record, nuisance_of
+    from cmemd.engine.diagnostics import diagnostics_record
 
     ds = SYSUMM01(data)
     test = ds.query() + ds.gallery_pool("all")
@@ -282,9 +283,9 @@ def pixel_purity(ids: int = 80) -> None:
     import torch
     from PIL import Image
 
+    from cmemd.benchmarks.synthetic import NUISANCE_NUMBERS, nuisance_of
     from cmemd.data.records import modality_index
     from cmemd.data.sysu import SYSUMM01
-    from cmemd.engine.diagnostics import NUISANCE_NUMBERS, nuisance_of
     from cmemd.evaluation.modality import plan_purity, sample_identity_groups
 
     root = ensure_data(ids, None)

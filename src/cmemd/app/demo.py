@@ -99,12 +99,9 @@ def _test_plan_purity(model: Any, cfg: Any, data_dir: Path):
     """The plan's same-view preference on the test ids (the mechanism the paper claims), measured on the feature and
     cost the loss aligns; None without the generator's nuisance sidecar."""
     from cmemd.app.train import config_diagnostics
-    from cmemd.data.sysu import SYSUMM01
-    from cmemd.engine.diagnostics import nuisance_of
+    from cmemd.benchmarks.synthetic import nuisance_of_test_ids
 
-    ds = SYSUMM01(data_dir)
-    records = ds.query() + ds.gallery_pool("all")
-    nuisance = nuisance_of(records, data_dir)
+    records, nuisance = nuisance_of_test_ids(data_dir)
     if nuisance is None:
         return None
     diag = config_diagnostics(model, records, cfg, nuisance=nuisance, device=next(model.parameters()).device)

@@ -31,6 +31,7 @@ from cmemd.app.runtime import (
     select_device,
     stop_on_signals,
 )
+from cmemd.benchmarks.synthetic import nuisance_of
 from cmemd.config import TrainConfig
 from cmemd.data.records import ImageRecord
 from cmemd.data.spec import DatasetSpec
@@ -429,7 +430,7 @@ def config_diagnostics(model: torch.nn.Module, records: list[ImageRecord], cfg: 
 
 def _diagnostics_hook(cfg: TrainConfig, spec: DatasetSpec, device: torch.device, progress: bool):
     """on_epoch_end hook: modality gap and (on synthetic data) plan purity on val ids, logged as a 'diag' line."""
-    from cmemd.engine.diagnostics import diagnostics_record, nuisance_of
+    from cmemd.engine.diagnostics import diagnostics_record
 
     recs, note = diagnostic_records(cfg, spec=spec)
     if not recs:
