@@ -19,7 +19,7 @@ from cmemd.data.records import ImageRecord
 from cmemd.data.regdb import RegDB
 from cmemd.data.synth import SynthConfig, generate_regdb
 from cmemd.data.sysu import SYSUMM01
-from cmemd.app.run import train, training_data
+from cmemd.app.train import train, training_data
 from cmemd.errors import CheckpointError, ConfigError, DatasetError, TrainingError
 from tests.engine.conftest import tiny_overrides, tiny_sysu  # noqa: F401  (tiny_sysu is a fixture)
 
