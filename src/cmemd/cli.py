@@ -457,7 +457,7 @@ def demo_cmd(
     Data and runs go under the current folder (data/demo_sysu, runs/demo) unless --data-dir / --out-dir say otherwise.
     """
     from cmemd.app.demo import run_demo
-    from cmemd.app.run import TrainingInterrupted
+    from cmemd.app.runtime import TrainingInterrupted
 
     try:
         _check_flags(ids=ids, epochs=epochs)

@@ -249,7 +249,7 @@ def test_extract_and_eval_features_check_their_outputs_first(tmp_path):
 def test_demo_interrupted_in_training_says_so_and_exits_with_the_signals_code(tmp_path, monkeypatch, signum, code):
     """Ctrl-C / SIGTERM during the demo's training: one clear line and the shell's code, not a traceback."""
     import cmemd.app.demo as demo
-    from cmemd.app.run import TrainingInterrupted
+    from cmemd.app.runtime import TrainingInterrupted
 
     def interrupted(**_):
         raise TrainingInterrupted(signum, 0, 3, tmp_path / "runs" / "last.pt")
