@@ -131,7 +131,8 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     except ValueError:
         raise CheckpointError(f"{path}: damaged checkpoint header") from None
     if version > VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this cmemd ({VERSION}); upgrade cmemd")
+        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this cmemd ({VERSION}); "
+                              "upgrade cmemd")
     payload = data[nl + 1:]
     if len(payload) != size:
         raise CheckpointError(f"{path}: truncated checkpoint ({len(payload)} of {size} payload bytes)")
@@ -186,7 +187,8 @@ def _what_was_refused(err: Exception) -> str:
     return "more than tensors and plain data" + (f" ({detail[0][:200]})" if detail and detail[0] else "")
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu", *, fallback: bool = True) -> tuple[dict[str, Any], Path]:
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", *,
+                    fallback: bool = True) -> tuple[dict[str, Any], Path]:
     """Load ``path``; if it is damaged or missing and ``fallback`` is on, load its ``.prev`` twin with a warning.
 
     The fallback is for resuming a run (``<out_dir>/last.pt``), where the previous checkpoint of the same run

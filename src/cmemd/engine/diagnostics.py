@@ -6,8 +6,9 @@ reads the synthetic generator's nuisance sidecar when the data has one.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from cmemd.losses.alignment import cross_cost
 NUISANCE_NUMBERS = ("phase", "scale", "cx", "top", "occlusion_extent")
 
 
-def nuisance_of(records: Sequence[ImageRecord], root: str | Path) -> Optional[dict[str, np.ndarray]]:
+def nuisance_of(records: Sequence[ImageRecord], root: str | Path) -> dict[str, np.ndarray] | None:
     """Per-record nuisance arrays (``view`` and the numeric ones) from the generator's sidecar under
     ``root``; None when the data has no sidecar. A record missing from the sidecar is an error (the
     sidecar belongs to other data)."""
@@ -63,7 +64,7 @@ def alignment_diagnostics(
     width: int,
     device: Any = "cpu",
     batch_size: int = 256,
-    nuisance: Optional[dict[str, np.ndarray]] = None,
+    nuisance: dict[str, np.ndarray] | None = None,
     cost: str = "euclidean",
     normalize: bool = False,
     align_feature: str = "pooled",
@@ -88,7 +89,9 @@ def alignment_diagnostics(
     if nuisance is not None and feature in feats:
         groups = sample_identity_groups(pids, mods, k, draws=draws, seed=seed)
         if groups:
-            f = feats[feature] - feats[feature].mean(0, keepdims=True) if align_feature == "centered" else feats[feature]
+            f = feats[feature]
+            if align_feature == "centered":
+                f = f - f.mean(0, keepdims=True)
             out["plan_purity"] = plan_purity(
                 torch.from_numpy(f), groups, nuisance["view"],
                 {n: nuisance[n] for n in NUISANCE_NUMBERS},
@@ -102,7 +105,7 @@ def diagnostics_record(diag: dict[str, Any]) -> dict[str, float]:
     gap: ModalityGap = diag["modality_gap"]
     for key in ("centre_ratio", "probe_accuracy", "r1_v2v", "r1_t2t", "r1_t2v", "mixing", "overlap_share"):
         rec[f"gap_{key}"] = float(getattr(gap, key))
-    pur: Optional[PlanPurity] = diag.get("plan_purity")
+    pur: PlanPurity | None = diag.get("plan_purity")
     if pur is not None:
         rec.update(purity_plan=pur.same_view_plan, purity_uniform=pur.same_view_uniform, purity_ratio=pur.ratio,
                    purity_max=pur.same_view_max, purity_max_ratio=pur.max_ratio)

@@ -5,7 +5,7 @@ test-time flip); evaluation, ``cmemd extract``, ``ReIDModel.encode`` and the ONN
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch

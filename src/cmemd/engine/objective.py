@@ -6,7 +6,7 @@ are options, so every variant compared is a setting of one objective.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +18,6 @@ from cmemd.layout import BatchLayout
 from cmemd.losses.alignment import make_alignment_loss
 from cmemd.losses.classification import cross_entropy, cross_entropy_label_smooth
 from cmemd.losses.triplet import wrt_triplet
-
 
 ALIGN_FEATURES = ("pooled", "bn", "centered")
 GRANULARITIES = ("all", "global")  # all = global + local + accumulated
@@ -171,13 +170,13 @@ class Objective(nn.Module):
             params[name].requires_grad_(False)
         return sorted({n.split(".")[0] for n in names})
 
-    def _ce(self, logits: Tensor, pids: Tensor, layout: Optional[BatchLayout]) -> Tensor:
+    def _ce(self, logits: Tensor, pids: Tensor, layout: BatchLayout | None) -> Tensor:
         if self.label_smoothing > 0:
             return cross_entropy_label_smooth(logits, pids, self.label_smoothing, layout)
         return cross_entropy(logits, pids)  # deterministic on CUDA under run.deterministic=true
 
     def forward(self, out: Any, pids: Tensor, modalities: Tensor,
-                layout: Optional[BatchLayout] = None) -> tuple[Tensor, LoggedTerms]:
+                layout: BatchLayout | None = None) -> tuple[Tensor, LoggedTerms]:
         """``(total loss, terms)``; the terms are a :class:`cmemd.engine.terms.LoggedTerms` (floats when read,
         read all at once). ``layout``: the batch's :class:`cmemd.layout.BatchLayout` (tensors on the output's
         device), with which the objective makes no host-device synchronisation."""

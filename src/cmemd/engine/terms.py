@@ -8,15 +8,14 @@ that reads ``terms["loss"]`` or ``dict(terms)`` gets floats, as before.
 """
 from __future__ import annotations
 
-from collections.abc import MutableMapping
-from typing import Iterator, Mapping, Optional, Union
+from collections.abc import Iterator, Mapping, MutableMapping
 
 import torch
 from torch import Tensor
 
 __all__ = ["LoggedTerms", "to_floats", "raw_terms", "wide_dtype"]
 
-Value = Union[Tensor, float]
+Value = Tensor | float
 
 
 def wide_dtype(device: torch.device) -> torch.dtype:
@@ -53,9 +52,9 @@ class LoggedTerms(MutableMapping):
     Setting a value forgets the floats read so far.
     """
 
-    def __init__(self, values: Optional[Mapping[str, Value]] = None) -> None:
+    def __init__(self, values: Mapping[str, Value] | None = None) -> None:
         self._raw: dict[str, Value] = dict(values or {})
-        self._floats: Optional[dict[str, float]] = None
+        self._floats: dict[str, float] | None = None
 
     def raw(self) -> dict[str, Value]:
         return dict(self._raw)

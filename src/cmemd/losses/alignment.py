@@ -27,7 +27,8 @@ trainer stops on before backward). Without it they compute the same grouping fro
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Sequence, Union
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -56,7 +57,7 @@ __all__ = [
     "make_alignment_loss",
 ]
 
-Feats = Union[Tensor, Sequence[Tensor]]
+Feats = Tensor | Sequence[Tensor]
 COSTS = ("euclidean", "sqeuclidean", "cosine")
 SOLVERS = ("exact", "sinkhorn")
 
@@ -141,7 +142,7 @@ def group_identities(
 
 
 def _grouping(
-    pids: Tensor, modalities: Tensor, layout: Optional[BatchLayout], device: torch.device, name: str
+    pids: Tensor, modalities: Tensor, layout: BatchLayout | None, device: torch.device, name: str
 ) -> tuple[Sequence[tuple[Tensor, Tensor]], int, int]:
     """The identity groups from the layout when there is one (no synchronisation), else from the labels."""
     if layout is not None:
@@ -160,7 +161,7 @@ def _per_identity(
     modalities: Tensor,
     group_values: Callable[[list[Tensor], list[Tensor]], Tensor],
     name: str,
-    layout: Optional[BatchLayout] = None,
+    layout: BatchLayout | None = None,
 ) -> AlignmentOutput:
     """Mean over identities per granularity, mean over granularities.
 
@@ -201,7 +202,7 @@ def cmemd_loss(
     solver: str = "exact",
     eps: float = 0.05,
     sinkhorn_iters: int = 200,
-    layout: Optional[BatchLayout] = None,
+    layout: BatchLayout | None = None,
 ) -> AlignmentOutput:
     """Cross-Modality Earth Mover's Distance loss.
 
@@ -243,7 +244,7 @@ def cmemd_loss(
 
 def all_pairs_loss(
     feats: Feats, pids: Tensor, modalities: Tensor, cost: str = "euclidean", normalize: bool = True,
-    layout: Optional[BatchLayout] = None,
+    layout: BatchLayout | None = None,
 ) -> AlignmentOutput:
     """Mean cost over ALL cross-modality pairs of an identity (the independent coupling
     ``1/(K_v K_t)``; what the optimal plan avoids). Always >= the CM-EMD with the same cost."""
@@ -257,7 +258,7 @@ def all_pairs_loss(
 
 def hetero_center_loss(
     feats: Feats, pids: Tensor, modalities: Tensor, cost: str = "euclidean", normalize: bool = True,
-    layout: Optional[BatchLayout] = None,
+    layout: BatchLayout | None = None,
 ) -> AlignmentOutput:
     """Hetero-centre alignment (Zhu et al. 2020): cost between an identity's visible centre and its
     thermal centre (Euclidean by default), mean over identities. ``normalize`` normalises the
@@ -281,7 +282,7 @@ def mmd_loss(
     modalities: Tensor,
     bandwidths: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
     normalize: bool = True,
-    layout: Optional[BatchLayout] = None,
+    layout: BatchLayout | None = None,
 ) -> AlignmentOutput:
     """Squared MMD between ALL visible and ALL thermal features of the batch (identity-agnostic).
 
@@ -337,7 +338,7 @@ class CMEMDLoss(nn.Module):
         self.eps, self.sinkhorn_iters = eps, sinkhorn_iters
 
     def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
-                layout: Optional[BatchLayout] = None) -> AlignmentOutput:
+                layout: BatchLayout | None = None) -> AlignmentOutput:
         return cmemd_loss(feats, pids, modalities, self.cost, self.normalize, self.solver,
                           self.eps, self.sinkhorn_iters, layout)
 
@@ -354,7 +355,7 @@ class AllPairsLoss(nn.Module):
         self.cost, self.normalize = cost, normalize
 
     def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
-                layout: Optional[BatchLayout] = None) -> AlignmentOutput:
+                layout: BatchLayout | None = None) -> AlignmentOutput:
         return all_pairs_loss(feats, pids, modalities, self.cost, self.normalize, layout)
 
 
@@ -367,7 +368,7 @@ class HeteroCenterLoss(nn.Module):
         self.cost, self.normalize = cost, normalize
 
     def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
-                layout: Optional[BatchLayout] = None) -> AlignmentOutput:
+                layout: BatchLayout | None = None) -> AlignmentOutput:
         return hetero_center_loss(feats, pids, modalities, self.cost, self.normalize, layout)
 
 
@@ -380,7 +381,7 @@ class MMDLoss(nn.Module):
         self.bandwidths, self.normalize = tuple(bandwidths), normalize
 
     def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
-                layout: Optional[BatchLayout] = None) -> AlignmentOutput:
+                layout: BatchLayout | None = None) -> AlignmentOutput:
         return mmd_loss(feats, pids, modalities, self.bandwidths, self.normalize, layout)
 
 
@@ -388,7 +389,7 @@ class NoAlignment(nn.Module):
     """The baseline: a zero loss (connected to the graph), with the identity counts for logging."""
 
     def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
-                layout: Optional[BatchLayout] = None) -> AlignmentOutput:
+                layout: BatchLayout | None = None) -> AlignmentOutput:
         fl = _as_list(feats, "NoAlignment")
         _, n_id, n_skip = _grouping(pids, modalities, layout, pids.device, "NoAlignment")
         zero = torch.stack([f.sum() * 0.0 for f in fl])

@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import socket
 import urllib.error
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
