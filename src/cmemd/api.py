@@ -72,7 +72,7 @@ def modality_vector(modality: ModalityLike, n: int) -> torch.Tensor:
 def _as_image(img: Any, where: str) -> Any:
     """One image as the test transform takes it (a PIL image, an HxWx3 uint8 array or a 3xHxW uint8 tensor)."""
     if isinstance(img, (str, os.PathLike)):
-        return load_image(img)
+        return load_image(Path(img))
     if isinstance(img, Image.Image):
         return img
     if isinstance(img, torch.Tensor):
@@ -143,7 +143,8 @@ class ReIDModel:
 
     @property
     def feature_dim(self) -> int:
-        return int(self.network.feature_dim)
+        # torch types an unknown Module attribute as Tensor | Module; cmemd networks set feature_dim as an int
+        return int(self.network.feature_dim)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         m = self.config.model

@@ -25,10 +25,11 @@ import torch
 from torch import Tensor, nn
 
 from cmemd.errors import ConfigError
+from cmemd.models.vtreid import VTReIDModel
 from cmemd.numerics import l2_normalize
 
 
-def export_route(self: nn.Module, x: Tensor, modality: Tensor | None, layout: Any = None) -> Tensor:
+def export_route(self: VTReIDModel, x: Tensor, modality: Tensor | None, layout: Any = None) -> Tensor:
     """Branch-free replacement for ``VTReIDModel._route``: both stems, then a per-row select (a batch layout,
     the training loader's shortcut, is not needed: every row takes both stems)."""
     if self.modality_parts is None:
@@ -46,7 +47,9 @@ class ExportWrapper(nn.Module):
     def __init__(self, model: nn.Module, flip: bool = False) -> None:
         super().__init__()
         net = copy.deepcopy(model).eval()
-        net._route = types.MethodType(export_route, net)  # instance attribute shadows the method
+        # An instance attribute shadows the method (torch types Module attribute assignment for tensors and
+        # modules only).
+        net._route = types.MethodType(export_route, net)  # type: ignore[assignment]
         self.net = net
         self.flip = bool(flip)
 

@@ -317,9 +317,8 @@ def emd(cost: Tensor, a: Tensor | None = None, b: Tensor | None = None, *,
         elif path == "assignment":
             plan = _emd_assignment(cost)
         else:
-            if wa is None:
-                wa = torch.full((B, n), 1.0 / n, dtype=cost.dtype, device=cost.device)
-                wb = torch.full((B, m), 1.0 / m, dtype=cost.dtype, device=cost.device)
+            wa = torch.full((B, n), 1.0 / n, dtype=cost.dtype, device=cost.device) if wa is None else wa
+            wb = torch.full((B, m), 1.0 / m, dtype=cost.dtype, device=cost.device) if wb is None else wb
             plan = _emd_linprog(cost, wa, wb, "emd")
     value = (plan * cost).sum((-2, -1))
     if unbatched:

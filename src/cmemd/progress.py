@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import Any
 
 DEFAULT_INTERVAL = 30.0
@@ -37,8 +37,8 @@ class LineProgress:
                  initial: int = 0, unit: str = "it", disable: bool = False, interval: float | None = None,
                  file: Any = None) -> None:
         self.iterable, self.desc, self.unit, self.disable = iterable, desc or "", unit, disable
-        if total is None and iterable is not None and hasattr(iterable, "__len__"):
-            total = len(iterable)  # type: ignore[arg-type]
+        if total is None and isinstance(iterable, Sized):
+            total = len(iterable)
         self.total, self.n, self.initial = total, initial, initial
         self.interval = _interval() if interval is None else interval
         self.file = file

@@ -36,7 +36,8 @@ def model_fingerprint(model: Any) -> str:
     ``model`` section, without the ImageNet-weights setting the checkpoint overrides) and its input size."""
     import torch
 
-    arch = dataclasses.asdict(model.config.model) if dataclasses.is_dataclass(model.config.model) else {}
+    settings = model.config.model
+    arch = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) and not isinstance(settings, type) else {}
     arch.pop("pretrained", None)
     h = hashlib.sha256(json.dumps({"model": arch, "input": [model.height, model.width]}, sort_keys=True,
                                   default=str).encode())
@@ -100,8 +101,10 @@ def build_index(model: Any, folder: str | Path, out: str | Path, *, modality: st
     cams = np.zeros(len(files), np.int64)
     paths = np.asarray([str(p) for p in files], dtype=str)
     _validate(feats, pids, cams, paths, str(out))
-    np.savez(out, feats=feats, pids=pids, cams=cams, paths=paths, modality=np.asarray(modality),
-             feature_dim=np.asarray(feats.shape[1]), **{FINGERPRINT: np.asarray(model_fingerprint(model))})
+    arrays: dict[str, Any] = {"feats": feats, "pids": pids, "cams": cams, "paths": paths,
+                              "modality": np.asarray(modality), "feature_dim": np.asarray(feats.shape[1]),
+                              FINGERPRINT: np.asarray(model_fingerprint(model))}
+    np.savez(out, **arrays)
     return FeatureSet(feats, pids, cams, paths, str(out))
 
 

@@ -126,8 +126,8 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
             f"{path}: not a cmemd checkpoint (no '{MAGIC.decode()}' header); pass a file written by `cmemd train`"
         )
     try:
-        _, version, digest, size = data[:nl].split(b" ")
-        version, size = int(version), int(size)
+        _, version_field, digest, size_field = data[:nl].split(b" ")
+        version, size = int(version_field), int(size_field)
     except ValueError:
         raise CheckpointError(f"{path}: damaged checkpoint header") from None
     if version > VERSION:
@@ -162,7 +162,7 @@ def _numpy_array_globals():
     try:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]  # the same function, numpy 1.x
     allowed: list[Any] = [np.ndarray, np.dtype, type(np.dtype(np.uint32))]
     allowed += [(_reconstruct, f"{mod}.multiarray._reconstruct") for mod in ("numpy._core", "numpy.core")]
     safe_globals = getattr(torch.serialization, "safe_globals", None)

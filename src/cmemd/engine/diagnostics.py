@@ -51,9 +51,10 @@ def nuisance_of(records: Sequence[ImageRecord], root: str | Path) -> dict[str, n
 def select_identities(records: Sequence[ImageRecord], max_ids: int, seed: int = 0) -> list[ImageRecord]:
     """The records of at most ``max_ids`` identities (a fixed random choice), to keep diagnostics cheap."""
     ids = sorted({r.pid for r in records})
+    keep = set(ids)
     if len(ids) > max_ids:
-        ids = set(np.random.default_rng(seed).choice(ids, max_ids, replace=False).tolist())
-    return [r for r in records if r.pid in ids]
+        keep = set(np.random.default_rng(seed).choice(ids, max_ids, replace=False).tolist())
+    return [r for r in records if r.pid in keep]
 
 
 def alignment_diagnostics(

@@ -198,6 +198,7 @@ class Objective(nn.Module):
             per = res.per_granularity.detach()
             terms["align_global"] = per[0]
             if per.numel() > 1:
+                assert local is not None  # more than one granularity: the model has local features
                 s = local.shape[1]
                 terms["align_local"] = per[1:1 + s].mean()
                 if per.numel() > 1 + s:
@@ -217,7 +218,8 @@ class Objective(nn.Module):
             total = total + self.lambda_triplet * terms["triplet"]
 
         logged = LoggedTerms({"loss": total.detach()})
-        logged.update({k: v.detach() for k, v in terms.items()})
+        for k, v in terms.items():
+            logged[k] = v.detach()
         for k, v in health_terms(out).items():
             logged[k] = v
         return total, logged

@@ -12,8 +12,8 @@ BACKBONE_PARTS = ("modality_parts", "shared", "global_stream", "local_stream")
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel / DataParallel wrapper (any wrapper exposing it as ``.module``)."""
-    while isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module
+    while isinstance(inner := getattr(model, "module", None), nn.Module):
+        model = inner
     return model
 
 
@@ -25,7 +25,7 @@ def param_groups(model: nn.Module, *, lr: float, backbone_lr: float, weight_deca
     backbone attributes, which would otherwise put every parameter in the head group.
     """
     model = unwrap_model(model)
-    backbone_ids = set()
+    backbone_ids: set[int] = set()
     for name in BACKBONE_PARTS:
         part = getattr(model, name, None)
         if part is not None:

@@ -38,6 +38,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import torch
@@ -137,7 +138,7 @@ def _kind(func: Any, args: tuple, kwargs: dict) -> str | None:
 
 def _torch_caller() -> bool:
     """Whether the torch call was made by torch's own Python code."""
-    f = sys._getframe(3)
+    f: FrameType | None = sys._getframe(3)
     while f is not None and f.f_globals.get("__name__", "") in (__name__, "torch.overrides"):
         f = f.f_back
     module = f.f_globals.get("__name__", "") if f is not None else ""
@@ -147,7 +148,7 @@ def _torch_caller() -> bool:
 def _caller(ignore: tuple[str, ...]) -> str | None:
     """``file.py:line`` of the innermost frame outside torch and this module, or None when the torch code
     between it and the op runs inside one of the ``ignore`` modules."""
-    f = sys._getframe(2)
+    f: FrameType | None = sys._getframe(2)
     while f is not None:
         module = f.f_globals.get("__name__", "")
         if module == __name__:

@@ -28,15 +28,15 @@ def to_floats(values: Mapping[str, Value]) -> dict[str, float]:
     """Every value as a Python float, in the mapping's order; the tensors are read with ONE transfer per
     device (stacked in float64, which holds every float32 / bfloat16 / float16 value exactly, so each float
     equals ``float(tensor)``; float32 on MPS)."""
-    by_device: dict[torch.device, list[str]] = {}
+    by_device: dict[torch.device, dict[str, Tensor]] = {}
     for k, v in values.items():
         if isinstance(v, Tensor):
-            by_device.setdefault(v.device, []).append(k)
+            by_device.setdefault(v.device, {})[k] = v
     read: dict[str, float] = {}
-    for device, keys in by_device.items():
+    for device, tensors in by_device.items():
         wide = wide_dtype(device)
-        stacked = torch.stack([values[k].detach().reshape(()).to(wide) for k in keys])  # type: ignore[union-attr]
-        read.update(zip(keys, stacked.tolist()))
+        stacked = torch.stack([t.detach().reshape(()).to(wide) for t in tensors.values()])
+        read.update(zip(tensors, stacked.tolist()))
     return {k: read[k] if k in read else float(v) for k, v in values.items()}
 
 
@@ -45,7 +45,7 @@ def raw_terms(terms: Mapping[str, Value]) -> Mapping[str, Value]:
     return terms.raw() if isinstance(terms, LoggedTerms) else terms
 
 
-class LoggedTerms(MutableMapping):
+class LoggedTerms(MutableMapping[str, float]):
     """``{name: value}`` of 0-d tensors (or floats) read as floats, all at once, on first access.
 
     ``raw()`` gives the values without reading them (what a loop accumulating terms on the device uses).

@@ -13,7 +13,7 @@ import os
 import random
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -176,7 +176,7 @@ class Trainer:
         if self._stop_requested is None:
             self._stop_requested = int(signum)
 
-    def check_loss(self, total: torch.Tensor, terms: dict[str, float]) -> None:
+    def check_loss(self, total: torch.Tensor, terms: Mapping[str, float]) -> None:
         """Raise :class:`TrainingError` when the loss is non-finite (on any rank: all ranks raise together, before
         any rank starts the backward pass whose gradient reduction the others would wait on forever).
 
@@ -233,7 +233,7 @@ class Trainer:
             self._stop_agreed = int(stop)
         return bool(up)
 
-    def _mean_over_ranks(self, terms: dict[str, float]) -> dict[str, float]:
+    def _mean_over_ranks(self, terms: Mapping[str, float]) -> Mapping[str, float]:
         """``terms`` averaged over the ranks (one all_reduce; every rank logs the same keys)."""
         if self.world == 1 or not terms:
             return terms

@@ -176,10 +176,11 @@ def _per_identity(
         # nothing to align: a zero that keeps the graph connected, so backward() still works
         zero = torch.stack([f.sum() * 0.0 for f in fl])
         return AlignmentOutput(zero.mean(), zero, 0, n_skip)
-    total = None
+    total: Tensor | None = None
     for iv, it in groups:
         vals = group_values([f[iv] for f in fl], [f[it] for f in fl]).sum(1)  # (G,)
         total = vals if total is None else total + vals
+    assert total is not None  # n_id > 0: at least one group
     per_g = total / n_id
     return AlignmentOutput(per_g.mean(), per_g, n_id, n_skip)
 
@@ -312,7 +313,7 @@ def mmd_loss(
         N = f.shape[0]
         off = d2.detach()[~torch.eye(N, dtype=torch.bool, device=f.device)]
         s = off.median().clamp_min(1e-12) if off.numel() else d2.new_tensor(1.0)
-        k = sum(torch.exp(-d2 / (b * s)) for b in bandwidths) / len(bandwidths)
+        k = sum((torch.exp(-d2 / (b * s)) for b in bandwidths), d2.new_zeros(())) / len(bandwidths)
         vv, tt = vis[:, None] & vis[None, :], ~vis[:, None] & ~vis[None, :]
         vt = vis[:, None] & ~vis[None, :]
         mmd2 = k[vv].mean() + k[tt].mean() - 2.0 * k[vt].mean()

@@ -299,7 +299,7 @@ class VTReIDModel(nn.Module):
         self.channels = c
         del template
 
-        def pool() -> nn.Module:
+        def pool() -> GeM | _AvgPool:
             return GeM(cfg.gem_p, cfg.gem_learnable) if cfg.pooling == "gem" else _AvgPool()
 
         self.global_pool = pool()
@@ -356,7 +356,8 @@ class VTReIDModel(nn.Module):
             return x
         if layout is not None:
             layout.check(x.shape[0], "VTReIDModel.forward")
-            return self._run_parts(x, list(layout.modality_counts), layout.modality_order, layout.modality_inverse)
+            return self._run_parts(self.modality_parts, x, list(layout.modality_counts), layout.modality_order,
+                                   layout.modality_inverse)
         if modality is None:
             raise ConfigError("VTReIDModel.forward: modality is required when "
                               "modality_specific_stages > 0 (a tensor of 0 visible / 1 thermal)")
@@ -375,16 +376,18 @@ class VTReIDModel(nn.Module):
         grouped = bool(torch.equal(order, arange))
         counts = torch.bincount(modality, minlength=len(self.modality_parts)).tolist()
         if grouped:
-            return self._run_parts(x, counts, None, None)
+            return self._run_parts(self.modality_parts, x, counts, None, None)
         inverse = torch.empty_like(order)
         inverse[order] = arange
-        return self._run_parts(x, counts, order, inverse)
+        return self._run_parts(self.modality_parts, x, counts, order, inverse)
 
-    def _run_parts(self, x: Tensor, counts: list[int], order: Tensor | None, inverse: Tensor | None) -> Tensor:
-        """Each modality's images through its copy: ``counts`` per modality after sorting by ``order`` (None:
-        already sorted); ``inverse`` restores the batch order."""
+    @staticmethod
+    def _run_parts(parts: nn.ModuleList, x: Tensor, counts: list[int], order: Tensor | None,
+                   inverse: Tensor | None) -> Tensor:
+        """Each modality's images through its copy in ``parts``: ``counts`` per modality after sorting by
+        ``order`` (None: already sorted); ``inverse`` restores the batch order."""
         xs = x if order is None else x.index_select(0, order)
-        ys = [part(chunk) for part, chunk in zip(self.modality_parts, xs.split(counts)) if chunk.shape[0]]
+        ys = [part(chunk) for part, chunk in zip(parts, xs.split(counts)) if chunk.shape[0]]
         y = torch.cat(ys) if len(ys) > 1 else ys[0]
         return y if inverse is None else y.index_select(0, inverse)
 
@@ -410,6 +413,7 @@ class VTReIDModel(nn.Module):
         out.local_feats, out.local_bn = f, f_bn
         out.local_logits = [clf(f_bn[:, k]) for k, clf in enumerate(self.local_classifiers)]
         if self.cfg.accumulate == "prefix":
+            assert self.accum_reduce is not None  # built in __init__ for accumulate="prefix"
             prefix = torch.stack([self.local_pool.finish(rows[:, :, :b].mean(dim=2))
                                   for _, b in bounds], dim=1)  # N x S x C
             n, s_, c = prefix.shape
@@ -431,6 +435,8 @@ class VTReIDModel(nn.Module):
         g = out.global_feat if self.cfg.test_global == "pooled" else out.global_bn
         if self.cfg.test_feature == "global":
             return g
+        # ModelConfig allows a local test feature only with use_local=True, where forward_output fills these.
+        assert out.holistic is not None and out.local_bn is not None and out.stripe_weights is not None
         local = out.holistic
         if self.cfg.test_local == "bn":  # the same stripe weights as the pooled holistic feature
             local = (out.local_bn * out.stripe_weights.view(1, -1, 1)).flatten(1)
