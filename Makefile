@@ -1,11 +1,12 @@
-# Two commands on a fresh machine: `make demo` and `make test`.
+# Two commands on a fresh machine: `make demo` and `make test` (`make lint` for the linters, as CI runs them).
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+LINT_STAMP := $(VENV)/.installed-lint
 
-.PHONY: demo test bench study venv clean
+.PHONY: demo test lint bench study venv clean
 
 venv: $(STAMP)
 
@@ -19,6 +20,20 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)
 	$(PY) -m pytest -q
+
+# The pinned linters (the `lint` extra) go into the same venv: mypy needs torch and numpy to check against.
+$(LINT_STAMP): $(STAMP)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[lint]"
+	touch $(LINT_STAMP)
+
+# ruff (rules and line length in pyproject.toml), the format check, mypy (files and options in pyproject.toml).
+# All three run, so one pass shows every problem; the target fails if any of them does.
+lint: $(LINT_STAMP)
+	@status=0; \
+	echo "ruff check src"; $(PY) -m ruff check src || status=1; \
+	echo "ruff format --check src"; $(PY) -m ruff format --check src || status=1; \
+	echo "mypy"; $(PY) -m mypy || status=1; \
+	exit $$status
 
 demo: $(STAMP)
 	$(PY) -m cmemd demo

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from cmemd.errors import (  # noqa: E402
+from cmemd.errors import (
     CheckpointError,
     CmemdError,
     ConfigError,

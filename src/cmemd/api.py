@@ -12,8 +12,9 @@ and what is accepted.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -25,7 +26,7 @@ from cmemd.errors import InputError
 from cmemd.numerics import l2_normalize
 
 ImageLike = Union[str, Path, "np.ndarray", torch.Tensor, Any]  # Any: a PIL image
-ModalityLike = Union[str, int, Sequence[Union[str, int]], np.ndarray, torch.Tensor]
+ModalityLike = str | int | Sequence[str | int] | np.ndarray | torch.Tensor
 
 
 _MODALITY_HELP = "use 'visible' / 'thermal' or 0 (visible) / 1 (thermal), one for every image or one per image"
@@ -52,8 +53,11 @@ def modality_vector(modality: ModalityLike, n: int) -> torch.Tensor:
         raise InputError(f"modality {m!r} ({type(m).__name__}) is not accepted: {_MODALITY_HELP}")
 
     if isinstance(modality, (np.ndarray, torch.Tensor)):
-        if modality.ndim > 1 or (modality.dtype.kind not in "iuU" if isinstance(modality, np.ndarray)
-                                 else modality.is_floating_point() or modality.is_complex() or modality.dtype == torch.bool):
+        if isinstance(modality, np.ndarray):
+            wrong_dtype = modality.dtype.kind not in "iuU"
+        else:
+            wrong_dtype = modality.is_floating_point() or modality.is_complex() or modality.dtype == torch.bool
+        if modality.ndim > 1 or wrong_dtype:
             raise InputError(f"modality: an array of dtype {modality.dtype} and shape {tuple(modality.shape)} is not "
                              f"accepted: {_MODALITY_HELP}")
         modality = modality.tolist()
@@ -68,7 +72,7 @@ def modality_vector(modality: ModalityLike, n: int) -> torch.Tensor:
 def _as_image(img: Any, where: str) -> Any:
     """One image as the test transform takes it (a PIL image, an HxWx3 uint8 array or a 3xHxW uint8 tensor)."""
     if isinstance(img, (str, os.PathLike)):
-        return load_image(img)
+        return load_image(Path(img))
     if isinstance(img, Image.Image):
         return img
     if isinstance(img, torch.Tensor):
@@ -127,7 +131,7 @@ class ReIDModel:
         flip: the test-time flip :meth:`encode` uses by default (the training config's ``eval.flip``).
     """
 
-    def __init__(self, network: torch.nn.Module, config: Any, device: Union[str, torch.device] = "cpu",
+    def __init__(self, network: torch.nn.Module, config: Any, device: str | torch.device = "cpu",
                  source: str = "") -> None:
         self.network = network.eval()
         self.config = config
@@ -139,7 +143,8 @@ class ReIDModel:
 
     @property
     def feature_dim(self) -> int:
-        return int(self.network.feature_dim)
+        # torch types an unknown Module attribute as Tensor | Module; cmemd networks set feature_dim as an int
+        return int(self.network.feature_dim)  # type: ignore[arg-type]
 
     def __repr__(self) -> str:
         m = self.config.model
@@ -174,7 +179,7 @@ class ReIDModel:
             raise InputError(f"images: {type(images).__name__} is not accepted; {_IMAGE_HELP}")
         return images
 
-    def _batch(self, images: Any) -> Union[torch.Tensor, Sequence[Any]]:
+    def _batch(self, images: Any) -> torch.Tensor | Sequence[Any]:
         """``images`` of :meth:`encode` as a checked float batch (used as is) or a list of images to preprocess."""
         if isinstance(images, np.ndarray):
             if images.ndim != 4:
@@ -188,7 +193,8 @@ class ReIDModel:
         if not isinstance(images, torch.Tensor):
             return self._image_list(images)
         if images.ndim != 4 or images.shape[1] != 3:
-            raise InputError(f"images: a tensor of images must be N x 3 x H x W, got {tuple(images.shape)}; {_IMAGE_HELP}")
+            raise InputError(f"images: a tensor of images must be N x 3 x H x W, got {tuple(images.shape)}; "
+                             f"{_IMAGE_HELP}")
         if images.dtype == torch.uint8:
             return list(images)  # raw pixels: preprocess each like any other image
         if not images.is_floating_point():
@@ -204,8 +210,8 @@ class ReIDModel:
 
     # ------------------------------------------------------------------ encoding
     @torch.no_grad()
-    def encode(self, images: Union[Sequence[ImageLike], torch.Tensor, np.ndarray], modality: ModalityLike,
-               batch_size: int = 64, flip: Optional[bool] = None) -> np.ndarray:
+    def encode(self, images: Sequence[ImageLike] | torch.Tensor | np.ndarray, modality: ModalityLike,
+               batch_size: int = 64, flip: bool | None = None) -> np.ndarray:
         """L2-normalised features (float32 numpy, N x feature_dim) of ``images``.
 
         Args:
@@ -253,7 +259,7 @@ class ReIDModel:
         return torch.cat(out).numpy().astype(np.float32, copy=False)
 
 
-def load(checkpoint: Union[str, Path], device: Union[str, torch.device] = "cpu") -> ReIDModel:
+def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> ReIDModel:
     """Load a checkpoint written by ``cmemd train`` as a :class:`ReIDModel` (eval mode).
 
     A file that is not a cmemd checkpoint, or weights that do not fit the stored architecture,

@@ -17,7 +17,7 @@ class DatasetError(CmemdError):
     user fixes them in one pass instead of one per run.
     """
 
-    def __init__(self, message: str, problems: "list[str] | None" = None) -> None:
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
         self.problems = list(problems) if problems else [message]
         if problems:
             shown = "\n  - ".join(problems[:20])

@@ -19,16 +19,17 @@ import copy
 import types
 import warnings
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from cmemd.errors import ConfigError
+from cmemd.models.vtreid import VTReIDModel
 from cmemd.numerics import l2_normalize
 
 
-def export_route(self: nn.Module, x: Tensor, modality: Optional[Tensor], layout: Any = None) -> Tensor:
+def export_route(self: VTReIDModel, x: Tensor, modality: Tensor | None, layout: Any = None) -> Tensor:
     """Branch-free replacement for ``VTReIDModel._route``: both stems, then a per-row select (a batch layout,
     the training loader's shortcut, is not needed: every row takes both stems)."""
     if self.modality_parts is None:
@@ -46,7 +47,9 @@ class ExportWrapper(nn.Module):
     def __init__(self, model: nn.Module, flip: bool = False) -> None:
         super().__init__()
         net = copy.deepcopy(model).eval()
-        net._route = types.MethodType(export_route, net)  # instance attribute shadows the method
+        # An instance attribute shadows the method (torch types Module attribute assignment for tensors and
+        # modules only).
+        net._route = types.MethodType(export_route, net)  # type: ignore[assignment]
         self.net = net
         self.flip = bool(flip)
 
@@ -84,7 +87,7 @@ def check_opset(opset: int) -> None:
                           "writes); the default is 17")
 
 
-def export_onnx(model: nn.Module, out: Union[str, Path], *, height: int, width: int, opset: int = 17,
+def export_onnx(model: nn.Module, out: str | Path, *, height: int, width: int, opset: int = 17,
                 check: bool = True, flip: bool = False) -> dict[str, Any]:
     """Write ``model`` (eval mode) as ONNX to ``out``; returns a summary (path, inputs, outputs, test-time
     flip, max difference to PyTorch on a probe batch when onnxruntime is installed and ``check``).
@@ -132,7 +135,7 @@ def export_onnx(model: nn.Module, out: Union[str, Path], *, height: int, width: 
     return summary
 
 
-def export_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], *, flip: Optional[bool] = None,
+def export_checkpoint(checkpoint: str | Path, out: str | Path, *, flip: bool | None = None,
                       **kw: Any) -> dict[str, Any]:
     """Load a ``cmemd train`` checkpoint and export it (see :func:`export_onnx`); ``flip=None`` follows the
     checkpoint's ``eval.flip``."""

@@ -26,8 +26,8 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable, Optional, Union
 
 import yaml
 
@@ -42,7 +42,7 @@ _RUN_SECTIONS = {"data", "model", "loss", "optim", "eval", "run"}  # of a run's 
 RUN_ENTRIES = ("last.pt", "last.prev.pt", "best.pt", "best.prev.pt", "config.yaml", "environment.json",
                "metrics.jsonl", "metrics.tmp", "results.json", "results.tmp", "report", "tensorboard", ".*.tmp-*")
 
-PathLike = Union[str, Path]
+PathLike = str | Path
 
 
 # ---------------------------------------------------------------------- own folders
@@ -60,7 +60,7 @@ def mark_folder(folder: PathLike, kind: str, made_by: str) -> Path:
     return marker
 
 
-def folder_kind(folder: PathLike) -> Optional[str]:
+def folder_kind(folder: PathLike) -> str | None:
     """``"dataset"`` or ``"run"`` when ``folder`` is cmemd's own (its marker, or the contents of a folder written
     before markers existed: see the module docstring); None for anything else (a missing folder included)."""
     folder = Path(folder)
@@ -86,7 +86,7 @@ def _is_run_config(path: Path) -> bool:
         cfg = yaml.safe_load(path.read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return False
-    return isinstance(cfg, dict) and _RUN_SECTIONS <= set(cfg)
+    return isinstance(cfg, dict) and set(cfg) >= _RUN_SECTIONS
 
 
 def _is_synth_summary(path: Path) -> bool:
@@ -158,7 +158,7 @@ def clear_folder(folder: PathLike, kind: str, entries: Iterable[str], *, option:
 
 # ---------------------------------------------------------------------- the run-folder lock
 
-_HELD: dict[str, "FolderLock"] = {}  # lock file (real path) -> the lock this process holds on it
+_HELD: dict[str, FolderLock] = {}  # lock file (real path) -> the lock this process holds on it
 
 
 class FolderLock:
@@ -183,7 +183,7 @@ class FolderLock:
         os.close(self._fd)
         self._fd = -1
 
-    def __enter__(self) -> "FolderLock":
+    def __enter__(self) -> FolderLock:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -198,7 +198,8 @@ def lock_folder(folder: PathLike, *, option: str = "run.out_dir") -> FolderLock:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"{option} {folder}: cannot create the folder ({e.strerror or e}); choose another path") from e
+        raise ConfigError(f"{option} {folder}: cannot create the folder ({e.strerror or e}); "
+                          "choose another path") from e
     path = folder / LOCK
     key = os.path.realpath(path)
     held = _HELD.get(key)
@@ -277,7 +278,7 @@ def check_output_folder(path: PathLike, option: str) -> Path:
     return path
 
 
-def write_atomic(path: PathLike, data: Union[str, bytes]) -> Path:
+def write_atomic(path: PathLike, data: str | bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder (written, fsynced, renamed over
     ``path``): ``path`` is the old file or the new one, never a part. On failure (a full disk) the temporary
     file is removed and the ``OSError`` re-raised; ``path`` is unchanged."""

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import dataclasses
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 import torch
 from torch import Tensor
@@ -75,8 +75,8 @@ class BatchLayout:
 
     size: int
     modality_counts: tuple[int, int]
-    modality_order: Optional[Tensor]
-    modality_inverse: Optional[Tensor]
+    modality_order: Tensor | None
+    modality_inverse: Tensor | None
     groups: tuple[tuple[Tensor, Tensor], ...]
     num_identities: int
     num_skipped: int
@@ -86,7 +86,7 @@ class BatchLayout:
     pid_max: int
 
     @classmethod
-    def from_labels(cls, pids: Sequence[int], modalities: Sequence[int]) -> "BatchLayout":
+    def from_labels(cls, pids: Sequence[int], modalities: Sequence[int]) -> BatchLayout:
         """Build from the labels as Python ints (what the collate function holds); no tensor is read."""
         pids, mods = [int(p) for p in pids], [int(m) for m in modalities]
         if len(pids) != len(mods) or not pids:
@@ -112,28 +112,28 @@ class BatchLayout:
         )
 
     @classmethod
-    def from_tensors(cls, pids: Tensor, modalities: Tensor) -> "BatchLayout":
+    def from_tensors(cls, pids: Tensor, modalities: Tensor) -> BatchLayout:
         """Build from label tensors (reads them to the host: a synchronisation when they are on a device)."""
         if pids.dim() != 1 or modalities.shape != pids.shape:
             raise TrainingError(f"BatchLayout: pids and modalities must both be (N,), got {tuple(pids.shape)} and "
                                 f"{tuple(modalities.shape)}")
         return cls.from_labels(pids.tolist(), modalities.tolist())
 
-    def _map(self, fn) -> "BatchLayout":
-        def one(t: Optional[Tensor]) -> Optional[Tensor]:
+    def _map(self, fn) -> BatchLayout:
+        def one(t: Tensor | None) -> Tensor | None:
             return None if t is None else fn(t)
 
         return dataclasses.replace(
             self, modality_order=one(self.modality_order), modality_inverse=one(self.modality_inverse),
             groups=tuple((fn(v), fn(t)) for v, t in self.groups), inverse=fn(self.inverse))
 
-    def to(self, device: torch.device | str, non_blocking: bool = True) -> "BatchLayout":
+    def to(self, device: torch.device | str, non_blocking: bool = True) -> BatchLayout:
         """The layout with its index tensors on ``device`` (copied without blocking by default: nothing
         reads them on the host)."""
         device = torch.device(device)
         return self._map(lambda t: t if t.device == device else t.to(device, non_blocking=non_blocking))
 
-    def pin_memory(self) -> "BatchLayout":
+    def pin_memory(self) -> BatchLayout:
         """Page-locked copies of the index tensors (the DataLoader's ``pin_memory`` calls this)."""
         return self._map(lambda t: t.pin_memory())
 

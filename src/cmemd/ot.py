@@ -34,8 +34,8 @@ This module is standalone: it imports only :mod:`cmemd.errors` (which imports no
 from __future__ import annotations
 
 import math
-from functools import lru_cache
-from typing import NamedTuple, Optional
+from functools import cache, lru_cache
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -114,7 +114,7 @@ def _host_cost(cost: Tensor, name: str) -> np.ndarray:
     return C
 
 
-def _marginal(w: Optional[Tensor], B: int, n: int, cost: Tensor, name: str, side: str) -> Optional[Tensor]:
+def _marginal(w: Tensor | None, B: int, n: int, cost: Tensor, name: str, side: str) -> Tensor | None:
     """Validated marginal of shape (B, n), or None when it is uniform."""
     if w is None:
         return None
@@ -137,7 +137,7 @@ def _marginal(w: Optional[Tensor], B: int, n: int, cost: Tensor, name: str, side
 # exact solver, uniform marginals
 
 
-def _count_matrices(n: int, m: int, limit: int) -> Optional[np.ndarray]:
+def _count_matrices(n: int, m: int, limit: int) -> np.ndarray | None:
     """All n x m non-negative integer matrices with row sums L/n and column sums L/m.
 
     Returns None as soon as there are more than ``limit`` of them.
@@ -183,8 +183,8 @@ def _count_matrices(n: int, m: int, limit: int) -> Optional[np.ndarray]:
     return np.asarray(out, dtype=np.float64).reshape(-1, n * m) / L
 
 
-@lru_cache(maxsize=None)
-def _candidates_cpu(n: int, m: int, limit: int = _ENUM_MAX_CANDIDATES) -> Optional[Tensor]:
+@cache
+def _candidates_cpu(n: int, m: int, limit: int = _ENUM_MAX_CANDIDATES) -> Tensor | None:
     table = _count_matrices(n, m, limit)
     return None if table is None else torch.from_numpy(table)
 
@@ -267,7 +267,7 @@ def _emd_path(B: int, n: int, m: int, device: torch.device = torch.device("cpu")
     return "linprog"
 
 
-def emd(cost: Tensor, a: Optional[Tensor] = None, b: Optional[Tensor] = None, *,
+def emd(cost: Tensor, a: Tensor | None = None, b: Tensor | None = None, *,
         check_finite: bool = True) -> EMDResult:
     """Exact Earth Mover's Distance of a batch of small problems.
 
@@ -317,9 +317,8 @@ def emd(cost: Tensor, a: Optional[Tensor] = None, b: Optional[Tensor] = None, *,
         elif path == "assignment":
             plan = _emd_assignment(cost)
         else:
-            if wa is None:
-                wa = torch.full((B, n), 1.0 / n, dtype=cost.dtype, device=cost.device)
-                wb = torch.full((B, m), 1.0 / m, dtype=cost.dtype, device=cost.device)
+            wa = torch.full((B, n), 1.0 / n, dtype=cost.dtype, device=cost.device) if wa is None else wa
+            wb = torch.full((B, m), 1.0 / m, dtype=cost.dtype, device=cost.device) if wb is None else wb
             plan = _emd_linprog(cost, wa, wb, "emd")
     value = (plan * cost).sum((-2, -1))
     if unbatched:
@@ -333,14 +332,14 @@ def emd(cost: Tensor, a: Optional[Tensor] = None, b: Optional[Tensor] = None, *,
 
 def sinkhorn(
     cost: Tensor,
-    a: Optional[Tensor] = None,
-    b: Optional[Tensor] = None,
+    a: Tensor | None = None,
+    b: Tensor | None = None,
     eps: float = 0.05,
     max_iter: int = 200,
     tol: float = 1e-6,
     relative_eps: bool = True,
     check_finite: bool = True,
-    early_exit: Optional[bool] = None,
+    early_exit: bool | None = None,
 ) -> EMDResult:
     """Entropic optimal transport (log-domain Sinkhorn), batched, on the tensor's device.
 

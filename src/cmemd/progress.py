@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import Any, Iterable, Iterator, Optional
+from collections.abc import Iterable, Iterator, Sized
+from typing import Any
 
 DEFAULT_INTERVAL = 30.0
 
@@ -29,14 +30,15 @@ def _is_terminal(stream: Any) -> bool:
 
 
 class LineProgress:
-    """The part of tqdm's interface cmemd uses (iterate, update, set_postfix, close, ``with``), printed as plain lines."""
+    """The part of tqdm's interface cmemd uses (iterate, update, set_postfix, close, ``with``), printed as plain
+    lines."""
 
-    def __init__(self, iterable: Optional[Iterable] = None, *, total: Optional[int] = None, desc: Optional[str] = None,
-                 initial: int = 0, unit: str = "it", disable: bool = False, interval: Optional[float] = None,
+    def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str | None = None,
+                 initial: int = 0, unit: str = "it", disable: bool = False, interval: float | None = None,
                  file: Any = None) -> None:
         self.iterable, self.desc, self.unit, self.disable = iterable, desc or "", unit, disable
-        if total is None and iterable is not None and hasattr(iterable, "__len__"):
-            total = len(iterable)  # type: ignore[arg-type]
+        if total is None and isinstance(iterable, Sized):
+            total = len(iterable)
         self.total, self.n, self.initial = total, initial, initial
         self.interval = _interval() if interval is None else interval
         self.file = file
@@ -51,13 +53,13 @@ class LineProgress:
     def __len__(self) -> int:
         return self.total or 0
 
-    def __enter__(self) -> "LineProgress":
+    def __enter__(self) -> LineProgress:
         return self
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def set_postfix(self, ordered_dict: Optional[dict] = None, refresh: bool = True, **kwargs: Any) -> None:
+    def set_postfix(self, ordered_dict: dict | None = None, refresh: bool = True, **kwargs: Any) -> None:
         items = {**(ordered_dict or {}), **kwargs}
         self.postfix = ", ".join(f"{k}={v}" for k, v in items.items())
 
@@ -82,7 +84,7 @@ class LineProgress:
         pass
 
 
-def progress_bar(iterable: Optional[Iterable] = None, *, total: Optional[int] = None, desc: Optional[str] = None,
+def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str | None = None,
                  initial: int = 0, unit: str = "it", disable: bool = False, leave: bool = True) -> Any:
     """A tqdm bar when stderr is a terminal, else a :class:`LineProgress` (no carriage returns in logs)."""
     if not disable and _is_terminal(sys.stderr):

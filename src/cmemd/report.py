@@ -17,8 +17,9 @@ from __future__ import annotations
 
 import html
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Optional, Union
+from typing import Any
 
 import numpy as np
 
@@ -68,7 +69,7 @@ def _p_conditional(d2: np.ndarray, perplexity: float, tol: float = 1e-5, iters: 
 
 
 def tsne(x: np.ndarray, *, perplexity: float = 30.0, iterations: int = 500, seed: int = 0,
-         learning_rate: Optional[float] = None) -> np.ndarray:
+         learning_rate: float | None = None) -> np.ndarray:
     """Exact t-SNE (van der Maaten & Hinton 2008) of ``x`` (N x D, N up to ~1,000) to N x 2.
 
     Symmetrised perplexity-calibrated affinities, Student-t similarities in 2-D, gradient descent
@@ -129,7 +130,6 @@ def _thumb(path: str, h: int = 96, w: int = 48) -> np.ndarray:
     from PIL import Image
 
     from cmemd.data.images import load_image
-
     from cmemd.errors import DatasetError
 
     try:
@@ -160,7 +160,7 @@ def plot_cmc(results: Mapping[str, ProtocolResult], out: Path) -> Path:
     return out
 
 
-def plot_training(metrics: Union[str, Path], out: Path) -> Optional[Path]:
+def plot_training(metrics: str | Path, out: Path) -> Path | None:
     """Training curves from a run's ``metrics.jsonl``: loss terms, feature norms and dead units per granularity,
     and (when the run logged them) the per-epoch modality gap and plan purity on the val ids. None when the
     file has no epoch lines."""
@@ -321,12 +321,12 @@ def _tables(results: Mapping[str, ProtocolResult]) -> str:
     return "".join(out)
 
 
-def write_report(out_dir: Union[str, Path], results: Mapping[str, ProtocolResult], query: FeatureSet,
+def write_report(out_dir: str | Path, results: Mapping[str, ProtocolResult], query: FeatureSet,
                  gallery: FeatureSet, *, query_modality: str = "thermal", gallery_modality: str = "visible",
                  removal: str = "none", title: str = "cmemd evaluation report", num_queries: int = 6,
                  top_k: int = 10, max_ids: int = 12, max_points: int = 600, embedding: str = "tsne",
-                 seed: int = 0, notes: Optional[Mapping[str, Any]] = None,
-                 metrics: Optional[Union[str, Path]] = None) -> Path:
+                 seed: int = 0, notes: Mapping[str, Any] | None = None,
+                 metrics: str | Path | None = None) -> Path:
     """Write the figures, the per-trial tables and ``index.html`` into ``out_dir``; returns the
     ``index.html`` path.
 
@@ -357,7 +357,8 @@ def write_report(out_dir: Union[str, Path], results: Mapping[str, ProtocolResult
     plot_ranked_lists(query, gallery, rows, out / "ranked_lists.png", top_k=top_k, removal=removal,
                       query_modality=query_modality, gallery_modality=gallery_modality)
     plot_embedding(query, gallery, out / "embedding.png", query_modality=query_modality,
-                   gallery_modality=gallery_modality, max_ids=max_ids, max_points=max_points, seed=seed, method=embedding)
+                   gallery_modality=gallery_modality, max_ids=max_ids, max_points=max_points, seed=seed,
+                   method=embedding)
     from cmemd.evaluation.modality import feature_sets_gap
 
     gap = feature_sets_gap(query, gallery, query_modality, gallery_modality)
@@ -373,11 +374,13 @@ def write_report(out_dir: Union[str, Path], results: Mapping[str, ProtocolResult
 <style>
 body {{ font-family: sans-serif; margin: 24px; background: #fff; color: #222; }}
 h1 {{ font-size: 22px; }} h2 {{ font-size: 18px; border-bottom: 1px solid #ccc; }} h3 {{ font-size: 15px; }}
-table {{ border-collapse: collapse; font-size: 13px; }} td, th {{ border: 1px solid #bbb; padding: 3px 8px; text-align: right; }}
+table {{ border-collapse: collapse; font-size: 13px; }}
+td, th {{ border: 1px solid #bbb; padding: 3px 8px; text-align: right; }}
 tr.mean td {{ font-weight: bold; background: #eef; }} .desc {{ font-size: 12px; color: #555; }}
 .pair {{ display: flex; gap: 24px; flex-wrap: wrap; }} .rerank {{ border-left: 4px solid #c80; padding-left: 10px; }}
 .warn {{ font-size: 12px; font-weight: bold; color: #a50; }}
-.row {{ display: flex; gap: 16px; }} .row img {{ max-width: 49%; height: auto; }} img {{ max-width: 100%; border: 1px solid #ddd; }}
+.row {{ display: flex; gap: 16px; }} .row img {{ max-width: 49%; height: auto; }}
+img {{ max-width: 100%; border: 1px solid #ddd; }}
 </style></head><body>
 <h1>{html.escape(title)}</h1>
 <ul>{info_html}</ul>
@@ -385,7 +388,8 @@ tr.mean td {{ font-weight: bold; background: #eef; }} .desc {{ font-size: 12px; 
 {tables}
 <h2>CMC and embedding</h2>
 <div class="row"><img src="cmc.png" alt="CMC curves"><img src="embedding.png" alt="feature embedding"></div>
-<p class="gap"><b>Modality gap</b> (all query and gallery features; the embedding shows a sample): {html.escape(gap.format())}</p>
+<p class="gap"><b>Modality gap</b> (all query and gallery features; the embedding shows a sample):
+{html.escape(gap.format())}</p>
 <h2>Ranked lists</h2>
 <img src="ranked_lists.png" alt="ranked lists">
 {training_html}
@@ -396,7 +400,7 @@ tr.mean td {{ font-weight: bold; background: #eef; }} .desc {{ font-size: 12px; 
     return index
 
 
-def write_evaluation_report(folder: Union[str, Path], results: Mapping[str, ProtocolResult],
+def write_evaluation_report(folder: str | Path, results: Mapping[str, ProtocolResult],
                             features: Mapping[str, Any], **notes: Any) -> Path:
     """:func:`write_report` of what ``evaluate_model(..., return_features=True)`` returns: ``results`` and
     ``features`` (``{"query", "gallery", "query_modality", "gallery_modality", "removal"}``), as ``cmemd eval

@@ -14,9 +14,10 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -35,7 +36,8 @@ def model_fingerprint(model: Any) -> str:
     ``model`` section, without the ImageNet-weights setting the checkpoint overrides) and its input size."""
     import torch
 
-    arch = dataclasses.asdict(model.config.model) if dataclasses.is_dataclass(model.config.model) else {}
+    settings = model.config.model
+    arch = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) and not isinstance(settings, type) else {}
     arch.pop("pretrained", None)
     h = hashlib.sha256(json.dumps({"model": arch, "input": [model.height, model.width]}, sort_keys=True,
                                   default=str).encode())
@@ -46,7 +48,7 @@ def model_fingerprint(model: Any) -> str:
     return h.hexdigest()
 
 
-def list_images(folder: Union[str, Path]) -> list[Path]:
+def list_images(folder: str | Path) -> list[Path]:
     """Every image file under ``folder`` (recursive, sorted by path).
 
     Symlinked subfolders are followed (galleries are often linked in from other disks), each real folder
@@ -78,7 +80,7 @@ def list_images(folder: Union[str, Path]) -> list[Path]:
     return sorted(files)
 
 
-def build_index(model: Any, folder: Union[str, Path], out: Union[str, Path], *, modality: str,
+def build_index(model: Any, folder: str | Path, out: str | Path, *, modality: str,
                 batch_size: int = 64, progress: bool = True) -> FeatureSet:
     """Encode every image under ``folder`` with ``model`` (a :class:`cmemd.api.ReIDModel`) and write
     the gallery file ``out``; returns it as a :class:`FeatureSet`."""
@@ -99,19 +101,21 @@ def build_index(model: Any, folder: Union[str, Path], out: Union[str, Path], *, 
     cams = np.zeros(len(files), np.int64)
     paths = np.asarray([str(p) for p in files], dtype=str)
     _validate(feats, pids, cams, paths, str(out))
-    np.savez(out, feats=feats, pids=pids, cams=cams, paths=paths, modality=np.asarray(modality),
-             feature_dim=np.asarray(feats.shape[1]), **{FINGERPRINT: np.asarray(model_fingerprint(model))})
+    arrays: dict[str, Any] = {"feats": feats, "pids": pids, "cams": cams, "paths": paths,
+                              "modality": np.asarray(modality), "feature_dim": np.asarray(feats.shape[1]),
+                              FINGERPRINT: np.asarray(model_fingerprint(model))}
+    np.savez(out, **arrays)
     return FeatureSet(feats, pids, cams, paths, str(out))
 
 
-def load_gallery(path: Union[str, Path]) -> tuple[FeatureSet, str]:
+def load_gallery(path: str | Path) -> tuple[FeatureSet, str]:
     """A gallery file and its modality ("unknown" for a plain eval-features file)."""
     fs = load_features(path)
     modality = _gallery_string(path, "modality")
     return fs, "unknown" if modality is None else modality
 
 
-def check_gallery_model(path: Union[str, Path], model: Any) -> None:
+def check_gallery_model(path: str | Path, model: Any) -> None:
     """:class:`EvaluationError` unless the gallery ``path`` was indexed by ``model`` (same fingerprint).
 
     A gallery without a fingerprint (indexed before they were recorded, or written by another tool) is
@@ -131,7 +135,7 @@ def check_gallery_model(path: Union[str, Path], model: Any) -> None:
                               f"with the checkpoint it was indexed with, or {again}")
 
 
-def _gallery_string(path: Union[str, Path], key: str) -> Optional[str]:
+def _gallery_string(path: str | Path, key: str) -> str | None:
     """The string array ``key`` of a gallery file (None when absent), read without pickle."""
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -175,8 +179,8 @@ def search(gallery: FeatureSet, query_feats: np.ndarray, *, top_k: int = 10) -> 
              for r, i in enumerate(row)] for n, row in enumerate(order)]
 
 
-def draw_strip(query_image: Union[str, Path], matches: Sequence[Match], out: Union[str, Path], *,
-               query_modality: str, gallery_modality: str, height: int = 160, width: Optional[int] = None) -> Path:
+def draw_strip(query_image: str | Path, matches: Sequence[Match], out: str | Path, *,
+               query_modality: str, gallery_modality: str, height: int = 160, width: int | None = None) -> Path:
     """A PNG strip: the query, then each match with its rank and score, modalities labelled."""
     from PIL import Image, ImageDraw
 
@@ -188,7 +192,7 @@ def draw_strip(query_image: Union[str, Path], matches: Sequence[Match], out: Uni
     canvas = Image.new("RGB", (pad + n * (width + pad) + pad, label_h + height + pad), "white")
     draw = ImageDraw.Draw(canvas)
 
-    def tile(path: Union[str, Path], x: int) -> None:
+    def tile(path: str | Path, x: int) -> None:
         try:
             im = load_image(path).resize((width, height), Image.Resampling.BILINEAR)
         except DatasetError:

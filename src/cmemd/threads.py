@@ -13,7 +13,7 @@ No torch import at module level: the CLI imports this before torch.
 from __future__ import annotations
 
 import os
-from typing import Any, Optional
+from typing import Any
 
 WAIT_POLICY = "PASSIVE"
 # Below this many input pixels (128x64) a CPU run uses one thread unless run.threads says otherwise: on small inputs
@@ -28,7 +28,7 @@ def wait_policy_default() -> str:
     return WAIT_POLICY
 
 
-def set_wait_policy(environ: Optional[dict] = None) -> str:
+def set_wait_policy(environ: dict | None = None) -> str:
     """Set ``OMP_WAIT_POLICY`` (PASSIVE) unless it is already set; returns the value in force.
 
     Call before ``import torch``: the OpenMP runtime reads the variable once, at start-up. A value the user
@@ -49,8 +49,8 @@ def default_reason(device_type: str = "cpu") -> str:
     return "default: torch's thread count (one per core)"
 
 
-def apply_thread_policy(requested: Optional[int], device: Any = "cpu",
-                        input_size: Optional[tuple[int, int]] = None) -> dict[str, Any]:
+def apply_thread_policy(requested: int | None, device: Any = "cpu",
+                        input_size: tuple[int, int] | None = None) -> dict[str, Any]:
     """Set torch's thread count to ``requested`` (``run.threads``) when given; else, on CPU, one thread for inputs
     (``input_size`` = height, width) under 128x64 pixels unless ``OMP_NUM_THREADS`` is exported; else keep the
     count in force.

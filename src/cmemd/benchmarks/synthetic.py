@@ -8,8 +8,8 @@ the test ids' records of a synthetic SYSU-MM01-layout set with theirs.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from cmemd.errors import DatasetError
 NUISANCE_NUMBERS = ("phase", "scale", "cx", "top", "occlusion_extent")
 
 
-def nuisance_of(records: Sequence[ImageRecord], root: str | Path) -> Optional[dict[str, np.ndarray]]:
+def nuisance_of(records: Sequence[ImageRecord], root: str | Path) -> dict[str, np.ndarray] | None:
     """Per-record nuisance arrays (``view``, then the :data:`NUISANCE_NUMBERS`) from the generator's sidecar under
     ``root``; None when the data has no sidecar (real datasets never do). A record missing from the sidecar is a
     :class:`DatasetError` (the sidecar belongs to other data)."""
@@ -45,7 +45,7 @@ def nuisance_of(records: Sequence[ImageRecord], root: str | Path) -> Optional[di
     return out
 
 
-def nuisance_of_test_ids(root: str | Path) -> tuple[list[ImageRecord], Optional[dict[str, np.ndarray]]]:
+def nuisance_of_test_ids(root: str | Path) -> tuple[list[ImageRecord], dict[str, np.ndarray] | None]:
     """Every test image of a synthetic SYSU-MM01-layout set (the queries, then the all-search gallery pool) and
     their :func:`nuisance_of` (None without the sidecar): what ``cmemd demo`` measures the test ids' plan purity
     on."""

@@ -126,12 +126,13 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
             f"{path}: not a cmemd checkpoint (no '{MAGIC.decode()}' header); pass a file written by `cmemd train`"
         )
     try:
-        _, version, digest, size = data[:nl].split(b" ")
-        version, size = int(version), int(size)
+        _, version_field, digest, size_field = data[:nl].split(b" ")
+        version, size = int(version_field), int(size_field)
     except ValueError:
         raise CheckpointError(f"{path}: damaged checkpoint header") from None
     if version > VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this cmemd ({VERSION}); upgrade cmemd")
+        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this cmemd ({VERSION}); "
+                              "upgrade cmemd")
     payload = data[nl + 1:]
     if len(payload) != size:
         raise CheckpointError(f"{path}: truncated checkpoint ({len(payload)} of {size} payload bytes)")
@@ -161,7 +162,7 @@ def _numpy_array_globals():
     try:
         from numpy._core.multiarray import _reconstruct
     except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _reconstruct
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]  # the same function, numpy 1.x
     allowed: list[Any] = [np.ndarray, np.dtype, type(np.dtype(np.uint32))]
     allowed += [(_reconstruct, f"{mod}.multiarray._reconstruct") for mod in ("numpy._core", "numpy.core")]
     safe_globals = getattr(torch.serialization, "safe_globals", None)
@@ -186,7 +187,8 @@ def _what_was_refused(err: Exception) -> str:
     return "more than tensors and plain data" + (f" ({detail[0][:200]})" if detail and detail[0] else "")
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu", *, fallback: bool = True) -> tuple[dict[str, Any], Path]:
+def load_checkpoint(path: str | Path, map_location: Any = "cpu", *,
+                    fallback: bool = True) -> tuple[dict[str, Any], Path]:
     """Load ``path``; if it is damaged or missing and ``fallback`` is on, load its ``.prev`` twin with a warning.
 
     The fallback is for resuming a run (``<out_dir>/last.pt``), where the previous checkpoint of the same run

@@ -7,7 +7,8 @@ needs per-record nuisance labels, which the caller passes: the synthetic benchma
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,9 +23,10 @@ from cmemd.losses.alignment import cross_cost
 def select_identities(records: Sequence[ImageRecord], max_ids: int, seed: int = 0) -> list[ImageRecord]:
     """The records of at most ``max_ids`` identities (a fixed random choice), to keep diagnostics cheap."""
     ids = sorted({r.pid for r in records})
+    keep = set(ids)
     if len(ids) > max_ids:
-        ids = set(np.random.default_rng(seed).choice(ids, max_ids, replace=False).tolist())
-    return [r for r in records if r.pid in ids]
+        keep = set(np.random.default_rng(seed).choice(ids, max_ids, replace=False).tolist())
+    return [r for r in records if r.pid in keep]
 
 
 def alignment_diagnostics(
@@ -35,7 +37,7 @@ def alignment_diagnostics(
     width: int,
     device: Any = "cpu",
     batch_size: int = 256,
-    nuisance: Optional[dict[str, np.ndarray]] = None,  # {"view": labels, name: numbers, ...} per record
+    nuisance: dict[str, np.ndarray] | None = None,  # {"view": labels, name: numbers, ...} per record
     cost: str = "euclidean",
     normalize: bool = False,
     align_feature: str = "pooled",
@@ -62,7 +64,9 @@ def alignment_diagnostics(
     if nuisance is not None and feature in feats:
         groups = sample_identity_groups(pids, mods, k, draws=draws, seed=seed)
         if groups:
-            f = feats[feature] - feats[feature].mean(0, keepdims=True) if align_feature == "centered" else feats[feature]
+            f = feats[feature]
+            if align_feature == "centered":
+                f = f - f.mean(0, keepdims=True)
             out["plan_purity"] = plan_purity(
                 torch.from_numpy(f), groups, nuisance["view"],
                 {n: v for n, v in nuisance.items() if n != "view"},
@@ -76,7 +80,7 @@ def diagnostics_record(diag: dict[str, Any]) -> dict[str, float]:
     gap: ModalityGap = diag["modality_gap"]
     for key in ("centre_ratio", "probe_accuracy", "r1_v2v", "r1_t2t", "r1_t2v", "mixing", "overlap_share"):
         rec[f"gap_{key}"] = float(getattr(gap, key))
-    pur: Optional[PlanPurity] = diag.get("plan_purity")
+    pur: PlanPurity | None = diag.get("plan_purity")
     if pur is not None:
         rec.update(purity_plan=pur.same_view_plan, purity_uniform=pur.same_view_uniform, purity_ratio=pur.ratio,
                    purity_max=pur.same_view_max, purity_max_ratio=pur.max_ratio)

@@ -5,13 +5,15 @@ test-time flip); evaluation, ``cmemd extract``, ``ReIDModel.encode`` and the ONN
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import torch
 from torch import nn
 
 from cmemd.data.records import ImageRecord
+from cmemd.models.vtreid import VTReIDModel
 
 
 def encode_batch(model: nn.Module, images: torch.Tensor, modality: torch.Tensor | None, *,
@@ -89,10 +91,11 @@ def extract_outputs(
     model.eval()
     loader = build_test_loader(records, height=height, width=width, batch_size=batch_size)
     parts: dict[str, list[torch.Tensor]] = {f: [] for f in fields}
+    net = cast(VTReIDModel, model)  # the named outputs are those of VTReIDModel.forward_output
     for batch in loader:
-        out = model.forward_output(batch[0].to(device), batch[2].to(device))
+        out = net.forward_output(batch[0].to(device), batch[2].to(device))
         for f in fields:
-            x = model.test_feature(out) if f == "test" else getattr(out, f, None)
+            x = net.test_feature(out) if f == "test" else getattr(out, f, None)
             if x is not None:
                 parts[f].append(x.float().cpu())
     model.train(was_training)

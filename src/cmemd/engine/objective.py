@@ -6,7 +6,7 @@ are options, so every variant compared is a setting of one objective.
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -18,7 +18,6 @@ from cmemd.layout import BatchLayout
 from cmemd.losses.alignment import AlignmentOptions, make_alignment_loss
 from cmemd.losses.classification import cross_entropy, cross_entropy_label_smooth
 from cmemd.losses.triplet import wrt_triplet
-
 
 ALIGN_FEATURES = ("pooled", "bn", "centered")
 GRANULARITIES = ("all", "global")  # all = global + local + accumulated
@@ -165,15 +164,15 @@ class Objective(nn.Module):
 
     def _aligns(self) -> bool:
         """Whether the alignment term is computed: a weight and a loss that reads the features (not ``none``)."""
-        return self.lambda_align > 0 and self.align.aligns
+        return self.lambda_align > 0 and bool(getattr(self.align, "aligns", True))
 
-    def _ce(self, logits: Tensor, pids: Tensor, layout: Optional[BatchLayout]) -> Tensor:
+    def _ce(self, logits: Tensor, pids: Tensor, layout: BatchLayout | None) -> Tensor:
         if self.label_smoothing > 0:
             return cross_entropy_label_smooth(logits, pids, self.label_smoothing, layout)
         return cross_entropy(logits, pids)  # deterministic on CUDA under run.deterministic=true
 
     def forward(self, out: Any, pids: Tensor, modalities: Tensor,
-                layout: Optional[BatchLayout] = None) -> tuple[Tensor, LoggedTerms]:
+                layout: BatchLayout | None = None) -> tuple[Tensor, LoggedTerms]:
         """``(total loss, terms)``; the terms are a :class:`cmemd.engine.terms.LoggedTerms` (floats when read,
         read all at once). ``layout``: the batch's :class:`cmemd.layout.BatchLayout` (tensors on the output's
         device), with which the objective makes no host-device synchronisation."""
@@ -195,6 +194,7 @@ class Objective(nn.Module):
             per = res.per_granularity.detach()
             terms["align_global"] = per[0]
             if per.numel() > 1:
+                assert local is not None  # more than one granularity: the model has local features
                 s = local.shape[1]
                 terms["align_local"] = per[1:1 + s].mean()
                 if per.numel() > 1 + s:
@@ -214,7 +214,8 @@ class Objective(nn.Module):
             total = total + self.lambda_triplet * terms["triplet"]
 
         logged = LoggedTerms({"loss": total.detach()})
-        logged.update({k: v.detach() for k, v in terms.items()})
+        for k, v in terms.items():
+            logged[k] = v.detach()
         for k, v in health_terms(out).items():
             logged[k] = v
         return total, logged

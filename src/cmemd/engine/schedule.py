@@ -1,7 +1,7 @@
 """Optimiser parameter groups and the learning-rate schedule of the VT-ReID recipe."""
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import nn
@@ -12,8 +12,8 @@ BACKBONE_PARTS = ("modality_parts", "shared", "global_stream", "local_stream")
 
 def unwrap_model(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel / DataParallel wrapper (any wrapper exposing it as ``.module``)."""
-    while isinstance(getattr(model, "module", None), nn.Module):
-        model = model.module
+    while isinstance(inner := getattr(model, "module", None), nn.Module):
+        model = inner
     return model
 
 
@@ -25,7 +25,7 @@ def param_groups(model: nn.Module, *, lr: float, backbone_lr: float, weight_deca
     backbone attributes, which would otherwise put every parameter in the head group.
     """
     model = unwrap_model(model)
-    backbone_ids = set()
+    backbone_ids: set[int] = set()
     for name in BACKBONE_PARTS:
         part = getattr(model, name, None)
         if part is not None:
@@ -34,7 +34,8 @@ def param_groups(model: nn.Module, *, lr: float, backbone_lr: float, weight_deca
     heads = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone_ids]
     groups = []
     if backbone:
-        groups.append({"params": backbone, "lr": backbone_lr, "initial_lr": backbone_lr, "weight_decay": weight_decay, "name": "backbone"})
+        groups.append({"params": backbone, "lr": backbone_lr, "initial_lr": backbone_lr, "weight_decay": weight_decay,
+                       "name": "backbone"})
     if heads:
         groups.append({"params": heads, "lr": lr, "initial_lr": lr, "weight_decay": weight_decay, "name": "heads"})
     return groups

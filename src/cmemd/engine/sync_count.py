@@ -35,9 +35,11 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Optional
+from types import FrameType
+from typing import Any
 
 import torch
 from torch.overrides import TorchFunctionMode
@@ -91,7 +93,7 @@ def _has_bool_index(index: Any) -> bool:
     return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items if i is not None)
 
 
-def _device_arg(args: tuple, kwargs: dict) -> Optional[torch.device]:
+def _device_arg(args: tuple, kwargs: dict) -> torch.device | None:
     """The device a ``Tensor.to(...)`` call names, if any."""
     if "device" in kwargs and kwargs["device"] is not None:
         return torch.device(kwargs["device"])
@@ -103,7 +105,7 @@ def _device_arg(args: tuple, kwargs: dict) -> Optional[torch.device]:
     return None
 
 
-def _kind(func: Any, args: tuple, kwargs: dict) -> Optional[str]:
+def _kind(func: Any, args: tuple, kwargs: dict) -> str | None:
     kind = _SIMPLE.get(func)
     if kind is not None:
         return kind
@@ -136,17 +138,17 @@ def _kind(func: Any, args: tuple, kwargs: dict) -> Optional[str]:
 
 def _torch_caller() -> bool:
     """Whether the torch call was made by torch's own Python code."""
-    f = sys._getframe(3)
+    f: FrameType | None = sys._getframe(3)
     while f is not None and f.f_globals.get("__name__", "") in (__name__, "torch.overrides"):
         f = f.f_back
     module = f.f_globals.get("__name__", "") if f is not None else ""
     return module == "torch" or module.startswith("torch.")
 
 
-def _caller(ignore: tuple[str, ...]) -> Optional[str]:
+def _caller(ignore: tuple[str, ...]) -> str | None:
     """``file.py:line`` of the innermost frame outside torch and this module, or None when the torch code
     between it and the op runs inside one of the ``ignore`` modules."""
-    f = sys._getframe(2)
+    f: FrameType | None = sys._getframe(2)
     while f is not None:
         module = f.f_globals.get("__name__", "")
         if module == __name__:
@@ -162,7 +164,7 @@ def _caller(ignore: tuple[str, ...]) -> Optional[str]:
 
 class _SyncCountingMode(TorchFunctionMode):
     def __init__(self, record: HostSyncs, ignore: tuple[str, ...],
-                 on_sync: Optional[Callable[[str, str], None]]) -> None:
+                 on_sync: Callable[[str, str], None] | None) -> None:
         super().__init__()
         self.record, self.ignore, self.on_sync = record, ignore, on_sync
 
@@ -182,7 +184,7 @@ class _SyncCountingMode(TorchFunctionMode):
 
 @contextmanager
 def count_host_syncs(*, ignore: tuple[str, ...] = ("torch.optim",),
-                     on_sync: Optional[Callable[[str, str], None]] = None) -> Iterator[HostSyncs]:
+                     on_sync: Callable[[str, str], None] | None = None) -> Iterator[HostSyncs]:
     """Count, inside the ``with`` block, the calls that would synchronise host and device on an
     accelerator (see the module docstring for what counts); yields a :class:`HostSyncs` filled as the
     block runs.

@@ -8,15 +8,14 @@ that reads ``terms["loss"]`` or ``dict(terms)`` gets floats, as before.
 """
 from __future__ import annotations
 
-from collections.abc import MutableMapping
-from typing import Iterator, Mapping, Optional, Union
+from collections.abc import Iterator, Mapping, MutableMapping
 
 import torch
 from torch import Tensor
 
 __all__ = ["LoggedTerms", "to_floats", "raw_terms", "wide_dtype"]
 
-Value = Union[Tensor, float]
+Value = Tensor | float
 
 
 def wide_dtype(device: torch.device) -> torch.dtype:
@@ -29,15 +28,15 @@ def to_floats(values: Mapping[str, Value]) -> dict[str, float]:
     """Every value as a Python float, in the mapping's order; the tensors are read with ONE transfer per
     device (stacked in float64, which holds every float32 / bfloat16 / float16 value exactly, so each float
     equals ``float(tensor)``; float32 on MPS)."""
-    by_device: dict[torch.device, list[str]] = {}
+    by_device: dict[torch.device, dict[str, Tensor]] = {}
     for k, v in values.items():
         if isinstance(v, Tensor):
-            by_device.setdefault(v.device, []).append(k)
+            by_device.setdefault(v.device, {})[k] = v
     read: dict[str, float] = {}
-    for device, keys in by_device.items():
+    for device, tensors in by_device.items():
         wide = wide_dtype(device)
-        stacked = torch.stack([values[k].detach().reshape(()).to(wide) for k in keys])  # type: ignore[union-attr]
-        read.update(zip(keys, stacked.tolist()))
+        stacked = torch.stack([t.detach().reshape(()).to(wide) for t in tensors.values()])
+        read.update(zip(tensors, stacked.tolist()))
     return {k: read[k] if k in read else float(v) for k, v in values.items()}
 
 
@@ -46,16 +45,16 @@ def raw_terms(terms: Mapping[str, Value]) -> Mapping[str, Value]:
     return terms.raw() if isinstance(terms, LoggedTerms) else terms
 
 
-class LoggedTerms(MutableMapping):
+class LoggedTerms(MutableMapping[str, float]):
     """``{name: value}`` of 0-d tensors (or floats) read as floats, all at once, on first access.
 
     ``raw()`` gives the values without reading them (what a loop accumulating terms on the device uses).
     Setting a value forgets the floats read so far.
     """
 
-    def __init__(self, values: Optional[Mapping[str, Value]] = None) -> None:
+    def __init__(self, values: Mapping[str, Value] | None = None) -> None:
         self._raw: dict[str, Value] = dict(values or {})
-        self._floats: Optional[dict[str, float]] = None
+        self._floats: dict[str, float] | None = None
 
     def raw(self) -> dict[str, Value]:
         return dict(self._raw)

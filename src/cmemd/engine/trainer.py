@@ -13,9 +13,10 @@ import os
 import random
 import time
 import warnings
+from collections.abc import Callable, Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +35,9 @@ AMP_MODES = ("none", *AMP_DTYPES)
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The model inside a DistributedDataParallel wrapper (or the model itself)."""
-    return model.module if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel) else model
+    if hasattr(model, "module") and isinstance(model, nn.parallel.DistributedDataParallel):
+        return model.module
+    return model
 
 
 def rng_state() -> dict[str, Any]:
@@ -68,7 +71,7 @@ def _numpy_rng_state(saved: Any) -> tuple:
     return (kind, np.asarray(key, np.uint32), int(pos), int(has_gauss), float(gauss))
 
 
-def _set_cuda_rng_states(states: Optional[list]) -> None:
+def _set_cuda_rng_states(states: list | None) -> None:
     """Restore the saved CUDA RNG states of the GPUs that exist now; warn about any that cannot be.
 
     A run saves the state of every visible GPU; resumed with fewer GPUs (or on CPU), the states of the
@@ -125,18 +128,18 @@ class Trainer:
         out_dir: str | Path,
         device: str | torch.device = "cpu",
         amp: str = "none",
-        grad_clip: Optional[float] = None,
+        grad_clip: float | None = None,
         channels_last: bool = False,
         warmup_epochs: float = 0,
         milestones: tuple[int, ...] | list[int] = (),
         gamma: float = 0.1,
         log_every: int = 20,
         checkpoint_every_steps: int = 0,
-        max_minutes: Optional[float] = None,
-        extra_state: Optional[dict] = None,
+        max_minutes: float | None = None,
+        extra_state: dict | None = None,
         rank: int = 0,
         progress: bool = True,
-        on_epoch_end: Optional[Callable[["Trainer", int], None]] = None,
+        on_epoch_end: Callable[[Trainer, int], None] | None = None,
     ) -> None:
         self.model, self.objective, self.optimizer, self.loader = model, objective, optimizer, loader
         self.epochs, self.out_dir = int(epochs), Path(out_dir)
@@ -156,11 +159,11 @@ class Trainer:
         self.batches_done = 0  # batches of self.epoch already trained on
         self.step = 0  # optimiser steps in the whole run
         self.history: list[dict] = []
-        self.last_checkpoint: Optional[Path] = None
+        self.last_checkpoint: Path | None = None
         self.world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        self.interrupted: Optional[int] = None  # the signal number that stopped fit() early (None: not stopped)
-        self._stop_requested: Optional[int] = None  # set by request_stop (on this rank)
-        self._stop_agreed: Optional[int] = None  # a stop every rank has agreed on (DDP)
+        self.interrupted: int | None = None  # the signal number that stopped fit() early (None: not stopped)
+        self._stop_requested: int | None = None  # set by request_stop (on this rank)
+        self._stop_agreed: int | None = None  # a stop every rank has agreed on (DDP)
         self._voted_at = -1  # the step whose check_loss vote ran (DDP)
         # the batch layout goes only to a model / objective that takes it (a plain model(images, modalities) works)
         self._layout_to_model = _takes_layout(unwrap(model))
@@ -173,7 +176,7 @@ class Trainer:
         if self._stop_requested is None:
             self._stop_requested = int(signum)
 
-    def check_loss(self, total: torch.Tensor, terms: dict[str, float]) -> None:
+    def check_loss(self, total: torch.Tensor, terms: Mapping[str, float]) -> None:
         """Raise :class:`TrainingError` when the loss is non-finite (on any rank: all ranks raise together, before
         any rank starts the backward pass whose gradient reduction the others would wait on forever).
 
@@ -208,7 +211,7 @@ class Trainer:
             "Lower the learning rate, enable optim.grad_clip, or check the input images."
         )
 
-    def _stop_after_step(self) -> Optional[int]:
+    def _stop_after_step(self) -> int | None:
         """The signal number of a stop every rank takes after this step (None: go on)."""
         if self.world == 1:
             return self._stop_requested
@@ -230,7 +233,7 @@ class Trainer:
             self._stop_agreed = int(stop)
         return bool(up)
 
-    def _mean_over_ranks(self, terms: dict[str, float]) -> dict[str, float]:
+    def _mean_over_ranks(self, terms: Mapping[str, float]) -> Mapping[str, float]:
         """``terms`` averaged over the ranks (one all_reduce; every rank logs the same keys)."""
         if self.world == 1 or not terms:
             return terms
@@ -260,7 +263,8 @@ class Trainer:
         layout = layout.to(self.device) if layout is not None else None
         model_kw = {"layout": layout} if layout is not None and self._layout_to_model else {}
         objective_kw = {"layout": layout} if layout is not None and self._layout_to_objective else {}
-        autocast = (torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp]) if self.amp != "none" else nullcontext())
+        autocast = (torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp]) if self.amp != "none"
+                    else nullcontext())
         with autocast:
             out = self.model(images, modalities, **model_kw)
         # Losses run in float32: the OT costs and variance ratios lose too much in half precision.
@@ -305,7 +309,7 @@ class Trainer:
             **self.extra_state,
         }
 
-    def save(self, name: str = "last.pt") -> Optional[Path]:
+    def save(self, name: str = "last.pt") -> Path | None:
         if self.rank != 0:
             return None
         self.last_checkpoint = save_checkpoint(self.state_dict(), self.out_dir / name)
@@ -388,12 +392,14 @@ class Trainer:
                 self.loader.dataset.set_epoch(self.epoch)
             sums: dict[str, float] = {}
             n, images_seen, t0 = 0, 0, time.time()
-            stop: Optional[int] = None
-            bar = progress_bar(total=steps_per_epoch, initial=self.batches_done, desc=f"epoch {self.epoch + 1}/{self.epochs}",
-                               unit="steps", disable=not self.progress or self.rank != 0, leave=False)
+            stop: int | None = None
+            bar = progress_bar(total=steps_per_epoch, initial=self.batches_done,
+                               desc=f"epoch {self.epoch + 1}/{self.epochs}", unit="steps",
+                               disable=not self.progress or self.rank != 0, leave=False)
             for batch in self.loader:
                 set_lr(self.optimizer, lr_factor(self.epoch + self.batches_done / steps_per_epoch,
-                                                 warmup_epochs=self.warmup_epochs, milestones=self.milestones, gamma=self.gamma))
+                                                 warmup_epochs=self.warmup_epochs, milestones=self.milestones,
+                                                 gamma=self.gamma))
                 terms = self.forward_backward(batch)
                 self.batches_done += 1
                 self.step += 1

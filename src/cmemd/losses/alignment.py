@@ -27,8 +27,9 @@ trainer stops on before backward). Without it they compute the same grouping fro
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, ClassVar, NamedTuple, Optional, Sequence, Union
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -58,7 +59,7 @@ __all__ = [
     "make_alignment_loss",
 ]
 
-Feats = Union[Tensor, Sequence[Tensor]]
+Feats = Tensor | Sequence[Tensor]
 COSTS = ("euclidean", "sqeuclidean", "cosine")
 SOLVERS = ("exact", "sinkhorn")
 
@@ -143,7 +144,7 @@ def group_identities(
 
 
 def _grouping(
-    pids: Tensor, modalities: Tensor, layout: Optional[BatchLayout], device: torch.device, name: str
+    pids: Tensor, modalities: Tensor, layout: BatchLayout | None, device: torch.device, name: str
 ) -> tuple[Sequence[tuple[Tensor, Tensor]], int, int]:
     """The identity groups from the layout when there is one (no synchronisation), else from the labels."""
     if layout is not None:
@@ -162,7 +163,7 @@ def _per_identity(
     modalities: Tensor,
     group_values: Callable[[list[Tensor], list[Tensor]], Tensor],
     name: str,
-    layout: Optional[BatchLayout] = None,
+    layout: BatchLayout | None = None,
 ) -> AlignmentOutput:
     """Mean over identities per granularity, mean over granularities.
 
@@ -177,10 +178,11 @@ def _per_identity(
         # nothing to align: a zero that keeps the graph connected, so backward() still works
         zero = torch.stack([f.sum() * 0.0 for f in fl])
         return AlignmentOutput(zero.mean(), zero, 0, n_skip)
-    total = None
+    total: Tensor | None = None
     for iv, it in groups:
         vals = group_values([f[iv] for f in fl], [f[it] for f in fl]).sum(1)  # (G,)
         total = vals if total is None else total + vals
+    assert total is not None  # n_id > 0: at least one group
     per_g = total / n_id
     return AlignmentOutput(per_g.mean(), per_g, n_id, n_skip)
 
@@ -203,7 +205,7 @@ def cmemd_loss(
     solver: str = "exact",
     eps: float = 0.05,
     sinkhorn_iters: int = 200,
-    layout: Optional[BatchLayout] = None,
+    layout: BatchLayout | None = None,
 ) -> AlignmentOutput:
     """Cross-Modality Earth Mover's Distance loss.
 
@@ -245,7 +247,7 @@ def cmemd_loss(
 
 def all_pairs_loss(
     feats: Feats, pids: Tensor, modalities: Tensor, cost: str = "euclidean", normalize: bool = True,
-    layout: Optional[BatchLayout] = None,
+    layout: BatchLayout | None = None,
 ) -> AlignmentOutput:
     """Mean cost over ALL cross-modality pairs of an identity (the independent coupling
     ``1/(K_v K_t)``; what the optimal plan avoids). Always >= the CM-EMD with the same cost."""
@@ -259,7 +261,7 @@ def all_pairs_loss(
 
 def hetero_center_loss(
     feats: Feats, pids: Tensor, modalities: Tensor, cost: str = "euclidean", normalize: bool = True,
-    layout: Optional[BatchLayout] = None,
+    layout: BatchLayout | None = None,
 ) -> AlignmentOutput:
     """Hetero-centre alignment (Zhu et al. 2020): cost between an identity's visible centre and its
     thermal centre (Euclidean by default), mean over identities. ``normalize`` normalises the
@@ -283,7 +285,7 @@ def mmd_loss(
     modalities: Tensor,
     bandwidths: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
     normalize: bool = True,
-    layout: Optional[BatchLayout] = None,
+    layout: BatchLayout | None = None,
 ) -> AlignmentOutput:
     """Squared MMD between ALL visible and ALL thermal features of the batch (identity-agnostic).
 
@@ -313,7 +315,7 @@ def mmd_loss(
         N = f.shape[0]
         off = d2.detach()[~torch.eye(N, dtype=torch.bool, device=f.device)]
         s = off.median().clamp_min(1e-12) if off.numel() else d2.new_tensor(1.0)
-        k = sum(torch.exp(-d2 / (b * s)) for b in bandwidths) / len(bandwidths)
+        k = sum((torch.exp(-d2 / (b * s)) for b in bandwidths), d2.new_zeros(())) / len(bandwidths)
         vv, tt = vis[:, None] & vis[None, :], ~vis[:, None] & ~vis[None, :]
         vt = vis[:, None] & ~vis[None, :]
         mmd2 = k[vv].mean() + k[tt].mean() - 2.0 * k[vt].mean()
@@ -344,7 +346,7 @@ class CMEMDLoss(nn.Module):
         self.eps, self.sinkhorn_iters = eps, sinkhorn_iters
 
     def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
-                layout: Optional[BatchLayout] = None) -> AlignmentOutput:
+                layout: BatchLayout | None = None) -> AlignmentOutput:
         return cmemd_loss(feats, pids, modalities, self.cost, self.normalize, self.solver,
                           self.eps, self.sinkhorn_iters, layout)
 
@@ -364,7 +366,7 @@ class AllPairsLoss(nn.Module):
         self.cost, self.normalize = cost, normalize
 
     def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
-                layout: Optional[BatchLayout] = None) -> AlignmentOutput:
+                layout: BatchLayout | None = None) -> AlignmentOutput:
         return all_pairs_loss(feats, pids, modalities, self.cost, self.normalize, layout)
 
 
@@ -380,7 +382,7 @@ class HeteroCenterLoss(nn.Module):
         self.cost, self.normalize = cost, normalize
 
     def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
-                layout: Optional[BatchLayout] = None) -> AlignmentOutput:
+                layout: BatchLayout | None = None) -> AlignmentOutput:
         return hetero_center_loss(feats, pids, modalities, self.cost, self.normalize, layout)
 
 
@@ -396,7 +398,7 @@ class MMDLoss(nn.Module):
         self.bandwidths, self.normalize = tuple(bandwidths), normalize
 
     def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
-                layout: Optional[BatchLayout] = None) -> AlignmentOutput:
+                layout: BatchLayout | None = None) -> AlignmentOutput:
         return mmd_loss(feats, pids, modalities, self.bandwidths, self.normalize, layout)
 
 
@@ -407,7 +409,7 @@ class NoAlignment(nn.Module):
     aligns: ClassVar[bool] = False
 
     def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
-                layout: Optional[BatchLayout] = None) -> AlignmentOutput:
+                layout: BatchLayout | None = None) -> AlignmentOutput:
         fl = _as_list(feats, "NoAlignment")
         _, n_id, n_skip = _grouping(pids, modalities, layout, pids.device, "NoAlignment")
         zero = torch.stack([f.sum() * 0.0 for f in fl])
@@ -440,7 +442,7 @@ class AlignmentOptions:
     sinkhorn_iters: int = 200
 
 
-def make_alignment_loss(name: str, options: Optional[AlignmentOptions] = None, **kwargs) -> nn.Module:
+def make_alignment_loss(name: str, options: AlignmentOptions | None = None, **kwargs: Any) -> nn.Module:
     """Build an alignment loss module by name: ``cmemd``, ``all-pairs``, ``hetero-center``,
     ``mmd`` or ``none``. ``options``: the fields of :class:`AlignmentOptions` the loss reads (its ``OPTIONS``)
     go to its constructor, the others are not its business; keyword arguments go to the constructor as given
@@ -451,7 +453,8 @@ def make_alignment_loss(name: str, options: Optional[AlignmentOptions] = None, *
         )
     cls = _ALIGNMENT[name]
     if options is not None:
-        kwargs = {**{k: getattr(options, k) for k in cls.OPTIONS}, **kwargs}
+        read: tuple[str, ...] = getattr(cls, "OPTIONS", ())  # every loss class declares the options it reads
+        kwargs = {**{k: getattr(options, k) for k in read}, **kwargs}
     try:
         return cls(**kwargs)
     except TypeError as e:

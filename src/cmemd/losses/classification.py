@@ -1,8 +1,6 @@
 """Identity classification loss: cross-entropy with label smoothing."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -26,7 +24,7 @@ def cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0)
 
 
 def cross_entropy_label_smooth(logits: Tensor, targets: Tensor, epsilon: float = 0.1,
-                               layout: Optional[BatchLayout] = None) -> Tensor:
+                               layout: BatchLayout | None = None) -> Tensor:
     """Mean cross-entropy against smoothed one-hot targets ``(1 - eps) * onehot + eps / C``.
 
     This is the label-smoothed identity loss of the AGW / BoT baselines (Szegedy et al. 2016);
@@ -66,7 +64,7 @@ class CrossEntropyLabelSmooth(nn.Module):
         super().__init__()
         self.epsilon = float(epsilon)
 
-    def forward(self, logits: Tensor, targets: Tensor, layout: Optional[BatchLayout] = None) -> Tensor:
+    def forward(self, logits: Tensor, targets: Tensor, layout: BatchLayout | None = None) -> Tensor:
         return cross_entropy_label_smooth(logits, targets, self.epsilon, layout)
 
     def extra_repr(self) -> str:

@@ -1,8 +1,6 @@
 """Cross-modality discrimination learning (CM-DL): intra- over inter-identity variance."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor, nn
 
@@ -17,11 +15,11 @@ _FALLBACKS = ("own", "skip")
 def cmdl_loss(
     feats: Tensor,
     pids: Tensor,
-    modalities: Optional[Tensor] = None,
+    modalities: Tensor | None = None,
     cross: bool = False,
     cross_fallback: str = "own",
     eps: float = 1e-6,
-    layout: Optional[BatchLayout] = None,
+    layout: BatchLayout | None = None,
 ) -> Tensor:
     """``L = S_w / (S_b + eps)`` over the whole batch (both modalities).
 
@@ -96,8 +94,8 @@ class CMDLLoss(nn.Module):
             raise ConfigError(f"CMDLLoss: cross_fallback must be one of {_FALLBACKS}, got {cross_fallback!r}")
         self.cross, self.cross_fallback, self.eps = cross, cross_fallback, eps
 
-    def forward(self, feats: Tensor, pids: Tensor, modalities: Optional[Tensor] = None,
-                layout: Optional[BatchLayout] = None) -> Tensor:
+    def forward(self, feats: Tensor, pids: Tensor, modalities: Tensor | None = None,
+                layout: BatchLayout | None = None) -> Tensor:
         return cmdl_loss(feats, pids, modalities, self.cross, self.cross_fallback, self.eps, layout)
 
     def extra_repr(self) -> str:

@@ -13,8 +13,8 @@ from __future__ import annotations
 import os
 import socket
 import urllib.error
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -153,9 +153,10 @@ class NonLocal(nn.Module):
         self.theta = nn.Conv2d(channels, inner, kernel_size=1)
         self.phi = nn.Conv2d(channels, inner, kernel_size=1)
         self.g = nn.Conv2d(channels, inner, kernel_size=1)
-        self.W = nn.Sequential(nn.Conv2d(inner, channels, kernel_size=1), nn.BatchNorm2d(channels))
-        nn.init.zeros_(self.W[1].weight)
-        nn.init.zeros_(self.W[1].bias)
+        project, bn = nn.Conv2d(inner, channels, kernel_size=1), nn.BatchNorm2d(channels)
+        nn.init.zeros_(bn.weight)
+        nn.init.zeros_(bn.bias)
+        self.W = nn.Sequential(project, bn)
 
     def forward(self, x: Tensor) -> Tensor:
         n = x.shape[0]
@@ -190,7 +191,7 @@ class NonLocalStage(nn.Module):
         return self.num_blocks
 
     def __getitem__(self, i: int) -> nn.Module:
-        return self._modules[str(range(self.num_blocks)[i])]
+        return self.get_submodule(str(range(self.num_blocks)[i]))
 
     def __iter__(self):
         return (self._modules[str(i)] for i in range(self.num_blocks))

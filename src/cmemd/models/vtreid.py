@@ -41,15 +41,13 @@ import copy
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Optional
 
 import torch
 from torch import Tensor, nn
 
 from cmemd.errors import CheckpointError, ConfigError
 from cmemd.layout import BatchLayout
-from cmemd.models.resnet import (ARCHS, ResNet, agw_non_local, is_non_local_key, load_mapped_state_dict,
-                                 read_state_dict)
+from cmemd.models.resnet import ARCHS, ResNet, agw_non_local, is_non_local_key, load_mapped_state_dict, read_state_dict
 from cmemd.numerics import l2_normalize
 
 __all__ = [
@@ -129,7 +127,7 @@ class ModelConfig:
     accumulated_heads: bool = True
     zero_init_residual: bool = False
     non_local: bool = False
-    pretrained: Optional[str] = None
+    pretrained: str | None = None
 
     def __post_init__(self) -> None:
         def bad(field: str, value: object, fix: str) -> ConfigError:
@@ -181,14 +179,14 @@ class VTOutput:
     global_feat: Tensor                      # N x C, pooled, pre-BN (CM-EMD cost is on this)
     global_bn: Tensor                        # N x C
     global_logits: Tensor                    # N x num_classes
-    local_feats: Optional[Tensor] = None     # N x S x D_l (f_k)
-    local_bn: Optional[Tensor] = None        # N x S x D_l (BN-neck of f_k)
-    local_logits: Optional[list[Tensor]] = None
-    accumulated_feats: Optional[Tensor] = None  # N x S x D_l (a_k)
-    accumulated_bn: Optional[Tensor] = None  # N x S x D_l (BN-neck of a_k, with accumulated_heads)
-    accumulated_logits: Optional[list[Tensor]] = None  # S tensors N x num_classes (BN-neck + classifier of a_k)
-    holistic: Optional[Tensor] = None        # N x (S*D_l)
-    stripe_weights: Optional[Tensor] = None  # S, softmax of the stripe logits
+    local_feats: Tensor | None = None     # N x S x D_l (f_k)
+    local_bn: Tensor | None = None        # N x S x D_l (BN-neck of f_k)
+    local_logits: list[Tensor] | None = None
+    accumulated_feats: Tensor | None = None  # N x S x D_l (a_k)
+    accumulated_bn: Tensor | None = None  # N x S x D_l (BN-neck of a_k, with accumulated_heads)
+    accumulated_logits: list[Tensor] | None = None  # S tensors N x num_classes (BN-neck + classifier of a_k)
+    holistic: Tensor | None = None        # N x (S*D_l)
+    stripe_weights: Tensor | None = None  # S, softmax of the stripe logits
 
 
 class GeM(nn.Module):
@@ -301,7 +299,7 @@ class VTReIDModel(nn.Module):
         self.channels = c
         del template
 
-        def pool() -> nn.Module:
+        def pool() -> GeM | _AvgPool:
             return GeM(cfg.gem_p, cfg.gem_learnable) if cfg.pooling == "gem" else _AvgPool()
 
         self.global_pool = pool()
@@ -353,12 +351,13 @@ class VTReIDModel(nn.Module):
         return out
 
     # -------------------------------------------------------------------------------- forward
-    def _route(self, x: Tensor, modality: Optional[Tensor], layout: Optional[BatchLayout] = None) -> Tensor:
+    def _route(self, x: Tensor, modality: Tensor | None, layout: BatchLayout | None = None) -> Tensor:
         if self.modality_parts is None:
             return x
         if layout is not None:
             layout.check(x.shape[0], "VTReIDModel.forward")
-            return self._run_parts(x, list(layout.modality_counts), layout.modality_order, layout.modality_inverse)
+            return self._run_parts(self.modality_parts, x, list(layout.modality_counts), layout.modality_order,
+                                   layout.modality_inverse)
         if modality is None:
             raise ConfigError("VTReIDModel.forward: modality is required when "
                               "modality_specific_stages > 0 (a tensor of 0 visible / 1 thermal)")
@@ -377,21 +376,23 @@ class VTReIDModel(nn.Module):
         grouped = bool(torch.equal(order, arange))
         counts = torch.bincount(modality, minlength=len(self.modality_parts)).tolist()
         if grouped:
-            return self._run_parts(x, counts, None, None)
+            return self._run_parts(self.modality_parts, x, counts, None, None)
         inverse = torch.empty_like(order)
         inverse[order] = arange
-        return self._run_parts(x, counts, order, inverse)
+        return self._run_parts(self.modality_parts, x, counts, order, inverse)
 
-    def _run_parts(self, x: Tensor, counts: list[int], order: Optional[Tensor], inverse: Optional[Tensor]) -> Tensor:
-        """Each modality's images through its copy: ``counts`` per modality after sorting by ``order`` (None:
-        already sorted); ``inverse`` restores the batch order."""
+    @staticmethod
+    def _run_parts(parts: nn.ModuleList, x: Tensor, counts: list[int], order: Tensor | None,
+                   inverse: Tensor | None) -> Tensor:
+        """Each modality's images through its copy in ``parts``: ``counts`` per modality after sorting by
+        ``order`` (None: already sorted); ``inverse`` restores the batch order."""
         xs = x if order is None else x.index_select(0, order)
-        ys = [part(chunk) for part, chunk in zip(self.modality_parts, xs.split(counts)) if chunk.shape[0]]
+        ys = [part(chunk) for part, chunk in zip(parts, xs.split(counts)) if chunk.shape[0]]
         y = torch.cat(ys) if len(ys) > 1 else ys[0]
         return y if inverse is None else y.index_select(0, inverse)
 
-    def forward_output(self, x: Tensor, modality: Optional[Tensor] = None,
-                       layout: Optional[BatchLayout] = None) -> VTOutput:
+    def forward_output(self, x: Tensor, modality: Tensor | None = None,
+                       layout: BatchLayout | None = None) -> VTOutput:
         """Run the model and return every feature and logit as a :class:`VTOutput`. ``layout``: the batch's
         :class:`cmemd.layout.BatchLayout` (tensors on ``x``'s device), which saves the routing's host reads."""
         z = self._route(x, modality, layout)
@@ -412,6 +413,7 @@ class VTReIDModel(nn.Module):
         out.local_feats, out.local_bn = f, f_bn
         out.local_logits = [clf(f_bn[:, k]) for k, clf in enumerate(self.local_classifiers)]
         if self.cfg.accumulate == "prefix":
+            assert self.accum_reduce is not None  # built in __init__ for accumulate="prefix"
             prefix = torch.stack([self.local_pool.finish(rows[:, :, :b].mean(dim=2))
                                   for _, b in bounds], dim=1)  # N x S x C
             n, s_, c = prefix.shape
@@ -433,6 +435,8 @@ class VTReIDModel(nn.Module):
         g = out.global_feat if self.cfg.test_global == "pooled" else out.global_bn
         if self.cfg.test_feature == "global":
             return g
+        # ModelConfig allows a local test feature only with use_local=True, where forward_output fills these.
+        assert out.holistic is not None and out.local_bn is not None and out.stripe_weights is not None
         local = out.holistic
         if self.cfg.test_local == "bn":  # the same stripe weights as the pooled holistic feature
             local = (out.local_bn * out.stripe_weights.view(1, -1, 1)).flatten(1)
@@ -440,7 +444,7 @@ class VTReIDModel(nn.Module):
             return local
         return torch.cat([l2_normalize(g, dim=1), l2_normalize(local, dim=1)], dim=1)
 
-    def forward(self, x: Tensor, modality: Optional[Tensor] = None, layout: Optional[BatchLayout] = None):
+    def forward(self, x: Tensor, modality: Tensor | None = None, layout: BatchLayout | None = None):
         out = self.forward_output(x, modality, layout)
         return out if self.training else self.test_feature(out)
 
