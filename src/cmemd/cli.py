@@ -80,10 +80,10 @@ def _check_flags(**values: Any) -> None:
 @data_app.command("stats")
 def data_stats(
     root: Path = typer.Argument(..., help="Dataset root (any known layout)."),
-    layout: Optional[str] = typer.Option(None, help="Dataset name in cmemd.data.registry (sysu, regdb, llcm, ...); detected from the folder when omitted."),
+    layout: Optional[str] = typer.Option(None, help="Benchmark name in cmemd.benchmarks.registry (sysu, regdb, llcm, ...); detected from the folder when omitted."),
 ) -> None:
     """Print per-split, per-camera and per-modality image counts and the totals per modality."""
-    from cmemd.data.stats import dataset_stats, format_stats
+    from cmemd.benchmarks.stats import dataset_stats, format_stats
 
     try:
         typer.echo(format_stats(dataset_stats(root, layout=layout)))
@@ -94,11 +94,11 @@ def data_stats(
 @data_app.command("check")
 def data_check(
     root: Path = typer.Argument(..., help="Dataset root (any known layout)."),
-    layout: Optional[str] = typer.Option(None, help="Dataset name in cmemd.data.registry (sysu, regdb, llcm, ...); detected from the folder when omitted."),
+    layout: Optional[str] = typer.Option(None, help="Benchmark name in cmemd.benchmarks.registry (sysu, regdb, llcm, ...); detected from the folder when omitted."),
     decode: bool = typer.Option(True, help="Decode every image (slow on the full datasets)."),
 ) -> None:
     """Validate a dataset root and report every problem at once."""
-    from cmemd.data.stats import check_dataset
+    from cmemd.benchmarks.stats import check_dataset
 
     try:
         problems = check_dataset(root, layout=layout, decode=decode)
@@ -134,16 +134,16 @@ def data_synth(
     import json
     import time
 
-    from cmemd.data.registry import DATASETS
+    from cmemd.benchmarks.registry import BENCHMARKS
     from cmemd.data.synth import SynthConfig
     from cmemd.errors import ConfigError
     from cmemd.folders import check_replaceable, folder_entries
 
     try:
         _check_flags(ids=ids, workers=workers)
-        spec = DATASETS.get(layout)
+        spec = BENCHMARKS.get(layout)
         if spec is None or spec.synthesize is None:
-            makers = [n for n, s in DATASETS.items() if s.synthesize is not None]
+            makers = [n for n, s in BENCHMARKS.items() if s.synthesize is not None]
             raise ConfigError(f"--layout {layout!r} is unknown: use one of {', '.join(makers)}")
         check_replaceable(out, "dataset", "--out")  # a folder cmemd did not make is never written into
         if folder_entries(out) and not force:
@@ -177,7 +177,8 @@ def data_preview(
     per_camera: int = typer.Option(2, help="Images per camera (SYSU, LLCM: per sensor) or pairs / 2 (RegDB)."),
 ) -> None:
     """Write a grid of images: rows are identities, columns cameras and modalities (as the dataset lays them out)."""
-    from cmemd.data.preview import check_preview_args, preview_grid
+    from cmemd.benchmarks.stats import preview_grid
+    from cmemd.data.preview import check_preview_args
 
     try:
         check_preview_args(out, ids, per_camera)
@@ -310,11 +311,11 @@ def eval_cmd(
             check_output_folder(report, "--report")
         dev = resolve_device(device)
         model, cfg = load_trained(checkpoint, device=dev)
-        from cmemd.data.registry import get_dataset
+        from cmemd.benchmarks.registry import get_benchmark
 
         d, e = cfg.data, cfg.eval
-        spec = get_dataset(d.dataset)
-        if protocol is not None and get_dataset(protocol) is not spec:
+        spec = get_benchmark(d.dataset)
+        if protocol is not None and get_benchmark(protocol) is not spec:
             raise ConfigError(f"--protocol {protocol}: this model was trained on {d.dataset}; its classes and "
                               "modality branches belong to that dataset (pass --data to evaluate on another root)")
         if trial is not None and spec.training_trials and trial != d.trial:
@@ -414,26 +415,27 @@ def eval_features_cmd(
     """Evaluate saved features with a dataset's protocol (no model involved)."""
     import json
 
-    from cmemd.data.registry import DATASETS, known
+    from cmemd.benchmarks.registry import BENCHMARKS, known
     from cmemd.evaluation import ReRanking, format_results, load_features, save_json, to_dict
     from cmemd.folders import check_output_file
 
     try:
         _check_flags(shots=shots, trials=trials, trial=trial, k1=k1, k2=k2, lambda_value=lambda_value)
-        if protocol not in DATASETS:
-            raise ConfigError(f"--protocol {protocol!r} is unknown; use one of {', '.join(DATASETS)} ({known()})")
-        spec = DATASETS[protocol]
+        if protocol not in BENCHMARKS:
+            raise ConfigError(f"--protocol {protocol!r} is unknown; use one of {', '.join(BENCHMARKS)} ({known()})")
+        spec = BENCHMARKS[protocol]
         if out is not None:  # before the work, not after
             check_output_file(out, "--out")
         q, g = load_features(query), load_features(gallery)
-        options = dict(mode=mode, shots=shots, method=method, trials=trials, rand_perm=rand_perm, trial=trial,
-                       feature_name=feature_name)
+        options = dict(mode=mode, shots=shots, method=method, trials=trials, rand_perm=rand_perm, trial=trial)
         if direction is not None:
             options["direction"] = direction
+        options = {k: v for k, v in options.items() if k in spec.feature_option_names()}  # the flags it reads
         runs = {"plain": None}
         if rerank:
             runs["reranked"] = ReRanking(k1, k2, lambda_value)
-        res = {key: spec.evaluate_features(q, g, rerank=rr, **options) for key, rr in runs.items()}
+        res = {key: spec.evaluate_features(q, g, feature_name=feature_name, rerank=rr, **options)
+               for key, rr in runs.items()}
         typer.echo("\n\n".join(format_results(r, per_trial=per_trial) for r in res.values()))
         if out is not None:
             if rerank:  # both, side by side: {"plain": ..., "reranked": ...}

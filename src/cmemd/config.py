@@ -31,7 +31,7 @@ from cmemd.models import ModelConfig
 
 @dataclass
 class DataConfig:
-    dataset: str = "sysu"  # a name in cmemd.data.registry.DATASETS: sysu | regdb | llcm
+    dataset: str = "sysu"  # a name in cmemd.benchmarks.registry.BENCHMARKS: sysu | regdb | llcm
     root: str = "data/synth_sysu"
     trial: int = 1  # RegDB trial 1..10 (one model per trial)
     height: int = 288
@@ -323,7 +323,7 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
 
 def _choices() -> dict[str, tuple[str, ...]]:
     """Enumerated settings and their choices, as the library defines them."""
-    from cmemd.data.sysu import GALLERY_METHODS
+    from cmemd.benchmarks.sysu import GALLERY_METHODS
     from cmemd.data.transforms import CHANNEL_AUG_KINDS
     from cmemd.engine.objective import ALIGN_FEATURES, DL_VARIANTS, GRANULARITIES
     from cmemd.engine.schedule import OPTIMIZERS
@@ -458,8 +458,8 @@ def _check_ranges(cfg: TrainConfig) -> None:
 
 def validate(cfg: TrainConfig) -> None:
     """Check enumerated choices and ranges; ConfigError names the key."""
-    from cmemd.data.llcm import DIRECTIONS
-    from cmemd.data.registry import DATASETS, known
+    from cmemd.benchmarks.llcm import DIRECTIONS
+    from cmemd.benchmarks.registry import BENCHMARKS as DATASETS, known
 
     if cfg.data.dataset not in DATASETS:
         raise ConfigError(f"data.dataset must be one of {tuple(DATASETS)}, got {cfg.data.dataset!r} (known: {known()})")

@@ -8,7 +8,8 @@ import torch
 from cmemd.config import load_config
 from cmemd.app import run
 from cmemd.errors import ConfigError
-from cmemd.evaluation import ReRanking, evaluate_sysu
+from cmemd.benchmarks.sysu import evaluate_sysu
+from cmemd.evaluation import ReRanking
 from cmemd.models import build_model
 
 from .conftest import tiny_overrides

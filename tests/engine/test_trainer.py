@@ -144,7 +144,7 @@ def test_validation_selection_keeps_best_and_never_uses_test(tiny_sysu, tmp_path
     cfg = load_config(None, tiny_overrides(tiny_sysu, out, **{"run.selection": "val"}))
     outcome = train(cfg, progress=False)
     ds = SYSUMM01(tiny_sysu)
-    held_out = {int(r.path.split("/")[-2]) for r in ds.query("val")}
+    held_out = {int(r.path.split("/")[-2]) for r in ds.thermal("val")}
     trained_ids = sorted(ds.split_ids["train"])
     assert outcome.model.cfg.num_classes == len(trained_ids) and not held_out & set(trained_ids)
     vals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"kind": "val"' in x]

@@ -9,7 +9,9 @@ from typer.testing import CliRunner
 
 from cmemd.cli import app
 from cmemd.errors import EvaluationError
-from cmemd.evaluation import evaluate_regdb, evaluate_sysu, load_features, save_features
+from cmemd.benchmarks.regdb import evaluate_regdb
+from cmemd.benchmarks.sysu import evaluate_sysu
+from cmemd.evaluation import load_features, save_features
 from tests.evaluation.test_protocols import sysu_like
 
 

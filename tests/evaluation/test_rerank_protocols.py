@@ -10,16 +10,15 @@ import pytest
 from cmemd.evaluation import (
     ReRanking,
     combine_results,
-    evaluate_regdb,
-    evaluate_regdb_directions,
     evaluate_similarity,
-    evaluate_sysu,
     format_results,
     re_ranking,
     to_json,
 )
+from cmemd.benchmarks.regdb import evaluate_regdb, evaluate_regdb_directions
+from cmemd.benchmarks.sysu import evaluate_sysu
 from cmemd.errors import EvaluationError
-import cmemd.evaluation.protocols as protocols
+import cmemd.evaluation.protocol as protocols
 
 from .rerank_reference import re_ranking_brute
 from .test_protocols import stand_in_draw, sysu_like

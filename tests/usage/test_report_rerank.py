@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from cmemd.evaluation import evaluate_sysu  # noqa: E402
+from cmemd.benchmarks.sysu import evaluate_sysu  # noqa: E402
 from cmemd.evaluation.features import FeatureSet  # noqa: E402
 from cmemd.report import write_report  # noqa: E402
 from tests.evaluation.test_protocols import stand_in_draw, sysu_like  # noqa: E402

@@ -54,8 +54,7 @@ def _train_and_evaluate(cfg: Any, config: Any, data_dir: Path, out_dir: Path, ph
     import time
 
     from cmemd.app.run import evaluate_model, format_all, modality_gap_of, save_results, train
-    from cmemd.data.preview import preview_grid
-    from cmemd.data.stats import dataset_stats, format_stats
+    from cmemd.benchmarks.stats import dataset_stats, format_stats, preview_grid
 
     echo(format_stats(dataset_stats(data_dir)))
     preview = preview_grid(data_dir, out_dir.parent / f"{out_dir.name}_preview.png", ids=6, per_camera=2)
@@ -98,11 +97,11 @@ def _test_plan_purity(model: Any, cfg: Any, data_dir: Path):
     """The plan's same-view preference on the test ids (the mechanism the paper claims), measured on the feature and
     cost the loss aligns; None without the generator's nuisance sidecar."""
     from cmemd.app.run import config_diagnostics
-    from cmemd.data.sysu import SYSUMM01
+    from cmemd.benchmarks.registry import get_benchmark
     from cmemd.engine.diagnostics import nuisance_of
 
-    ds = SYSUMM01(data_dir)
-    records = ds.query() + ds.gallery_pool("all")
+    sets = get_benchmark(cfg.data.dataset).test_sets(data_dir)
+    records = [r for part in sets.values() for r in part]
     nuisance = nuisance_of(records, data_dir)
     if nuisance is None:
         return None

@@ -283,10 +283,10 @@ class TrainingData:
 
 def training_data(cfg: TrainConfig) -> TrainingData:
     """The training records of ``cfg.data`` (the dataset's registry entry reads them)."""
-    from cmemd.data.registry import get_dataset
+    from cmemd.benchmarks.registry import get_benchmark
 
     d = cfg.data
-    spec = get_dataset(d.dataset)
+    spec = get_benchmark(d.dataset)
     held_out = cfg.run.selection == "val"
     if held_out and not spec.has_val:
         raise ConfigError(f"run.selection=val needs a validation split; {spec.title} has none. "
@@ -589,10 +589,10 @@ def train_all_trials(cfg: TrainConfig, *, resume: bool = False, evaluate_after: 
     A dataset with one training split is a :class:`ConfigError`."""
     from dataclasses import replace
 
-    from cmemd.data.registry import get_dataset
+    from cmemd.benchmarks.registry import get_benchmark
     from cmemd.evaluation.results import combine_results
 
-    spec = get_dataset(cfg.data.dataset)
+    spec = get_benchmark(cfg.data.dataset)
     if not spec.training_trials:
         raise ConfigError(f"--all-trials is for datasets with numbered training splits; {spec.title} "
                           "(data.dataset) has one training split")
@@ -628,10 +628,10 @@ def _chain(hooks: list):
 def diagnostic_records(cfg: TrainConfig) -> tuple[list[ImageRecord], str]:
     """The records the per-epoch diagnostics use, and a note saying what they are: the val ids of the
     dataset (trained on unless ``run.selection=val``); none for a dataset without a validation split."""
-    from cmemd.data.registry import get_dataset
+    from cmemd.benchmarks.registry import get_benchmark
     from cmemd.engine.diagnostics import select_identities
 
-    spec = get_dataset(cfg.data.dataset)
+    spec = get_benchmark(cfg.data.dataset)
     if not spec.has_val:
         return [], f"{spec.title} has no validation split: per-epoch modality diagnostics are off"
     recs = select_identities([r for part in spec.val_sets(cfg.data.root).values() for r in part],
@@ -676,10 +676,10 @@ def _diagnostics_hook(cfg: TrainConfig, device: torch.device, progress: bool):
 
 def _val_selector(cfg: TrainConfig, device: torch.device):
     """on_epoch_end hook: evaluate on the val ids (the dataset's ``val_options``), keep best.pt (by mAP), log a 'val' line."""
-    from cmemd.data.registry import get_dataset
+    from cmemd.benchmarks.registry import get_benchmark
     from cmemd.engine.checkpoint import save_checkpoint
 
-    spec = get_dataset(cfg.data.dataset)
+    spec = get_benchmark(cfg.data.dataset)
     sets = spec.val_sets(cfg.data.root)
     kw = dict(height=cfg.data.height, width=cfg.data.width, batch_size=cfg.eval.batch_size, device=device,
               flip=cfg.eval.flip, **eval_loader_settings(cfg, device))
@@ -711,9 +711,9 @@ def evaluation_sets(cfg: TrainConfig, root: Optional[str] = None) -> dict[str, l
     dataset's registry entry lists them: SYSU-MM01 ``query`` (cam3/cam6) and ``gallery_pool`` (every visible
     test image; each trial draws its gallery from it); RegDB the visible and thermal test images of the trained
     trial; LLCM every ``visible`` and ``thermal`` (NIR) test image."""
-    from cmemd.data.registry import get_dataset
+    from cmemd.benchmarks.registry import get_benchmark
 
-    return get_dataset(cfg.data.dataset).test_sets(root or cfg.data.root, trial=cfg.data.trial)
+    return get_benchmark(cfg.data.dataset).test_sets(root or cfg.data.root, trial=cfg.data.trial)
 
 
 def evaluation_records(cfg: TrainConfig, root: Optional[str] = None) -> tuple[list[ImageRecord], ...]:
@@ -750,11 +750,11 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
     "gallery": FeatureSet, "query_modality", "gallery_modality", "removal"}`` (every thermal test image against
     every visible one), for reports.
     """
-    from cmemd.data.registry import get_dataset
+    from cmemd.benchmarks.registry import get_benchmark
     from cmemd.evaluation import ReRanking
 
     d, e = cfg.data, cfg.eval
-    spec = get_dataset(d.dataset)
+    spec = get_benchmark(d.dataset)
     rerank = ReRanking(e.rerank_k1, e.rerank_k2, e.rerank_lambda) if e.rerank else None
     sets = evaluation_sets(cfg, root)
     kw = dict(height=d.height, width=d.width, batch_size=e.batch_size, device=device, progress=progress, flip=e.flip,
@@ -781,12 +781,12 @@ def modality_diagnostics(model: torch.nn.Module, root: str, *, height: int, widt
     A large within/across gap that stays flat over training means the data (or the model) has
     no shared signal to learn, which is what calibrating the synthetic benchmark watches.
     """
-    from cmemd.data.sysu import SYSUMM01
+    from cmemd.benchmarks.registry import get_benchmark
+    from cmemd.benchmarks.sysu import MODALITY_PAIRS
     from cmemd.evaluation import evaluate
 
-    ds = SYSUMM01(root)
-    query, pool = ds.query(), ds.gallery_pool("all")
-    recs = query + pool
+    sets = get_benchmark("sysu").test_sets(root)
+    recs = sets["query"] + sets["gallery_pool"]
     feats = extract_features(model, recs, height=height, width=width, batch_size=batch_size, device=device)
     pids = np.array([r.pid for r in recs])
     cams = np.array([r.camid for r in recs])
@@ -796,12 +796,8 @@ def modality_diagnostics(model: torch.nn.Module, root: str, *, height: int, widt
         return float(r.cmc[0]), float(r.mAP)
 
     out = {}
-    for name, q, g, removal in (
-        ("v2v", np.isin(cams, (1, 2)), np.isin(cams, (4, 5)), "none"),
-        ("t2t", cams == 3, cams == 6, "none"),
-        ("t2v", np.isin(cams, (3, 6)), np.isin(cams, (1, 2, 4, 5)), "sysu-same-location"),
-    ):
-        out[f"{name}_R1"], out[f"{name}_mAP"] = run(q, g, removal)
+    for name, (qcams, gcams, removal) in MODALITY_PAIRS.items():
+        out[f"{name}_R1"], out[f"{name}_mAP"] = run(np.isin(cams, qcams), np.isin(cams, gcams), removal)
     return out
 
 

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Literal, Optional
 
+from cmemd.errors import DatasetError
+
 Modality = Literal["visible", "thermal"]
 MODALITIES: tuple[str, str] = ("visible", "thermal")
 
@@ -50,8 +52,6 @@ def path_label_lines(path: Path) -> Iterator[tuple[str, str, int, Optional[str]]
     order: ``(where, relative path, label, problem)`` with ``where`` = ``file:line`` and ``problem`` the
     message of a malformed line (None for a good one). Blank lines are skipped; the caller adds its own
     per-line checks and reports every problem at once."""
-    from cmemd.errors import DatasetError
-
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
