@@ -70,11 +70,11 @@ class Benchmark:
         name: the key in the registry and in configs (``data.dataset``).
         title: how people write it (``SYSU-MM01``).
         cameras: ``{modality: camera numbers}``; a camera number may appear under both modalities
-            (LLCM's dual-mode cameras).
+            (a dual-sensor camera).
         on_disk: what the layout holds, quoted in errors about undetectable roots.
         Options: the frozen dataclass of the protocol's options (the ``eval.*`` settings it reads);
             ``val_options`` are the ones of the per-epoch validation (``run.selection=val``).
-        training_trials: RegDB-style numbered training splits (one model per trial); () for one split.
+        training_trials: numbered training splits (one model per trial); () for one split.
         synth_defaults: SynthConfig defaults for this layout (``ids``, ``images_per_camera``).
         has_val: whether :meth:`val_sets` exists (a held-out validation split).
     """

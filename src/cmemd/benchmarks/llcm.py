@@ -12,7 +12,7 @@ from __future__ import annotations
 import random
 from pathlib import Path
 from typing import Any, ClassVar, Mapping, Optional, Sequence, Union
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -168,8 +168,15 @@ class LLCMOptions:
     """LLCM's protocol options (``eval.*``): directions drawn from :data:`DIRECTIONS`; trials a count
     (trials 0..n-1) or 0-based trial indices (trial t seeds each one-image-per-(id, camera) sample)."""
 
-    directions: Sequence[str] = ("t2v", "v2t")
-    trials: Union[int, Sequence[int]] = NUM_TRIALS
+    directions: list[str] = field(default_factory=lambda: ["t2v", "v2t"])
+    trials: int = NUM_TRIALS
+
+    def __post_init__(self) -> None:
+        if not self.directions:
+            raise EvaluationError(f"directions: give at least one of {DIRECTIONS}")
+        for d in self.directions:
+            if d not in DIRECTIONS:
+                raise EvaluationError(f"directions entries must be one of {DIRECTIONS} (LLCM), got {d!r}")
 
 
 _MODALITY_TEXT = {"visible": "VIS", "thermal": "NIR"}

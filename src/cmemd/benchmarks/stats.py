@@ -90,9 +90,8 @@ def preview_grid(
     """Write a grid of ``ids`` identities (PNG, or JPEG/BMP by ``out``'s suffix); returns the output path.
 
     The benchmark (``layout``, detected from ``root`` when None) chooses rows and columns
-    (:meth:`~cmemd.benchmarks.base.Benchmark.preview`): SYSU ``per_camera`` images from each of
-    cam1..cam6, RegDB the first ``2 * per_camera`` visible/thermal pairs, LLCM ``per_camera``
-    images of each camera's VIS and NIR sensor. Blank tiles where an id has no image; column
+    (:meth:`~cmemd.benchmarks.base.Benchmark.preview`), e.g. SYSU-MM01 ``per_camera`` images from
+    each of cam1..cam6. Blank tiles where an id has no image; column
     headers name the camera and modality (PIL's default font). A missing output folder is created;
     an unsupported suffix or a count below 1 raises :class:`ConfigError` before any image is read.
     """

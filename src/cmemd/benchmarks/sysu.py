@@ -21,7 +21,7 @@ settings carry ``rerank``. Re-ranking is transductive: never compare a re-ranked
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, Union
 
@@ -373,11 +373,20 @@ class SYSUOptions:
     ``rand_perm_cam.mat`` (``official``); trials: a count (trials 0..n-1) or 0-based trial indices.
     """
 
-    modes: Sequence[str] = ("all", "indoor")
+    modes: list[str] = field(default_factory=lambda: list(MODES))
     shots: int = 1
     method: str = "python-random"
     rand_perm: Optional[str] = None
-    trials: Union[int, Sequence[int]] = NUM_TRIALS
+    trials: int = NUM_TRIALS
+
+    def __post_init__(self) -> None:
+        for m in self.modes:
+            if m not in MODES:
+                raise EvaluationError(f"modes entries must be {' or '.join(repr(x) for x in MODES)}, got {m!r}")
+        if self.shots not in SHOTS:
+            raise EvaluationError(f"shots must be 1 or 10, got {self.shots}")
+        if self.method not in GALLERY_METHODS:
+            raise EvaluationError(f"method must be one of {GALLERY_METHODS}, got {self.method!r}")
 
 
 _MODALITY_TEXT = {"visible": "RGB", "thermal": "IR"}

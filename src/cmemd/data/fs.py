@@ -81,7 +81,7 @@ def list_images(folder: Path) -> tuple[list[str], list[str], list[str]]:
 
 
 def read_id_file(path: str | Path, missing: str) -> list[int]:
-    """Parse an id file (SYSU-MM01 ``exp/*_id.txt``, LLCM ``idx/test_id.txt``): one line of comma-separated
+    """Parse an id file (e.g. SYSU-MM01's ``exp/*_id.txt``): one line of comma-separated
     positive integers, each once. ``missing`` says where the file comes from, for the not-found message."""
     path = Path(path)
     if not path.is_file():

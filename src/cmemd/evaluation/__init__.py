@@ -1,6 +1,6 @@
 """Evaluation on features (never on models, never on a dataset reader): the dataset-agnostic metric core (CMC,
 mAP, mINP), the protocol skeleton the benchmarks share, k-reciprocal re-ranking, results and modality measures.
-The benchmark protocols (SYSU-MM01, RegDB, LLCM) are :mod:`cmemd.benchmarks`."""
+Each benchmark's protocol is a module of :mod:`cmemd.benchmarks`."""
 from __future__ import annotations
 
 from cmemd.evaluation.features import FeatureSet, load_features, save_features

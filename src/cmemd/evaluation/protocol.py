@@ -1,7 +1,7 @@
 """The skeleton every benchmark protocol shares, on features only (no dataset, no reader).
 
-A protocol compares two featurised sets, A and B (SYSU-MM01: the queries and the union of the drawn
-galleries; RegDB: visible and thermal; LLCM: NIR and visible), in one or more *selections*: which side
+A protocol compares two featurised sets, A and B (the queries and the union of the drawn galleries, or
+the test images of two modalities), in one or more *selections*: which side
 holds the queries, and which rows of the query side and columns of the gallery side one trial (or one
 direction) uses, in draw order. :func:`evaluate_selections` runs every selection from one computation:
 
