@@ -49,9 +49,7 @@ def _fail(err: Exception) -> None:
 #: The range of every numeric flag, checked before any work: a 0 or a negative is an error (never read as "the
 #: default", which ``value or default`` did).
 _FLAG_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "--trials": (lambda v: v >= 1, "an integer >= 1 (10 is the protocol)"),
-    "--shots": (lambda v: v in (1, 10), "1 (single-shot) or 10 (multi-shot)"),
-    "--trial": (lambda v: 1 <= v <= 10, "an integer in 1..10 (the RegDB split)"),
+    "--trial": (lambda v: 1 <= v <= 10, "an integer in 1..10 (the numbered split)"),
     "--k1": (lambda v: v >= 1, "an integer >= 1 (k-reciprocal neighbours; the paper's 20)"),
     "--k2": (lambda v: v >= 1, "an integer >= 1 (query-expansion neighbours; the paper's 6)"),
     "--lambda-value": (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1] (the weight of the original distance)"),
@@ -280,14 +278,9 @@ def _resume_command() -> str:
 def eval_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A last.pt written by `cmemd train`."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: the one the model was trained on)."),
+    options: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="The benchmark's protocol options as KEY=VALUE (its eval.* settings; omitted ones keep the checkpoint's), e.g. SYSU-MM01 modes=[all,indoor] shots=10 method=official rand_perm=PATH trials=10, LLCM directions=[t2v,v2t-authors] trials=10; an unknown key lists the benchmark's options."),
     protocol: Optional[str] = typer.Option(None, help="Dataset whose protocol to run (default and only choice: the training dataset's)."),
-    mode: Optional[List[str]] = typer.Option(None, help="SYSU search mode(s): all, indoor (repeatable)."),
-    shots: Optional[int] = typer.Option(None, help="SYSU: 1 (single-shot) or 10 (multi-shot)."),
-    method: Optional[str] = typer.Option(None, help="SYSU gallery draw: python-random or official."),
-    rand_perm: Optional[Path] = typer.Option(None, help="rand_perm_cam.mat for --method official."),
-    trials: Optional[int] = typer.Option(None, help="SYSU/LLCM: number of trials 0..n-1 (10 is the protocol)."),
-    direction: Optional[List[str]] = typer.Option(None, help="LLCM direction(s): t2v (IR->VIS), v2t (VIS->IR), v2t-authors (the authors' transposed VIS->IR); repeatable."),
-    trial: Optional[int] = typer.Option(None, help="RegDB trial 1..10 (must be the one the model was trained on)."),
+    trial: Optional[int] = typer.Option(None, help="The numbered training split (RegDB 1..10; must be the one the model was trained on)."),
     out: Optional[Path] = typer.Option(None, help="Write the results as JSON here."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report (CMC, ranked lists, t-SNE, per-trial table) into this folder."),
@@ -298,13 +291,14 @@ def eval_cmd(
     lambda_value: Optional[float] = typer.Option(None, "--lambda-value", help="Re-ranking weight of the original distance [eval.rerank_lambda, 0.3]."),
 ) -> None:
     """Evaluate a trained checkpoint with its dataset's protocol (SYSU-MM01, RegDB, LLCM)."""
+    import typing
     from dataclasses import replace
 
     from cmemd.app.run import evaluate_model, format_all, load_trained, modality_gap_of, resolve_device, save_results
     from cmemd.folders import check_output_file, check_output_folder
 
     try:
-        _check_flags(shots=shots, trials=trials, trial=trial, k1=k1, k2=k2, lambda_value=lambda_value)
+        _check_flags(trial=trial, k1=k1, k2=k2, lambda_value=lambda_value)
         if out:  # where the results go is checked before the evaluation, not after it
             check_output_file(out, "--out")
         if report:
@@ -312,6 +306,7 @@ def eval_cmd(
         dev = resolve_device(device)
         model, cfg = load_trained(checkpoint, device=dev)
         from cmemd.benchmarks.registry import get_benchmark
+        from cmemd.config import option_values
 
         d, e = cfg.data, cfg.eval
         spec = get_benchmark(d.dataset)
@@ -322,11 +317,9 @@ def eval_cmd(
             raise ConfigError(f"--trial {trial}: this model was trained on {spec.title} trial {d.trial}; testing it on "
                               "another trial's split leaks training ids (one model per trial)")
         d = replace(d, root=str(data) if data else d.root)
-        e = replace(e, modes=list(mode) if mode else e.modes, shots=e.shots if shots is None else shots,
-                    method=method or e.method, rand_perm=str(rand_perm) if rand_perm else e.rand_perm,
-                    trials=e.trials if trials is None else trials,
-                    flip=e.flip if flip is None else flip,
-                    directions=list(direction) if direction else e.directions)
+        hints = typing.get_type_hints(type(e))  # the eval: section, derived from the benchmarks' Options
+        e = replace(e, flip=e.flip if flip is None else flip,
+                    **option_values(options or [], {k: hints[k] for k in spec.option_names()}, spec.title))
         e = replace(e, rerank=e.rerank if rerank is None else rerank,
                     rerank_k1=e.rerank_k1 if k1 is None else k1, rerank_k2=e.rerank_k2 if k2 is None else k2,
                     rerank_lambda=e.rerank_lambda if lambda_value is None else lambda_value)
@@ -396,14 +389,9 @@ def extract_cmd(
 def eval_features_cmd(
     query: Path = typer.Argument(..., help="Query features .npz (arrays feats, pids, cams, paths)."),
     gallery: Path = typer.Argument(..., help="SYSU: the gallery POOL .npz (all visible test images); RegDB/LLCM: the other modality (LLCM: every test image of it; each trial samples it)."),
-    protocol: str = typer.Option(..., help="Dataset whose protocol to run: sysu, regdb or llcm."),
-    mode: str = typer.Option("all", help="SYSU search mode: all or indoor."),
-    shots: int = typer.Option(1, help="SYSU gallery images per (id, camera): 1 (single-shot) or 10 (multi-shot)."),
-    method: str = typer.Option("python-random", help="SYSU gallery draw: python-random or official."),
-    rand_perm: Optional[Path] = typer.Option(None, help="rand_perm_cam.mat for --method official."),
-    trials: int = typer.Option(10, help="SYSU/LLCM: number of random galleries (trials 0..n-1)."),
-    direction: Optional[str] = typer.Option(None, help="RegDB: v2t (QUERY is visible, the default) or t2v (QUERY is thermal); LLCM: t2v (the default; QUERY is NIR), v2t or v2t-authors (QUERY is visible)."),
-    trial: int = typer.Option(1, help="RegDB: the split number (1..10) the features belong to (a label)."),
+    options: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="The protocol's options as KEY=VALUE (the keyword arguments of the benchmark's evaluate_features), e.g. SYSU-MM01 mode=indoor shots=10 method=official rand_perm=PATH trials=10; RegDB direction=t2v (QUERY thermal; default v2t, QUERY visible); LLCM direction=v2t|v2t-authors (QUERY visible; default t2v, QUERY NIR) trials=10; an unknown key lists the benchmark's options."),
+    protocol: str = typer.Option(..., help="Benchmark whose protocol to run (a name in cmemd.benchmarks.registry: sysu, regdb, llcm, ...)."),
+    trial: int = typer.Option(1, help="The numbered split (RegDB 1..10) the features belong to (a label)."),
     feature_name: Optional[str] = typer.Option(None, help="Name of the feature, shown in the table (e.g. bn-neck)."),
     per_trial: bool = typer.Option(False, help="Print one row per trial as well."),
     out: Optional[Path] = typer.Option(None, help="Write the results as JSON here."),
@@ -414,27 +402,30 @@ def eval_features_cmd(
 ) -> None:
     """Evaluate saved features with a dataset's protocol (no model involved)."""
     import json
+    import typing
 
     from cmemd.benchmarks.registry import BENCHMARKS, known
+    from cmemd.config import option_values
     from cmemd.evaluation import ReRanking, format_results, load_features, save_json, to_dict
     from cmemd.folders import check_output_file
 
     try:
-        _check_flags(shots=shots, trials=trials, trial=trial, k1=k1, k2=k2, lambda_value=lambda_value)
+        _check_flags(trial=trial, k1=k1, k2=k2, lambda_value=lambda_value)
         if protocol not in BENCHMARKS:
             raise ConfigError(f"--protocol {protocol!r} is unknown; use one of {', '.join(BENCHMARKS)} ({known()})")
         spec = BENCHMARKS[protocol]
         if out is not None:  # before the work, not after
             check_output_file(out, "--out")
+        hints = typing.get_type_hints(type(spec).evaluate_features)
+        names = [n for n in spec.feature_option_names() if n != "trial"]  # --trial is the common flag
+        kwargs = option_values(options or [], {n: hints[n] for n in names}, spec.title)  # before any file is read
+        if "trial" in spec.feature_option_names():
+            kwargs["trial"] = trial
         q, g = load_features(query), load_features(gallery)
-        options = dict(mode=mode, shots=shots, method=method, trials=trials, rand_perm=rand_perm, trial=trial)
-        if direction is not None:
-            options["direction"] = direction
-        options = {k: v for k, v in options.items() if k in spec.feature_option_names()}  # the flags it reads
         runs = {"plain": None}
         if rerank:
             runs["reranked"] = ReRanking(k1, k2, lambda_value)
-        res = {key: spec.evaluate_features(q, g, feature_name=feature_name, rerank=rr, **options)
+        res = {key: spec.evaluate_features(q, g, feature_name=feature_name, rerank=rr, **kwargs)
                for key, rr in runs.items()}
         typer.echo("\n\n".join(format_results(r, per_trial=per_trial) for r in res.values()))
         if out is not None:

@@ -508,6 +508,35 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(str(e).replace("ModelConfig.", "model.")) from None
 
 
+def option_values(pairs: list[str] | tuple[str, ...], types: dict[str, Any], owner: str) -> dict[str, Any]:
+    """A benchmark's protocol options from ``key=value`` strings (the CLI's arguments after the flags): each key one
+    of ``types`` (``eval.key`` works too), each value parsed as YAML and type-checked as in a config, a numeric
+    one checked against ``RANGES["eval.<key>"]``. ConfigError names the pair, and ``owner``'s options when the key
+    is not one of them."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().removeprefix("eval.")
+        if not sep or not key:
+            raise ConfigError(f"{pair!r}: expected KEY=VALUE, e.g. trials=3 (the options of {owner}: "
+                              f"{', '.join(sorted(types)) or 'none'})")
+        if key not in types:
+            raise ConfigError(f"{pair!r}: {key!r} is not an option of {owner}; its options: "
+                              f"{', '.join(sorted(types)) or 'none'}")
+        try:
+            value: Any = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{pair!r}: the value is not valid YAML ({str(e).splitlines()[0]}); write a number, "
+                              "a word, or a list like [all, indoor]") from None
+        value = _coerce(value, types[key], key, "command line")
+        rng = RANGES.get(f"eval.{key}")
+        for v in value if isinstance(value, list) else [value]:
+            if rng is not None and isinstance(v, (int, float)) and not rng.admits(v):
+                raise ConfigError(f"{key}={value!r}: must be {rng.describe(isinstance(v, int))}")
+        out[key] = value
+    return out
+
+
 def config_from_dict(d: dict, source: str = "checkpoint") -> TrainConfig:
     """Rebuild a TrainConfig from :meth:`TrainConfig.to_dict` output (e.g. stored in a checkpoint)."""
     cfg = TrainConfig()
@@ -522,5 +551,6 @@ def dump_config(cfg: TrainConfig, path: str | Path) -> None:
 __all__ = [
     "TrainConfig", "DataConfig", "ModelSettings", "LossSettings", "OptimSettings", "EvalSettings", "RunSettings",
     "load_config", "resolve_config", "packaged_configs", "apply_overrides", "validate", "config_from_dict", "dump_config",
+    "eval_settings_class", "option_values",
     "Range", "RANGES", "numeric_fields",
 ]

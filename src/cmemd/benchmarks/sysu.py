@@ -107,7 +107,7 @@ def load_rand_perm(path: str | Path) -> RandPerm:
     if not path.is_file():
         raise DatasetError(
             f"{path}: rand_perm_cam.mat not found; it ships with the SYSU-MM01 authors' evaluation code "
-            "(or use --method python-random)"
+            "(or use method=python-random)"
         )
     try:
         mat = scipy.io.loadmat(str(path))
@@ -186,7 +186,7 @@ def draw_gallery(
         return np.asarray(chosen, dtype=np.int64)
 
     if rand_perm is None:
-        raise DatasetError("method 'official' needs the path of rand_perm_cam.mat (--rand-perm PATH)")
+        raise DatasetError("method 'official' needs the path of rand_perm_cam.mat (rand_perm=PATH)")
     rp = rand_perm if isinstance(rand_perm, RandPerm) else load_rand_perm(rand_perm)
     if not 0 <= trial < rp.num_trials:
         raise DatasetError(f"{rp.path}: trial must be in 0..{rp.num_trials - 1}, got {trial}")
@@ -320,7 +320,7 @@ def evaluate_sysu(
     trial_ids = trial_list(trials)
     params = as_reranking(rerank)
     if method == "official" and rand_perm is None:
-        raise EvaluationError("method='official' needs rand_perm: the path of rand_perm_cam.mat (--rand-perm PATH)")
+        raise EvaluationError("method='official' needs rand_perm: the path of rand_perm_cam.mat (rand_perm=PATH)")
 
     qf, pf = check_feat_pair(query_feats, pool_feats, "query_feats", "pool_feats")
     qp = check_labels(query_pids, "query_pids", qf.shape[0], "query_feats")
