@@ -78,7 +78,7 @@ def _check_flags(**values: Any) -> None:
 @data_app.command("stats")
 def data_stats(
     root: Path = typer.Argument(..., help="Dataset root (any known layout)."),
-    layout: Optional[str] = typer.Option(None, help="Benchmark name in cmemd.benchmarks.registry (sysu, regdb, llcm, ...); detected from the folder when omitted."),
+    layout: Optional[str] = typer.Option(None, help="Benchmark name in cmemd.benchmarks.registry (an unknown one lists them); detected from the folder when omitted."),
 ) -> None:
     """Print per-split, per-camera and per-modality image counts and the totals per modality."""
     from cmemd.benchmarks.stats import dataset_stats, format_stats
@@ -92,7 +92,7 @@ def data_stats(
 @data_app.command("check")
 def data_check(
     root: Path = typer.Argument(..., help="Dataset root (any known layout)."),
-    layout: Optional[str] = typer.Option(None, help="Benchmark name in cmemd.benchmarks.registry (sysu, regdb, llcm, ...); detected from the folder when omitted."),
+    layout: Optional[str] = typer.Option(None, help="Benchmark name in cmemd.benchmarks.registry (an unknown one lists them); detected from the folder when omitted."),
     decode: bool = typer.Option(True, help="Decode every image (slow on the full datasets)."),
 ) -> None:
     """Validate a dataset root and report every problem at once."""
@@ -113,14 +113,14 @@ def data_check(
 @data_app.command("synth")
 def data_synth(
     out: Path = typer.Option(..., "--out", help="Output folder (must be empty or absent unless --force)."),
-    layout: str = typer.Option("sysu", help="Dataset layout to write: sysu, regdb or llcm (any registry entry with a generator)."),
-    ids: Optional[int] = typer.Option(None, help="Number of identities [sysu 300, regdb 100, llcm 60]."),
+    layout: str = typer.Option("sysu", help="Dataset layout to write: any benchmark in cmemd.benchmarks.registry with a generator (an unknown one lists them)."),
+    ids: Optional[int] = typer.Option(None, help="Number of identities [the layout's default: sysu 300]."),
     seed: int = typer.Option(0, help="Seed; the same seed gives byte-identical files."),
     height: int = typer.Option(128, help="Image height in pixels."),
     width: int = typer.Option(64, help="Image width in pixels."),
     workers: int = typer.Option(1, help="Worker processes (the output does not depend on it)."),
-    images_min: Optional[int] = typer.Option(None, help="SYSU/LLCM: fewest images per (id, camera) [sysu 10, llcm 2]."),
-    images_max: Optional[int] = typer.Option(None, help="SYSU/LLCM: most images per (id, camera) [sysu 20, llcm 4]."),
+    images_min: Optional[int] = typer.Option(None, help="Fewest images per (id, camera), where the layout draws a count [the layout's default: sysu 10]."),
+    images_max: Optional[int] = typer.Option(None, help="Most images per (id, camera), where the layout draws a count [the layout's default: sysu 20]."),
     palette_size: int = typer.Option(4, help="Colours in the shared palette (2..16)."),
     variation: float = typer.Option(0.4, help="Pose / view / box variation strength (0..1)."),
     occlusion_rate: float = typer.Option(0.1, help="Probability that an image is partly occluded."),
@@ -128,7 +128,7 @@ def data_synth(
     camera_gap: float = typer.Option(0.2, help="How different the cameras look (0..1)."),
     force: bool = typer.Option(False, "--force", help="Replace the synthetic set in a non-empty folder the generator made (its files are removed first); a folder cmemd did not make is refused."),
 ) -> None:
-    """Generate the synthetic visible-thermal benchmark in a dataset's layout (SYSU-MM01, RegDB, LLCM)."""
+    """Generate the synthetic visible-thermal benchmark in a dataset's layout (any registered benchmark with a generator)."""
     import json
     import time
 
@@ -172,7 +172,7 @@ def data_preview(
     root: Path = typer.Argument(..., help="Dataset root (any known layout, real or synthetic)."),
     out: Path = typer.Option(Path("preview.png"), "--out", help="Image file to write: .png, .jpg or .bmp."),
     ids: int = typer.Option(6, help="Number of identities (rows)."),
-    per_camera: int = typer.Option(2, help="Images per camera (SYSU, LLCM: per sensor) or pairs / 2 (RegDB)."),
+    per_camera: int = typer.Option(2, help="Images per camera (per sensor, or pairs / 2 for an aligned rig; the benchmark lays out the columns)."),
 ) -> None:
     """Write a grid of images: rows are identities, columns cameras and modalities (as the dataset lays them out)."""
     from cmemd.benchmarks.stats import preview_grid
@@ -214,7 +214,7 @@ def train_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="YAML config file, or a packaged config's name (`cmemd configs`)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.epochs=5 run.out_dir=runs/x"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in run.out_dir from its last checkpoint."),
-    all_trials: bool = typer.Option(False, "--all-trials", help="Datasets with numbered training splits (RegDB): train one model per trial and report the mean."),
+    all_trials: bool = typer.Option(False, "--all-trials", help="Datasets with numbered training splits: train one model per trial and report the mean."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the evaluation after training."),
 ) -> None:
     """Train a model (CM-EMD or a baseline) and evaluate it on the test protocol.
@@ -278,9 +278,9 @@ def _resume_command() -> str:
 def eval_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A last.pt written by `cmemd train`."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: the one the model was trained on)."),
-    options: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="The benchmark's protocol options as KEY=VALUE (its eval.* settings; omitted ones keep the checkpoint's), e.g. SYSU-MM01 modes=[all,indoor] shots=10 method=official rand_perm=PATH trials=10, LLCM directions=[t2v,v2t-authors] trials=10; an unknown key lists the benchmark's options."),
+    options: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="The benchmark's protocol options as KEY=VALUE (its eval.* settings; omitted ones keep the checkpoint's), e.g. SYSU-MM01 modes=[all,indoor] shots=10 method=official rand_perm=PATH trials=10; an unknown key lists the benchmark's options."),
     protocol: Optional[str] = typer.Option(None, help="Dataset whose protocol to run (default and only choice: the training dataset's)."),
-    trial: Optional[int] = typer.Option(None, help="The numbered training split (RegDB 1..10; must be the one the model was trained on)."),
+    trial: Optional[int] = typer.Option(None, help="The numbered training split (1..10; must be the one the model was trained on)."),
     out: Optional[Path] = typer.Option(None, help="Write the results as JSON here."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report (CMC, ranked lists, t-SNE, per-trial table) into this folder."),
@@ -290,7 +290,7 @@ def eval_cmd(
     k2: Optional[int] = typer.Option(None, "--k2", help="Re-ranking k2 (query expansion) [eval.rerank_k2, 6]."),
     lambda_value: Optional[float] = typer.Option(None, "--lambda-value", help="Re-ranking weight of the original distance [eval.rerank_lambda, 0.3]."),
 ) -> None:
-    """Evaluate a trained checkpoint with its dataset's protocol (SYSU-MM01, RegDB, LLCM)."""
+    """Evaluate a trained checkpoint with its benchmark's protocol."""
     import typing
     from dataclasses import replace
 
@@ -362,7 +362,7 @@ def extract_cmd(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Test-time flip: average each image's feature with its mirror's (default: the model's eval.flip)."),
 ) -> None:
-    """Save the features of the dataset's test sets as .npz (SYSU query + gallery_pool, RegDB visible/thermal of the trial, LLCM visible/thermal)."""
+    """Save the features of the benchmark's test sets as .npz, one file per set (SYSU-MM01: query + gallery_pool)."""
     from cmemd.engine.extract import extract_features
     from cmemd.app.run import evaluation_sets, load_trained, resolve_device
     from cmemd.evaluation.features import save_features
@@ -388,10 +388,10 @@ def extract_cmd(
 @app.command("eval-features")
 def eval_features_cmd(
     query: Path = typer.Argument(..., help="Query features .npz (arrays feats, pids, cams, paths)."),
-    gallery: Path = typer.Argument(..., help="SYSU: the gallery POOL .npz (all visible test images); RegDB/LLCM: the other modality (LLCM: every test image of it; each trial samples it)."),
-    options: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="The protocol's options as KEY=VALUE (the keyword arguments of the benchmark's evaluate_features), e.g. SYSU-MM01 mode=indoor shots=10 method=official rand_perm=PATH trials=10; RegDB direction=t2v (QUERY thermal; default v2t, QUERY visible); LLCM direction=v2t|v2t-authors (QUERY visible; default t2v, QUERY NIR) trials=10; an unknown key lists the benchmark's options."),
-    protocol: str = typer.Option(..., help="Benchmark whose protocol to run (a name in cmemd.benchmarks.registry: sysu, regdb, llcm, ...)."),
-    trial: int = typer.Option(1, help="The numbered split (RegDB 1..10) the features belong to (a label)."),
+    gallery: Path = typer.Argument(..., help="The gallery side as the benchmark's evaluate_features takes it (SYSU-MM01: the gallery POOL .npz, all visible test images; each trial draws from it)."),
+    options: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="The protocol's options as KEY=VALUE (the keyword arguments of the benchmark's evaluate_features), e.g. SYSU-MM01 mode=indoor shots=10 method=official rand_perm=PATH trials=10, a two-direction benchmark direction=t2v (QUERY thermal); an unknown key lists the benchmark's options."),
+    protocol: str = typer.Option(..., help="Benchmark whose protocol to run (a name in cmemd.benchmarks.registry; an unknown one lists them)."),
+    trial: int = typer.Option(1, help="The numbered split (1..10) the features belong to (a label)."),
     feature_name: Optional[str] = typer.Option(None, help="Name of the feature, shown in the table (e.g. bn-neck)."),
     per_trial: bool = typer.Option(False, help="Print one row per trial as well."),
     out: Optional[Path] = typer.Option(None, help="Write the results as JSON here."),

@@ -26,9 +26,14 @@ else:
 import yaml
 
 from cmemd.benchmarks.registry import BENCHMARKS, known
-from cmemd.engine.objective import Objective
+from cmemd.data.transforms import CHANNEL_AUG_KINDS
+from cmemd.engine.objective import ALIGN_FEATURES, DL_VARIANTS, GRANULARITIES, Objective
+from cmemd.engine.schedule import OPTIMIZERS
+from cmemd.engine.trainer import AMP_MODES
 from cmemd.errors import ConfigError, EvaluationError
+from cmemd.losses.alignment import ALIGNMENT_LOSSES, COSTS, SOLVERS
 from cmemd.models import ModelConfig
+from cmemd.models.vtreid import ACCUMULATE, POOLINGS, TEST_FEATURES, TEST_GLOBALS, TEST_LOCALS
 
 
 @dataclass
@@ -351,13 +356,6 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
 
 def _choices() -> dict[str, tuple[str, ...]]:
     """Enumerated settings and their choices, as the library defines them."""
-    from cmemd.data.transforms import CHANNEL_AUG_KINDS
-    from cmemd.engine.objective import ALIGN_FEATURES, DL_VARIANTS, GRANULARITIES
-    from cmemd.engine.schedule import OPTIMIZERS
-    from cmemd.engine.trainer import AMP_MODES
-    from cmemd.losses.alignment import ALIGNMENT_LOSSES, COSTS, SOLVERS
-    from cmemd.models.vtreid import ACCUMULATE, POOLINGS, TEST_FEATURES, TEST_GLOBALS, TEST_LOCALS
-
     return {
         "data.channel_aug_kind": CHANNEL_AUG_KINDS,
         "model.pooling": POOLINGS,

@@ -398,7 +398,7 @@ def _check_resume_config(saved_path: Path, cfg: TrainConfig) -> None:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, evaluate_after: bool = True) -> TrainOutcome:
-    """Train one model as ``cfg`` says (one RegDB trial), write the run directory, evaluate at the end.
+    """Train one model as ``cfg`` says (one numbered trial where the benchmark has them), write the run directory, evaluate at the end.
 
     The run folder is locked while the run writes it (:func:`cmemd.folders.lock_folder`, taken by the process that
     writes it: rank 0 under DDP): a second run into the same ``run.out_dir`` is a :class:`TrainingError` naming the
@@ -583,7 +583,7 @@ def ddp_batch_layout(cfg: TrainConfig, records: list[ImageRecord], world: int) -
 
 def train_all_trials(cfg: TrainConfig, *, resume: bool = False, evaluate_after: bool = True,
                      echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """One model per numbered training split of the dataset (RegDB's trials 1..10), each in
+    """One model per numbered training split of the dataset (e.g. trials 1..10), each in
     ``<run.out_dir>/trial<t>``; returns (and writes to ``<run.out_dir>/results.json``) the results of the
     same setting combined over the trials, ``{"<dataset> <n> trials <setting>": ProtocolResult}``.
     A dataset with one training split is a :class:`ConfigError`."""
@@ -605,7 +605,7 @@ def train_all_trials(cfg: TrainConfig, *, resume: bool = False, evaluate_after: 
         if Path(cfg_t.run.out_dir, "results.json").exists() and resume:
             echo("    finished earlier; loading its results")
         out = train(cfg_t, resume=resume, evaluate_after=evaluate_after)
-        for name, r in out.results.items():  # "regdb trial t v2t[, re-ranked (...)]"
+        for name, r in out.results.items():  # "<benchmark> trial t <direction>[, re-ranked (...)]"
             per_trial.setdefault(name.split(f"trial {t} ", 1)[-1], []).append(r)
     combined = {f"{spec.name} {n} trials {k}": combine_results(v) for k, v in per_trial.items() if v}
     if combined:
@@ -708,9 +708,8 @@ def _val_selector(cfg: TrainConfig, device: torch.device):
 
 def evaluation_sets(cfg: TrainConfig, root: Optional[str] = None) -> dict[str, list[ImageRecord]]:
     """The named test sets the protocol of ``cfg`` evaluates on ``root`` (default: the training root), as the
-    dataset's registry entry lists them: SYSU-MM01 ``query`` (cam3/cam6) and ``gallery_pool`` (every visible
-    test image; each trial draws its gallery from it); RegDB the visible and thermal test images of the trained
-    trial; LLCM every ``visible`` and ``thermal`` (NIR) test image."""
+    benchmark's ``test_sets`` names them (e.g. SYSU-MM01 ``query``, cam3/cam6, and ``gallery_pool``, every
+    visible test image; each trial draws its gallery from it)."""
     from cmemd.benchmarks.registry import get_benchmark
 
     return get_benchmark(cfg.data.dataset).test_sets(root or cfg.data.root, trial=cfg.data.trial)
@@ -742,9 +741,8 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
                    progress: bool = True, return_features: bool = False) -> Any:
     """Evaluate a model on the dataset of ``cfg`` (or ``root``) with the protocol in ``cfg.eval``.
 
-    Returns ``{setting name: ProtocolResult}``: SYSU modes (features extracted once for the query and
-    for the pool images the trials draw), RegDB's two directions of the trained trial, LLCM's
-    ``eval.directions`` over ``eval.trials`` samples. With ``cfg.eval.rerank`` each setting is followed by its
+    Returns ``{setting name: ProtocolResult}``, the benchmark's settings (e.g. SYSU-MM01's modes, features
+    extracted once for the query and for the pool images the trials draw) with its ``eval.*`` options. With ``cfg.eval.rerank`` each setting is followed by its
     k-reciprocal re-ranked result, named ``"<setting>, re-ranked (k-reciprocal, k1=.., k2=.., λ=..)"``.
     With ``return_features=True`` returns ``(results, features)``, ``features`` = ``{"query": FeatureSet,
     "gallery": FeatureSet, "query_modality", "gallery_modality", "removal"}`` (every thermal test image against
