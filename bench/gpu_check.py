@@ -307,6 +307,7 @@ def build(sz: Sizes, dev, *, amp: str = "none", channels_last: bool = False, see
     from cmemd.data.dataset import Batch
     from cmemd.engine.schedule import build_optimizer
     from cmemd.engine.trainer import Trainer
+    from cmemd.layout import BatchLayout
     from cmemd.models import build_model
 
     P = P or sz.P
@@ -327,7 +328,9 @@ def build(sz: Sizes, dev, *, amp: str = "none", channels_last: bool = False, see
     pids = torch.arange(P).repeat_interleave(sz.K).repeat(2)
     mods = torch.cat([torch.zeros(n, dtype=torch.long), torch.ones(n, dtype=torch.long)])
     trainer.model.train()
-    return trainer, Batch(images, pids, mods, torch.arange(2 * n))
+    # the layout the training loader's collate attaches: without it the step takes the slow path (host reads)
+    layout = BatchLayout.from_labels(pids.tolist(), mods.tolist())
+    return trainer, Batch(images, pids, mods, torch.arange(2 * n), layout)
 
 
 def make_data(root: Path, sz: Sizes) -> Path:

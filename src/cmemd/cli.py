@@ -455,6 +455,7 @@ def demo_cmd(
     Data and runs go under the current folder (data/demo_sysu, runs/demo) unless --data-dir / --out-dir say otherwise.
     """
     from cmemd.app.demo import run_demo
+    from cmemd.app.run import TrainingInterrupted
 
     try:
         _check_flags(ids=ids, epochs=epochs)
@@ -462,6 +463,11 @@ def demo_cmd(
                  echo=typer.echo, write_report=_write_report)
     except CmemdError as e:
         _fail(e)
+    except (TrainingInterrupted, KeyboardInterrupt) as e:
+        # the demo trains from scratch each time (its run folder is replaced), so there is nothing to resume
+        typer.secho(f"demo interrupted; its run folder {out_dir} is incomplete and the next `cmemd demo` (or "
+                    "`make demo`) replaces it", fg=typer.colors.RED, err=True)
+        raise typer.Exit(code=getattr(e, "exit_code", 130)) from None
 
 
 # --------------------------------------------------------------------------- using a trained model

@@ -79,7 +79,7 @@ def test_cuda_index_beyond_the_gpus_present_is_a_config_error(monkeypatch):
         resolve_device("cuda:0")
 
 
-def test_train_selects_the_gpu_after_setting_the_cublas_workspace(monkeypatch, restore_torch_flags):
+def test_train_selects_the_gpu_after_setting_the_cublas_workspace(monkeypatch, restore_torch_flags, tmp_path):
     """train() on run.device=cuda:1 with run.deterministic=true: CUBLAS_WORKSPACE_CONFIG is set while CUDA has
     not started, then GPU 1 is selected; stopped right after (no GPU here) by a sentinel in the thread policy."""
     fake = FakeCuda(monkeypatch, count=2)
@@ -94,7 +94,7 @@ def test_train_selects_the_gpu_after_setting_the_cublas_workspace(monkeypatch, r
         raise Stop
 
     monkeypatch.setattr("cmemd.threads.apply_thread_policy", thread_policy)
-    cfg = load_config("synth_cmemd", ["run.device=cuda:1", "run.deterministic=true"])
+    cfg = load_config("synth_cmemd", ["run.device=cuda:1", "run.deterministic=true", f"run.out_dir={tmp_path / 'run'}"])
     with pytest.raises(Stop):
         train(cfg, progress=False)
     assert seen == [([("set_device", CUDA1)], ":4096:8")]

@@ -243,3 +243,19 @@ def test_extract_and_eval_features_check_their_outputs_first(tmp_path):
     res = runner.invoke(app, ["eval-features", str(tmp_path / "q.npz"), str(tmp_path / "g.npz"), "--protocol", "sysu",
                               "--out", str(tmp_path)])
     assert res.exit_code == 2 and "is a folder" in res.output, res.output
+
+
+@pytest.mark.parametrize("signum,code", [(2, 130), (15, 143)])
+def test_demo_interrupted_in_training_says_so_and_exits_with_the_signals_code(tmp_path, monkeypatch, signum, code):
+    """Ctrl-C / SIGTERM during the demo's training: one clear line and the shell's code, not a traceback."""
+    import cmemd.app.demo as demo
+    from cmemd.app.run import TrainingInterrupted
+
+    def interrupted(**_):
+        raise TrainingInterrupted(signum, 0, 3, tmp_path / "runs" / "last.pt")
+
+    monkeypatch.setattr(demo, "run_demo", interrupted)
+    res = runner.invoke(app, ["demo", "--data-dir", str(tmp_path / "d"), "--out-dir", str(tmp_path / "runs")])
+    assert res.exit_code == code, res.output
+    assert "demo interrupted" in res.output, res.output
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception  # no traceback
