@@ -31,7 +31,7 @@ Rows (criteria in the report's table; sizes of the paper model: ResNet-50, 288x1
   ``CUBLAS_WORKSPACE_CONFIG`` is set before CUDA starts;
 - a 2-process DDP launch (NCCL on 2+ GPUs, else gloo on the CPU at small sizes) with ``loss.lambda_dl=0``,
   ``run.max_minutes`` stopping it after the first epoch, evaluation on, and ``--resume`` to the end;
-- training (``cmemd.app.run.train``, the sysu_cmemd settings without ImageNet weights) on the synthetic data for two
+- training (``cmemd.app.train.train``, the sysu_cmemd settings without ImageNet weights) on the synthetic data for two
   epochs: img/s with autotuning off and on, and the projected time of one SYSU-MM01 epoch and of the 80-epoch recipe.
 
 ``--smoke`` runs every row at tiny sizes (ResNet-18 width 8, 32x16, 2 ids x (2 + 2)) on the CPU so that the test
@@ -302,7 +302,7 @@ def build(sz: Sizes, dev, *, amp: str = "none", channels_last: bool = False, see
     """(trainer, batch): the model, objective and optimiser `cmemd train` builds, and one fixed batch."""
     import torch
 
-    from cmemd.app.run import model_config, objective_from_config
+    from cmemd.app.train import model_config, objective_from_config
     from cmemd.config import load_config
     from cmemd.data.dataset import Batch
     from cmemd.engine.schedule import build_optimizer
@@ -750,7 +750,8 @@ def row_data(r: Row, ctx: Ctx) -> None:
 def row_extract(r: Row, ctx: Ctx) -> None:
     import torch
 
-    from cmemd.app.run import eval_loader_settings, evaluation_records, model_config
+    from cmemd.app.evaluate import eval_loader_settings, evaluation_records
+    from cmemd.app.train import model_config
     from cmemd.config import load_config
     from cmemd.engine.extract import extract_features
     from cmemd.models import build_model
@@ -798,7 +799,7 @@ def resume_experiment(sz: Sizes, dev, work: Path) -> dict:
     ``run.deterministic=true``; returns their per-step losses, where the resume started and the weight difference."""
     import torch
 
-    from cmemd.app.run import train
+    from cmemd.app.train import train
     from cmemd.config import load_config
     from cmemd.engine.checkpoint import load_checkpoint
     from cmemd.engine.trainer import Trainer
@@ -966,7 +967,7 @@ def row_ddp(r: Row, ctx: Ctx) -> None:
 def row_train(r: Row, ctx: Ctx, label: str, extra: list[str]) -> None:
     import torch
 
-    from cmemd.app.run import train
+    from cmemd.app.train import train
     from cmemd.config import load_config
 
     if ctx.cuda:

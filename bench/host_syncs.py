@@ -74,7 +74,8 @@ class _UncountedLoader:
 
 def build_trainer(config: str, overrides: list[str], root: Path, out_dir: Path, *, steps: int, log_every: int):
     """A Trainer for ``config`` at the tiny size over ``root``, ``steps`` steps in one epoch."""
-    from cmemd.app.run import model_config, objective_from_config, set_determinism, training_data
+    from cmemd.app.runtime import set_determinism
+    from cmemd.app.train import model_config, objective_from_config, training_data
     from cmemd.config import load_config
     from cmemd.data.dataset import build_train_loader
     from cmemd.engine.schedule import build_optimizer

@@ -2,7 +2,7 @@
 
     python bench/protocol_speed.py --threads 1              # single-shot; multi-shot with --shots 10
 
-Ours: ``cmemd.app.run.evaluate_model``: the query images are encoded once, the gallery draws of every trial
+Ours: ``cmemd.app.evaluate.evaluate_model``: the query images are encoded once, the gallery draws of every trial
 and mode are made first, only the pool images some trial draws are encoded (once), and each trial selects its
 columns from one similarity matrix. Field-style (the AGW/DDAG test scripts): the query is encoded once, then per
 mode and trial the gallery is drawn, *encoded again*, and scored with the per-query loop of
@@ -63,7 +63,8 @@ def main() -> None:
 
     from cmemd.config import load_config
     from cmemd.data.synth import SynthConfig, generate_sysu
-    from cmemd.app import run
+    from cmemd.app import evaluate as run
+    from cmemd.app.train import model_config
 
     cfg_synth = SynthConfig(ids=args.ids, seed=0, split=(3.0, 1.0, 2.0))
     data = ROOT / "data" / f"bench_sysu_{args.ids}"
@@ -76,7 +77,7 @@ def main() -> None:
     torch.manual_seed(0)
     from cmemd.models import build_model
 
-    model = build_model(run.model_config(cfg, num_classes=200)).eval()
+    model = build_model(model_config(cfg, num_classes=200)).eval()
     query, pool = run.evaluation_records(cfg, None)
     kw = dict(height=cfg.data.height, width=cfg.data.width, batch_size=cfg.eval.batch_size, device="cpu",
               progress=False)

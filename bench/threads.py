@@ -55,7 +55,7 @@ def worker(args: argparse.Namespace) -> None:
 
     from cmemd.config import load_config
     from cmemd.data.dataset import build_train_loader
-    from cmemd.app.run import model_config, objective_from_config, training_data
+    from cmemd.app.train import model_config, objective_from_config, training_data
     from cmemd.engine.schedule import build_optimizer
     from cmemd.engine.trainer import Trainer
     from cmemd.models import build_model

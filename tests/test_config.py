@@ -64,7 +64,7 @@ def test_sysu_baseline_is_agws_recipe():
     GeM, BN-neck + global feature, plain CE (no label smoothing) + WRT triplet, no alignment, no erasing."""
     from pathlib import Path
 
-    from cmemd.app.run import model_config
+    from cmemd.app.train import model_config
     from cmemd.models import build_model
 
     path = Path(__file__).resolve().parents[1] / "configs" / "sysu_baseline.yaml"
@@ -85,7 +85,7 @@ def test_every_library_option_is_reachable_and_nothing_is_restated():
 
     from cmemd.config import ModelSettings, _choices
     from cmemd.engine.objective import Objective
-    from cmemd.app.run import model_config, objective_from_config
+    from cmemd.app.train import model_config, objective_from_config
     from cmemd.models import ModelConfig
 
     lib_model = {f.name: f.default for f in dataclasses.fields(ModelConfig) if f.name != "num_classes"}

@@ -37,7 +37,7 @@ def identity_separation(x: np.ndarray, pids: np.ndarray, mods: np.ndarray) -> fl
 
 
 def main() -> None:
-    from cmemd.app.run import load_trained
+    from cmemd.app.evaluate import load_trained
     from cmemd.data.records import modality_index
     from cmemd.data.sysu import SYSUMM01
     from cmemd.engine.extract import extract_outputs

@@ -159,9 +159,10 @@ def work_dir(group: str, row: str, seed: int) -> Path:
 def run_diagnostics(model, cfg, data: Path) -> dict[str, float]:
     """The flat diagnostics record of ``model`` on the SYSU-layout test set at ``data`` (queries + all-search pool),
     as the config's loss sees them."""
-    from cmemd.app.run import config_diagnostics
+    from cmemd.app.train import config_diagnostics
+    from cmemd.benchmarks.synthetic import nuisance_of
     from cmemd.data.sysu import SYSUMM01
-    from cmemd.engine.diagnostics import diagnostics_record, nuisance_of
+    from cmemd.engine.diagnostics import diagnostics_record
 
     ds = SYSUMM01(data)
     test = ds.thermal() + ds.visible()
@@ -197,7 +198,7 @@ def finished(group: str, row: str, seed: int) -> dict | None:
 def run_one(group: str, row: str, seed: int, again: bool = False) -> dict:
     """Train, evaluate and diagnose one run, and write its file; a finished run is skipped (its record returned).
     ``again``: train it anyway, in data/alignment_study/again/, and print its Rank-1 beside the committed one."""
-    from cmemd.app.run import train
+    from cmemd.app.train import train
 
     rec = None if again else finished(group, row, seed)
     if rec is not None:
@@ -251,7 +252,7 @@ def backfill(group: str, row: str, seed: int) -> str:
     checks that the checkpoint is the run's. Returns what was done, one word."""
     import torch
 
-    from cmemd.app.run import load_trained
+    from cmemd.app.evaluate import load_trained
 
     done, ckpt = run_path(group, row, seed), work_dir(group, row, seed) / "last.pt"
     if not done.is_file():
@@ -282,9 +283,9 @@ def pixel_purity(ids: int = 80) -> None:
     import torch
     from PIL import Image
 
+    from cmemd.benchmarks.synthetic import NUISANCE_NUMBERS, nuisance_of
     from cmemd.data.records import modality_index
     from cmemd.data.sysu import SYSUMM01
-    from cmemd.engine.diagnostics import NUISANCE_NUMBERS, nuisance_of
     from cmemd.evaluation.modality import plan_purity, sample_identity_groups
 
     root = ensure_data(ids, None)

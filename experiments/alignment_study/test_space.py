@@ -28,7 +28,7 @@ def evaluate_forms(run: Path, test_features: list[str] | None, part: str = "glob
     """One dict per (test feature, form of ``part``) of the run's last checkpoint: R1, mAP (all-search, %), gap
     ratio, modality probe (%). ``part``: ``"global"`` varies ``model.test_global``, ``"local"`` the holistic
     part's ``model.test_local``."""
-    from cmemd.app.run import evaluate_model, load_trained, modality_gap_of
+    from cmemd.app.evaluate import evaluate_model, load_trained, modality_gap_of
 
     model, cfg = load_trained(run / "last.pt")
     out = []

@@ -33,7 +33,8 @@ def main() -> None:
 
     from cmemd.config import load_config
     from cmemd.data.synth import SynthConfig, generate_sysu
-    from cmemd.app.run import modality_diagnostics, train
+    from cmemd.app.evaluate import modality_diagnostics
+    from cmemd.app.train import train
 
     knobs = {k: getattr(args, f"synth_{k}") for k in KNOBS if getattr(args, f"synth_{k}") is not None}
     if "palette_size" in knobs:

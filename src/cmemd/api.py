@@ -99,7 +99,7 @@ def _as_image(img: Any, where: str) -> Any:
 
 
 def _check_device(device: Any) -> str:
-    """``device`` as a string :func:`cmemd.app.run.resolve_device` accepts, or InputError naming it."""
+    """``device`` as a string :func:`cmemd.app.runtime.resolve_device` accepts, or InputError naming it."""
     if isinstance(device, torch.device):
         device = str(device)
     if not isinstance(device, str):
@@ -260,7 +260,8 @@ def load(checkpoint: Union[str, Path], device: Union[str, torch.device] = "cpu")
     raise :class:`~cmemd.errors.CheckpointError`. ``device``: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a
     :class:`torch.device`; anything else (``"tpu"``) is an :class:`~cmemd.errors.InputError`.
     """
-    from cmemd.app.run import load_trained, resolve_device
+    from cmemd.app.evaluate import load_trained
+    from cmemd.app.runtime import resolve_device
 
     if not isinstance(checkpoint, (str, os.PathLike)):
         raise InputError(f"checkpoint={checkpoint!r} ({type(checkpoint).__name__}) is not accepted: pass the path of "

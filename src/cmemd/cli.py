@@ -222,12 +222,14 @@ def train_cmd(
     Ctrl-C (SIGINT) or SIGTERM stops at the next step boundary, saves a resumable checkpoint, prints the command
     that resumes and exits 130 / 143; a second signal a few seconds later stops at once without saving (the last
     complete checkpoint stays: checkpoints are written atomically)."""
-    from cmemd.app.run import TrainingInterrupted, format_all, train
+    from cmemd.app.evaluate import format_all
+    from cmemd.app.runtime import TrainingInterrupted
+    from cmemd.app.train import train
 
     try:
         cfg = _load_cfg(config, overrides or [])
         if all_trials:
-            from cmemd.app.run import train_all_trials
+            from cmemd.app.train import train_all_trials
 
             combined = train_all_trials(cfg, resume=resume, evaluate_after=not no_eval, echo=typer.echo)
             if combined:
@@ -294,8 +296,10 @@ def eval_cmd(
     import typing
     from dataclasses import replace
 
-    from cmemd.app.run import evaluate_model, format_all, load_trained, modality_gap_of, resolve_device, save_results
+    from cmemd.app.evaluate import evaluate_model, format_all, load_trained, modality_gap_of, save_results
+    from cmemd.app.runtime import resolve_device
     from cmemd.folders import check_output_file, check_output_folder
+    from cmemd.report import write_evaluation_report
 
     try:
         _check_flags(trial=trial, k1=k1, k2=k2, lambda_value=lambda_value)
@@ -330,7 +334,7 @@ def eval_cmd(
         typer.echo(f"checkpoint {checkpoint}: {cfg.model.arch}, test feature '{cfg.model.test_feature}'; data {d.root}; "
                    + (f"plain and re-ranked (k-reciprocal, k1={e.rerank_k1}, k2={e.rerank_k2}, λ={e.rerank_lambda:g})"
                       if e.rerank else "no re-ranking"))
-        results, feats = evaluate_model(model, cfg, device=dev, return_features=True)
+        results, feats = evaluate_model(model, cfg, device=dev, return_features=True, spec=spec)
         gap = modality_gap_of(feats)
         typer.echo(format_all(results))
         typer.echo(gap.format())
@@ -338,20 +342,10 @@ def eval_cmd(
             save_results(results, out, gap)
             typer.echo(f"results written to {out}")
         if report:
-            index = _write_report(report, results, feats, checkpoint=checkpoint, data=d.root)
+            index = write_evaluation_report(report, results, feats, checkpoint=checkpoint, data=d.root)
             typer.echo(f"report written to {index}")
     except CmemdError as err:
         _fail(err)
-
-
-def _write_report(folder: Path, results, feats: dict, **notes) -> Path:
-    from cmemd.report import write_report
-
-    checkpoint = notes.get("checkpoint")
-    metrics = Path(checkpoint).parent / "metrics.jsonl" if checkpoint else None
-    return write_report(folder, results, feats["query"], feats["gallery"], query_modality=feats["query_modality"],
-                        gallery_modality=feats["gallery_modality"], removal=feats["removal"], notes=notes,
-                        metrics=metrics)
 
 
 @app.command("extract")
@@ -364,7 +358,8 @@ def extract_cmd(
 ) -> None:
     """Save the features of the benchmark's test sets as .npz, one file per set (SYSU-MM01: query + gallery_pool)."""
     from cmemd.engine.extract import extract_features
-    from cmemd.app.run import evaluation_sets, load_trained, resolve_device
+    from cmemd.app.evaluate import evaluation_sets, load_trained
+    from cmemd.app.runtime import resolve_device
     from cmemd.evaluation.features import save_features
     from cmemd.folders import check_output_folder
 
@@ -455,12 +450,12 @@ def demo_cmd(
     Data and runs go under the current folder (data/demo_sysu, runs/demo) unless --data-dir / --out-dir say otherwise.
     """
     from cmemd.app.demo import run_demo
-    from cmemd.app.run import TrainingInterrupted
+    from cmemd.app.runtime import TrainingInterrupted
 
     try:
         _check_flags(ids=ids, epochs=epochs)
         run_demo(data_dir=data_dir, out_dir=out_dir, config=config, ids=ids, epochs=epochs, overrides=overrides or [],
-                 echo=typer.echo, write_report=_write_report)
+                 echo=typer.echo)
     except CmemdError as e:
         _fail(e)
     except (TrainingInterrupted, KeyboardInterrupt) as e:

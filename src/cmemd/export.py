@@ -136,7 +136,7 @@ def export_checkpoint(checkpoint: Union[str, Path], out: Union[str, Path], *, fl
                       **kw: Any) -> dict[str, Any]:
     """Load a ``cmemd train`` checkpoint and export it (see :func:`export_onnx`); ``flip=None`` follows the
     checkpoint's ``eval.flip``."""
-    from cmemd.app.run import load_trained
+    from cmemd.app.evaluate import load_trained
 
     check_opset(kw.get("opset", 17))  # before loading the checkpoint
     if not Path(out).parent.exists():

@@ -1,7 +1,8 @@
 """An evaluation report to look at: ``cmemd eval ... --report DIR`` writes ``DIR/index.html``.
 
 :func:`write_report` takes features + metadata + protocol results (never a model) and writes
-PNG figures with matplotlib's Agg backend:
+PNG figures with matplotlib's Agg backend (:func:`write_evaluation_report`: the same from what
+``evaluate_model(..., return_features=True)`` returns):
 
 - ``cmc.png``: the mean CMC curve of every evaluated setting;
 - ``ranked_lists.png``: the top-k gallery images of a seeded sample of queries, true matches
@@ -393,3 +394,16 @@ tr.mean td {{ font-weight: bold; background: #eef; }} .desc {{ font-size: 12px; 
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
     return index
+
+
+def write_evaluation_report(folder: Union[str, Path], results: Mapping[str, ProtocolResult],
+                            features: Mapping[str, Any], **notes: Any) -> Path:
+    """:func:`write_report` of what ``evaluate_model(..., return_features=True)`` returns: ``results`` and
+    ``features`` (``{"query", "gallery", "query_modality", "gallery_modality", "removal"}``), as ``cmemd eval
+    --report`` and ``cmemd demo`` write it. ``notes`` are shown at the top; a ``checkpoint`` among them also
+    brings the training curves of the ``metrics.jsonl`` beside it. Returns the ``index.html`` path."""
+    checkpoint = notes.get("checkpoint")
+    metrics = Path(checkpoint).parent / "metrics.jsonl" if checkpoint else None
+    return write_report(folder, results, features["query"], features["gallery"],
+                        query_modality=features["query_modality"], gallery_modality=features["gallery_modality"],
+                        removal=features["removal"], notes=notes, metrics=metrics)

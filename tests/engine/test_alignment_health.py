@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 
 from cmemd.config import load_config
-from cmemd.app.run import train
+from cmemd.app.train import train
 
 from .conftest import tiny_overrides
 

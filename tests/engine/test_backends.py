@@ -11,9 +11,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cmemd.app import run as app_run
-from cmemd.app.run import (Backends, configure_backends, cudnn_benchmark_choice, resolve_device, set_determinism,
-                           eval_loader_settings, train)
+from cmemd.app import evaluate as app_evaluate
+from cmemd.app import runtime as app_runtime
+from cmemd.app.evaluate import eval_loader_settings
+from cmemd.app.runtime import Backends, configure_backends, cudnn_benchmark_choice, resolve_device, set_determinism
+from cmemd.app.train import model_config, train
 from cmemd.config import load_config
 from cmemd.errors import ConfigError
 
@@ -54,18 +56,18 @@ def test_cuda_index_selects_that_gpu_and_the_environment_names_it(monkeypatch):
     fake = FakeCuda(monkeypatch, count=2)
     dev = resolve_device("cuda:1")
     assert dev == CUDA1 and fake.calls == [("set_device", CUDA1)]
-    env = app_run.environment(device=dev)
+    env = app_runtime.environment(device=dev)
     assert env["cuda"] == "GPU model 1"  # not device 0's name
     # a bare "cuda" / "auto" selects nothing (the current device, 0 unless the caller chose) and is named as such
     fake.calls.clear()
     assert resolve_device("cuda") == CUDA and resolve_device("auto") == CUDA and fake.calls == []
-    assert app_run.environment(device=CUDA)["cuda"] == "GPU model 0"
+    assert app_runtime.environment(device=CUDA)["cuda"] == "GPU model 0"
     # select=False (train: CUBLAS_WORKSPACE_CONFIG first) leaves the selection to select_device
     fake.calls.clear()
     assert resolve_device("cuda:1", select=False) == CUDA1 and fake.calls == []
-    app_run.select_device(CUDA1)
-    app_run.select_device(CUDA)
-    app_run.select_device(CPU)
+    app_runtime.select_device(CUDA1)
+    app_runtime.select_device(CUDA)
+    app_runtime.select_device(CPU)
     assert fake.calls == [("set_device", CUDA1)]
 
 
@@ -90,7 +92,7 @@ def test_train_selects_the_gpu_after_setting_the_cublas_workspace(monkeypatch, r
         pass
 
     def thread_policy(*a, **k):
-        seen.append((list(fake.calls), app_run.os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
+        seen.append((list(fake.calls), app_runtime.os.environ.get("CUBLAS_WORKSPACE_CONFIG")))
         raise Stop
 
     monkeypatch.setattr("cmemd.threads.apply_thread_policy", thread_policy)
@@ -107,7 +109,7 @@ def test_deterministic_on_cuda_sets_the_cublas_workspace_and_errors_instead_of_w
     fake = FakeCuda(monkeypatch)
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     note = set_determinism(0, True, CUDA)
-    assert app_run.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert app_runtime.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
     assert torch.backends.cudnn.deterministic
     assert "CUBLAS_WORKSPACE_CONFIG=:4096:8 set before CUDA started" in note
@@ -115,22 +117,22 @@ def test_deterministic_on_cuda_sets_the_cublas_workspace_and_errors_instead_of_w
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG")
     fake.initialized = True
     note = set_determinism(0, True, CUDA)
-    assert app_run.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert app_runtime.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
     assert "after CUDA had started" in note and "export CUBLAS_WORKSPACE_CONFIG" in note
     # a deterministic value the user exported is kept and named; a non-deterministic one is replaced
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
     assert "CUBLAS_WORKSPACE_CONFIG=:16:8 from the environment" in set_determinism(0, True, CUDA)
-    assert app_run.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
+    assert app_runtime.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":16:8"
     monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":0:0")
     set_determinism(0, True, CUDA)
-    assert app_run.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
+    assert app_runtime.os.environ["CUBLAS_WORKSPACE_CONFIG"] == ":4096:8"
 
 
 def test_deterministic_on_cpu_leaves_cublas_alone_and_seeds(monkeypatch, restore_torch_flags):
     monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
     note = set_determinism(7, True, CPU)
     a = (torch.rand(3), np.random.rand())
-    assert "CUBLAS_WORKSPACE_CONFIG" not in app_run.os.environ and "CUBLAS" not in note
+    assert "CUBLAS_WORKSPACE_CONFIG" not in app_runtime.os.environ and "CUBLAS" not in note
     assert torch.are_deterministic_algorithms_enabled() and not torch.is_deterministic_algorithms_warn_only_enabled()
     set_determinism(7, False, CPU)
     assert torch.equal(torch.rand(3), a[0]) and np.random.rand() == a[1]
@@ -240,17 +242,17 @@ def test_evaluation_passes_the_settings_to_the_extractor(tiny_sysu, tmp_path, mo
     from cmemd.models import build_model
 
     seen = []
-    real = app_run.extract_features
+    real = app_evaluate.extract_features
 
     def spy(model, records, **kw):
         seen.append({k: kw[k] for k in ("num_workers", "use_cache", "cache_dir", "dataset_root", "pin_memory")})
         return real(model, records, **kw)
 
-    monkeypatch.setattr(app_run, "extract_features", spy)
+    monkeypatch.setattr(app_evaluate, "extract_features", spy)
     cfg = load_config("synth_cmemd", tiny_overrides(tiny_sysu, tmp_path / "run", **{
         "data.cache": True, "data.cache_dir": tmp_path / "cache", "eval.trials": 1, "eval.modes": "[all]"}))
-    model = build_model(app_run.model_config(cfg, 12))
-    app_run.evaluate_model(model, cfg, progress=False)
+    model = build_model(model_config(cfg, 12))
+    app_evaluate.evaluate_model(model, cfg, progress=False)
     assert seen and all(s == dict(num_workers=0, use_cache=True, cache_dir=str(tmp_path / "cache"),
                                   dataset_root=str(tiny_sysu), pin_memory=False) for s in seen)
     assert list((tmp_path / "cache").glob("*.npy"))  # the test images were cached

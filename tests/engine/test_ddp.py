@@ -44,7 +44,8 @@ def _worker(rank: int, world: int, port: int, root: str, out: str) -> None:
     import signal
 
     import cmemd.data.cache as cache_module
-    from cmemd.app.run import TrainingInterrupted, train
+    from cmemd.app.runtime import TrainingInterrupted
+    from cmemd.app.train import train
     from cmemd.config import load_config
     from cmemd.engine.trainer import Trainer
     from cmemd.errors import TrainingError
@@ -128,7 +129,7 @@ def test_two_process_ddp(tiny_sysu, tmp_path):
     are the means of the ranks' own terms, and the steps per epoch are the docs' (the one-GPU count)."""
     import json
 
-    from cmemd.app.run import training_data
+    from cmemd.app.train import training_data
     from cmemd.config import load_config
     from cmemd.engine.checkpoint import read_checkpoint
 
@@ -174,7 +175,7 @@ def test_two_process_ddp(tiny_sysu, tmp_path):
         assert torch.equal(ck["model"][k], s0[k])
     # the DDP run's optimiser has the plain model's two groups (the wrapper once put everything in "heads" at
     # lr 0.1), without the frozen stripe weights
-    from cmemd.app.run import model_config, objective_from_config
+    from cmemd.app.train import model_config, objective_from_config
     from cmemd.engine.schedule import build_optimizer
     from cmemd.models import build_model
 
@@ -293,7 +294,7 @@ def test_batch_layout_of_each_mode(tiny_sysu, tmp_path):
     """What data.ddp_batch means for W ranks, without launching them: the ids per rank, the steps per epoch (the
     one-GPU count in both modes, as docs/reproduce.md says; a sampler built with that layout agrees), and an
     uneven split of the global batch refused with the fix named."""
-    from cmemd.app.run import ddp_batch_layout, training_data
+    from cmemd.app.train import ddp_batch_layout, training_data
     from cmemd.config import load_config
     from cmemd.data.sampler import CrossModalityIdentitySampler
     from cmemd.errors import ConfigError

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from cmemd.config import load_config
-from cmemd.app import run
+from cmemd.app import evaluate as run
+from cmemd.app.train import model_config
 from cmemd.benchmarks.sysu import gallery_draws as sysu_gallery_draws
 from cmemd.models import build_model
 
@@ -16,7 +17,7 @@ from .conftest import tiny_overrides
 def test_sysu_evaluation_encodes_only_drawn_images_and_matches_full_pool(tiny_sysu, tmp_path, monkeypatch):
     cfg = load_config("configs/synth_cmemd.yaml", tiny_overrides(tiny_sysu, tmp_path / "run", **{"eval.trials": 3}))
     torch.manual_seed(0)
-    model = build_model(run.model_config(cfg, num_classes=8)).eval()
+    model = build_model(model_config(cfg, num_classes=8)).eval()
     encoded: dict[str, int] = {}
     real = run.extract_features
 

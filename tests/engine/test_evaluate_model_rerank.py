@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from cmemd.config import load_config
-from cmemd.app import run
+from cmemd.app import evaluate as run
+from cmemd.app.train import model_config
 from cmemd.errors import ConfigError
 from cmemd.benchmarks.sysu import evaluate_sysu
 from cmemd.evaluation import ReRanking
@@ -20,7 +21,7 @@ def test_rerank_adds_a_labelled_result_after_each_plain_one(tiny_sysu, tmp_path)
                                                          "eval.rerank_k2": 2, "eval.rerank_lambda": 0.4})
     cfg = load_config("configs/synth_cmemd.yaml", over)
     torch.manual_seed(0)
-    model = build_model(run.model_config(cfg, num_classes=8)).eval()
+    model = build_model(model_config(cfg, num_classes=8)).eval()
     results, feats = run.evaluate_model(model, cfg, progress=False, return_features=True)
     label = ReRanking(5, 2, 0.4).label()
     names = list(results)

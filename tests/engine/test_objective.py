@@ -1,11 +1,15 @@
 """Which features the alignment sees (align_feature) and the logged feature-health terms."""
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import pytest
 import torch
 
 from cmemd.engine.objective import Objective, aligned_features, health_terms
 from cmemd.errors import ConfigError
+from cmemd.losses.alignment import ALIGNMENT_LOSSES
 from cmemd.models.vtreid import VTOutput
 
 
@@ -54,3 +58,30 @@ def test_health_terms_count_shared_prefix_units_once():
     assert t["dead_accum"] == pytest.approx(2 / 4)  # shared reduction: silent for every prefix
     assert t["dead_accum_prefix"] == pytest.approx(6 / 8)  # (prefix, unit) pairs silent for every image
     assert t["dead_global"] == 0.0 and t["norm_global"] > 0
+
+
+@pytest.mark.parametrize("alignment", ALIGNMENT_LOSSES)
+def test_the_objective_hands_every_alignment_its_options(alignment):
+    """The loss settings reach whichever alignment the objective builds; ``none`` adds no alignment term."""
+    obj = Objective(alignment=alignment, emd_cost="cosine", emd_normalize=False, emd_solver="sinkhorn",
+                    sinkhorn_eps=0.2, sinkhorn_iters=7, lambda_dl=0.0)
+    want = {"cmemd": dict(cost="cosine", normalize=False, solver="sinkhorn", eps=0.2, sinkhorn_iters=7),
+            "all-pairs": dict(cost="cosine", normalize=False), "hetero-center": dict(cost="cosine", normalize=False),
+            "mmd": dict(normalize=False), "none": {}}[alignment]
+    assert {k: getattr(obj.align, k) for k in want} == want
+    pids, mods = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1]), torch.tensor([0, 1, 0, 1, 0, 1, 1, 0])
+    _, terms = obj(_output(), pids, mods)
+    assert ("align" in terms) == (alignment != "none")
+
+
+def test_the_objective_never_branches_on_an_alignment_loss_name():
+    """engine/objective.py compares no alignment loss name (no ``alignment == "mmd"``, no ``in ("cmemd", ..)``):
+    which options a loss reads is the loss's business (AlignmentOptions)."""
+    src = Path(__file__).resolve().parents[2] / "src" / "cmemd" / "engine" / "objective.py"
+    compared = [(c.lineno, n.value) for c in ast.walk(ast.parse(src.read_text(encoding="utf-8")))
+                if isinstance(c, ast.Compare) for n in ast.walk(c)
+                if isinstance(n, ast.Constant) and n.value in ALIGNMENT_LOSSES]
+    assert not compared, f"alignment loss names compared in {src}: {compared}"
+    branch = ast.parse('if alignment in ("all-pairs", "hetero-center"):\n    pass\n')  # what the check catches
+    assert [n.value for c in ast.walk(branch) if isinstance(c, ast.Compare) for n in ast.walk(c)
+            if isinstance(n, ast.Constant)] == ["all-pairs", "hetero-center"]

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-import cmemd.app.run as run
+import cmemd.app.runtime as runtime
 
 
 class _Trainer:
@@ -22,11 +22,11 @@ class _Trainer:
 def test_first_signal_asks_repeat_is_absorbed_later_one_aborts(monkeypatch):
     before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
     trainer = _Trainer()
-    with run.stop_on_signals(trainer):
+    with runtime.stop_on_signals(trainer):
         os.kill(os.getpid(), signal.SIGTERM)
         os.kill(os.getpid(), signal.SIGINT)  # within the window: the same interruption
         assert trainer.asked == [signal.SIGTERM]
-        monkeypatch.setattr(run, "REPEAT_SIGNAL_WINDOW_S", 0.0)
+        monkeypatch.setattr(runtime, "REPEAT_SIGNAL_WINDOW_S", 0.0)
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)  # a second Ctrl-C later: abort now
         assert trainer.asked == [signal.SIGTERM]

@@ -8,7 +8,8 @@ import torch
 from cmemd.config import load_config
 from cmemd.engine.checkpoint import read_checkpoint
 from cmemd.engine.objective import Objective
-from cmemd.app.run import load_trained, train
+from cmemd.app.evaluate import load_trained
+from cmemd.app.train import train
 from cmemd.errors import CheckpointError, ConfigError, TrainingError
 from cmemd.models import ModelConfig, build_model
 from tests.engine.conftest import tiny_overrides
@@ -137,12 +138,20 @@ def test_train_then_evaluate_writes_the_run(tiny_sysu, tmp_path):
         load_trained(tmp_path / "x.pt")
 
 
-def test_validation_selection_keeps_best_and_never_uses_test(tiny_sysu, tmp_path):
+def test_validation_selection_keeps_best_and_never_uses_test(tiny_sysu, tmp_path, monkeypatch):
+    import cmemd.app.evaluate as app_evaluate
+    import cmemd.benchmarks.registry as registry
     from cmemd.data.sysu import SYSUMM01
 
     out = tmp_path / "val"
     cfg = load_config(None, tiny_overrides(tiny_sysu, out, **{"run.selection": "val"}))
+    looked_up = []
+    real_lookup = registry.get_benchmark
+    for module in (registry, app_evaluate):  # a lookup by name anywhere (function-level imports read the registry's)
+        monkeypatch.setattr(module, "get_benchmark", lambda name: looked_up.append(name) or real_lookup(name))
     outcome = train(cfg, progress=False)
+    # training data, validation hook, diagnostics hook and the final evaluation share one registry lookup
+    assert looked_up == ["sysu"] and outcome.results
     ds = SYSUMM01(tiny_sysu)
     held_out = {int(r.path.split("/")[-2]) for r in ds.thermal("val")}
     trained_ids = sorted(ds.split_ids["train"])
@@ -153,6 +162,8 @@ def test_validation_selection_keeps_best_and_never_uses_test(tiny_sysu, tmp_path
     assert best["best_val_mAP"] == max(v["val_mAP"] for v in vals)
     assert vals[best["best_epoch"]]["val_mAP"] == best["best_val_mAP"]
     assert "val ids" in best["selection"] and "test set is never used" in best["selection"]
+    diags = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"kind": "diag"' in x]
+    assert [d["epoch"] for d in diags] == [0, 1]  # the diagnostics hook logs through Trainer.log too
 
 
 def test_tensorboard_events_when_installed(tiny_sysu, tmp_path):
@@ -169,7 +180,7 @@ def test_resume_check_reads_a_key_missing_from_an_older_run_as_its_default(tmp_p
     import yaml
 
     from cmemd.config import dump_config
-    from cmemd.app.run import _check_resume_config
+    from cmemd.app.train import _check_resume_config
 
     cfg = load_config(None, [f"run.out_dir={tmp_path}"])
     dump_config(cfg, tmp_path / "config.yaml")

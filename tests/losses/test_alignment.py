@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from cmemd.errors import ConfigError, TrainingError
 from cmemd.losses import (
+    AlignmentOptions,
     AlignmentOutput,
     CMEMDLoss,
     all_pairs_loss,
@@ -237,3 +238,30 @@ def test_property_default_losses_cannot_be_lowered_by_rescaling(seed, scale, nam
     loss = make_alignment_loss(name)
     a, b = loss(feats, pids, mods).loss.item(), loss(feats * scale, pids, mods).loss.item()
     assert b == pytest.approx(a, rel=1e-6, abs=1e-9)
+
+
+def test_options_reach_each_loss_as_it_reads_them():
+    """One AlignmentOptions for every loss: each computes what its function computes with the options it reads,
+    written out here per loss; the options it does not read change nothing; a keyword argument wins."""
+    feats, pids, mods = paper_batch(D=6, ids=3, kv=3, kt=2)
+    fl = [feats, feats[:, :4] * 2.0]
+    opts = AlignmentOptions(cost="cosine", normalize=False, solver="sinkhorn", eps=0.1, sinkhorn_iters=30)
+    expected = {
+        "cmemd": cmemd_loss(fl, pids, mods, "cosine", False, "sinkhorn", 0.1, 30),
+        "all-pairs": all_pairs_loss(fl, pids, mods, "cosine", False),
+        "hetero-center": hetero_center_loss(fl, pids, mods, "cosine", False),
+        "mmd": mmd_loss(fl, pids, mods, normalize=False),
+        "none": AlignmentOutput(torch.zeros((), dtype=feats.dtype), torch.zeros(2, dtype=feats.dtype), 3, 0),
+    }
+    for name, want in expected.items():
+        got = make_alignment_loss(name, opts)(fl, pids, mods)
+        assert torch.equal(got.per_granularity, want.per_granularity), name
+        assert (got.num_identities, got.num_skipped) == (want.num_identities, want.num_skipped), name
+    # MMD reads no cost, all-pairs no solver: options outside a loss's reading change nothing
+    other_cost = AlignmentOptions(cost="sqeuclidean", normalize=False)
+    assert torch.equal(make_alignment_loss("mmd", other_cost)(fl, pids, mods).loss, expected["mmd"].loss)
+    other_solver = AlignmentOptions(cost="cosine", normalize=False, solver="exact", eps=9.0)
+    assert torch.equal(make_alignment_loss("all-pairs", other_solver)(fl, pids, mods).loss, expected["all-pairs"].loss)
+    assert make_alignment_loss("cmemd", opts, cost="euclidean").cost == "euclidean"
+    with pytest.raises(ConfigError, match="unknown cost"):
+        make_alignment_loss("hetero-center", AlignmentOptions(cost="manhattan"))

@@ -17,7 +17,7 @@ from cmemd.data.dataset import build_test_loader, build_train_loader
 from cmemd.data.images import load_image
 from cmemd.data.records import ImageRecord
 from cmemd.data.synth import SynthConfig, generate_regdb
-from cmemd.app.run import train, training_data
+from cmemd.app.train import train, training_data
 from cmemd.benchmarks.registry import get_benchmark
 from cmemd.errors import CheckpointError, ConfigError, DatasetError, TrainingError
 from tests.engine.conftest import tiny_overrides, tiny_sysu  # noqa: F401  (tiny_sysu is a fixture)

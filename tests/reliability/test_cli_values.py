@@ -21,7 +21,7 @@ def _no_work(*_a, **_k):
 @pytest.fixture
 def guarded(monkeypatch):
     """Every first step of real work in the commands fails the test if reached."""
-    for target in ("cmemd.app.run.load_trained", "cmemd.app.run.resolve_device", "cmemd.evaluation.load_features",
+    for target in ("cmemd.app.evaluate.load_trained", "cmemd.app.runtime.resolve_device", "cmemd.evaluation.load_features",
                    "cmemd.app.demo.run_demo", "cmemd.api.load", "cmemd.retrieval.load_gallery",
                    "cmemd.retrieval.build_index", "cmemd.export.export_checkpoint"):
         monkeypatch.setattr(target, _no_work)
@@ -94,8 +94,8 @@ def test_given_values_reach_the_evaluation_and_omitted_ones_keep_the_checkpoints
         seen["eval"] = c.eval
         raise CmemdError("stop here")
 
-    monkeypatch.setattr("cmemd.app.run.load_trained", lambda *a, **k: (object(), cfg))
-    monkeypatch.setattr("cmemd.app.run.evaluate_model", fake_evaluate)
+    monkeypatch.setattr("cmemd.app.evaluate.load_trained", lambda *a, **k: (object(), cfg))
+    monkeypatch.setattr("cmemd.app.evaluate.evaluate_model", fake_evaluate)
     code, out = _invoke(EVAL + ["--device", "cpu", "trials=1", "--k2", "1", "--lambda-value", "0"])
     assert code == 2 and "error: stop here" in out, out
     e = seen["eval"]
@@ -133,8 +133,8 @@ def test_protocol_options_are_checked_before_any_work(guarded, pair, message):
 
 def test_eval_options_are_the_checkpoints_benchmarks(monkeypatch):
     """`cmemd eval` takes the options of the benchmark the model was trained on, range-checked, before any image."""
-    monkeypatch.setattr("cmemd.app.run.load_trained", lambda *a, **k: (object(), TrainConfig()))
-    monkeypatch.setattr("cmemd.app.run.evaluate_model", _no_work)
+    monkeypatch.setattr("cmemd.app.evaluate.load_trained", lambda *a, **k: (object(), TrainConfig()))
+    monkeypatch.setattr("cmemd.app.evaluate.evaluate_model", _no_work)
     for pair, message in (("trials=0", "trials=0: must be an integer >= 1"), ("shots=5", "eval.shots must be 1 or 10"),
                           ("direction=t2v", "'direction' is not an option of SYSU-MM01")):
         code, out = _invoke(EVAL + ["--device", "cpu", pair])

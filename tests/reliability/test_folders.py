@@ -43,14 +43,14 @@ def _fake_dataset(root: Path) -> Path:
 
 def _no_work(monkeypatch) -> None:
     """Tripwires: the demo's data generation and training must not start."""
-    import cmemd.app.run as run
+    import cmemd.app.train as train
     import cmemd.data.synth as synth
 
     def boom(*a, **k):
         raise AssertionError("the work started before the folder check")
 
     monkeypatch.setattr(synth, "generate_sysu", boom)
-    monkeypatch.setattr(run, "train", boom)
+    monkeypatch.setattr(train, "train", boom)
 
 
 # --------------------------------------------------------------------------- cmemd demo
@@ -122,7 +122,7 @@ def _legacy_run(folder: Path) -> None:
 
 
 def test_demo_replaces_its_own_earlier_folders_and_keeps_foreign_files(tmp_path, monkeypatch):
-    import cmemd.app.run as run
+    import cmemd.app.train as train
 
     data, out = tmp_path / "data" / "demo", tmp_path / "runs" / "demo"
     old = SynthConfig(ids=4, images_per_camera=(1, 1), height=32, width=16, seed=9)
@@ -143,7 +143,7 @@ def test_demo_replaces_its_own_earlier_folders_and_keeps_foreign_files(tmp_path,
         seen["summary"] = json.loads((data / "synth_summary.json").read_text())
         raise ConfigError("stopped by the test before training")
 
-    monkeypatch.setattr(run, "train", stop)
+    monkeypatch.setattr(train, "train", stop)
     res = runner.invoke(app, ["demo", "--data-dir", str(data), "--out-dir", str(out), "--ids", "3"])
     assert res.exit_code == 2 and "stopped by the test" in res.output, res.output
     assert seen["out"] == sorted([LOCK, MARKER, "notes.md"])  # the old run's files gone, the user's note kept
@@ -207,12 +207,12 @@ def test_an_interrupted_generation_is_still_recognised_as_ours(tmp_path):
 
 
 def test_eval_checks_its_outputs_before_evaluating(tmp_path, tiny_checkpoint, monkeypatch):
-    import cmemd.app.run as run
+    import cmemd.app.evaluate as evaluate
 
     def boom(*a, **k):
         raise AssertionError("evaluated before the output check")
 
-    monkeypatch.setattr(run, "evaluate_model", boom)
+    monkeypatch.setattr(evaluate, "evaluate_model", boom)
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     cases = [
@@ -249,7 +249,7 @@ def test_extract_and_eval_features_check_their_outputs_first(tmp_path):
 def test_demo_interrupted_in_training_says_so_and_exits_with_the_signals_code(tmp_path, monkeypatch, signum, code):
     """Ctrl-C / SIGTERM during the demo's training: one clear line and the shell's code, not a traceback."""
     import cmemd.app.demo as demo
-    from cmemd.app.run import TrainingInterrupted
+    from cmemd.app.runtime import TrainingInterrupted
 
     def interrupted(**_):
         raise TrainingInterrupted(signum, 0, 3, tmp_path / "runs" / "last.pt")

@@ -33,8 +33,8 @@ CONFIG = REPO / "configs" / "synth_cmemd.yaml"
 # evaluates, then sleeps before returning, so that a kill lands inside evaluation (before results.json).
 LAUNCHER = """
 import os, sys, time
-import cmemd.app.run as run
-_real = run.evaluate_model
+import cmemd.app.train as train
+_real = train.evaluate_model
 def _wrapped(*a, **k):
     mark = os.environ.get("KILLTEST_EVAL_MARK")
     if mark:
@@ -43,7 +43,7 @@ def _wrapped(*a, **k):
     if mark:
         time.sleep(60)
     return out
-run.evaluate_model = _wrapped
+train.evaluate_model = _wrapped  # the name train() calls
 sys.argv[0] = "cmemd"
 from cmemd.cli import main
 main()

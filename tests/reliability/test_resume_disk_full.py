@@ -58,7 +58,7 @@ def test_truncating_the_metrics_on_a_full_disk_changes_nothing(tmp_path, monkeyp
 
 
 def test_resume_on_a_full_disk_leaves_the_run_as_it_was(tiny_sysu, tmp_path, monkeypatch):  # noqa: F811
-    from cmemd.app.run import train
+    from cmemd.app.train import train
     from cmemd.config import load_config
 
     out = tmp_path / "run"

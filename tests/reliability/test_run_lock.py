@@ -86,7 +86,7 @@ def test_the_lock_is_reentrant_in_one_process_and_free_after_the_last_release(tm
 def test_a_second_training_is_refused_before_it_writes_anything(tiny_sysu, tmp_path):
     from typer.testing import CliRunner
 
-    from cmemd.app.run import train
+    from cmemd.app.train import train
     from cmemd.cli import app
     from cmemd.config import load_config
 
@@ -108,7 +108,7 @@ def test_a_second_training_is_refused_before_it_writes_anything(tiny_sysu, tmp_p
 
 
 def test_under_ddp_only_rank_0_takes_the_lock(tmp_path, monkeypatch):
-    import cmemd.app.run as run
+    import cmemd.app.train as run
     from cmemd.config import load_config
 
     out = tmp_path / "run"

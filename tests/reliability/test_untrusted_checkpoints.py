@@ -6,7 +6,7 @@ d924ad4 (the main branch before this change) on the synthetic set of ``tests/eng
 
     PYTHONPATH=<checkout of d924ad4>/src:<checkout> python - <<'EOF'
     import torch
-    from cmemd.app.run import train
+    from cmemd.app.train import train
     from cmemd.config import load_config
     from cmemd.data.synth import SynthConfig, generate_sysu
     from tests.engine.conftest import tiny_overrides
@@ -39,7 +39,8 @@ import torch
 from typer.testing import CliRunner
 
 import cmemd
-from cmemd.app.run import load_trained, train
+from cmemd.app.evaluate import load_trained
+from cmemd.app.train import train
 from cmemd.cli import app
 from cmemd.config import config_from_dict, dump_config
 from cmemd.engine.checkpoint import (MAGIC, RefusedCheckpointError, load_checkpoint, previous_path, read_checkpoint,

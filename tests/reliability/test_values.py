@@ -9,7 +9,7 @@ from collections import Counter
 import pytest
 import torch
 
-from cmemd.app.run import check_pretrained, train, training_data
+from cmemd.app.train import check_pretrained, train, training_data
 from cmemd.config import RANGES, load_config, numeric_fields
 from cmemd.errors import ConfigError
 from tests.engine.conftest import tiny_overrides, tiny_sysu  # noqa: F401  (tiny_sysu is a fixture)

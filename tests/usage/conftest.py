@@ -10,7 +10,7 @@ from tests.engine.conftest import tiny_overrides, tiny_sysu  # noqa: F401  (tiny
 def tiny_checkpoint(tiny_sysu, tmp_path_factory):  # noqa: F811
     """A checkpoint of a tiny model trained for one epoch (a few seconds on CPU)."""
     from cmemd.config import load_config
-    from cmemd.app.run import train
+    from cmemd.app.train import train
 
     import torch
 

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 import cmemd
 from cmemd.cli import app
 from cmemd.engine.extract import encode_batch, extract_features
-from cmemd.app.run import evaluation_records
+from cmemd.app.evaluate import evaluation_records
 
 runner = CliRunner()
 

@@ -8,10 +8,9 @@ from typing import Any, Callable, Optional, Sequence
 
 
 def run_demo(*, data_dir: Path, out_dir: Path, config: Any, ids: int = 200, epochs: Optional[int] = None,
-             overrides: Sequence[str] = (), echo: Callable[[str], None] = print,
-             write_report: Optional[Callable[..., Path]] = None) -> dict[str, Any]:
-    """Run the demo; returns the results (``{setting: ProtocolResult}``). ``write_report(folder, results,
-    features, **notes)`` writes the HTML report (the CLI's; skipped when None)."""
+             overrides: Sequence[str] = (), echo: Callable[[str], None] = print, report: bool = True) -> dict[str, Any]:
+    """Run the demo; returns the results (``{setting: ProtocolResult}``). With ``report`` the HTML report
+    (:func:`cmemd.report.write_evaluation_report`) goes into ``<out_dir>/report``."""
     import json
     import time
 
@@ -45,16 +44,18 @@ def run_demo(*, data_dir: Path, out_dir: Path, config: Any, ids: int = 200, epoc
         else:
             echo(f"[1/4] synthetic data: generating {ids} identities into {data_dir} ...")
             generate_sysu(data_dir, synth, workers=2)  # replaces only an earlier synthetic set (checked above)
-        return _train_and_evaluate(cfg, config, data_dir, out_dir, phases, t0, echo, write_report)
+        return _train_and_evaluate(cfg, config, data_dir, out_dir, phases, t0, echo, report)
 
 
 def _train_and_evaluate(cfg: Any, config: Any, data_dir: Path, out_dir: Path, phases: dict[str, float], t0: float,
-                        echo: Callable[[str], None], write_report: Optional[Callable[..., Path]]) -> dict[str, Any]:
+                        echo: Callable[[str], None], report: bool) -> dict[str, Any]:
     """The demo after its folders are ready (its run folder locked): train, evaluate, print, write the report."""
     import time
 
-    from cmemd.app.run import evaluate_model, format_all, modality_gap_of, save_results, train
+    from cmemd.app.evaluate import evaluate_model, format_all, modality_gap_of, save_results
+    from cmemd.app.train import train
     from cmemd.benchmarks.stats import dataset_stats, format_stats, preview_grid
+    from cmemd.report import write_evaluation_report
 
     echo(format_stats(dataset_stats(data_dir)))
     preview = preview_grid(data_dir, out_dir.parent / f"{out_dir.name}_preview.png", ids=6, per_camera=2)
@@ -86,8 +87,8 @@ def _train_and_evaluate(cfg: Any, config: Any, data_dir: Path, out_dir: Path, ph
     echo(f"chance Rank-1 is about 1/#test ids; run directory {out_dir}")
     echo("time per phase: " + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
          + f" (total {sum(phases.values()):.0f} s)")
-    if write_report is not None:
-        index = write_report(out_dir / "report", results, feats, checkpoint=outcome.checkpoint, data=data_dir,
+    if report:
+        index = write_evaluation_report(out_dir / "report", results, feats, checkpoint=outcome.checkpoint, data=data_dir,
                              config=config)
         echo(f"evaluation report (open in a browser): {index.resolve()}")
     return results
@@ -96,13 +97,10 @@ def _train_and_evaluate(cfg: Any, config: Any, data_dir: Path, out_dir: Path, ph
 def _test_plan_purity(model: Any, cfg: Any, data_dir: Path):
     """The plan's same-view preference on the test ids (the mechanism the paper claims), measured on the feature and
     cost the loss aligns; None without the generator's nuisance sidecar."""
-    from cmemd.app.run import config_diagnostics
-    from cmemd.benchmarks.registry import get_benchmark
-    from cmemd.engine.diagnostics import nuisance_of
+    from cmemd.app.train import config_diagnostics
+    from cmemd.benchmarks.synthetic import nuisance_of_test_ids
 
-    sets = get_benchmark(cfg.data.dataset).test_sets(data_dir)
-    records = [r for part in sets.values() for r in part]
-    nuisance = nuisance_of(records, data_dir)
+    records, nuisance = nuisance_of_test_ids(data_dir)
     if nuisance is None:
         return None
     diag = config_diagnostics(model, records, cfg, nuisance=nuisance, device=next(model.parameters()).device)

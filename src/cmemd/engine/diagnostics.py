@@ -1,12 +1,12 @@
 """Is the alignment doing its job? Modality gap and plan purity of a model on a set of records.
 
 A thin layer over :mod:`cmemd.evaluation.modality` (which works on features only): it extracts the
-features a model aligns and tests with, draws identity groups the way the training sampler does, and
-reads the synthetic generator's nuisance sidecar when the data has one.
+features a model aligns and tests with and draws identity groups the way the training sampler does. Plan purity
+needs per-record nuisance labels, which the caller passes: the synthetic benchmark's generator records them
+(:func:`cmemd.benchmarks.synthetic.nuisance_of` reads them); nothing here reads a dataset's files.
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import numpy as np
@@ -17,34 +17,6 @@ from cmemd.data.records import ImageRecord, modality_index
 from cmemd.engine.extract import extract_outputs
 from cmemd.evaluation.modality import ModalityGap, PlanPurity, modality_gap, plan_purity, sample_identity_groups
 from cmemd.losses.alignment import cross_cost
-
-NUISANCE_NUMBERS = ("phase", "scale", "cx", "top", "occlusion_extent")
-
-
-def nuisance_of(records: Sequence[ImageRecord], root: str | Path) -> Optional[dict[str, np.ndarray]]:
-    """Per-record nuisance arrays (``view`` and the numeric ones) from the generator's sidecar under
-    ``root``; None when the data has no sidecar. A record missing from the sidecar is an error (the
-    sidecar belongs to other data)."""
-    from cmemd.data.synth import NUISANCE_FILE, read_nuisance
-    from cmemd.errors import DatasetError
-
-    table = read_nuisance(root)
-    if table is None:
-        return None
-    base = Path(root).resolve()
-    rows = []
-    for r in records:
-        try:
-            rel = Path(r.path).resolve().relative_to(base).as_posix()
-        except ValueError:
-            rel = r.path
-        if rel not in table:
-            raise DatasetError(f"{base / NUISANCE_FILE}: no entry for {rel}; the sidecar is not of this data "
-                               "(regenerate it with `cmemd data synth`)")
-        rows.append(table[rel])
-    out = {"view": np.array([x["view"] for x in rows])}
-    out.update({k: np.array([x[k] for x in rows], np.float64) for k in NUISANCE_NUMBERS})
-    return out
 
 
 def select_identities(records: Sequence[ImageRecord], max_ids: int, seed: int = 0) -> list[ImageRecord]:
@@ -63,7 +35,7 @@ def alignment_diagnostics(
     width: int,
     device: Any = "cpu",
     batch_size: int = 256,
-    nuisance: Optional[dict[str, np.ndarray]] = None,
+    nuisance: Optional[dict[str, np.ndarray]] = None,  # {"view": labels, name: numbers, ...} per record
     cost: str = "euclidean",
     normalize: bool = False,
     align_feature: str = "pooled",
@@ -76,7 +48,9 @@ def alignment_diagnostics(
     The gap is measured on the test feature; the plan on the global feature as the loss's ``align_feature``
     presents it (``pooled``, ``bn``, or ``centered``: pooled minus the mean over ``records``, as the loss
     subtracts its batch mean) with the loss's ``cost``/``normalize``, for identity groups of ``k`` visible
-    + ``k`` thermal images (``draws`` rounds, seeded), in eval mode.
+    + ``k`` thermal images (``draws`` rounds, seeded), in eval mode. Plan purity needs ``nuisance``: per-record
+    ``view`` labels and any numeric nuisances beside them (e.g. :func:`cmemd.benchmarks.synthetic.nuisance_of`);
+    without it it is None.
     """
     feature = "global_bn" if align_feature == "bn" else "global_feat"
     feats = extract_outputs(model, records, ("test", feature), height=height, width=width,
@@ -91,7 +65,7 @@ def alignment_diagnostics(
             f = feats[feature] - feats[feature].mean(0, keepdims=True) if align_feature == "centered" else feats[feature]
             out["plan_purity"] = plan_purity(
                 torch.from_numpy(f), groups, nuisance["view"],
-                {n: nuisance[n] for n in NUISANCE_NUMBERS},
+                {n: v for n, v in nuisance.items() if n != "view"},
                 cost=lambda v, t: cross_cost(v, t, cost, normalize))
     return out
 

@@ -15,7 +15,7 @@ from cmemd.engine.terms import LoggedTerms
 from cmemd.errors import ConfigError
 from cmemd.evaluation.modality import feature_health_tensors
 from cmemd.layout import BatchLayout
-from cmemd.losses.alignment import make_alignment_loss
+from cmemd.losses.alignment import AlignmentOptions, make_alignment_loss
 from cmemd.losses.classification import cross_entropy, cross_entropy_label_smooth
 from cmemd.losses.triplet import wrt_triplet
 
@@ -116,17 +116,9 @@ class Objective(nn.Module):
         self.label_smoothing, self.lambda_accum_ce = label_smoothing, lambda_accum_ce
         self.lambda_align, self.align_granularities = lambda_align, align_granularities
         self.align_feature = align_feature
-        if alignment == "cmemd":
-            kw: dict[str, Any] = dict(cost=emd_cost, normalize=emd_normalize, solver=emd_solver, eps=sinkhorn_eps,
-                                      sinkhorn_iters=sinkhorn_iters)
-        elif alignment in ("all-pairs", "hetero-center"):
-            kw = dict(cost=emd_cost, normalize=emd_normalize)
-        elif alignment == "mmd":
-            kw = dict(normalize=emd_normalize)
-        else:
-            kw = {}
-        self.alignment_name = alignment
-        self.align = make_alignment_loss(alignment, **kw)
+        # every option goes to the factory; each loss takes the ones it reads (AlignmentOptions)
+        self.align = make_alignment_loss(alignment, AlignmentOptions(
+            cost=emd_cost, normalize=emd_normalize, solver=emd_solver, eps=sinkhorn_eps, sinkhorn_iters=sinkhorn_iters))
         from cmemd.losses import CMDLLoss
 
         self.lambda_dl, self.dl_on_global = lambda_dl, dl_on_global
@@ -143,7 +135,7 @@ class Objective(nn.Module):
         net = getattr(model, "module", model)
         if getattr(net, "local_stream", None) is None:
             return []
-        align_all = self.lambda_align > 0 and self.alignment_name != "none" and self.align_granularities == "all"
+        align_all = self._aligns() and self.align_granularities == "all"
         unused = []
         if self.lambda_dl <= 0:
             unused.append("stripe_logits")
@@ -171,6 +163,10 @@ class Objective(nn.Module):
             params[name].requires_grad_(False)
         return sorted({n.split(".")[0] for n in names})
 
+    def _aligns(self) -> bool:
+        """Whether the alignment term is computed: a weight and a loss that reads the features (not ``none``)."""
+        return self.lambda_align > 0 and self.align.aligns
+
     def _ce(self, logits: Tensor, pids: Tensor, layout: Optional[BatchLayout]) -> Tensor:
         if self.label_smoothing > 0:
             return cross_entropy_label_smooth(logits, pids, self.label_smoothing, layout)
@@ -192,7 +188,7 @@ class Objective(nn.Module):
             terms["ce_accum"] = torch.stack([self._ce(lg, pids, layout) for lg in out.accumulated_logits]).mean()
             total = total + self.lambda_accum_ce * terms["ce_accum"]
 
-        if self.lambda_align > 0 and self.alignment_name != "none":
+        if self._aligns():
             feats = aligned_features(out, self.align_granularities, self.align_feature)
             res = self.align(feats, pids, modalities, layout=layout)
             terms["align"] = res.loss

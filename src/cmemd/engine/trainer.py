@@ -340,7 +340,10 @@ class Trainer:
         return used
 
     # ------------------------------------------------------------------ loop
-    def _log(self, record: dict) -> None:
+    def log(self, record: dict) -> None:
+        """Append ``record`` (a JSON-able dict with ``kind``, ``epoch``, ``step`` and numbers) to ``metrics.jsonl``
+        and, when tensorboard is installed, its numbers as scalars ``<kind>/<key>``; on rank 0 only (the other ranks
+        write nothing). Epoch hooks log their 'val' / 'diag' lines through it."""
         if self.rank != 0:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
@@ -401,7 +404,7 @@ class Trainer:
                 bar.update(1)
                 if self.step % self.log_every == 0:  # the ranks' mean: one all_reduce per logging step only
                     bar.set_postfix(loss=f"{terms['loss']:.3f}", img_s=f"{rate:.0f}")
-                    self._log({"kind": "step", "epoch": self.epoch, "step": self.step,
+                    self.log({"kind": "step", "epoch": self.epoch, "step": self.step,
                                "lr": self.optimizer.param_groups[-1]["lr"], **self._mean_over_ranks(terms),
                                "img_per_s": rate})
                 stop = self._stop_after_step()
@@ -419,7 +422,7 @@ class Trainer:
                        **self._mean_over_ranks({k: v / max(n, 1) for k, v in to_floats(sums).items()}),
                        "img_per_s": images_seen / max(time.time() - t0, 1e-9), "seconds": time.time() - t0}
             self.history.append(summary)
-            self._log(summary)
+            self.log(summary)
             if self.rank == 0 and self.progress:
                 # feature-health terms (norm_/dead_/zero_*) on a line of their own, so the loss terms stay readable
                 health = ("norm_", "dead_", "zero_")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from cmemd.losses.alignment import (
     COSTS,
+    AlignmentOptions,
     AlignmentOutput,
     AllPairsLoss,
     CMEMDLoss,
@@ -26,6 +27,7 @@ from cmemd.losses.triplet import WeightedRegularizedTriplet, pairwise_euclidean,
 __all__ = [
     "COSTS",
     "AlignmentOutput",
+    "AlignmentOptions",
     "CMEMDOutput",
     "CMEMDLoss",
     "AllPairsLoss",

@@ -27,7 +27,8 @@ trainer stops on before backward). Without it they compute the same grouping fro
 """
 from __future__ import annotations
 
-from typing import Callable, NamedTuple, Optional, Sequence, Union
+from dataclasses import dataclass
+from typing import Callable, ClassVar, NamedTuple, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,7 @@ __all__ = [
     "HeteroCenterLoss",
     "MMDLoss",
     "NoAlignment",
+    "AlignmentOptions",
     "make_alignment_loss",
 ]
 
@@ -327,6 +329,11 @@ def mmd_loss(
 class CMEMDLoss(nn.Module):
     """Module form of :func:`cmemd_loss`; ``forward(feats, pids, modalities, layout=None) -> AlignmentOutput``."""
 
+    #: The :class:`AlignmentOptions` fields this loss reads (constructor arguments of the same names).
+    OPTIONS: ClassVar[tuple[str, ...]] = ("cost", "normalize", "solver", "eps", "sinkhorn_iters")
+    #: Whether the loss reads the features at all (:class:`NoAlignment` does not: an objective skips it).
+    aligns: ClassVar[bool] = True
+
     def __init__(self, cost: str = "euclidean", normalize: bool = True, solver: str = "exact",
                  eps: float = 0.05, sinkhorn_iters: int = 200) -> None:
         super().__init__()
@@ -348,6 +355,9 @@ class CMEMDLoss(nn.Module):
 class AllPairsLoss(nn.Module):
     """Module form of :func:`all_pairs_loss`."""
 
+    OPTIONS: ClassVar[tuple[str, ...]] = ("cost", "normalize")
+    aligns: ClassVar[bool] = True
+
     def __init__(self, cost: str = "euclidean", normalize: bool = True) -> None:
         super().__init__()
         _check_cost(cost, "AllPairsLoss")
@@ -360,6 +370,9 @@ class AllPairsLoss(nn.Module):
 
 class HeteroCenterLoss(nn.Module):
     """Module form of :func:`hetero_center_loss`."""
+
+    OPTIONS: ClassVar[tuple[str, ...]] = ("cost", "normalize")
+    aligns: ClassVar[bool] = True
 
     def __init__(self, cost: str = "euclidean", normalize: bool = True) -> None:
         super().__init__()
@@ -374,6 +387,9 @@ class HeteroCenterLoss(nn.Module):
 class MMDLoss(nn.Module):
     """Module form of :func:`mmd_loss`."""
 
+    OPTIONS: ClassVar[tuple[str, ...]] = ("normalize",)  # a kernel, no cost: ``cost`` does not apply
+    aligns: ClassVar[bool] = True
+
     def __init__(self, bandwidths: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
                  normalize: bool = True) -> None:
         super().__init__()
@@ -386,6 +402,9 @@ class MMDLoss(nn.Module):
 
 class NoAlignment(nn.Module):
     """The baseline: a zero loss (connected to the graph), with the identity counts for logging."""
+
+    OPTIONS: ClassVar[tuple[str, ...]] = ()
+    aligns: ClassVar[bool] = False
 
     def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
                 layout: Optional[BatchLayout] = None) -> AlignmentOutput:
@@ -408,14 +427,32 @@ _ALIGNMENT = {
 ALIGNMENT_LOSSES = tuple(_ALIGNMENT)
 
 
-def make_alignment_loss(name: str, **kwargs) -> nn.Module:
+@dataclass(frozen=True)
+class AlignmentOptions:
+    """The options an alignment loss may read, one set for every loss: each takes the fields its ``OPTIONS``
+    name (CM-EMD all; all-pairs and hetero-centre ``cost``, ``normalize``; MMD ``normalize``; none nothing),
+    so a caller configures "the alignment" without knowing which loss it is. The defaults are the losses'."""
+
+    cost: str = "euclidean"  # cross-modality cost: one of COSTS
+    normalize: bool = True  # L2-normalise the features before the cost (the scale-safe default)
+    solver: str = "exact"  # CM-EMD's plan: exact | sinkhorn
+    eps: float = 0.05  # Sinkhorn's entropic regularisation
+    sinkhorn_iters: int = 200
+
+
+def make_alignment_loss(name: str, options: Optional[AlignmentOptions] = None, **kwargs) -> nn.Module:
     """Build an alignment loss module by name: ``cmemd``, ``all-pairs``, ``hetero-center``,
-    ``mmd`` or ``none``; keyword arguments go to the module's constructor."""
+    ``mmd`` or ``none``. ``options``: the fields of :class:`AlignmentOptions` the loss reads (its ``OPTIONS``)
+    go to its constructor, the others are not its business; keyword arguments go to the constructor as given
+    (after the options, so they win), and one the loss does not take is a :class:`ConfigError`."""
     if name not in _ALIGNMENT:
         raise ConfigError(
             f"make_alignment_loss: unknown alignment loss {name!r}; choose one of {sorted(_ALIGNMENT)}"
         )
+    cls = _ALIGNMENT[name]
+    if options is not None:
+        kwargs = {**{k: getattr(options, k) for k in cls.OPTIONS}, **kwargs}
     try:
-        return _ALIGNMENT[name](**kwargs)
+        return cls(**kwargs)
     except TypeError as e:
         raise ConfigError(f"make_alignment_loss: bad option for {name!r}: {e}") from None

@@ -1,31 +1,41 @@
-"""Config -> library calls: what ``cmemd train`` (one run or ``--all-trials``), ``cmemd eval`` and ``cmemd extract`` do.
+"""Config -> training: the training data of ``cfg.data``, the model and objective the config names, the checks a
+resumed run passes, :func:`train` (one run) and :func:`train_all_trials` (``cmemd train --all-trials``), and the
+epoch hooks (per-epoch validation selecting best.pt, modality diagnostics).
 
-Everything here is a thin composition of the library (readers, loaders, model, objective,
-Trainer, evaluation). A user in a notebook can make the same calls without a config.
+A thin composition of the library (readers, loaders, model, objective, Trainer); a user in a notebook can make the
+same calls without a config.
 """
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import platform
-import signal
-import subprocess
-import sys
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-import numpy as np
 import torch
 import yaml
 
-from cmemd.config import TrainConfig, config_from_dict
+from cmemd.app.evaluate import dataset_of, eval_loader_settings, evaluate_model, modality_gap_of, save_results
+from cmemd.app.runtime import (
+    TrainingInterrupted,
+    configure_backends,
+    device_name,
+    environment,
+    init_distributed,
+    local_rank_zero_first,
+    resolve_device,
+    select_device,
+    stop_on_signals,
+)
+from cmemd.benchmarks.base import Benchmark
+from cmemd.benchmarks.synthetic import nuisance_of
+from cmemd.config import TrainConfig
 from cmemd.data.records import ImageRecord
-from cmemd.engine.checkpoint import RefusedCheckpointError, load_checkpoint, previous_path
+from cmemd.engine.checkpoint import load_checkpoint, previous_path
 from cmemd.engine.extract import extract_features
 from cmemd.engine.objective import Objective
 from cmemd.engine.schedule import build_optimizer
@@ -38,240 +48,6 @@ SELECTION_NOTE = "none: the model of the last epoch is reported; nothing was sel
 VAL_SELECTION_NOTE = ("val: best.pt is the epoch with the best mAP on the held-out val ids (thermal queries, "
                       "visible gallery, trial 0); last.pt is the last epoch; the test set is never used")
 
-
-# ---------------------------------------------------------------------- environment
-
-def resolve_device(name: str = "auto", *, select: bool = True) -> torch.device:
-    """The torch device ``run.device`` names (``auto``: CUDA when available). A ``cuda:N`` is checked against
-    the GPUs present and, with ``select``, made the current CUDA device (``torch.cuda.set_device``), so that
-    nothing of this process lands on GPU 0 (cuDNN/cuBLAS handles, the caching allocator, ``.cuda()`` calls)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"run.device={name!r} but CUDA is not available; use run.device=cpu")
-    if dev.type == "cuda" and dev.index is not None:
-        count = torch.cuda.device_count()
-        if dev.index >= count:
-            raise ConfigError(f"run.device={name!r} but this machine has {count} GPU(s) (cuda:0..cuda:{count - 1}); "
-                              "choose one of them")
-        if select:
-            select_device(dev)
-    return dev
-
-
-def select_device(device: torch.device) -> None:
-    """Make a ``cuda:N`` device the current CUDA device of this process (nothing for CPU or a bare ``cuda``)."""
-    if device.type == "cuda" and device.index is not None:
-        torch.cuda.set_device(device)
-
-
-def device_name(device: torch.device) -> Optional[str]:
-    """The GPU's name for a CUDA device (the current device for a bare ``cuda``), else None."""
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return None
-    return torch.cuda.get_device_name(device.index if device.index is not None else torch.cuda.current_device())
-
-
-def environment(thread_policy: Optional[dict[str, Any]] = None, device: Optional[torch.device] = None,
-                backends: Optional["Backends"] = None) -> dict[str, Any]:
-    """Versions, the git commit, the CPU thread policy (:func:`cmemd.threads.apply_thread_policy`), the GPU the
-    run uses (``device``; default the current CUDA device) and the determinism / cuDNN settings (``backends``),
-    saved beside every run."""
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
-    from cmemd import __version__
-
-    return {
-        "cmemd": __version__, "git_commit": commit, "python": sys.version.split()[0], "torch": torch.__version__,
-        "numpy": np.__version__, "platform": platform.platform(), "cpu_count": os.cpu_count(),
-        "cuda": device_name(device if device is not None else torch.device("cuda")),
-        "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
-        **({"thread_policy": thread_policy} if thread_policy else {}),
-        **({"backends": dataclasses.asdict(backends)} if backends is not None else {}),
-    }
-
-
-def init_distributed(device: torch.device, timeout_minutes: float = 120.0) -> tuple[int, int]:
-    """(rank, world size); starts the process group when launched by torchrun (gloo on CPU, nccl on GPU).
-
-    ``timeout_minutes`` (``run.dist_timeout_minutes``) is how long a rank waits in a collective: the other ranks
-    wait while rank 0 alone evaluates (per-epoch validation, the final evaluation, re-ranking), which can outlast
-    NCCL's 10-minute default.
-    """
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import datetime
-
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=timeout_minutes))
-    return dist.get_rank(), dist.get_world_size()
-
-
-@contextlib.contextmanager
-def local_rank_zero_first(world: int):
-    """Run the body on each machine's local rank 0 first, then on the other ranks (a barrier between), so that
-    shared files (the decoded-image cache, downloaded ImageNet weights) are built once and then only read. One
-    process: just runs the body."""
-    if world <= 1:
-        yield
-        return
-    import torch.distributed as dist
-
-    first = int(os.environ.get("LOCAL_RANK", "0")) == 0
-    if not first:
-        dist.barrier()
-    try:
-        yield
-    finally:
-        if first:  # also on failure: the others then try for themselves and report their own error
-            dist.barrier()
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped on a signal (SIGINT/SIGTERM) at a step boundary, every rank alike, after rank 0 saved a
-    resumable checkpoint; ``signum``, ``epoch`` (0-based, in progress), ``step`` and ``checkpoint`` say where."""
-
-    def __init__(self, signum: int, epoch: int, step: int, checkpoint: Path, rank: int = 0) -> None:
-        self.signum, self.epoch, self.step, self.checkpoint, self.rank = signum, epoch, step, checkpoint, rank
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at epoch {epoch + 1} step {step}; "
-                         f"resumable checkpoint {checkpoint}")
-
-    @property
-    def exit_code(self) -> int:
-        """The shell's convention: 128 + the signal number (130 SIGINT, 143 SIGTERM)."""
-        return 128 + self.signum
-
-
-#: A repeat of the signal within this many seconds is the same interruption (torchrun forwards the Ctrl-C the
-#: terminal already delivered to every process of the group); a later one aborts at once.
-REPEAT_SIGNAL_WINDOW_S = 3.0
-
-
-@contextlib.contextmanager
-def stop_on_signals(trainer: Trainer, signals: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)):
-    """While the body runs, SIGINT/SIGTERM ask ``trainer`` to stop at the next step boundary
-    (:meth:`Trainer.request_stop`: a flag, nothing else happens in the handler). A second signal after
-    :data:`REPEAT_SIGNAL_WINDOW_S` aborts at once (KeyboardInterrupt, or the default action of SIGTERM): safe,
-    since checkpoints are written atomically, so the last complete one stays. Handlers are installed only in the
-    main thread (Python's rule) and restored afterwards. DataLoader workers forked inside inherit the handler and
-    keep running, so the step in progress completes."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {s: signal.getsignal(s) for s in signals}
-    first: list[float] = []
-
-    def handler(signum, frame):
-        now = time.monotonic()
-        if not first:
-            first.append(now)
-            trainer.request_stop(signum)
-            return
-        if now - first[0] < REPEAT_SIGNAL_WINDOW_S:
-            return
-        for s, h in previous.items():
-            signal.signal(s, h)
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        signal.raise_signal(signum)
-
-    for s in signals:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
-
-
-#: cuBLAS workspace setting that makes cuBLAS deterministic (CUDA >= 10.2; PyTorch's reproducibility notes)
-CUBLAS_DETERMINISTIC = ":4096:8"
-_CUBLAS_DETERMINISTIC_VALUES = (":4096:8", ":16:8")
-
-
-@dataclass
-class Backends:
-    """What :func:`configure_backends` set for a run: determinism and cuDNN autotuning, each with the reason,
-    as the run header prints them and ``environment.json`` records them."""
-
-    deterministic: bool
-    determinism_note: str
-    cudnn_benchmark: bool
-    cudnn_benchmark_note: str
-
-    def describe(self) -> str:
-        return (f"deterministic {'on' if self.deterministic else 'off'} ({self.determinism_note}); "
-                f"cuDNN autotuning {'on' if self.cudnn_benchmark else 'off'} ({self.cudnn_benchmark_note})")
-
-
-def cudnn_benchmark_choice(requested: Optional[bool], device: torch.device, deterministic: bool) -> tuple[bool, str]:
-    """Whether cuDNN autotuning (``torch.backends.cudnn.benchmark``) is on for a run, and why.
-
-    ``requested`` is ``run.cudnn_benchmark``: None (auto) turns it on for CUDA training that is not deterministic
-    (fixed input sizes, so the autotuned kernels are reused every step); ``true``/``false`` force it. Autotuning
-    picks kernels by timing them, so it contradicts ``run.deterministic=true``: that combination is a ConfigError.
-    """
-    if deterministic and requested:
-        raise ConfigError("run.cudnn_benchmark=true with run.deterministic=true: autotuning picks cuDNN kernels by "
-                          "timing them, so two runs may differ; set run.cudnn_benchmark=null (auto) or false, or "
-                          "run.deterministic=false")
-    if device.type != "cuda":
-        return False, f"{device.type}: cuDNN is not used"
-    if deterministic:
-        return False, "run.deterministic=true"
-    if requested is None:
-        return True, "run.cudnn_benchmark=null: on for CUDA training that is not deterministic"
-    return bool(requested), f"run.cudnn_benchmark={str(bool(requested)).lower()}"
-
-
-def set_determinism(seed: int, deterministic: bool, device: Optional[torch.device] = None) -> str:
-    """Seed Python, NumPy and torch; with ``deterministic`` make torch use deterministic algorithms only (an op
-    without one raises instead of warning). On CUDA this also sets ``CUBLAS_WORKSPACE_CONFIG`` (when the
-    environment has no deterministic value), which cuBLAS reads when it first runs in the process: call this
-    before any CUDA matrix product. Returns a note saying what was set, for the run header."""
-    import random
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if not deterministic:
-        return "run.deterministic=false"
-    note = "torch.use_deterministic_algorithms(True)"
-    if device is not None and device.type == "cuda":
-        env = os.environ.get("CUBLAS_WORKSPACE_CONFIG")
-        if env in _CUBLAS_DETERMINISTIC_VALUES:
-            note += f", CUBLAS_WORKSPACE_CONFIG={env} from the environment"
-        else:
-            late = torch.cuda.is_initialized()
-            os.environ["CUBLAS_WORKSPACE_CONFIG"] = CUBLAS_DETERMINISTIC
-            note += f", CUBLAS_WORKSPACE_CONFIG={CUBLAS_DETERMINISTIC}" + (
-                " set after CUDA had started in this process: deterministic only if no CUDA matrix product ran "
-                f"before (export CUBLAS_WORKSPACE_CONFIG={CUBLAS_DETERMINISTIC} before starting Python to be sure)"
-                if late else " set before CUDA started")
-        note += ", cudnn.deterministic"
-    torch.use_deterministic_algorithms(True)
-    torch.backends.cudnn.deterministic = True
-    return note
-
-
-def configure_backends(seed: int, deterministic: bool, cudnn_benchmark: Optional[bool],
-                       device: torch.device) -> Backends:
-    """Seeds, determinism (:func:`set_determinism`) and cuDNN autotuning (:func:`cudnn_benchmark_choice`) for a
-    run on ``device``; before the model is built (cuBLAS reads its workspace setting once)."""
-    bench, bench_note = cudnn_benchmark_choice(cudnn_benchmark, device, deterministic)
-    det_note = set_determinism(seed, deterministic, device)
-    torch.backends.cudnn.benchmark = bench
-    return Backends(deterministic, det_note, bench, bench_note)
-
-
 # ---------------------------------------------------------------------- data
 
 @dataclass
@@ -281,12 +57,11 @@ class TrainingData:
     description: str
 
 
-def training_data(cfg: TrainConfig) -> TrainingData:
-    """The training records of ``cfg.data`` (the dataset's registry entry reads them)."""
-    from cmemd.benchmarks.registry import get_benchmark
-
+def training_data(cfg: TrainConfig, *, spec: Optional[Benchmark] = None) -> TrainingData:
+    """The training records of ``cfg.data`` (the dataset's registry entry ``spec`` reads them; default
+    :func:`~cmemd.app.evaluate.dataset_of`)."""
     d = cfg.data
-    spec = get_benchmark(d.dataset)
+    spec = dataset_of(cfg, spec)
     held_out = cfg.run.selection == "val"
     if held_out and not spec.has_val:
         raise ConfigError(f"run.selection=val needs a validation split; {spec.title} has none. "
@@ -398,7 +173,7 @@ def _check_resume_config(saved_path: Path, cfg: TrainConfig) -> None:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, evaluate_after: bool = True) -> TrainOutcome:
-    """Train one model as ``cfg`` says (one numbered trial where the benchmark has them), write the run directory, evaluate at the end.
+    """Train one model as ``cfg`` says (one numbered trial), write the run directory, evaluate at the end.
 
     The run folder is locked while the run writes it (:func:`cmemd.folders.lock_folder`, taken by the process that
     writes it: rank 0 under DDP): a second run into the same ``run.out_dir`` is a :class:`TrainingError` naming the
@@ -449,7 +224,8 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
         _write_run_file(out_dir / "environment.json", json.dumps(environment(threads, device, backends), indent=2))
 
     check_pretrained(cfg, progress=progress and rank == 0)
-    data = training_data(cfg)
+    spec = dataset_of(cfg)  # looked up once; the helpers below take it
+    data = training_data(cfg, spec=spec)
     d = cfg.data
     layout = ddp_batch_layout(cfg, data.records, world)
     with local_rank_zero_first(world):  # one image cache, built by local rank 0, then opened by the others
@@ -479,9 +255,9 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
              "selection": selection, "kind": "cmemd-train"}
     hooks = []
     if cfg.run.selection == "val" and rank == 0:
-        hooks.append(_val_selector(cfg, device))
+        hooks.append(_val_selector(cfg, spec, device))
     if cfg.run.diagnostics_ids > 0 and rank == 0:
-        hooks.append(_diagnostics_hook(cfg, device, progress))
+        hooks.append(_diagnostics_hook(cfg, spec, device, progress))
     trainer = Trainer(
         model, objective, optimizer, loader, epochs=o.epochs, out_dir=out_dir, device=device,
         amp=o.amp, grad_clip=o.grad_clip, channels_last=o.channels_last, warmup_epochs=o.warmup_epochs,
@@ -525,7 +301,8 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
             best, _ = load_checkpoint(out_dir / "best.pt", map_location=device)
             final.load_state_dict(best["model"])
             print(f"evaluating best.pt (epoch {best['best_epoch'] + 1}, selected on the val ids)", flush=True)
-        outcome.results, feats = evaluate_model(final, cfg, device=device, progress=progress, return_features=True)
+        outcome.results, feats = evaluate_model(final, cfg, device=device, progress=progress, return_features=True,
+                                                spec=spec)
         outcome.modality_gap = modality_gap_of(feats)
         save_results(outcome.results, out_dir / "results.json", outcome.modality_gap)
         if progress:
@@ -589,10 +366,9 @@ def train_all_trials(cfg: TrainConfig, *, resume: bool = False, evaluate_after: 
     A dataset with one training split is a :class:`ConfigError`."""
     from dataclasses import replace
 
-    from cmemd.benchmarks.registry import get_benchmark
     from cmemd.evaluation.results import combine_results
 
-    spec = get_benchmark(cfg.data.dataset)
+    spec = dataset_of(cfg)
     if not spec.training_trials:
         raise ConfigError(f"--all-trials is for datasets with numbered training splits; {spec.title} "
                           "(data.dataset) has one training split")
@@ -625,13 +401,13 @@ def _chain(hooks: list):
     return run_all
 
 
-def diagnostic_records(cfg: TrainConfig) -> tuple[list[ImageRecord], str]:
+def diagnostic_records(cfg: TrainConfig, *, spec: Optional[Benchmark] = None) -> tuple[list[ImageRecord], str]:
     """The records the per-epoch diagnostics use, and a note saying what they are: the val ids of the
-    dataset (trained on unless ``run.selection=val``); none for a dataset without a validation split."""
-    from cmemd.benchmarks.registry import get_benchmark
+    dataset (``spec``, default :func:`~cmemd.app.evaluate.dataset_of`; trained on unless ``run.selection=val``);
+    none for a dataset without a validation split."""
     from cmemd.engine.diagnostics import select_identities
 
-    spec = get_benchmark(cfg.data.dataset)
+    spec = dataset_of(cfg, spec)
     if not spec.has_val:
         return [], f"{spec.title} has no validation split: per-epoch modality diagnostics are off"
     recs = select_identities([r for part in spec.val_sets(cfg.data.root).values() for r in part],
@@ -652,11 +428,11 @@ def config_diagnostics(model: torch.nn.Module, records: list[ImageRecord], cfg: 
                                  normalize=loss.emd_normalize, align_feature=loss.align_feature)
 
 
-def _diagnostics_hook(cfg: TrainConfig, device: torch.device, progress: bool):
+def _diagnostics_hook(cfg: TrainConfig, spec: Benchmark, device: torch.device, progress: bool):
     """on_epoch_end hook: modality gap and (on synthetic data) plan purity on val ids, logged as a 'diag' line."""
-    from cmemd.engine.diagnostics import diagnostics_record, nuisance_of
+    from cmemd.engine.diagnostics import diagnostics_record
 
-    recs, note = diagnostic_records(cfg)
+    recs, note = diagnostic_records(cfg, spec=spec)
     if not recs:
         if progress:
             print(f"diagnostics: {note}", flush=True)
@@ -665,7 +441,7 @@ def _diagnostics_hook(cfg: TrainConfig, device: torch.device, progress: bool):
 
     def on_epoch_end(trainer: Trainer, epoch: int) -> None:
         diag = config_diagnostics(unwrap(trainer.model), recs, cfg, nuisance=nuisance, device=device)
-        trainer._log({"kind": "diag", "epoch": epoch, "step": trainer.step, **diagnostics_record(diag)})
+        trainer.log({"kind": "diag", "epoch": epoch, "step": trainer.step, **diagnostics_record(diag)})
         if progress:
             print(f"after epoch {epoch + 1}, {note}: {diag['modality_gap'].format()}", flush=True)
             if diag["plan_purity"] is not None:
@@ -674,12 +450,10 @@ def _diagnostics_hook(cfg: TrainConfig, device: torch.device, progress: bool):
     return on_epoch_end
 
 
-def _val_selector(cfg: TrainConfig, device: torch.device):
+def _val_selector(cfg: TrainConfig, spec: Benchmark, device: torch.device):
     """on_epoch_end hook: evaluate on the val ids (the dataset's ``val_options``), keep best.pt (by mAP), log a 'val' line."""
-    from cmemd.benchmarks.registry import get_benchmark
     from cmemd.engine.checkpoint import save_checkpoint
 
-    spec = get_benchmark(cfg.data.dataset)
     sets = spec.val_sets(cfg.data.root)
     kw = dict(height=cfg.data.height, width=cfg.data.width, batch_size=cfg.eval.batch_size, device=device,
               flip=cfg.eval.flip, **eval_loader_settings(cfg, device))
@@ -691,7 +465,7 @@ def _val_selector(cfg: TrainConfig, device: torch.device):
         r = next(iter(out.results.values()))
         score = r.mean["mAP"]
         best = trainer.extra_state.get("best_val_mAP")
-        trainer._log({"kind": "val", "epoch": epoch, "step": trainer.step, "val_R1": r.mean["R1"], "val_mAP": score})
+        trainer.log({"kind": "val", "epoch": epoch, "step": trainer.step, "val_R1": r.mean["R1"], "val_mAP": score})
         if best is None or score > best:
             trainer.extra_state["best_val_mAP"] = score
             trainer.extra_state["best_epoch"] = epoch
@@ -702,167 +476,3 @@ def _val_selector(cfg: TrainConfig, device: torch.device):
               flush=True)
 
     return on_epoch_end
-
-
-# ---------------------------------------------------------------------- evaluation
-
-def evaluation_sets(cfg: TrainConfig, root: Optional[str] = None) -> dict[str, list[ImageRecord]]:
-    """The named test sets the protocol of ``cfg`` evaluates on ``root`` (default: the training root), as the
-    benchmark's ``test_sets`` names them (e.g. SYSU-MM01 ``query``, cam3/cam6, and ``gallery_pool``, every
-    visible test image; each trial draws its gallery from it)."""
-    from cmemd.benchmarks.registry import get_benchmark
-
-    return get_benchmark(cfg.data.dataset).test_sets(root or cfg.data.root, trial=cfg.data.trial)
-
-
-def evaluation_records(cfg: TrainConfig, root: Optional[str] = None) -> tuple[list[ImageRecord], ...]:
-    """The record lists of :func:`evaluation_sets` in the dataset's order (SYSU-MM01: queries, pool)."""
-    return tuple(evaluation_sets(cfg, root).values())
-
-
-def feature_description(cfg: TrainConfig) -> str:
-    t = cfg.model.test_feature
-    g = "pooled (pre-BN) global" if cfg.model.test_global == "pooled" else "BN-neck global"
-    h = "holistic, local BN-neck" if cfg.model.test_local == "bn" else "holistic"
-    return (f"{t} feature ({g}{f' + {h}' if t == 'concat' else ''})" if t != "local"
-            else f"local ({h}) feature")
-
-
-def eval_loader_settings(cfg: TrainConfig, device: Any, root: Optional[str] = None) -> dict[str, Any]:
-    """The data settings the test loader takes from ``cfg.data`` (as the training loader does): decoding
-    workers, the decoded-image cache (under ``root``, default ``data.root``, unless ``data.cache_dir``) and
-    pinned memory on a GPU. They change how fast features are extracted, never the features."""
-    d = cfg.data
-    return dict(num_workers=d.num_workers, use_cache=d.cache, cache_dir=d.cache_dir, dataset_root=root or d.root,
-                pin_memory=torch.device(device).type == "cuda")
-
-
-def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[str] = None, device: Any = "cpu",
-                   progress: bool = True, return_features: bool = False) -> Any:
-    """Evaluate a model on the dataset of ``cfg`` (or ``root``) with the protocol in ``cfg.eval``.
-
-    Returns ``{setting name: ProtocolResult}``, the benchmark's settings (e.g. SYSU-MM01's modes, features
-    extracted once for the query and for the pool images the trials draw) with its ``eval.*`` options. With ``cfg.eval.rerank`` each setting is followed by its
-    k-reciprocal re-ranked result, named ``"<setting>, re-ranked (k-reciprocal, k1=.., k2=.., λ=..)"``.
-    With ``return_features=True`` returns ``(results, features)``, ``features`` = ``{"query": FeatureSet,
-    "gallery": FeatureSet, "query_modality", "gallery_modality", "removal"}`` (every thermal test image against
-    every visible one), for reports.
-    """
-    from cmemd.benchmarks.registry import get_benchmark
-    from cmemd.evaluation import ReRanking
-
-    d, e = cfg.data, cfg.eval
-    spec = get_benchmark(d.dataset)
-    rerank = ReRanking(e.rerank_k1, e.rerank_k2, e.rerank_lambda) if e.rerank else None
-    sets = evaluation_sets(cfg, root)
-    kw = dict(height=d.height, width=d.width, batch_size=e.batch_size, device=device, progress=progress, flip=e.flip,
-              **eval_loader_settings(cfg, device, root))
-
-    def featurize(records, desc):
-        return extract_features(model, records, desc=desc, **kw)
-
-    feature = feature_description(cfg)
-    feature += ", test-time flip on (mean with the mirrored image)" if e.flip else ", test-time flip off"
-    out = spec.evaluate(sets, featurize, trial=d.trial, feature_name=feature, rerank=rerank,
-                        return_features=return_features, **{k: getattr(e, k) for k in spec.eval_options})
-    for res in out.results.values():  # results.json states it as a setting too
-        res.settings["test_flip"] = bool(e.flip)
-    return (out.results, out.report) if return_features else out.results
-
-
-def modality_diagnostics(model: torch.nn.Module, root: str, *, height: int, width: int, device: Any = "cpu",
-                         batch_size: int = 256) -> dict[str, float]:
-    """Rank-1 and mAP within and across modalities on the SYSU test ids (no gallery draws).
-
-    visible->visible: cams 1, 2 against cams 4, 5; thermal->thermal: cam3 against cam6;
-    thermal->visible: every thermal image against every visible one (same-location removal).
-    A large within/across gap that stays flat over training means the data (or the model) has
-    no shared signal to learn, which is what calibrating the synthetic benchmark watches.
-    """
-    from cmemd.benchmarks.registry import get_benchmark
-    from cmemd.benchmarks.sysu import MODALITY_PAIRS
-    from cmemd.evaluation import evaluate
-
-    sets = get_benchmark("sysu").test_sets(root)
-    recs = sets["query"] + sets["gallery_pool"]
-    feats = extract_features(model, recs, height=height, width=width, batch_size=batch_size, device=device)
-    pids = np.array([r.pid for r in recs])
-    cams = np.array([r.camid for r in recs])
-
-    def run(q, g, removal="none"):
-        r = evaluate(feats[q], pids[q], cams[q], feats[g], pids[g], cams[g], removal=removal, cmc="standard")
-        return float(r.cmc[0]), float(r.mAP)
-
-    out = {}
-    for name, (qcams, gcams, removal) in MODALITY_PAIRS.items():
-        out[f"{name}_R1"], out[f"{name}_mAP"] = run(np.isin(cams, qcams), np.isin(cams, gcams), removal)
-    return out
-
-
-def modality_gap_of(feats: dict[str, Any]):
-    """:class:`~cmemd.evaluation.modality.ModalityGap` of the query and gallery features that
-    ``evaluate_model(..., return_features=True)`` returns (every test image of both modalities)."""
-    from cmemd.evaluation.modality import feature_sets_gap
-
-    return feature_sets_gap(feats["query"], feats["gallery"], feats["query_modality"], feats["gallery_modality"])
-
-
-def save_results(results: dict[str, Any], path: str | Path, modality_gap: Any = None) -> Path:
-    """``results.json``: every protocol result by setting name, plus ``"modality_gap"`` when given."""
-    from cmemd.evaluation.results import to_dict
-
-    path = Path(path)
-    tmp = path.with_suffix(".tmp")
-    data = {k: to_dict(v) for k, v in results.items()}
-    if modality_gap is not None:
-        data["modality_gap"] = modality_gap.to_dict()
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-    return path
-
-
-def format_all(results: dict[str, Any]) -> str:
-    from cmemd.evaluation.results import format_results
-
-    return "\n\n".join(f"== {name}\n{format_results(r)}" for name, r in results.items())
-
-
-# ---------------------------------------------------------------------- checkpoints -> models
-
-def _read_named_checkpoint(checkpoint: str | Path) -> tuple[dict[str, Any], Path]:
-    """The file the user named, as named: a damaged one is an error that points at its ``.prev`` twin (if any)
-    instead of quietly reading that one."""
-    try:
-        return load_checkpoint(checkpoint, map_location="cpu", fallback=False)
-    except RefusedCheckpointError:
-        raise
-    except CheckpointError as e:
-        prev = previous_path(checkpoint)
-        if Path(checkpoint).exists() and prev.is_file():
-            raise CheckpointError(f"{e}. The previous checkpoint of the run is {prev}: pass that file to use it") from None
-        raise
-
-
-def load_trained(checkpoint: str | Path, device: Any = "cpu") -> tuple[torch.nn.Module, TrainConfig]:
-    """The model and config stored in a ``cmemd train`` checkpoint, weights verified to fit.
-
-    A file that is not a cmemd checkpoint, a damaged one, one that needs more than tensors and plain
-    data to load (refused unread), a training state without a model, or weights that do not fit the
-    stored architecture are :class:`CheckpointError` (never a silent fallback to freshly initialised
-    weights, nor to the ``.prev`` file beside it: that fallback is for ``--resume`` only).
-    """
-    from cmemd.models import ModelConfig, build_model
-
-    state, used = _read_named_checkpoint(checkpoint)
-    for key in ("model", "model_config", "config"):
-        if key not in state:
-            raise CheckpointError(f"{used}: no {key!r} entry; this is not a checkpoint written by `cmemd train`")
-    mc = dict(state["model_config"])
-    mc["pretrained"] = None  # the weights come from the checkpoint, never from ImageNet
-    model = build_model(ModelConfig(**mc))
-    try:
-        model.load_state_dict(state["model"], strict=True)
-    except RuntimeError as e:
-        raise CheckpointError(f"{used}: weights do not fit the stored architecture: {str(e).splitlines()[0]}") from None
-    cfg = config_from_dict(state["config"], source=str(used))
-    return model.to(device).eval(), cfg
