@@ -30,8 +30,9 @@ blas_threads.apply()
 import numpy as np  # noqa: E402
 import torch
 
-from cmemd.data.sysu import draw_gallery
-from cmemd.evaluation import combine_results, evaluate, evaluate_regdb_directions, evaluate_similarity, evaluate_sysu
+from cmemd.benchmarks.regdb import evaluate_regdb_directions
+from cmemd.benchmarks.sysu import draw_gallery, evaluate_sysu
+from cmemd.evaluation import combine_results, evaluate, evaluate_similarity
 from cmemd.evaluation.metrics import _BYTES_PER_PAIR, DEFAULT_MEMORY_BUDGET, _chunk_rows
 
 

@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def field_style(model, cfg, query, pool, qf, trials, shots, modes, kw):
-    from cmemd.data.sysu import draw_gallery
+    from cmemd.benchmarks.sysu import draw_gallery
     from cmemd.engine.extract import extract_features
 
     ids, cams, paths = np.array([r.pid for r in pool]), np.array([r.camid for r in pool]), [r.path for r in pool]
@@ -97,7 +97,7 @@ def main() -> None:
     t_trials = time.perf_counter() - t0
     t_ref = t_query + t_trials * 10 / args.field_trials
 
-    from cmemd.evaluation import sysu_gallery_draws
+    from cmemd.benchmarks.sysu import gallery_draws as sysu_gallery_draws
 
     drawn = set()
     for mode in ("all", "indoor"):

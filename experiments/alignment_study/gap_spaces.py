@@ -51,7 +51,7 @@ def main() -> None:
     args = ap.parse_args()
     model, cfg = load_trained(args.run / "last.pt")
     ds = SYSUMM01(args.root or cfg.data.root)
-    recs = ds.query() + ds.gallery_pool("all") if args.split == "test" else ds.train(include_val=True)
+    recs = ds.thermal() + ds.visible() if args.split == "test" else ds.train(include_val=True)
     f = extract_outputs(model, recs, ("test", "global_feat", "global_bn", "local_feats", "accumulated_feats"),
                         height=cfg.data.height, width=cfg.data.width, batch_size=256)
     pids = np.array([r.pid for r in recs])

@@ -165,7 +165,7 @@ def run_diagnostics(model, cfg, data: Path) -> dict[str, float]:
     from cmemd.engine.diagnostics import diagnostics_record
 
     ds = SYSUMM01(data)
-    test = ds.query() + ds.gallery_pool("all")
+    test = ds.thermal() + ds.visible()
     return diagnostics_record(config_diagnostics(model, test, cfg, nuisance=nuisance_of(test, data)))
 
 
@@ -290,7 +290,7 @@ def pixel_purity(ids: int = 80) -> None:
 
     root = ensure_data(ids, None)
     ds = SYSUMM01(root)
-    recs = ds.query() + ds.gallery_pool("all")
+    recs = ds.thermal() + ds.visible()
     nz = nuisance_of(recs, root)
     x = np.stack([np.asarray(Image.open(r.path).convert("L").resize((16, 32)), np.float32).ravel() for r in recs])
     x = x - x.mean(1, keepdims=True)
@@ -304,7 +304,7 @@ def pixel_purity(ids: int = 80) -> None:
     for v in (None, *VARIATIONS):
         root = ensure_data(300, v)
         ds = SYSUMM01(root)
-        recs = ds.query() + ds.gallery_pool("all")
+        recs = ds.thermal() + ds.visible()
         groups = sample_identity_groups([r.pid for r in recs], [modality_index(r.modality) for r in recs], 4, draws=4)
         views = nuisance_of(recs, root)["view"]
         onehot = torch.from_numpy(np.equal.outer(views, np.unique(views)).astype(np.float32))

@@ -49,9 +49,7 @@ def _fail(err: Exception) -> None:
 #: The range of every numeric flag, checked before any work: a 0 or a negative is an error (never read as "the
 #: default", which ``value or default`` did).
 _FLAG_RANGES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "--trials": (lambda v: v >= 1, "an integer >= 1 (10 is the protocol)"),
-    "--shots": (lambda v: v in (1, 10), "1 (single-shot) or 10 (multi-shot)"),
-    "--trial": (lambda v: 1 <= v <= 10, "an integer in 1..10 (the RegDB split)"),
+    "--trial": (lambda v: 1 <= v <= 10, "an integer in 1..10 (the numbered split)"),
     "--k1": (lambda v: v >= 1, "an integer >= 1 (k-reciprocal neighbours; the paper's 20)"),
     "--k2": (lambda v: v >= 1, "an integer >= 1 (query-expansion neighbours; the paper's 6)"),
     "--lambda-value": (lambda v: 0.0 <= v <= 1.0, "a number in [0, 1] (the weight of the original distance)"),
@@ -80,10 +78,10 @@ def _check_flags(**values: Any) -> None:
 @data_app.command("stats")
 def data_stats(
     root: Path = typer.Argument(..., help="Dataset root (any known layout)."),
-    layout: Optional[str] = typer.Option(None, help="Dataset name in cmemd.data.registry (sysu, regdb, llcm, ...); detected from the folder when omitted."),
+    layout: Optional[str] = typer.Option(None, help="Benchmark name in cmemd.benchmarks.registry (an unknown one lists them); detected from the folder when omitted."),
 ) -> None:
     """Print per-split, per-camera and per-modality image counts and the totals per modality."""
-    from cmemd.data.stats import dataset_stats, format_stats
+    from cmemd.benchmarks.stats import dataset_stats, format_stats
 
     try:
         typer.echo(format_stats(dataset_stats(root, layout=layout)))
@@ -94,11 +92,11 @@ def data_stats(
 @data_app.command("check")
 def data_check(
     root: Path = typer.Argument(..., help="Dataset root (any known layout)."),
-    layout: Optional[str] = typer.Option(None, help="Dataset name in cmemd.data.registry (sysu, regdb, llcm, ...); detected from the folder when omitted."),
+    layout: Optional[str] = typer.Option(None, help="Benchmark name in cmemd.benchmarks.registry (an unknown one lists them); detected from the folder when omitted."),
     decode: bool = typer.Option(True, help="Decode every image (slow on the full datasets)."),
 ) -> None:
     """Validate a dataset root and report every problem at once."""
-    from cmemd.data.stats import check_dataset
+    from cmemd.benchmarks.stats import check_dataset
 
     try:
         problems = check_dataset(root, layout=layout, decode=decode)
@@ -115,14 +113,14 @@ def data_check(
 @data_app.command("synth")
 def data_synth(
     out: Path = typer.Option(..., "--out", help="Output folder (must be empty or absent unless --force)."),
-    layout: str = typer.Option("sysu", help="Dataset layout to write: sysu, regdb or llcm (any registry entry with a generator)."),
-    ids: Optional[int] = typer.Option(None, help="Number of identities [sysu 300, regdb 100, llcm 60]."),
+    layout: str = typer.Option("sysu", help="Dataset layout to write: any benchmark in cmemd.benchmarks.registry with a generator (an unknown one lists them)."),
+    ids: Optional[int] = typer.Option(None, help="Number of identities [the layout's default: sysu 300]."),
     seed: int = typer.Option(0, help="Seed; the same seed gives byte-identical files."),
     height: int = typer.Option(128, help="Image height in pixels."),
     width: int = typer.Option(64, help="Image width in pixels."),
     workers: int = typer.Option(1, help="Worker processes (the output does not depend on it)."),
-    images_min: Optional[int] = typer.Option(None, help="SYSU/LLCM: fewest images per (id, camera) [sysu 10, llcm 2]."),
-    images_max: Optional[int] = typer.Option(None, help="SYSU/LLCM: most images per (id, camera) [sysu 20, llcm 4]."),
+    images_min: Optional[int] = typer.Option(None, help="Fewest images per (id, camera), where the layout draws a count [the layout's default: sysu 10]."),
+    images_max: Optional[int] = typer.Option(None, help="Most images per (id, camera), where the layout draws a count [the layout's default: sysu 20]."),
     palette_size: int = typer.Option(4, help="Colours in the shared palette (2..16)."),
     variation: float = typer.Option(0.4, help="Pose / view / box variation strength (0..1)."),
     occlusion_rate: float = typer.Option(0.1, help="Probability that an image is partly occluded."),
@@ -130,20 +128,20 @@ def data_synth(
     camera_gap: float = typer.Option(0.2, help="How different the cameras look (0..1)."),
     force: bool = typer.Option(False, "--force", help="Replace the synthetic set in a non-empty folder the generator made (its files are removed first); a folder cmemd did not make is refused."),
 ) -> None:
-    """Generate the synthetic visible-thermal benchmark in a dataset's layout (SYSU-MM01, RegDB, LLCM)."""
+    """Generate the synthetic visible-thermal benchmark in a dataset's layout (any registered benchmark with a generator)."""
     import json
     import time
 
-    from cmemd.data.registry import DATASETS
+    from cmemd.benchmarks.registry import BENCHMARKS
     from cmemd.data.synth import SynthConfig
     from cmemd.errors import ConfigError
     from cmemd.folders import check_replaceable, folder_entries
 
     try:
         _check_flags(ids=ids, workers=workers)
-        spec = DATASETS.get(layout)
+        spec = BENCHMARKS.get(layout)
         if spec is None or spec.synthesize is None:
-            makers = [n for n, s in DATASETS.items() if s.synthesize is not None]
+            makers = [n for n, s in BENCHMARKS.items() if s.synthesize is not None]
             raise ConfigError(f"--layout {layout!r} is unknown: use one of {', '.join(makers)}")
         check_replaceable(out, "dataset", "--out")  # a folder cmemd did not make is never written into
         if folder_entries(out) and not force:
@@ -174,10 +172,11 @@ def data_preview(
     root: Path = typer.Argument(..., help="Dataset root (any known layout, real or synthetic)."),
     out: Path = typer.Option(Path("preview.png"), "--out", help="Image file to write: .png, .jpg or .bmp."),
     ids: int = typer.Option(6, help="Number of identities (rows)."),
-    per_camera: int = typer.Option(2, help="Images per camera (SYSU, LLCM: per sensor) or pairs / 2 (RegDB)."),
+    per_camera: int = typer.Option(2, help="Images per camera (per sensor, or pairs / 2 for an aligned rig; the benchmark lays out the columns)."),
 ) -> None:
     """Write a grid of images: rows are identities, columns cameras and modalities (as the dataset lays them out)."""
-    from cmemd.data.preview import check_preview_args, preview_grid
+    from cmemd.benchmarks.stats import preview_grid
+    from cmemd.data.preview import check_preview_args
 
     try:
         check_preview_args(out, ids, per_camera)
@@ -215,7 +214,7 @@ def train_cmd(
     config: Path = typer.Option(..., "--config", "-c", help="YAML config file, or a packaged config's name (`cmemd configs`)."),
     overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.epochs=5 run.out_dir=runs/x"),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in run.out_dir from its last checkpoint."),
-    all_trials: bool = typer.Option(False, "--all-trials", help="Datasets with numbered training splits (RegDB): train one model per trial and report the mean."),
+    all_trials: bool = typer.Option(False, "--all-trials", help="Datasets with numbered training splits: train one model per trial and report the mean."),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the evaluation after training."),
 ) -> None:
     """Train a model (CM-EMD or a baseline) and evaluate it on the test protocol.
@@ -281,14 +280,9 @@ def _resume_command() -> str:
 def eval_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A last.pt written by `cmemd train`."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: the one the model was trained on)."),
+    options: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="The benchmark's protocol options as KEY=VALUE (its eval.* settings; omitted ones keep the checkpoint's), e.g. SYSU-MM01 modes=[all,indoor] shots=10 method=official rand_perm=PATH trials=10; an unknown key lists the benchmark's options."),
     protocol: Optional[str] = typer.Option(None, help="Dataset whose protocol to run (default and only choice: the training dataset's)."),
-    mode: Optional[List[str]] = typer.Option(None, help="SYSU search mode(s): all, indoor (repeatable)."),
-    shots: Optional[int] = typer.Option(None, help="SYSU: 1 (single-shot) or 10 (multi-shot)."),
-    method: Optional[str] = typer.Option(None, help="SYSU gallery draw: python-random or official."),
-    rand_perm: Optional[Path] = typer.Option(None, help="rand_perm_cam.mat for --method official."),
-    trials: Optional[int] = typer.Option(None, help="SYSU/LLCM: number of trials 0..n-1 (10 is the protocol)."),
-    direction: Optional[List[str]] = typer.Option(None, help="LLCM direction(s): t2v (IR->VIS), v2t (VIS->IR), v2t-authors (the authors' transposed VIS->IR); repeatable."),
-    trial: Optional[int] = typer.Option(None, help="RegDB trial 1..10 (must be the one the model was trained on)."),
+    trial: Optional[int] = typer.Option(None, help="The numbered training split (1..10; must be the one the model was trained on)."),
     out: Optional[Path] = typer.Option(None, help="Write the results as JSON here."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report (CMC, ranked lists, t-SNE, per-trial table) into this folder."),
@@ -298,7 +292,8 @@ def eval_cmd(
     k2: Optional[int] = typer.Option(None, "--k2", help="Re-ranking k2 (query expansion) [eval.rerank_k2, 6]."),
     lambda_value: Optional[float] = typer.Option(None, "--lambda-value", help="Re-ranking weight of the original distance [eval.rerank_lambda, 0.3]."),
 ) -> None:
-    """Evaluate a trained checkpoint with its dataset's protocol (SYSU-MM01, RegDB, LLCM)."""
+    """Evaluate a trained checkpoint with its benchmark's protocol."""
+    import typing
     from dataclasses import replace
 
     from cmemd.app.evaluate import evaluate_model, format_all, load_trained, modality_gap_of, save_results
@@ -307,29 +302,28 @@ def eval_cmd(
     from cmemd.report import write_evaluation_report
 
     try:
-        _check_flags(shots=shots, trials=trials, trial=trial, k1=k1, k2=k2, lambda_value=lambda_value)
+        _check_flags(trial=trial, k1=k1, k2=k2, lambda_value=lambda_value)
         if out:  # where the results go is checked before the evaluation, not after it
             check_output_file(out, "--out")
         if report:
             check_output_folder(report, "--report")
         dev = resolve_device(device)
         model, cfg = load_trained(checkpoint, device=dev)
-        from cmemd.data.registry import get_dataset
+        from cmemd.benchmarks.registry import get_benchmark
+        from cmemd.config import option_values
 
         d, e = cfg.data, cfg.eval
-        spec = get_dataset(d.dataset)
-        if protocol is not None and get_dataset(protocol) is not spec:
+        spec = get_benchmark(d.dataset)
+        if protocol is not None and get_benchmark(protocol) is not spec:
             raise ConfigError(f"--protocol {protocol}: this model was trained on {d.dataset}; its classes and "
                               "modality branches belong to that dataset (pass --data to evaluate on another root)")
         if trial is not None and spec.training_trials and trial != d.trial:
             raise ConfigError(f"--trial {trial}: this model was trained on {spec.title} trial {d.trial}; testing it on "
                               "another trial's split leaks training ids (one model per trial)")
         d = replace(d, root=str(data) if data else d.root)
-        e = replace(e, modes=list(mode) if mode else e.modes, shots=e.shots if shots is None else shots,
-                    method=method or e.method, rand_perm=str(rand_perm) if rand_perm else e.rand_perm,
-                    trials=e.trials if trials is None else trials,
-                    flip=e.flip if flip is None else flip,
-                    directions=list(direction) if direction else e.directions)
+        hints = typing.get_type_hints(type(e))  # the eval: section, derived from the benchmarks' Options
+        e = replace(e, flip=e.flip if flip is None else flip,
+                    **option_values(options or [], {k: hints[k] for k in spec.option_names()}, spec.title))
         e = replace(e, rerank=e.rerank if rerank is None else rerank,
                     rerank_k1=e.rerank_k1 if k1 is None else k1, rerank_k2=e.rerank_k2 if k2 is None else k2,
                     rerank_lambda=e.rerank_lambda if lambda_value is None else lambda_value)
@@ -362,7 +356,7 @@ def extract_cmd(
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
     flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Test-time flip: average each image's feature with its mirror's (default: the model's eval.flip)."),
 ) -> None:
-    """Save the features of the dataset's test sets as .npz (SYSU query + gallery_pool, RegDB visible/thermal of the trial, LLCM visible/thermal)."""
+    """Save the features of the benchmark's test sets as .npz, one file per set (SYSU-MM01: query + gallery_pool)."""
     from cmemd.engine.extract import extract_features
     from cmemd.app.evaluate import evaluation_sets, load_trained
     from cmemd.app.runtime import resolve_device
@@ -389,15 +383,10 @@ def extract_cmd(
 @app.command("eval-features")
 def eval_features_cmd(
     query: Path = typer.Argument(..., help="Query features .npz (arrays feats, pids, cams, paths)."),
-    gallery: Path = typer.Argument(..., help="SYSU: the gallery POOL .npz (all visible test images); RegDB/LLCM: the other modality (LLCM: every test image of it; each trial samples it)."),
-    protocol: str = typer.Option(..., help="Dataset whose protocol to run: sysu, regdb or llcm."),
-    mode: str = typer.Option("all", help="SYSU search mode: all or indoor."),
-    shots: int = typer.Option(1, help="SYSU gallery images per (id, camera): 1 (single-shot) or 10 (multi-shot)."),
-    method: str = typer.Option("python-random", help="SYSU gallery draw: python-random or official."),
-    rand_perm: Optional[Path] = typer.Option(None, help="rand_perm_cam.mat for --method official."),
-    trials: int = typer.Option(10, help="SYSU/LLCM: number of random galleries (trials 0..n-1)."),
-    direction: Optional[str] = typer.Option(None, help="RegDB: v2t (QUERY is visible, the default) or t2v (QUERY is thermal); LLCM: t2v (the default; QUERY is NIR), v2t or v2t-authors (QUERY is visible)."),
-    trial: int = typer.Option(1, help="RegDB: the split number (1..10) the features belong to (a label)."),
+    gallery: Path = typer.Argument(..., help="The gallery side as the benchmark's evaluate_features takes it (SYSU-MM01: the gallery POOL .npz, all visible test images; each trial draws from it)."),
+    options: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="The protocol's options as KEY=VALUE (the keyword arguments of the benchmark's evaluate_features), e.g. SYSU-MM01 mode=indoor shots=10 method=official rand_perm=PATH trials=10, a two-direction benchmark direction=t2v (QUERY thermal); an unknown key lists the benchmark's options."),
+    protocol: str = typer.Option(..., help="Benchmark whose protocol to run (a name in cmemd.benchmarks.registry; an unknown one lists them)."),
+    trial: int = typer.Option(1, help="The numbered split (1..10) the features belong to (a label)."),
     feature_name: Optional[str] = typer.Option(None, help="Name of the feature, shown in the table (e.g. bn-neck)."),
     per_trial: bool = typer.Option(False, help="Print one row per trial as well."),
     out: Optional[Path] = typer.Option(None, help="Write the results as JSON here."),
@@ -408,27 +397,31 @@ def eval_features_cmd(
 ) -> None:
     """Evaluate saved features with a dataset's protocol (no model involved)."""
     import json
+    import typing
 
-    from cmemd.data.registry import DATASETS, known
+    from cmemd.benchmarks.registry import BENCHMARKS, known
+    from cmemd.config import option_values
     from cmemd.evaluation import ReRanking, format_results, load_features, save_json, to_dict
     from cmemd.folders import check_output_file
 
     try:
-        _check_flags(shots=shots, trials=trials, trial=trial, k1=k1, k2=k2, lambda_value=lambda_value)
-        if protocol not in DATASETS:
-            raise ConfigError(f"--protocol {protocol!r} is unknown; use one of {', '.join(DATASETS)} ({known()})")
-        spec = DATASETS[protocol]
+        _check_flags(trial=trial, k1=k1, k2=k2, lambda_value=lambda_value)
+        if protocol not in BENCHMARKS:
+            raise ConfigError(f"--protocol {protocol!r} is unknown; use one of {', '.join(BENCHMARKS)} ({known()})")
+        spec = BENCHMARKS[protocol]
         if out is not None:  # before the work, not after
             check_output_file(out, "--out")
+        hints = typing.get_type_hints(type(spec).evaluate_features)
+        names = [n for n in spec.feature_option_names() if n != "trial"]  # --trial is the common flag
+        kwargs = option_values(options or [], {n: hints[n] for n in names}, spec.title)  # before any file is read
+        if "trial" in spec.feature_option_names():
+            kwargs["trial"] = trial
         q, g = load_features(query), load_features(gallery)
-        options = dict(mode=mode, shots=shots, method=method, trials=trials, rand_perm=rand_perm, trial=trial,
-                       feature_name=feature_name)
-        if direction is not None:
-            options["direction"] = direction
         runs = {"plain": None}
         if rerank:
             runs["reranked"] = ReRanking(k1, k2, lambda_value)
-        res = {key: spec.evaluate_features(q, g, rerank=rr, **options) for key, rr in runs.items()}
+        res = {key: spec.evaluate_features(q, g, feature_name=feature_name, rerank=rr, **kwargs)
+               for key, rr in runs.items()}
         typer.echo("\n\n".join(format_results(r, per_trial=per_trial) for r in res.values()))
         if out is not None:
             if rerank:  # both, side by side: {"plain": ..., "reranked": ...}

@@ -1,8 +1,9 @@
 """Typed settings for the command line: dataclasses, YAML files and ``key=value`` overrides.
 
 The library never needs these: the CLI translates them into keyword arguments. The ``model:`` and
-``loss:`` sections are derived from the library's own ``ModelConfig`` and ``Objective`` (every option
-reachable, none restated), and the enumerated choices are the library's constants. Unknown keys
+``loss:`` sections are derived from the library's own ``ModelConfig`` and ``Objective``, and the
+benchmark options of ``eval:`` from each registered benchmark's ``Options`` dataclass (every option
+reachable, none restated); the enumerated choices are the library's constants. Unknown keys
 and values of the wrong type are :class:`ConfigError` naming the key and the file.
 """
 from __future__ import annotations
@@ -13,7 +14,7 @@ import math
 import re
 import types
 import typing
-from dataclasses import asdict, dataclass, field, fields, is_dataclass, make_dataclass
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
 from typing import Any, Optional
 
@@ -24,16 +25,22 @@ else:
 
 import yaml
 
-from cmemd.engine.objective import Objective
-from cmemd.errors import ConfigError
+from cmemd.benchmarks.registry import BENCHMARKS, known
+from cmemd.data.transforms import CHANNEL_AUG_KINDS
+from cmemd.engine.objective import ALIGN_FEATURES, DL_VARIANTS, GRANULARITIES, Objective
+from cmemd.engine.schedule import OPTIMIZERS
+from cmemd.engine.trainer import AMP_MODES
+from cmemd.errors import ConfigError, EvaluationError
+from cmemd.losses.alignment import ALIGNMENT_LOSSES, COSTS, SOLVERS
 from cmemd.models import ModelConfig
+from cmemd.models.vtreid import ACCUMULATE, POOLINGS, TEST_FEATURES, TEST_GLOBALS, TEST_LOCALS
 
 
 @dataclass
 class DataConfig:
-    dataset: str = "sysu"  # a name in cmemd.data.registry.DATASETS: sysu | regdb | llcm
+    dataset: str = "sysu"  # a name in cmemd.benchmarks.registry.BENCHMARKS (`cmemd data stats --help` lists them)
     root: str = "data/synth_sysu"
-    trial: int = 1  # RegDB trial 1..10 (one model per trial)
+    trial: int = 1  # the numbered training split 1..10 of benchmarks that have them (one model per trial)
     height: int = 288
     width: int = 144
     num_ids: int = 8  # P identities per batch
@@ -101,21 +108,47 @@ class OptimSettings:
     channels_last: bool = False
 
 
-@dataclass
-class EvalSettings:
-    modes: list[str] = field(default_factory=lambda: ["all", "indoor"])  # SYSU search modes
-    shots: int = 1
-    trials: int = 10  # SYSU gallery draws / LLCM samples, trials 0..n-1
-    directions: list[str] = field(default_factory=lambda: ["t2v", "v2t"])  # LLCM: t2v | v2t | v2t-authors
-    method: str = "python-random"  # python-random | official
-    rand_perm: Optional[str] = None
-    batch_size: int = 128
-    flip: bool = False  # test-time flip: average each image's feature with its horizontal mirror's
+#: The ``eval:`` settings every benchmark shares; the rest of the section is derived from the benchmarks' options.
+_EVAL_COMMON: list[tuple[str, Any, Any]] = [
+    ("batch_size", int, 128),
+    ("flip", bool, False),  # test-time flip: average each image's feature with its horizontal mirror's
     # k-reciprocal re-ranking: when on, every table is reported plain AND re-ranked (labelled); never silently on
-    rerank: bool = False
-    rerank_k1: int = 20
-    rerank_k2: int = 6
-    rerank_lambda: float = 0.3
+    ("rerank", bool, False),
+    ("rerank_k1", int, 20),
+    ("rerank_k2", int, 6),
+    ("rerank_lambda", float, 0.3),
+]
+
+
+def _option_entries() -> list[tuple[str, Any, Any]]:
+    """Every registered benchmark's ``Options`` fields, each name once (benchmarks sharing a name share its type)."""
+    out: dict[str, tuple[Any, Any, str]] = {}
+    for b in BENCHMARKS.values():
+        hints = typing.get_type_hints(b.Options)
+        for f in fields(b.Options):
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            if f.name in out and out[f.name][0] != hints[f.name]:
+                raise ConfigError(f"eval.{f.name}: the benchmarks {out[f.name][2]} and {b.name} declare it with "
+                                  f"different types ({out[f.name][0]} and {hints[f.name]}); rename one option")
+            out.setdefault(f.name, (hints[f.name], default, b.name))
+    return [(n, tp, d) for n, (tp, d, _) in out.items()]
+
+
+_EVAL_CLASSES: dict[tuple, type] = {}
+
+
+def eval_settings_class() -> type:
+    """The ``eval:`` section: the common settings plus the ``Options`` fields of every registered benchmark
+    (rebuilt when a benchmark is registered, so that a new benchmark's options need no edit here)."""
+    key = tuple((n, b.Options) for n, b in BENCHMARKS.items())
+    if key not in _EVAL_CLASSES:
+        _EVAL_CLASSES[key] = _section("EvalSettings", _option_entries() + _EVAL_COMMON,
+                                      "The eval section: the benchmarks' protocol options and the common settings.")
+    return _EVAL_CLASSES[key]
+
+
+#: The ``eval:`` section of the benchmarks registered at import (see :func:`eval_settings_class`).
+EvalSettings = eval_settings_class()
 
 
 @dataclass
@@ -141,7 +174,7 @@ class TrainConfig:
     model: ModelSettings = field(default_factory=ModelSettings)
     loss: LossSettings = field(default_factory=LossSettings)
     optim: OptimSettings = field(default_factory=OptimSettings)
-    eval: EvalSettings = field(default_factory=EvalSettings)
+    eval: Any = field(default_factory=lambda: eval_settings_class()())  # an eval_settings_class() instance
     run: RunSettings = field(default_factory=RunSettings)
 
     def to_dict(self) -> dict:
@@ -323,14 +356,6 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
 
 def _choices() -> dict[str, tuple[str, ...]]:
     """Enumerated settings and their choices, as the library defines them."""
-    from cmemd.data.sysu import GALLERY_METHODS
-    from cmemd.data.transforms import CHANNEL_AUG_KINDS
-    from cmemd.engine.objective import ALIGN_FEATURES, DL_VARIANTS, GRANULARITIES
-    from cmemd.engine.schedule import OPTIMIZERS
-    from cmemd.engine.trainer import AMP_MODES
-    from cmemd.losses.alignment import ALIGNMENT_LOSSES, COSTS, SOLVERS
-    from cmemd.models.vtreid import ACCUMULATE, POOLINGS, TEST_FEATURES, TEST_GLOBALS, TEST_LOCALS
-
     return {
         "data.channel_aug_kind": CHANNEL_AUG_KINDS,
         "model.pooling": POOLINGS,
@@ -346,7 +371,6 @@ def _choices() -> dict[str, tuple[str, ...]]:
         "loss.dl_variant": DL_VARIANTS,
         "optim.optimizer": OPTIMIZERS,
         "optim.amp": AMP_MODES,
-        "eval.method": GALLERY_METHODS,
         "run.selection": SELECTIONS,
         "data.ddp_batch": DDP_BATCHES,
     }
@@ -396,7 +420,7 @@ _PROBABILITY = Range(0, 1, meaning="a probability")
 #: here and checked by :func:`validate` before any work, so that ``optim.lr=inf`` or ``data.num_workers=-1`` is an
 #: error naming the key instead of a crash (or a silently meaningless run) later.
 RANGES: dict[str, Range] = {
-    "data.trial": Range(1, 10, meaning="the RegDB trial"),
+    "data.trial": Range(1, 10, meaning="the numbered training split"),
     "data.height": _COUNT, "data.width": _COUNT,
     "data.num_ids": Range(1, meaning="P, identities per batch"),
     "data.num_instances": Range(1, meaning="K, images per modality per identity"),
@@ -434,8 +458,9 @@ RANGES: dict[str, Range] = {
 def numeric_fields() -> dict[str, Any]:
     """``{"section.name": annotated type}`` of every int / float (or Optional / list of them) setting."""
     out = {}
-    for section, section_type in _field_types(TrainConfig).items():
-        for name, tp in _field_types(section_type).items():
+    cfg = TrainConfig()  # the sections' classes (eval's follows the registered benchmarks)
+    for section in _field_types(TrainConfig):
+        for name, tp in _field_types(type(getattr(cfg, section))).items():
             args = [a for a in typing.get_args(tp) if a is not type(None)] or [tp]
             base = typing.get_args(args[0])[0] if typing.get_origin(args[0]) is list else args[0]
             if base in (int, float):
@@ -458,27 +483,19 @@ def _check_ranges(cfg: TrainConfig) -> None:
 
 def validate(cfg: TrainConfig) -> None:
     """Check enumerated choices and ranges; ConfigError names the key."""
-    from cmemd.data.llcm import DIRECTIONS
-    from cmemd.data.registry import DATASETS, known
-
-    if cfg.data.dataset not in DATASETS:
-        raise ConfigError(f"data.dataset must be one of {tuple(DATASETS)}, got {cfg.data.dataset!r} (known: {known()})")
+    if cfg.data.dataset not in BENCHMARKS:
+        raise ConfigError(f"data.dataset must be one of {tuple(BENCHMARKS)}, got {cfg.data.dataset!r} (known: {known()})")
     for key, choices in _choices().items():
         section, name = key.split(".")
         v = getattr(getattr(cfg, section), name)
         if v not in choices:
             raise ConfigError(f"{key} must be one of {choices}, got {v!r}")
-    for m in cfg.eval.modes:
-        if m not in ("all", "indoor"):
-            raise ConfigError(f"eval.modes entries must be 'all' or 'indoor', got {m!r}")
-    if not cfg.eval.directions:
-        raise ConfigError(f"eval.directions: give at least one of {DIRECTIONS}")
-    for d in cfg.eval.directions:
-        if d not in DIRECTIONS:
-            raise ConfigError(f"eval.directions entries must be one of {DIRECTIONS} (LLCM), got {d!r}")
     _check_ranges(cfg)
-    if cfg.eval.shots not in (1, 10):
-        raise ConfigError(f"eval.shots must be 1 or 10, got {cfg.eval.shots}")
+    for b in BENCHMARKS.values():  # each benchmark checks its own options (choices, combinations)
+        try:
+            b.options(**{n: getattr(cfg.eval, n) for n in b.option_names()})
+        except EvaluationError as e:
+            raise ConfigError(f"eval.{e}") from None
     if cfg.data.num_ids < 2 and cfg.loss.lambda_dl > 0:
         raise ConfigError(f"data.num_ids={cfg.data.num_ids} with CM-DL (loss.lambda_dl={cfg.loss.lambda_dl:g}): CM-DL "
                           "divides the within-identity spread by the spread between identity centres, which a batch of "
@@ -487,6 +504,35 @@ def validate(cfg: TrainConfig) -> None:
         ModelConfig(num_classes=1, **asdict(cfg.model))
     except ConfigError as e:
         raise ConfigError(str(e).replace("ModelConfig.", "model.")) from None
+
+
+def option_values(pairs: list[str] | tuple[str, ...], types: dict[str, Any], owner: str) -> dict[str, Any]:
+    """A benchmark's protocol options from ``key=value`` strings (the CLI's arguments after the flags): each key one
+    of ``types`` (``eval.key`` works too), each value parsed as YAML and type-checked as in a config, a numeric
+    one checked against ``RANGES["eval.<key>"]``. ConfigError names the pair, and ``owner``'s options when the key
+    is not one of them."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        key = key.strip().removeprefix("eval.")
+        if not sep or not key:
+            raise ConfigError(f"{pair!r}: expected KEY=VALUE, e.g. trials=3 (the options of {owner}: "
+                              f"{', '.join(sorted(types)) or 'none'})")
+        if key not in types:
+            raise ConfigError(f"{pair!r}: {key!r} is not an option of {owner}; its options: "
+                              f"{', '.join(sorted(types)) or 'none'}")
+        try:
+            value: Any = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{pair!r}: the value is not valid YAML ({str(e).splitlines()[0]}); write a number, "
+                              "a word, or a list like [all, indoor]") from None
+        value = _coerce(value, types[key], key, "command line")
+        rng = RANGES.get(f"eval.{key}")
+        for v in value if isinstance(value, list) else [value]:
+            if rng is not None and isinstance(v, (int, float)) and not rng.admits(v):
+                raise ConfigError(f"{key}={value!r}: must be {rng.describe(isinstance(v, int))}")
+        out[key] = value
+    return out
 
 
 def config_from_dict(d: dict, source: str = "checkpoint") -> TrainConfig:
@@ -503,5 +549,6 @@ def dump_config(cfg: TrainConfig, path: str | Path) -> None:
 __all__ = [
     "TrainConfig", "DataConfig", "ModelSettings", "LossSettings", "OptimSettings", "EvalSettings", "RunSettings",
     "load_config", "resolve_config", "packaged_configs", "apply_overrides", "validate", "config_from_dict", "dump_config",
+    "eval_settings_class", "option_values",
     "Range", "RANGES", "numeric_fields",
 ]

@@ -23,7 +23,7 @@ import numpy as np
 
 from cmemd.data.fs import is_symlink_loop, loop_message
 from cmemd.errors import ConfigError, DatasetError, EvaluationError
-from cmemd.evaluation.features import FeatureSet, _validate, load_features
+from cmemd.evaluation.features import FeatureSet, check_feature_arrays, load_features
 from cmemd.evaluation.metrics import top_k as ranked_top_k
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -100,7 +100,7 @@ def build_index(model: Any, folder: str | Path, out: str | Path, *, modality: st
     pids = np.full(len(files), -1, np.int64)
     cams = np.zeros(len(files), np.int64)
     paths = np.asarray([str(p) for p in files], dtype=str)
-    _validate(feats, pids, cams, paths, str(out))
+    check_feature_arrays(feats, pids, cams, paths, str(out))
     arrays: dict[str, Any] = {"feats": feats, "pids": pids, "cams": cams, "paths": paths,
                               "modality": np.asarray(modality), "feature_dim": np.asarray(feats.shape[1]),
                               FINGERPRINT: np.asarray(model_fingerprint(model))}

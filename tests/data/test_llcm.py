@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from cmemd.data.images import load_image
-from cmemd.data.llcm import LLCM, camera_of, draw_one_per_camera, read_train_list, train_records
+from cmemd.benchmarks.llcm import draw_one_per_camera
+from cmemd.benchmarks.registry import get_benchmark
+from cmemd.data.llcm import LLCM, camera_of, read_train_list, train_records
 from cmemd.errors import DatasetError
 from tests.data.builders import make_llcm
 
@@ -144,14 +146,16 @@ def test_draw_rejects_bad_input():
 
 
 def test_root_of_another_layout_is_named(tmp_path):
-    from cmemd.data.sysu import SYSUMM01
+    """The benchmark names the layout a root has when it is another benchmark's (the readers know only their own)."""
     from tests.data.builders import make_sysu
 
     sysu = make_sysu(tmp_path / "s", {(1, 1): 1, (1, 3): 1}, train=(1,), test=(1,))
     llcm = make_llcm(tmp_path / "l", {("visible", 1, 1): 1})
     with pytest.raises(DatasetError, match="looks like a SYSU-MM01 root.*data.dataset=sysu"):
-        LLCM(sysu)
+        get_benchmark("llcm").test_sets(sysu)
     with pytest.raises(DatasetError, match="looks like a SYSU-MM01 root"):  # the training lists check it too
-        train_records(sysu)
+        get_benchmark("llcm").train_records(sysu)
     with pytest.raises(DatasetError, match="looks like a LLCM root.*data.dataset=llcm"):
-        SYSUMM01(llcm)
+        get_benchmark("sysu").train_records(llcm)
+    with pytest.raises(DatasetError, match="camera folder missing"):  # the reader alone lists what it misses
+        LLCM(sysu)

@@ -71,7 +71,7 @@ def test_missing_idx_file(regdb):
 def test_check_lists_every_problem_of_every_split_file(regdb):
     """`cmemd data check` on RegDB: a problem in one idx file does not hide those of the others, not even
     of the other modality's file of the same trial and split."""
-    from cmemd.data.stats import check_dataset
+    from cmemd.benchmarks.stats import check_dataset
 
     broken = {}
     for split, m, t in (("train", "visible", 3), ("train", "thermal", 3), ("test", "visible", 7), ("test", "thermal", 7)):

@@ -3,7 +3,7 @@ from __future__ import annotations
 from typer.testing import CliRunner
 
 from cmemd.cli import app
-from cmemd.data.stats import check_dataset, dataset_stats, detect_layout
+from cmemd.benchmarks.stats import check_dataset, dataset_stats, detect_layout
 from tests.data.builders import make_regdb, make_sysu
 
 runner = CliRunner()

@@ -261,7 +261,7 @@ def test_cli_synth_refuses_non_empty_and_preview_writes_png(tmp_path):
 
 
 def test_preview_of_sysu_layout(sysu, tmp_path):
-    from cmemd.data.preview import preview_grid
+    from cmemd.benchmarks.stats import preview_grid
 
     root, _, _ = sysu
     im = Image.open(preview_grid(root, tmp_path / "p.png", ids=4, per_camera=1))
@@ -272,6 +272,7 @@ def test_preview_of_sysu_layout(sysu, tmp_path):
 
 
 def test_sysu_reader_counts_equal_generator_summary(sysu):
+    from cmemd.benchmarks.sysu import gallery
     from cmemd.data.sysu import SYSUMM01
 
     root, cfg, summary = sysu
@@ -283,28 +284,29 @@ def test_sysu_reader_counts_equal_generator_summary(sysu):
         assert sum(r.camid == c for r in train) == expected
     assert len({r.pid for r in train}) == len(summary["ids"]["train"]) + len(summary["ids"]["val"])
     test = summary["images"]["test"]
-    assert len(ds.query()) == test["cam3"] + test["cam6"]
-    assert len(ds.gallery_pool("all")) == sum(test[f"cam{c}"] for c in VISIBLE_CAMS)
-    assert len(ds.gallery_pool("indoor")) == test["cam1"] + test["cam2"]
+    assert len(ds.thermal()) == test["cam3"] + test["cam6"]
+    assert len(ds.visible()) == sum(test[f"cam{c}"] for c in VISIBLE_CAMS)
+    assert len(ds.visible(cams=(1, 2))) == test["cam1"] + test["cam2"]
     # single-shot: one image per (test id, gallery camera) present; multi-shot: min(10, n) each
-    present = {(r.pid, r.camid) for r in ds.gallery_pool("all")}
-    assert len(ds.gallery("all", 1, 0)) == len(present)
-    assert len(ds.gallery("indoor", 1, 5)) == len({p for p in present if p[1] in (1, 2)})
+    present = {(r.pid, r.camid) for r in ds.visible()}
+    assert len(gallery(ds, "all", 1, 0)) == len(present)
+    assert len(gallery(ds, "indoor", 1, 5)) == len({p for p in present if p[1] in (1, 2)})
 
 
 def test_sysu_official_draw_on_generated_mat(sysu):
     """The generated rand_perm_cam.mat drives the 'official' draw: row t, first column (single-shot)."""
-    from cmemd.data.sysu import SYSUMM01, load_rand_perm
+    from cmemd.benchmarks.sysu import gallery, load_rand_perm
+    from cmemd.data.sysu import SYSUMM01
 
     root, cfg, summary = sysu
     ds = SYSUMM01(root)
     rp = load_rand_perm(root / "exp" / "rand_perm_cam.mat")
     for trial in (0, 7):
-        g = ds.gallery("all", 1, trial, method="official", rand_perm=rp)
+        g = gallery(ds, "all", 1, trial, method="official", rand_perm=rp)
         for r in g:
             pid, cam = int(Path(r.path).parent.name), r.camid
             assert int(Path(r.path).stem) == rp.perm[cam - 1][pid - 1][trial, 0]
-        assert len(g) == len({(r.pid, r.camid) for r in ds.gallery_pool("all")})
+        assert len(g) == len({(r.pid, r.camid) for r in ds.visible()})
 
 
 def test_regdb_reader_on_generated_trials(regdb):
@@ -322,7 +324,7 @@ def test_regdb_reader_on_generated_trials(regdb):
 
 
 def test_nuisance_sidecar_describes_every_image_and_the_readers_ignore_it(sysu):
-    from cmemd.data.stats import check_dataset
+    from cmemd.benchmarks.stats import check_dataset
     from cmemd.data.synth import NUISANCE_FILE, VIEWS, read_nuisance
 
     sysu = sysu[0]

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 import scipy.io
 
-from cmemd.data.sysu import SYSUMM01, draw_gallery, load_rand_perm, read_id_file
+from cmemd.benchmarks.sysu import GALLERY_CAMS, draw_gallery, gallery, load_rand_perm
+from cmemd.data.fs import read_id_file
+from cmemd.data.sysu import SYSUMM01
 from cmemd.errors import DatasetError
 from tests.data.builders import make_sysu, write_image
 
@@ -64,11 +66,11 @@ def test_counts_and_relabelling(sysu):
     # label order follows id order
     first = {r.pid: int(Path(r.path).parent.name) for r in train}
     assert first == {i: pid for i, pid in enumerate(sorted(TRAIN + VAL))}
-    query = ds.query()
+    query = ds.thermal()
     assert {r.camid for r in query} == {3, 6} and {r.modality for r in query} == {"thermal"}
     assert len(query) == sum(n for (p, c), n in counts.items() if p in TEST and c in (3, 6))
     for mode, cams in (("all", {1, 2, 4, 5}), ("indoor", {1, 2})):
-        pool = ds.gallery_pool(mode)
+        pool = ds.visible(cams=GALLERY_CAMS[mode])
         assert {r.camid for r in pool} <= cams and {r.modality for r in pool} == {"visible"}
         assert len(pool) == sum(n for (p, c), n in counts.items() if p in TEST and c in cams)
 
@@ -79,10 +81,10 @@ def test_python_random_matches_field_code(sysu, mode, shots):
     root, counts = sysu
     ds = SYSUMM01(root)
     for trial in range(10):
-        ours = [r.path for r in ds.gallery(mode, shots, trial)]
+        ours = [r.path for r in gallery(ds, mode, shots, trial)]
         assert [os.path.normpath(p) for p in ours] == [os.path.normpath(p) for p in field_gallery(root, mode, trial, shots)]
     cams = (1, 2, 4, 5) if mode == "all" else (1, 2)
-    g = ds.gallery(mode, shots, 0)
+    g = gallery(ds, mode, shots, 0)
     expected = sum(min(shots, n) for (p, c), n in counts.items() if p in TEST and c in cams)
     assert len(g) == expected
 
@@ -90,9 +92,9 @@ def test_python_random_matches_field_code(sysu, mode, shots):
 def test_trials_differ_and_repeat(sysu):
     root, _ = sysu
     ds = SYSUMM01(root)
-    draws = [tuple(r.path for r in ds.gallery("all", 1, t)) for t in range(10)]
+    draws = [tuple(r.path for r in gallery(ds, "all", 1, t)) for t in range(10)]
     assert len(set(draws)) > 1
-    assert draws[3] == tuple(r.path for r in ds.gallery("all", 1, 3))
+    assert draws[3] == tuple(r.path for r in gallery(ds, "all", 1, 3))
 
 
 def _write_rand_perm(path: Path, counts, trials=10, seed=0, max_pid=12):
@@ -117,7 +119,7 @@ def test_official_method_follows_mat_rows(sysu, tmp_path, shots):
     table = _write_rand_perm(tmp_path / "rand_perm_cam.mat", counts)
     ds = SYSUMM01(root)
     for trial in (0, 4, 9):
-        g = ds.gallery("all", shots, trial, method="official", rand_perm=tmp_path / "rand_perm_cam.mat")
+        g = gallery(ds, "all", shots, trial, method="official", rand_perm=tmp_path / "rand_perm_cam.mat")
         expected = []
         for pid in sorted(TEST):
             for c in (1, 2, 4, 5):
@@ -132,9 +134,9 @@ def test_official_mat_mismatch_is_an_error(sysu, tmp_path):
     bad[(7, 1)] = counts[(7, 1)] + 5  # the file names images the pool does not have
     _write_rand_perm(tmp_path / "r.mat", bad)
     with pytest.raises(DatasetError, match="not in the gallery pool"):
-        SYSUMM01(root).gallery("all", 10, 0, method="official", rand_perm=tmp_path / "r.mat")
+        gallery(SYSUMM01(root), "all", 10, 0, method="official", rand_perm=tmp_path / "r.mat")
     with pytest.raises(DatasetError, match="rand_perm_cam.mat"):
-        SYSUMM01(root).gallery("all", 1, 0, method="official")
+        gallery(SYSUMM01(root), "all", 1, 0, method="official")
 
 
 def test_real_official_file_structure(shared_dir):
@@ -205,21 +207,21 @@ def test_malformed_id_lines(tmp_path, text, needle):
     p = tmp_path / "test_id.txt"
     p.write_text(text)
     with pytest.raises(DatasetError, match=needle):
-        read_id_file(p)
+        read_id_file(p, "the test")
 
 
 def test_id_file_tolerates_whitespace(tmp_path):
     p = tmp_path / "ids.txt"
     p.write_text(" 1, 2 ,33 \n\n")
-    assert read_id_file(p) == [1, 2, 33]
+    assert read_id_file(p, "the test") == [1, 2, 33]
 
 
 def test_bad_draw_arguments(sysu):
     root, _ = sysu
     ds = SYSUMM01(root)
     with pytest.raises(DatasetError, match="shots"):
-        ds.gallery("all", 5, 0)
+        gallery(ds, "all", 5, 0)
     with pytest.raises(DatasetError, match="mode"):
-        ds.gallery("outdoor", 1, 0)
+        gallery(ds, "outdoor", 1, 0)
     with pytest.raises(DatasetError, match="method"):
-        ds.gallery("all", 1, 0, method="matlab")
+        gallery(ds, "all", 1, 0, method="matlab")

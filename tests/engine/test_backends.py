@@ -266,7 +266,7 @@ def test_features_with_workers_and_cache_equal_plain_extraction(tiny_sysu, tmp_p
     torch.manual_seed(0)
     model = build_model(ModelConfig(num_classes=12, arch="resnet18", width=8, num_stripes=2, local_dim=16,
                                     pretrained=None))
-    recs = SYSUMM01(tiny_sysu).query()[:20]
+    recs = SYSUMM01(tiny_sysu).thermal()[:20]
     kw = dict(height=32, width=16, batch_size=7)
     plain = extract_features(model, recs, **kw)
     fast = extract_features(model, recs, num_workers=2, use_cache=True, cache_dir=str(tmp_path / "c"),

@@ -43,14 +43,14 @@ def test_eval_checkpoint_errors(tmp_path, trained):
 
 
 def test_eval_and_extract_agree(trained, tmp_path):
-    res = runner.invoke(app, ["eval", "--checkpoint", str(trained / "last.pt"), "--mode", "all", "--trials", "3",
+    res = runner.invoke(app, ["eval", "--checkpoint", str(trained / "last.pt"), "modes=[all]", "trials=3",
                               "--out", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output
     direct = json.loads((tmp_path / "r.json").read_text())["sysu all-search single-shot"]
     res = runner.invoke(app, ["extract", "--checkpoint", str(trained / "last.pt"), "--out-dir", str(tmp_path / "f")])
     assert res.exit_code == 0, res.output
     res = runner.invoke(app, ["eval-features", str(tmp_path / "f" / "query.npz"), str(tmp_path / "f" / "gallery_pool.npz"),
-                              "--protocol", "sysu", "--mode", "all", "--trials", "3", "--out", str(tmp_path / "g.json")])
+                              "--protocol", "sysu", "mode=all", "trials=3", "--out", str(tmp_path / "g.json")])
     assert res.exit_code == 0, res.output
     via_features = json.loads((tmp_path / "g.json").read_text())
     assert via_features["mean"] == pytest.approx(direct["mean"], abs=1e-6)

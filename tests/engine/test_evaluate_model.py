@@ -8,7 +8,7 @@ import torch
 from cmemd.config import load_config
 from cmemd.app import evaluate as run
 from cmemd.app.train import model_config
-from cmemd.evaluation import sysu_gallery_draws
+from cmemd.benchmarks.sysu import gallery_draws as sysu_gallery_draws
 from cmemd.models import build_model
 
 from .conftest import tiny_overrides

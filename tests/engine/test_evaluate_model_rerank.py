@@ -9,7 +9,8 @@ from cmemd.config import load_config
 from cmemd.app import evaluate as run
 from cmemd.app.train import model_config
 from cmemd.errors import ConfigError
-from cmemd.evaluation import ReRanking, evaluate_sysu
+from cmemd.benchmarks.sysu import evaluate_sysu
+from cmemd.evaluation import ReRanking
 from cmemd.models import build_model
 
 from .conftest import tiny_overrides

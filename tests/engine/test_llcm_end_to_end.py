@@ -65,8 +65,8 @@ def test_train_evaluates_both_directions_over_ten_trials(trained, tiny_llcm):
 
 def test_eval_extract_and_features_agree(trained, tmp_path):
     out, _ = trained
-    res = runner.invoke(app, ["eval", "--checkpoint", str(out / "last.pt"), "--direction", "t2v", "--direction",
-                              "v2t-authors", "--trials", "3", "--out", str(tmp_path / "r.json"),
+    res = runner.invoke(app, ["eval", "--checkpoint", str(out / "last.pt"), "directions=[t2v, v2t-authors]",
+                              "trials=3", "--out", str(tmp_path / "r.json"),
                               "--report", str(tmp_path / "report")])
     assert res.exit_code == 0, res.output
     assert "transposed" in res.output  # which VIS->IR ran is printed
@@ -78,7 +78,7 @@ def test_eval_extract_and_features_agree(trained, tmp_path):
     f = tmp_path / "f"
     for direction, (q, g) in {"t2v": ("thermal", "visible"), "v2t-authors": ("visible", "thermal")}.items():
         res = runner.invoke(app, ["eval-features", str(f / f"{q}.npz"), str(f / f"{g}.npz"), "--protocol", "llcm",
-                                  "--direction", direction, "--trials", "3", "--out", str(tmp_path / "g.json")])
+                                  f"direction={direction}", "trials=3", "--out", str(tmp_path / "g.json")])
         assert res.exit_code == 0, res.output
         via = json.loads((tmp_path / "g.json").read_text())
         for k, v in direct[f"llcm {direction}"]["mean"].items():
@@ -88,5 +88,5 @@ def test_eval_extract_and_features_agree(trained, tmp_path):
     assert res.exit_code == 2 and "LLCM has none" in res.output
     assert np.isfinite(direct["llcm t2v"]["mean"]["mAP"])
     # re-ranking is not implemented for LLCM: said, never silently skipped
-    res = runner.invoke(app, ["eval", "--checkpoint", str(out / "last.pt"), "--rerank", "--trials", "1"])
+    res = runner.invoke(app, ["eval", "--checkpoint", str(out / "last.pt"), "--rerank", "trials=1"])
     assert res.exit_code == 2 and "not implemented for the LLCM protocol" in res.output

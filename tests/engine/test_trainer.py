@@ -140,20 +140,20 @@ def test_train_then_evaluate_writes_the_run(tiny_sysu, tmp_path):
 
 def test_validation_selection_keeps_best_and_never_uses_test(tiny_sysu, tmp_path, monkeypatch):
     import cmemd.app.evaluate as app_evaluate
-    import cmemd.data.registry as registry
+    import cmemd.benchmarks.registry as registry
     from cmemd.data.sysu import SYSUMM01
 
     out = tmp_path / "val"
     cfg = load_config(None, tiny_overrides(tiny_sysu, out, **{"run.selection": "val"}))
     looked_up = []
-    real_lookup = registry.get_dataset
+    real_lookup = registry.get_benchmark
     for module in (registry, app_evaluate):  # a lookup by name anywhere (function-level imports read the registry's)
-        monkeypatch.setattr(module, "get_dataset", lambda name: looked_up.append(name) or real_lookup(name))
+        monkeypatch.setattr(module, "get_benchmark", lambda name: looked_up.append(name) or real_lookup(name))
     outcome = train(cfg, progress=False)
     # training data, validation hook, diagnostics hook and the final evaluation share one registry lookup
     assert looked_up == ["sysu"] and outcome.results
     ds = SYSUMM01(tiny_sysu)
-    held_out = {int(r.path.split("/")[-2]) for r in ds.query("val")}
+    held_out = {int(r.path.split("/")[-2]) for r in ds.thermal("val")}
     trained_ids = sorted(ds.split_ids["train"])
     assert outcome.model.cfg.num_classes == len(trained_ids) and not held_out & set(trained_ids)
     vals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"kind": "val"' in x]

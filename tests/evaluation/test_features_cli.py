@@ -9,7 +9,9 @@ from typer.testing import CliRunner
 
 from cmemd.cli import app
 from cmemd.errors import EvaluationError
-from cmemd.evaluation import evaluate_regdb, evaluate_sysu, load_features, save_features
+from cmemd.benchmarks.regdb import evaluate_regdb
+from cmemd.benchmarks.sysu import evaluate_sysu
+from cmemd.evaluation import load_features, save_features
 from tests.evaluation.test_protocols import sysu_like
 
 
@@ -43,7 +45,7 @@ def test_cli_sysu_matches_the_library_and_writes_json(tmp_path):
     save_features(tmp_path / "g.npz", pf, pp, pc, paths)
     out = tmp_path / "r.json"
     res = CliRunner().invoke(app, ["eval-features", str(tmp_path / "q.npz"), str(tmp_path / "g.npz"), "--protocol", "sysu",
-                                   "--mode", "indoor", "--shots", "10", "--trials", "3", "--out", str(out)])
+                                   "mode=indoor", "shots=10", "trials=3", "--out", str(out)])
     assert res.exit_code == 0, res.output
     assert "SYSU-MM01 indoor-search" in res.output and "mean ± std" in res.output
     lib = evaluate_sysu(qf, qp, qc, pf, pp, pc, paths, mode="indoor", shots=10, trials=3)
@@ -59,7 +61,7 @@ def test_cli_regdb_direction_and_errors(tmp_path):
     save_features(tmp_path / "v.npz", vis, ids, np.full(50, 1), [f"v{i}" for i in range(50)])
     out = tmp_path / "r.json"
     res = CliRunner().invoke(app, ["eval-features", str(tmp_path / "t.npz"), str(tmp_path / "v.npz"), "--protocol", "regdb",
-                                   "--direction", "t2v", "--out", str(out)])
+                                   "direction=t2v", "--out", str(out)])
     assert res.exit_code == 0, res.output
     lib = evaluate_regdb(vis, ids, th, ids, direction="t2v")
     assert json.loads(out.read_text())["mean"]["R1"] == pytest.approx(lib.mean["R1"])

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 
 from cmemd.errors import EvaluationError
-from cmemd.evaluation import LLCM_DIRECTIONS, evaluate_llcm, format_results
+from cmemd.benchmarks.llcm import DIRECTIONS as LLCM_DIRECTIONS
+from cmemd.benchmarks.llcm import evaluate_llcm
+from cmemd.evaluation import format_results
 from tests.evaluation.eval_reference import reference_from_similarity
 
 VIS_CAMS = tuple(range(1, 10))

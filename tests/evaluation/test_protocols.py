@@ -6,13 +6,12 @@ import json
 import numpy as np
 import pytest
 
+from cmemd.benchmarks.regdb import evaluate_regdb, evaluate_regdb_directions
+from cmemd.benchmarks.sysu import evaluate_sysu
 from cmemd.errors import EvaluationError
 from cmemd.evaluation import (
     combine_results,
     evaluate,
-    evaluate_regdb,
-    evaluate_regdb_directions,
-    evaluate_sysu,
     format_results,
     metric_row,
     save_json,
@@ -50,12 +49,12 @@ def stand_in_draw(pids, cams, paths, *, mode, shots, trial, method, rand_perm):
     return np.array(out)
 
 
-@pytest.mark.parametrize("draw", [None, stand_in_draw], ids=["cmemd.data.sysu", "stand-in"])
+@pytest.mark.parametrize("draw", [None, stand_in_draw], ids=["cmemd.benchmarks.sysu", "stand-in"])
 @pytest.mark.parametrize("mode, shots", [("all", 1), ("indoor", 10)])
 def test_each_trial_equals_evaluating_its_gallery_directly(draw, mode, shots):
     qf, qp, qc, pf, pp, pc, paths = sysu_like()
     if draw is None:
-        from cmemd.data.sysu import draw_gallery as real
+        from cmemd.benchmarks.sysu import draw_gallery as real
     res = evaluate_sysu(qf, qp, qc, pf, pp, pc, paths, mode=mode, shots=shots, trials=4, draw=draw)
     assert res.trial_ids == [0, 1, 2, 3]
     d = draw or real

@@ -10,16 +10,15 @@ import pytest
 from cmemd.evaluation import (
     ReRanking,
     combine_results,
-    evaluate_regdb,
-    evaluate_regdb_directions,
     evaluate_similarity,
-    evaluate_sysu,
     format_results,
     re_ranking,
     to_json,
 )
+from cmemd.benchmarks.regdb import evaluate_regdb, evaluate_regdb_directions
+from cmemd.benchmarks.sysu import evaluate_sysu
 from cmemd.errors import EvaluationError
-import cmemd.evaluation.protocols as protocols
+import cmemd.evaluation.protocol as protocols
 
 from .rerank_reference import re_ranking_brute
 from .test_protocols import stand_in_draw, sysu_like
@@ -149,7 +148,7 @@ def test_cli_eval_features_rerank_prints_both_and_saves_both(tmp_path):
     save_features(tmp_path / "q.npz", qf, qp, qc, [f"q{i}.jpg" for i in range(len(qp))])
     save_features(tmp_path / "g.npz", pf, pp, pc, paths)
     out = tmp_path / "r.json"
-    args = ["eval-features", str(tmp_path / "q.npz"), str(tmp_path / "g.npz"), "--protocol", "sysu", "--trials", "2"]
+    args = ["eval-features", str(tmp_path / "q.npz"), str(tmp_path / "g.npz"), "--protocol", "sysu", "trials=2"]
     res = CliRunner().invoke(app, args + ["--rerank", "--k1", "5", "--k2", "2", "--lambda-value", "0.2", "--out", str(out)])
     assert res.exit_code == 0, res.output
     plain_at = res.output.index("no re-ranking")

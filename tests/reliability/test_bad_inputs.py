@@ -16,10 +16,9 @@ from cmemd.config import load_config
 from cmemd.data.dataset import build_test_loader, build_train_loader
 from cmemd.data.images import load_image
 from cmemd.data.records import ImageRecord
-from cmemd.data.regdb import RegDB
 from cmemd.data.synth import SynthConfig, generate_regdb
-from cmemd.data.sysu import SYSUMM01
 from cmemd.app.train import train, training_data
+from cmemd.benchmarks.registry import get_benchmark
 from cmemd.errors import CheckpointError, ConfigError, DatasetError, TrainingError
 from tests.engine.conftest import tiny_overrides, tiny_sysu  # noqa: F401  (tiny_sysu is a fixture)
 
@@ -33,10 +32,10 @@ def tiny_regdb(tmp_path_factory):
 
 def test_root_of_the_other_layout_is_named(tiny_sysu, tiny_regdb):  # noqa: F811
     with pytest.raises(DatasetError, match="looks like a RegDB root.*data.dataset=regdb") as e:
-        SYSUMM01(tiny_regdb)
+        get_benchmark("sysu").test_sets(tiny_regdb)
     assert str(tiny_regdb) in str(e.value)
     with pytest.raises(DatasetError, match="looks like a SYSU-MM01 root.*data.dataset=sysu") as e:
-        RegDB(tiny_sysu)
+        get_benchmark("regdb").train_records(tiny_sysu)
     assert str(tiny_sysu) in str(e.value)
     # the same through a training config that names the wrong dataset
     with pytest.raises(DatasetError, match="looks like a RegDB root"):

@@ -45,14 +45,10 @@ def _expect_rejected(args, flag, value):
 EVAL = ["eval", "--checkpoint", "last.pt"]
 FEATS = ["eval-features", "q.npz", "g.npz", "--protocol", "sysu"]
 BAD = [
-    (EVAL, "--trials", ["0", "-3"]),
-    (EVAL, "--shots", ["0", "-1", "5"]),
     (EVAL, "--trial", ["0", "11"]),
     (EVAL, "--k1", ["0", "-20"]),
     (EVAL, "--k2", ["0"]),
     (EVAL, "--lambda-value", ["-0.1", "1.5", "nan", "inf"]),
-    (FEATS, "--trials", ["0", "-1"]),
-    (FEATS, "--shots", ["0", "2"]),
     (FEATS, "--trial", ["0", "-1"]),
     (FEATS, "--k1", ["0"]),
     (FEATS, "--k2", ["-6"]),
@@ -80,7 +76,7 @@ def test_data_synth_flags(tmp_path, flag, values):
 
 def test_every_range_accepts_its_lowest_value_and_rejects_just_below():
     # the table itself: the documented lowest value passes, the integer (or number) just below it fails
-    lowest = {"--trials": 1, "--shots": 1, "--trial": 1, "--k1": 1, "--k2": 1, "--lambda-value": 0.0, "--batch-size": 1,
+    lowest = {"--trial": 1, "--k1": 1, "--k2": 1, "--lambda-value": 0.0, "--batch-size": 1,
               "--top-k": 1, "--epochs": 1, "--ids": 3, "--workers": 1}
     assert set(lowest) == set(_FLAG_RANGES)
     for flag, lo in lowest.items():
@@ -100,7 +96,7 @@ def test_given_values_reach_the_evaluation_and_omitted_ones_keep_the_checkpoints
 
     monkeypatch.setattr("cmemd.app.evaluate.load_trained", lambda *a, **k: (object(), cfg))
     monkeypatch.setattr("cmemd.app.evaluate.evaluate_model", fake_evaluate)
-    code, out = _invoke(EVAL + ["--device", "cpu", "--trials", "1", "--k2", "1", "--lambda-value", "0"])
+    code, out = _invoke(EVAL + ["--device", "cpu", "trials=1", "--k2", "1", "--lambda-value", "0"])
     assert code == 2 and "error: stop here" in out, out
     e = seen["eval"]
     assert (e.trials, e.rerank_k2, e.rerank_lambda) == (1, 1, 0.0)  # given: used as given, even the lowest
@@ -113,7 +109,33 @@ def test_eval_features_runs_with_the_lowest_values(tmp_path):
     q = save_features(tmp_path / "q.npz", rng.normal(size=(16, 3)), pids, np.full(16, 3), [f"q{i}" for i in range(16)])
     g = save_features(tmp_path / "g.npz", rng.normal(size=(16, 3)), pids, np.tile([1, 2, 4, 5], 4),
                       [f"g{i}" for i in range(16)])
-    code, out = _invoke(["eval-features", str(q), str(g), "--protocol", "sysu", "--trials", "1", "--per-trial",
+    code, out = _invoke(["eval-features", str(q), str(g), "--protocol", "sysu", "trials=1", "--per-trial",
                          "--rerank", "--k1", "1", "--k2", "1", "--lambda-value", "0"])
     assert code == 0, out
     assert len(re.findall(r"trial 0\b", out)) >= 1 and "trial 1" not in out, out
+
+
+@pytest.mark.parametrize("pair, message", [
+    ("trials=0", "trials=0: must be an integer >= 1"),
+    ("trials=-1", "trials=-1: must be an integer >= 1"),
+    ("shots=0", "shots=0: must be an integer in [1, 10]"),
+    ("trials=many", "trials must be int"),
+    ("directions=[t2v]", "'directions' is not an option of SYSU-MM01; its options: method, mode, rand_perm, shots, trials"),
+    ("trials", "expected KEY=VALUE"),
+])
+def test_protocol_options_are_checked_before_any_work(guarded, pair, message):
+    """The benchmark's options (KEY=VALUE, no longer per-dataset flags): the range of a numeric one, the type, and
+    the key itself, each one line naming the pair before a feature file is read."""
+    code, out = _invoke(FEATS + [pair])
+    assert code == 2 and message in out, out
+    assert len([line for line in out.splitlines() if line.startswith("error:")]) == 1, out
+
+
+def test_eval_options_are_the_checkpoints_benchmarks(monkeypatch):
+    """`cmemd eval` takes the options of the benchmark the model was trained on, range-checked, before any image."""
+    monkeypatch.setattr("cmemd.app.evaluate.load_trained", lambda *a, **k: (object(), TrainConfig()))
+    monkeypatch.setattr("cmemd.app.evaluate.evaluate_model", _no_work)
+    for pair, message in (("trials=0", "trials=0: must be an integer >= 1"), ("shots=5", "eval.shots must be 1 or 10"),
+                          ("direction=t2v", "'direction' is not an option of SYSU-MM01")):
+        code, out = _invoke(EVAL + ["--device", "cpu", pair])
+        assert code == 2 and message in out, out

@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 
 from cmemd.config import TrainConfig, load_config
 from cmemd.data.regdb import RegDB, read_idx_file
-from cmemd.data.sysu import SYSUMM01, read_id_file
+from cmemd.data.fs import read_id_file
+from cmemd.data.sysu import SYSUMM01
 from cmemd.errors import CmemdError
 
 FUZZ = settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -42,7 +43,7 @@ def test_read_id_file(raw):
     p = _tmp() / "train_id.txt"
     p.write_bytes(raw)
     try:
-        ids = read_id_file(p)
+        ids = read_id_file(p, "the test")
     except CmemdError:
         return
     # loaded: exactly the comma-separated tokens of the one non-empty line, as positive distinct ints
@@ -110,8 +111,8 @@ def test_sysu_tree(cams, images, splits, junk):
     try:
         ds = SYSUMM01(root)
         train = ds.train()
-        query, pool = ds.query(), ds.gallery_pool("all")
-        indoor = ds.gallery_pool("indoor")
+        query, pool = ds.thermal(), ds.visible()
+        indoor = ds.visible(cams=(1, 2))
     except CmemdError:
         return
     assert not junk or not images  # stray files are reported, never skipped silently

@@ -23,8 +23,8 @@ from cmemd.data.cache import build_cache
 from cmemd.data.dataset import build_test_loader, build_train_loader
 from cmemd.data.images import load_image
 from cmemd.data.records import ImageRecord
-from cmemd.data.registry import resolve
-from cmemd.data.stats import check_dataset, dataset_stats
+from cmemd.benchmarks.registry import resolve
+from cmemd.benchmarks.stats import check_dataset, dataset_stats
 from cmemd.errors import DatasetError
 from cmemd.retrieval import build_index, search
 from tests.data.builders import make_llcm, make_regdb, make_sysu

@@ -53,17 +53,17 @@ def test_flip_gives_the_same_features_in_every_path(tiny_checkpoint, tmp_path):
         cli = z["feats"][:6]
     np.testing.assert_allclose(cli / np.linalg.norm(cli, axis=1, keepdims=True), lib, atol=1e-5)
 
-    res = runner.invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "--mode", "all", "--trials", "2", "--flip",
+    res = runner.invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "modes=[all]", "trials=2", "--flip",
                               "--out", str(tmp_path / "r.json")])
     assert res.exit_code == 0, res.output
     assert "test-time flip on" in res.output  # the results header says so
     direct = json.loads((tmp_path / "r.json").read_text())["sysu all-search single-shot"]
     assert direct["settings"]["test_flip"] is True and "test-time flip on" in direct["description"]
     res = runner.invoke(app, ["eval-features", str(tmp_path / "f" / "query.npz"), str(tmp_path / "f" / "gallery_pool.npz"),
-                              "--protocol", "sysu", "--mode", "all", "--trials", "2", "--out", str(tmp_path / "g.json")])
+                              "--protocol", "sysu", "mode=all", "trials=2", "--out", str(tmp_path / "g.json")])
     assert res.exit_code == 0, res.output
     assert json.loads((tmp_path / "g.json").read_text())["mean"] == pytest.approx(direct["mean"], abs=1e-6)
-    res = runner.invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "--mode", "all", "--trials", "2"])
+    res = runner.invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "modes=[all]", "trials=2"])
     assert res.exit_code == 0 and "test-time flip off" in res.output
 
     pytest.importorskip("onnx")

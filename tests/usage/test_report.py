@@ -26,7 +26,7 @@ def eval_run(tiny_checkpoint, tmp_path_factory):
     the report folder and the results.json of the same evaluation."""
     out = tmp_path_factory.mktemp("report")
     results = tmp_path_factory.mktemp("results") / "results.json"
-    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--trials", "2",
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "trials=2",
                                  "--report", str(out), "--out", str(results)])
     assert r.exit_code == 0, r.output
     assert f"report written to {out / 'index.html'}" in r.output

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from cmemd.evaluation import evaluate_sysu  # noqa: E402
+from cmemd.benchmarks.sysu import evaluate_sysu  # noqa: E402
 from cmemd.evaluation.features import FeatureSet  # noqa: E402
 from cmemd.report import write_report  # noqa: E402
 from tests.evaluation.test_protocols import stand_in_draw, sysu_like  # noqa: E402
@@ -52,8 +52,8 @@ def test_cli_eval_rerank_prints_saves_and_reports_both(tiny_checkpoint, tmp_path
     from cmemd.cli import app
 
     out, report = tmp_path / "r.json", tmp_path / "report"
-    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--trials", "2",
-                                 "--mode", "all", "--rerank", "--k1", "6", "--k2", "2", "--out", str(out),
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "trials=2",
+                                 "modes=[all]", "--rerank", "--k1", "6", "--k2", "2", "--out", str(out),
                                  "--report", str(report)])
     assert r.exit_code == 0, r.output
     assert "plain and re-ranked (k-reciprocal, k1=6, k2=2, λ=0.3)" in r.output
@@ -67,6 +67,6 @@ def test_cli_eval_rerank_prints_saves_and_reports_both(tiny_checkpoint, tmp_path
     page = (report / "index.html").read_text()
     assert page.count("<div class='pair'>") == 1 and f"{label}: transductive" in page
     # without the flag: no re-ranking anywhere, and the header says so
-    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "--trials", "1",
-                                 "--mode", "all"])
+    r = CliRunner().invoke(app, ["eval", "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "trials=1",
+                                 "modes=[all]"])
     assert r.exit_code == 0 and "no re-ranking" in r.output and "re-ranked (" not in r.output

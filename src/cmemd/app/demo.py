@@ -54,8 +54,7 @@ def _train_and_evaluate(cfg: Any, config: Any, data_dir: Path, out_dir: Path, ph
 
     from cmemd.app.evaluate import evaluate_model, format_all, modality_gap_of, save_results
     from cmemd.app.train import train
-    from cmemd.data.preview import preview_grid
-    from cmemd.data.stats import dataset_stats, format_stats
+    from cmemd.benchmarks.stats import dataset_stats, format_stats, preview_grid
     from cmemd.report import write_evaluation_report
 
     echo(format_stats(dataset_stats(data_dir)))

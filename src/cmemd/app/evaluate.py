@@ -11,33 +11,33 @@ from typing import Any, Optional
 import numpy as np
 import torch
 
+from cmemd.benchmarks.base import Benchmark
+from cmemd.benchmarks.registry import get_benchmark
+from cmemd.benchmarks.sysu import MODALITY_PAIRS
 from cmemd.config import TrainConfig, config_from_dict
 from cmemd.data.records import ImageRecord
-from cmemd.data.registry import get_dataset
-from cmemd.data.spec import DatasetSpec
 from cmemd.engine.checkpoint import RefusedCheckpointError, load_checkpoint, previous_path
 from cmemd.engine.extract import extract_features
 from cmemd.errors import CheckpointError
 
 # ---------------------------------------------------------------------- evaluation
 
-def dataset_of(cfg: TrainConfig, spec: Optional[DatasetSpec] = None) -> DatasetSpec:
+def dataset_of(cfg: TrainConfig, spec: Optional[Benchmark] = None) -> Benchmark:
     """``spec`` when given, else the registry entry of ``cfg.data.dataset``: a run looks its dataset up once and
     passes the entry down; a helper called on its own (a notebook, a benchmark script) looks it up itself."""
-    return spec if spec is not None else get_dataset(cfg.data.dataset)
+    return spec if spec is not None else get_benchmark(cfg.data.dataset)
 
 
 def evaluation_sets(cfg: TrainConfig, root: Optional[str] = None, *,
-                    spec: Optional[DatasetSpec] = None) -> dict[str, list[ImageRecord]]:
+                    spec: Optional[Benchmark] = None) -> dict[str, list[ImageRecord]]:
     """The named test sets the protocol of ``cfg`` evaluates on ``root`` (default: the training root), as the
-    dataset's registry entry (``spec``, default :func:`dataset_of`) lists them: SYSU-MM01 ``query`` (cam3/cam6)
-    and ``gallery_pool`` (every visible test image; each trial draws its gallery from it); RegDB the visible and
-    thermal test images of the trained trial; LLCM every ``visible`` and ``thermal`` (NIR) test image."""
+    benchmark (``spec``, default :func:`dataset_of`) names them (e.g. SYSU-MM01 ``query``, cam3/cam6, and
+    ``gallery_pool``, every visible test image; each trial draws its gallery from it)."""
     return dataset_of(cfg, spec).test_sets(root or cfg.data.root, trial=cfg.data.trial)
 
 
 def evaluation_records(cfg: TrainConfig, root: Optional[str] = None, *,
-                       spec: Optional[DatasetSpec] = None) -> tuple[list[ImageRecord], ...]:
+                       spec: Optional[Benchmark] = None) -> tuple[list[ImageRecord], ...]:
     """The record lists of :func:`evaluation_sets` in the dataset's order (SYSU-MM01: queries, pool)."""
     return tuple(evaluation_sets(cfg, root, spec=spec).values())
 
@@ -60,16 +60,15 @@ def eval_loader_settings(cfg: TrainConfig, device: Any, root: Optional[str] = No
 
 
 def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[str] = None, device: Any = "cpu",
-                   progress: bool = True, return_features: bool = False, spec: Optional[DatasetSpec] = None) -> Any:
+                   progress: bool = True, return_features: bool = False, spec: Optional[Benchmark] = None) -> Any:
     """Evaluate a model on the dataset of ``cfg`` (or ``root``) with the protocol in ``cfg.eval``.
 
-    Returns ``{setting name: ProtocolResult}``: SYSU modes (features extracted once for the query and
-    for the pool images the trials draw), RegDB's two directions of the trained trial, LLCM's
-    ``eval.directions`` over ``eval.trials`` samples. With ``cfg.eval.rerank`` each setting is followed by its
-    k-reciprocal re-ranked result, named ``"<setting>, re-ranked (k-reciprocal, k1=.., k2=.., λ=..)"``.
+    Returns ``{setting name: ProtocolResult}``, the benchmark's settings (e.g. SYSU-MM01's modes, features
+    extracted once for the query and for the pool images the trials draw) with its ``eval.*`` options. With
+    ``cfg.eval.rerank`` each setting is followed by its k-reciprocal re-ranked result, named ``"<setting>, re-ranked (k-reciprocal, k1=.., k2=.., λ=..)"``.
     With ``return_features=True`` returns ``(results, features)``, ``features`` = ``{"query": FeatureSet,
     "gallery": FeatureSet, "query_modality", "gallery_modality", "removal"}`` (every thermal test image against
-    every visible one), for reports. ``spec``: the dataset's registry entry (default :func:`dataset_of`).
+    every visible one), for reports. ``spec``: the benchmark (default :func:`dataset_of`).
     """
     from cmemd.evaluation import ReRanking
 
@@ -101,12 +100,10 @@ def modality_diagnostics(model: torch.nn.Module, root: str, *, height: int, widt
     A large within/across gap that stays flat over training means the data (or the model) has
     no shared signal to learn, which is what calibrating the synthetic benchmark watches.
     """
-    from cmemd.data.sysu import SYSUMM01
     from cmemd.evaluation import evaluate
 
-    ds = SYSUMM01(root)
-    query, pool = ds.query(), ds.gallery_pool("all")
-    recs = query + pool
+    sets = get_benchmark("sysu").test_sets(root)
+    recs = sets["query"] + sets["gallery_pool"]
     feats = extract_features(model, recs, height=height, width=width, batch_size=batch_size, device=device)
     pids = np.array([r.pid for r in recs])
     cams = np.array([r.camid for r in recs])
@@ -116,12 +113,8 @@ def modality_diagnostics(model: torch.nn.Module, root: str, *, height: int, widt
         return float(r.cmc[0]), float(r.mAP)
 
     out = {}
-    for name, q, g, removal in (
-        ("v2v", np.isin(cams, (1, 2)), np.isin(cams, (4, 5)), "none"),
-        ("t2t", cams == 3, cams == 6, "none"),
-        ("t2v", np.isin(cams, (3, 6)), np.isin(cams, (1, 2, 4, 5)), "sysu-same-location"),
-    ):
-        out[f"{name}_R1"], out[f"{name}_mAP"] = run(q, g, removal)
+    for name, (qcams, gcams, removal) in MODALITY_PAIRS.items():
+        out[f"{name}_R1"], out[f"{name}_mAP"] = run(np.isin(cams, qcams), np.isin(cams, gcams), removal)
     return out
 
 

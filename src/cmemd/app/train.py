@@ -31,10 +31,10 @@ from cmemd.app.runtime import (
     select_device,
     stop_on_signals,
 )
+from cmemd.benchmarks.base import Benchmark
 from cmemd.benchmarks.synthetic import nuisance_of
 from cmemd.config import TrainConfig
 from cmemd.data.records import ImageRecord
-from cmemd.data.spec import DatasetSpec
 from cmemd.engine.checkpoint import load_checkpoint, previous_path
 from cmemd.engine.extract import extract_features
 from cmemd.engine.objective import Objective
@@ -57,7 +57,7 @@ class TrainingData:
     description: str
 
 
-def training_data(cfg: TrainConfig, *, spec: Optional[DatasetSpec] = None) -> TrainingData:
+def training_data(cfg: TrainConfig, *, spec: Optional[Benchmark] = None) -> TrainingData:
     """The training records of ``cfg.data`` (the dataset's registry entry ``spec`` reads them; default
     :func:`~cmemd.app.evaluate.dataset_of`)."""
     d = cfg.data
@@ -173,7 +173,7 @@ def _check_resume_config(saved_path: Path, cfg: TrainConfig) -> None:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, evaluate_after: bool = True) -> TrainOutcome:
-    """Train one model as ``cfg`` says (one RegDB trial), write the run directory, evaluate at the end.
+    """Train one model as ``cfg`` says (one numbered trial), write the run directory, evaluate at the end.
 
     The run folder is locked while the run writes it (:func:`cmemd.folders.lock_folder`, taken by the process that
     writes it: rank 0 under DDP): a second run into the same ``run.out_dir`` is a :class:`TrainingError` naming the
@@ -360,7 +360,7 @@ def ddp_batch_layout(cfg: TrainConfig, records: list[ImageRecord], world: int) -
 
 def train_all_trials(cfg: TrainConfig, *, resume: bool = False, evaluate_after: bool = True,
                      echo: Callable[[str], None] = print) -> dict[str, Any]:
-    """One model per numbered training split of the dataset (RegDB's trials 1..10), each in
+    """One model per numbered training split of the dataset (e.g. trials 1..10), each in
     ``<run.out_dir>/trial<t>``; returns (and writes to ``<run.out_dir>/results.json``) the results of the
     same setting combined over the trials, ``{"<dataset> <n> trials <setting>": ProtocolResult}``.
     A dataset with one training split is a :class:`ConfigError`."""
@@ -381,7 +381,7 @@ def train_all_trials(cfg: TrainConfig, *, resume: bool = False, evaluate_after: 
         if Path(cfg_t.run.out_dir, "results.json").exists() and resume:
             echo("    finished earlier; loading its results")
         out = train(cfg_t, resume=resume, evaluate_after=evaluate_after)
-        for name, r in out.results.items():  # "regdb trial t v2t[, re-ranked (...)]"
+        for name, r in out.results.items():  # "<benchmark> trial t <direction>[, re-ranked (...)]"
             per_trial.setdefault(name.split(f"trial {t} ", 1)[-1], []).append(r)
     combined = {f"{spec.name} {n} trials {k}": combine_results(v) for k, v in per_trial.items() if v}
     if combined:
@@ -401,7 +401,7 @@ def _chain(hooks: list):
     return run_all
 
 
-def diagnostic_records(cfg: TrainConfig, *, spec: Optional[DatasetSpec] = None) -> tuple[list[ImageRecord], str]:
+def diagnostic_records(cfg: TrainConfig, *, spec: Optional[Benchmark] = None) -> tuple[list[ImageRecord], str]:
     """The records the per-epoch diagnostics use, and a note saying what they are: the val ids of the
     dataset (``spec``, default :func:`~cmemd.app.evaluate.dataset_of`; trained on unless ``run.selection=val``);
     none for a dataset without a validation split."""
@@ -428,7 +428,7 @@ def config_diagnostics(model: torch.nn.Module, records: list[ImageRecord], cfg: 
                                  normalize=loss.emd_normalize, align_feature=loss.align_feature)
 
 
-def _diagnostics_hook(cfg: TrainConfig, spec: DatasetSpec, device: torch.device, progress: bool):
+def _diagnostics_hook(cfg: TrainConfig, spec: Benchmark, device: torch.device, progress: bool):
     """on_epoch_end hook: modality gap and (on synthetic data) plan purity on val ids, logged as a 'diag' line."""
     from cmemd.engine.diagnostics import diagnostics_record
 
@@ -450,7 +450,7 @@ def _diagnostics_hook(cfg: TrainConfig, spec: DatasetSpec, device: torch.device,
     return on_epoch_end
 
 
-def _val_selector(cfg: TrainConfig, spec: DatasetSpec, device: torch.device):
+def _val_selector(cfg: TrainConfig, spec: Benchmark, device: torch.device):
     """on_epoch_end hook: evaluate on the val ids (the dataset's ``val_options``), keep best.pt (by mAP), log a 'val' line."""
     from cmemd.engine.checkpoint import save_checkpoint
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from cmemd.benchmarks.sysu import BENCHMARK as SYSU
 from cmemd.data.records import ImageRecord
 from cmemd.data.synth import NUISANCE_FILE, read_nuisance
-from cmemd.data.sysu import SYSUMM01
 from cmemd.errors import DatasetError
 
 #: The sidecar's numeric nuisance columns, as plan purity compares them (plan- against uniform-weighted).
@@ -49,6 +49,6 @@ def nuisance_of_test_ids(root: str | Path) -> tuple[list[ImageRecord], dict[str,
     """Every test image of a synthetic SYSU-MM01-layout set (the queries, then the all-search gallery pool) and
     their :func:`nuisance_of` (None without the sidecar): what ``cmemd demo`` measures the test ids' plan purity
     on."""
-    ds = SYSUMM01(root)
-    records = ds.query() + ds.gallery_pool("all")
+    sets = SYSU.test_sets(root)
+    records = sets["query"] + sets["gallery_pool"]
     return records, nuisance_of(records, root)

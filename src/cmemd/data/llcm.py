@@ -1,4 +1,5 @@
-"""LLCM (low-light cross-modality, CVPR 2023): reader for the released layout and the per-trial draws.
+"""LLCM (low-light cross-modality, CVPR 2023): the reader of the released layout (the benchmark, its
+per-trial draws and its protocol are :mod:`cmemd.benchmarks.llcm`).
 
 Layout (docs/protocols.md)::
 
@@ -12,24 +13,15 @@ test images come from the folder structure (``test_*/cam<c>/<pid>``), never from
 on ``"cam"`` (the authors' code does that and breaks when the root's path contains "cam"); the
 camera of a training image is the ``cam<c>`` folder in its listed path. NIR images may be
 single-channel; :func:`cmemd.data.images.load_image` converts them.
-
-Evaluation (``cmemd.evaluation.protocols.evaluate_llcm``): the queries are every test image of one
-modality; each trial t = 0..9 seeds Python's ``random`` with t and draws one image per (id, camera)
-of the other modality (ids ascending, cameras ascending, files sorted): :func:`draw_one_per_camera`.
 """
 from __future__ import annotations
 
-import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
-import numpy as np
-
-from cmemd.data.fs import is_symlink_loop, loop_message, missing_or_loop
+from cmemd.data.fs import is_symlink_loop, list_images, loop_message, missing_or_loop, read_id_file
 from cmemd.data.records import ImageRecord, path_label_lines
-from cmemd.data.sysu import _list_images, _refuse_other_layout, read_id_file
 from cmemd.errors import DatasetError
 
 #: Cameras per modality: the visible sensors of cam1..cam9 and the NIR sensors the authors' code reads.
@@ -38,12 +30,6 @@ MODALITY_CAMS: dict[str, tuple[int, ...]] = {"visible": (1, 2, 3, 4, 5, 6, 7, 8,
 TEST_FOLDER: dict[str, str] = {"visible": "test_vis", "thermal": "test_nir"}
 TRAIN_LIST: dict[str, str] = {"visible": "train_vis.txt", "thermal": "train_nir.txt"}
 TEST_ID_FILE = "test_id.txt"
-NUM_TRIALS = 10
-#: Evaluation directions (cmemd.evaluation.protocols.evaluate_llcm): t2v IR->VIS, v2t VIS->IR, and the authors'
-#: transposed VIS->IR (sampled NIR images as queries against every VIS image).
-DIRECTIONS = ("t2v", "v2t", "v2t-authors")
-LAYOUT = ("idx/train_vis.txt, idx/train_nir.txt, idx/test_id.txt, test_vis/cam1..cam9/<id>/, "
-          "test_nir/cam{1,2,4..9}/<id>/")
 
 _CAM_DIR = re.compile(r"^cam(\d+)$", re.IGNORECASE)
 
@@ -100,7 +86,6 @@ def train_records(root: str | Path) -> list[ImageRecord]:
     if not root.is_dir():
         raise DatasetError(missing_or_loop(root, f"{root}: LLCM root not found; pass the folder that holds idx/, "
                                                  "test_vis/, test_nir/", "folder"))
-    _refuse_other_layout(root, "llcm")
     records, problems = [], []
     for m in ("visible", "thermal"):
         try:
@@ -139,7 +124,6 @@ class LLCM:
         if not self.root.is_dir():
             raise DatasetError(missing_or_loop(self.root, f"{self.root}: LLCM root not found; pass the folder that "
                                                           "holds idx/, test_vis/, test_nir/", "folder"))
-        _refuse_other_layout(self.root, "llcm")
         problems: list[str] = []
         for m, folder in TEST_FOLDER.items():
             for c in MODALITY_CAMS[m]:
@@ -163,7 +147,7 @@ class LLCM:
                         if is_symlink_loop(d):
                             problems.append(loop_message(d, "folder"))
                         continue
-                    images, others, unreadable = _list_images(d)
+                    images, others, unreadable = list_images(d)
                     problems += unreadable
                     if others:
                         problems.append(f"{d}: non-image files {others[:5]}; move them out of the dataset")
@@ -194,144 +178,3 @@ class LLCM:
                     out.append(ImageRecord(str(self.root / TEST_FOLDER[modality] / f"cam{c}" / f"{pid:04d}" / name),
                                            pid, c, modality))
         return out
-
-
-def draw_one_per_camera(pids: Sequence[int], cams: Sequence[int], paths: Sequence[str], *, trial: int) -> np.ndarray:
-    """Indices of one random image per (id, camera) for trial ``trial``, in draw order.
-
-    As the authors' ``process_gallery_llcm``: Python's ``random`` seeded with ``trial``; ids in
-    ascending order, for each id its cameras in ascending order, and ``random.choice`` over that
-    (id, camera)'s files sorted by path. Only (id, camera) pairs with images take a draw.
-    """
-    if not (len(pids) == len(cams) == len(paths)):
-        raise DatasetError(f"pool arrays differ in length: pids {len(pids)}, cams {len(cams)}, paths {len(paths)}")
-    if int(trial) < 0:
-        raise DatasetError(f"trial must be >= 0 (the seed), got {trial}")
-    groups: dict[tuple[int, int], list[int]] = {}
-    for i, (p, c) in enumerate(zip(pids, cams)):
-        groups.setdefault((int(p), int(c)), []).append(i)
-    rng = random.Random(int(trial))
-    chosen = [rng.choice(sorted(groups[key], key=lambda i: str(paths[i]))) for key in sorted(groups)]
-    return np.asarray(chosen, dtype=np.int64)
-
-
-# ---------------------------------------------------------------------- registry entry (cmemd.data.registry)
-
-_MODALITY_TEXT = {"visible": "VIS", "thermal": "NIR"}
-
-
-def _stats(root: str | Path):
-    ds = LLCM(root)
-    train = train_records(root)
-    splits = {"train (idx lists)": train, "test visible": ds.test("visible"), "test NIR": ds.test("thermal")}
-    return {"train_ids": len({r.pid for r in train}), "test_ids": len(ds.test_ids)}, splits
-
-
-def _check(root: str | Path) -> tuple[list[str], list[ImageRecord]]:
-    """Problems of the test folders and of both training lists, all at once."""
-    problems: list[str] = []
-    records: list[ImageRecord] = []
-    try:
-        records += train_records(root)
-    except DatasetError as e:
-        problems += e.problems
-    try:
-        ds = LLCM(root)
-        records += ds.test("visible") + ds.test("thermal")
-    except DatasetError as e:
-        problems += e.problems
-    return problems, records
-
-
-def _train_records(root: str | Path, *, trial: int | None = None, hold_out_val: bool = False) -> list[ImageRecord]:
-    if hold_out_val:
-        raise DatasetError("LLCM has no validation split (train ids and test ids only); select nothing "
-                           "(run.selection=none: the last epoch is reported)")
-    return train_records(root)
-
-
-def _test_sets(root: str | Path, *, trial: int | None = None) -> dict[str, list[ImageRecord]]:
-    ds = LLCM(root)
-    return {"visible": ds.test("visible"), "thermal": ds.test("thermal")}
-
-
-def _no_rerank(rerank) -> None:
-    if rerank:
-        from cmemd.errors import EvaluationError
-
-        raise EvaluationError("k-reciprocal re-ranking is not implemented for the LLCM protocol yet; evaluate "
-                              "without eval.rerank / --rerank")
-
-
-def _evaluate(sets, featurize, *, directions=("t2v", "v2t"), trials=NUM_TRIALS, trial=None, feature_name=None,
-              rerank=None, return_features: bool = False):
-    """Every direction in ``directions`` over ``trials`` samples, from one featurisation of each test set."""
-    _no_rerank(rerank)
-    from cmemd.data.spec import EvalOutput
-    from cmemd.data.sysu import _fset
-    from cmemd.evaluation import evaluate_llcm
-
-    vis, th = sets["visible"], sets["thermal"]
-    vf, tf = featurize(vis, "visible"), featurize(th, "NIR")
-    res = evaluate_llcm(vf, [r.pid for r in vis], [r.camid for r in vis], [r.path for r in vis],
-                        tf, [r.pid for r in th], [r.camid for r in th], [r.path for r in th],
-                        directions=list(directions), trials=trials, feature_name=feature_name)
-    results = {f"llcm {d}": r for d, r in res.items()}
-    report = None
-    if return_features:
-        report = {"query": _fset(tf, th), "gallery": _fset(vf, vis), "removal": "same-pid-same-cam",
-                  "query_modality": "thermal", "gallery_modality": "visible"}
-    return EvalOutput(results, report)
-
-
-def _evaluate_features(query, gallery, *, direction: str = "t2v", trials=NUM_TRIALS, feature_name=None, rerank=None,
-                       **_unused):
-    """``cmemd eval-features``: for t2v QUERY holds every NIR test image and GALLERY every VIS one (each trial
-    samples it); for v2t and v2t-authors QUERY holds the VIS images and GALLERY the NIR ones."""
-    from cmemd.evaluation import evaluate_llcm
-
-    _no_rerank(rerank)
-    vis, th = (gallery, query) if direction == "t2v" else (query, gallery)
-    return evaluate_llcm(vis.feats, vis.pids, vis.cams, vis.paths, th.feats, th.pids, th.cams, th.paths,
-                         directions=[direction], trials=trials, feature_name=feature_name)[direction]
-
-
-def _preview(root: str | Path, ids: int, per_camera: int):
-    """Rows: test ids seen by most cameras; columns: cam1..cam9, VIS then NIR for each."""
-    from cmemd.data.preview import images_in, pick_evenly
-
-    root = Path(root)
-    columns = [(c, m) for c in MODALITY_CAMS["visible"] for m in ("visible", "thermal") if c in MODALITY_CAMS[m]]
-    headers = [f"c{c} {_MODALITY_TEXT[m]}" for c, m in columns for _ in range(per_camera)]
-
-    def folder(c, m, pid):
-        return root / TEST_FOLDER[m] / f"cam{c}" / pid
-
-    all_ids = sorted({p.name for c, m in columns if (root / TEST_FOLDER[m] / f"cam{c}").is_dir()
-                      for p in (root / TEST_FOLDER[m] / f"cam{c}").iterdir() if p.is_dir()})
-    if not all_ids:
-        raise DatasetError(f"{root}: no id folders under test_vis/cam*/ or test_nir/cam*/; is this an LLCM root?")
-    seen = {pid: sum(folder(c, m, pid).is_dir() for c, m in columns) for pid in all_ids}
-    most = max(seen.values())
-    rows = []
-    for pid in pick_evenly([p for p in all_ids if seen[p] >= min(most, len(columns) // 2)], ids):
-        cells: list = []
-        for c, m in columns:
-            cells += images_in(folder(c, m, pid), per_camera)
-        rows.append((pid, cells))
-    return headers, rows
-
-
-def _spec():
-    from cmemd.data.spec import DatasetSpec
-    from cmemd.data.synth import generate_llcm
-
-    return DatasetSpec(
-        name="llcm", title="LLCM", cameras=MODALITY_CAMS, on_disk=LAYOUT, detect=looks_like_llcm, stats=_stats,
-        check=_check, train_records=_train_records, test_sets=_test_sets, evaluate=_evaluate,
-        evaluate_features=_evaluate_features, preview=_preview, synthesize=generate_llcm,
-        synth_defaults={"ids": 60, "images_per_camera": (2, 4)}, eval_options=("directions", "trials"),
-    )
-
-
-SPEC = _spec()

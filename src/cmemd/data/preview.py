@@ -1,13 +1,13 @@
 """A contact sheet of a dataset on disk: rows are identities, columns are cameras / modalities.
 
 Reads only the folder layout and the image files (via :func:`cmemd.data.images.load_image`), so it
-works on the real datasets as well as on the synthetic sets; each dataset's registry entry says
-which folders make the rows and columns.
+works on the real datasets as well as on the synthetic sets; each benchmark says which folders make the
+rows and columns (``Benchmark.preview``) and :func:`cmemd.benchmarks.stats.preview_grid` draws them here.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw
 
@@ -15,7 +15,7 @@ from cmemd.data.images import load_image
 from cmemd.errors import ConfigError, DatasetError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-#: The files :func:`preview_grid` writes, by suffix (PIL picks the format from it).
+#: The files :func:`draw_sheet` writes, by suffix (PIL picks the format from it).
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
@@ -44,7 +44,7 @@ def pick_evenly(candidates: List[str], n: int) -> List[str]:
 
 
 def check_preview_args(out: str | Path, ids: int, per_camera: int) -> None:
-    """Refuse an output file or counts :func:`preview_grid` cannot use, before any image is read."""
+    """Refuse an output file or counts the preview cannot use, before any image is read."""
     out = Path(out)
     if out.is_dir():
         raise ConfigError(f"preview output {out}: is a folder; name the image file to write, "
@@ -58,28 +58,14 @@ def check_preview_args(out: str | Path, ids: int, per_camera: int) -> None:
         raise ConfigError(f"preview: per_camera (--per-camera) must be >= 1 image per column group; got {per_camera}")
 
 
-def preview_grid(
-    root: str | Path,
+def draw_sheet(
+    headers: Sequence[str],
+    rows: Sequence[tuple[str, Sequence[Optional[str | Path]]]],
     out: str | Path,
-    ids: int = 6,
-    per_camera: int = 2,
     tile: Tuple[int, int] = (128, 64),
-    layout: Optional[str] = None,
 ) -> Path:
-    """Write a grid of ``ids`` identities (PNG, or JPEG/BMP by ``out``'s suffix); returns the output path.
-
-    The dataset (``layout``, detected from ``root`` when None) chooses rows and columns
-    (:attr:`~cmemd.data.spec.DatasetSpec.preview`): SYSU ``per_camera`` images from each of
-    cam1..cam6, RegDB the first ``2 * per_camera`` visible/thermal pairs, LLCM ``per_camera``
-    images of each camera's VIS and NIR sensor. Blank tiles where an id has no image; column
-    headers name the camera and modality (PIL's default font). A missing output folder is created;
-    an unsupported suffix or a count below 1 raises :class:`ConfigError` before any image is read.
-    """
-    from cmemd.data.registry import resolve
-
-    check_preview_args(out, ids, per_camera)
-    root = Path(root)
-    headers, rows = resolve(root, layout).preview(root, ids, per_camera)
+    """Write a grid (PNG, or JPEG/BMP by ``out``'s suffix): one row per ``(label, cells)``, one column per header;
+    a cell is an image path or None (a blank tile). A missing output folder is created; returns the output path."""
     th, tw = tile
     label_w, head_h, gap = 34, 14, 2
     W = label_w + len(headers) * (tw + gap)

@@ -5,6 +5,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Literal, Optional
 
+from cmemd.errors import DatasetError
+
 Modality = Literal["visible", "thermal"]
 MODALITIES: tuple[str, str] = ("visible", "thermal")
 
@@ -22,8 +24,7 @@ class ImageRecord:
     """One image: where it is, who it shows, which camera took it, in which modality.
 
     ``pid`` is the training label (0..N-1) in a training set and the dataset's own
-    person id in query/gallery sets. ``camid`` is the dataset's camera number
-    (SYSU-MM01: 1..6; RegDB: 1 visible, 2 thermal).
+    person id in test sets. ``camid`` is the dataset's camera number (e.g. SYSU-MM01's 1..6).
     """
 
     path: str
@@ -46,12 +47,10 @@ def count_by(records: Iterable[ImageRecord], key: str) -> dict:
 
 
 def path_label_lines(path: Path) -> Iterator[tuple[str, str, int, Optional[str]]]:
-    """The lines of a ``<relative path> <integer label>`` list (RegDB's idx files, LLCM's training lists), in
+    """The lines of a ``<relative path> <integer label>`` list (the idx files and training lists of the readers), in
     order: ``(where, relative path, label, problem)`` with ``where`` = ``file:line`` and ``problem`` the
     message of a malformed line (None for a good one). Blank lines are skipped; the caller adds its own
     per-line checks and reports every problem at once."""
-    from cmemd.errors import DatasetError
-
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:

@@ -1,5 +1,6 @@
-"""Evaluation on features (never on models): CMC, mAP, mINP, the SYSU-MM01 / RegDB / LLCM protocols and
-k-reciprocal re-ranking."""
+"""Evaluation on features (never on models, never on a dataset reader): the dataset-agnostic metric core (CMC,
+mAP, mINP), the protocol skeleton the benchmarks share, k-reciprocal re-ranking, results and modality measures.
+Each benchmark's protocol is a module of :mod:`cmemd.benchmarks`."""
 from __future__ import annotations
 
 from cmemd.evaluation.features import FeatureSet, load_features, save_features
@@ -12,15 +13,7 @@ from cmemd.evaluation.metrics import (
     evaluate_similarity,
 )
 from cmemd.evaluation.rerank import ReRanking, re_ranking, re_ranking_features
-from cmemd.evaluation.protocols import (
-    LLCM_DIRECTIONS,
-    evaluate_llcm,
-    evaluate_regdb,
-    evaluate_regdb_directions,
-    evaluate_sysu,
-    llcm_draws,
-    sysu_gallery_draws,
-)
+from cmemd.evaluation.protocol import Selection, Side, check_directions, evaluate_selections, trial_list
 from cmemd.evaluation.results import (
     METRIC_NAMES,
     ProtocolResult,
@@ -42,13 +35,11 @@ __all__ = [
     "FeatureSet",
     "evaluate",
     "evaluate_similarity",
-    "evaluate_sysu",
-    "sysu_gallery_draws",
-    "evaluate_regdb",
-    "evaluate_regdb_directions",
-    "evaluate_llcm",
-    "llcm_draws",
-    "LLCM_DIRECTIONS",
+    "Selection",
+    "Side",
+    "check_directions",
+    "evaluate_selections",
+    "trial_list",
     "combine_results",
     "format_results",
     "metric_row",

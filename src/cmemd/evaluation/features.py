@@ -41,7 +41,9 @@ def _to_numpy(x, name: str, where: str) -> np.ndarray:
     return np.asarray(x)
 
 
-def _validate(feats: np.ndarray, pids: np.ndarray, cams: np.ndarray, paths: np.ndarray, where: str) -> None:
+def check_feature_arrays(feats: np.ndarray, pids: np.ndarray, cams: np.ndarray, paths: np.ndarray, where: str) -> None:
+    """Raise :class:`EvaluationError` naming ``where`` unless ``feats`` is a numeric (N, D) matrix and the
+    other arrays hold one entry per row."""
     if feats.ndim != 2 or feats.dtype.kind not in "fiu":
         raise EvaluationError(f"{where}: 'feats' must be a numeric (N, D) matrix, got shape {feats.shape} dtype {feats.dtype}")
     n = feats.shape[0]
@@ -68,7 +70,7 @@ def save_features(
     s = np.asarray([str(x) for x in paths], dtype=str)
     if s.ndim != 1:
         s = s.reshape(-1)
-    _validate(f, p, c, s, where)
+    check_feature_arrays(f, p, c, s, where)
     if not path.parent.exists():
         raise EvaluationError(f"{where}: folder {path.parent} does not exist; create it first")
     np.savez(path, feats=f, pids=p.astype(np.int64), cams=c.astype(np.int64), paths=s)
@@ -98,5 +100,5 @@ def load_features(path: Union[str, Path]) -> FeatureSet:
         ) from None
     except Exception as e:
         raise EvaluationError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
-    _validate(arrays["feats"], arrays["pids"], arrays["cams"], arrays["paths"], str(path))
+    check_feature_arrays(arrays["feats"], arrays["pids"], arrays["cams"], arrays["paths"], str(path))
     return FeatureSet(arrays["feats"], arrays["pids"].astype(np.int64), arrays["cams"].astype(np.int64), arrays["paths"].astype(str), str(path))

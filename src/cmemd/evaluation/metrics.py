@@ -555,3 +555,22 @@ def _evaluate_checked_similarity(
             chunk = sim[s : s + step].index_select(1, order).to(dev)
             parts.append(_rank_chunk(chunk, qp[s : s + step], qc[s : s + step], g, removal, cmc))
     return _summarise(parts, max_rank, removal, cmc, metric)
+
+
+# --------------------------------------------------------------------------- the metric core's public names
+# What the protocols (cmemd.evaluation.protocol, cmemd.benchmarks) build on: input checks, feature preparation,
+# similarity and the ranking loop on a precomputed similarity matrix. Bound here, after the definitions, so that
+# the functions above keep their bodies (and their private names inside this module).
+
+as_tensor = _as_tensor
+check_choice = _check_choice
+check_feats = _check_feats
+check_feat_pair = _check_feat_pair
+check_labels = _check_labels
+check_options = _check_options
+work_dtype = _work_dtype
+prepare_feats = _prepare_feats
+resolve_device = _resolve_device
+similarity = _similarity
+chunk_rows = _chunk_rows
+evaluate_checked_similarity = _evaluate_checked_similarity

@@ -40,7 +40,18 @@ import numpy as np
 import torch
 
 from cmemd.errors import EvaluationError
-from cmemd.evaluation.metrics import DEFAULT_MEMORY_BUDGET, ArrayLike, _as_tensor, _resolve_device, ordered_bits
+from cmemd.evaluation.metrics import (
+    DEFAULT_MEMORY_BUDGET,
+    METRICS,
+    ArrayLike,
+    as_tensor,
+    check_choice,
+    check_feat_pair,
+    ordered_bits,
+    prepare_feats,
+    resolve_device,
+    work_dtype,
+)
 from cmemd.evaluation.results import rerank_label
 
 _TWO_THIRDS = 2.0 / 3  # the reference's float64 constant
@@ -386,7 +397,7 @@ def _rerank_rows(src: Any, Q: int, G: int, params: ReRanking, dev: torch.device,
 
 
 def _check_dist(x: ArrayLike, name: str) -> tuple[torch.Tensor, float, float]:
-    t = _as_tensor(x, name)
+    t = as_tensor(x, name)
     if t.dim() != 2 or t.shape[0] == 0 or t.shape[1] == 0:
         raise EvaluationError(f"{name}: expected a non-empty 2-D distance matrix, got shape {tuple(t.shape)}")
     if t.dtype == torch.bool or t.is_complex():
@@ -455,7 +466,7 @@ def re_ranking(
                 "similarities: pass e.g. Euclidean distances, or sqrt(2 - 2 * cosine) for L2-normalised features"
             )
     dtype = torch.promote_types(torch.promote_types(qg.dtype, qq.dtype), gg.dtype)
-    dev = _resolve_device(device, q_g_dist, q_q_dist, g_g_dist)
+    dev = resolve_device(device, q_g_dist, q_q_dist, g_g_dist)
     src = _Source(qg.to(dtype), qq.to(dtype), gg.to(dtype), True, dev)
     out = _rerank_rows(src, Q, G, ReRanking(int(k1), int(k2), float(lambda_value)), dev, chunk_size, memory_budget)
     if isinstance(q_g_dist, torch.Tensor):
@@ -484,14 +495,12 @@ def re_ranking_features(
     the G x G gallery matrix ever exists: a 50k-image gallery needs memory for the (Q, G) result,
     the features and the sparse neighbour lists only. Returns numpy for numpy queries, else torch.
     """
-    from cmemd.evaluation.metrics import METRICS, _check_choice, _check_feat_pair, _prepare_feats, _work_dtype
-
     _check_params(k1, k2, lambda_value)
-    _check_choice(metric, METRICS, "metric")
-    qf, gf = _check_feat_pair(query_feats, gallery_feats)
-    dev = _resolve_device(device, query_feats, gallery_feats)
-    dtype = _work_dtype(qf, gf)
-    x = torch.cat([_prepare_feats(qf, "query_feats", metric, dev, dtype), _prepare_feats(gf, "gallery_feats", metric, dev, dtype)])
+    check_choice(metric, METRICS, "metric")
+    qf, gf = check_feat_pair(query_feats, gallery_feats)
+    dev = resolve_device(device, query_feats, gallery_feats)
+    dtype = work_dtype(qf, gf)
+    x = torch.cat([prepare_feats(qf, "query_feats", metric, dev, dtype), prepare_feats(gf, "gallery_feats", metric, dev, dtype)])
     Q, G = qf.shape[0], gf.shape[0]
     with torch.no_grad():
         out = _rerank_rows(_FeatureSource(x, Q, dev), Q, G, ReRanking(int(k1), int(k2), float(lambda_value)), dev,
@@ -512,4 +521,7 @@ def squared_euclidean(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return d.clamp_(min=0)
 
 
-__all__ = ["ReRanking", "as_reranking", "re_ranking", "re_ranking_features", "squared_euclidean"]
+#: Public name of :func:`_rerank_squared` for the protocols (cmemd.evaluation.protocol).
+rerank_squared = _rerank_squared
+
+__all__ = ["ReRanking", "as_reranking", "re_ranking", "re_ranking_features", "rerank_squared", "squared_euclidean"]

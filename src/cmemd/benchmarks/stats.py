@@ -1,21 +1,23 @@
-"""`cmemd data stats` and `cmemd data check`: counts and validation for a dataset root.
+"""`cmemd data stats`, `cmemd data check` and `cmemd data preview`: counts, validation and a contact sheet of a
+dataset root.
 
-Which dataset a root holds, which splits it has and what is wrong with it are questions for the
-dataset's registry entry (:mod:`cmemd.data.registry`); this module only counts and formats.
+Which benchmark a root holds, which splits it has and what is wrong with it are questions for the
+benchmark (:mod:`cmemd.benchmarks.registry`); this module only counts, formats and draws.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional, Tuple
 
 from cmemd.data.images import load_image
 from cmemd.data.records import MODALITIES, ImageRecord, count_by
-from cmemd.data.registry import DATASETS, detect_layout, resolve
+from cmemd.benchmarks.registry import BENCHMARKS, detect_layout, resolve
+from cmemd.data.preview import check_preview_args, draw_sheet
 from cmemd.errors import DatasetError
 
-LAYOUTS = tuple(DATASETS)
+LAYOUTS = tuple(BENCHMARKS)
 
-__all__ = ["LAYOUTS", "detect_layout", "dataset_stats", "format_stats", "check_dataset"]
+__all__ = ["LAYOUTS", "detect_layout", "dataset_stats", "format_stats", "check_dataset", "preview_grid"]
 
 
 def _summary(records: list[ImageRecord]) -> dict[str, Any]:
@@ -75,3 +77,25 @@ def check_dataset(root: str | Path, layout: str | None = None, *, decode: bool =
             except DatasetError as e:
                 problems.append(str(e))
     return problems
+
+
+def preview_grid(
+    root: str | Path,
+    out: str | Path,
+    ids: int = 6,
+    per_camera: int = 2,
+    tile: Tuple[int, int] = (128, 64),
+    layout: Optional[str] = None,
+) -> Path:
+    """Write a grid of ``ids`` identities (PNG, or JPEG/BMP by ``out``'s suffix); returns the output path.
+
+    The benchmark (``layout``, detected from ``root`` when None) chooses rows and columns
+    (:meth:`~cmemd.benchmarks.base.Benchmark.preview`), e.g. SYSU-MM01 ``per_camera`` images from
+    each of cam1..cam6. Blank tiles where an id has no image; column
+    headers name the camera and modality (PIL's default font). A missing output folder is created;
+    an unsupported suffix or a count below 1 raises :class:`ConfigError` before any image is read.
+    """
+    check_preview_args(out, ids, per_camera)
+    root = Path(root)
+    headers, rows = resolve(root, layout).preview(root, ids, per_camera)
+    return draw_sheet(headers, rows, out, tile)
