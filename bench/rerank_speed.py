@@ -27,6 +27,7 @@ features): the (Q+G)^2 float32 matrix would take ~10.8 GiB; the process peak RSS
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import resource
@@ -167,22 +168,38 @@ def timed(fn):
     return out, time.perf_counter() - w0, time.thread_time() - c0
 
 
-def compare(num_q: int, num_g: int, ids: Optional[int], repeats: int, ref_repeats: int) -> dict:
-    """Ours and the reference on one kind of input, interleaved: ours, reference, ours, reference, ..."""
+def load_baseline(src_dir: Path):
+    """``re_ranking`` of another checkout's ``src`` folder (e.g. the commit before a change), loaded under its own
+    module name so that both versions run side by side in this process."""
+    spec = importlib.util.spec_from_file_location("baseline_rerank", src_dir / "cmemd" / "evaluation" / "rerank.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["baseline_rerank"] = module
+    spec.loader.exec_module(module)
+    return module.re_ranking
+
+
+def compare(num_q: int, num_g: int, ids: Optional[int], repeats: int, ref_repeats: int, baseline=None) -> dict:
+    """Ours and the reference on one kind of input, interleaved: ours, (baseline,) reference, ours, ..."""
     qg, qq, gg, qp, gp = make_distances(num_q, num_g, ids=ids)
-    ours_t, ref_t = [], []
-    ours = ref = None
+    ours_t, ref_t, base_t = [], [], []
+    ours = ref = base = None
     for rep in range(max(repeats, ref_repeats)):
         if rep < repeats:
             ours, wall, cpu = timed(lambda: re_ranking(qg, qq, gg))
             ours_t.append((wall, cpu))
             print(f"  ours {wall:.2f} s (CPU {cpu:.2f})", flush=True)
+            if baseline is not None:
+                base, wall, cpu = timed(lambda: baseline(qg, qq, gg))
+                base_t.append((wall, cpu))
+                print(f"  baseline {wall:.2f} s (CPU {cpu:.2f})", flush=True)
         if rep < ref_repeats:
             ref, wall, cpu = timed(lambda: reference_re_ranking(qg, qq, gg))
             ref_t.append((wall, cpu))
             print(f"  reference {wall:.2f} s (CPU {cpu:.2f})", flush=True)
-    med = {name: [statistics.median(t[k] for t in ts) for k in (0, 1)] for name, ts in (("ours", ours_t), ("ref", ref_t))}
-    return dict(ours=med["ours"], ref=med["ref"], ours_runs=ours_t, ref_runs=ref_t,
+    med = {name: [statistics.median(t[k] for t in ts) for k in (0, 1)] if ts else None
+           for name, ts in (("ours", ours_t), ("ref", ref_t), ("base", base_t))}
+    return dict(ours=med["ours"], ref=med["ref"], base=med["base"], ours_runs=ours_t, ref_runs=ref_t, base_runs=base_t,
+                base_identical=None if base is None else bool(np.array_equal(ours, base)),
                 diff=float(np.abs(ours - ref).max()),
                 same_order=int((np.argsort(ours, axis=1, kind="stable")
                                 == np.argsort(ref, axis=1, kind="stable")).all(1).sum()),
@@ -198,7 +215,10 @@ def main() -> int:
     ap.add_argument("--ref-repeats", type=int, default=3, help="runs of the reference per kind of input (median)")
     ap.add_argument("--out", type=Path, default=Path("docs/results/rerank_speed.md"))
     ap.add_argument("--large", action="store_true", help="also the 3,803 x 50,000 memory check (minutes)")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another checkout's src folder: its re_ranking also runs, interleaved (e.g. before a change)")
     args = ap.parse_args()
+    baseline = load_baseline(args.baseline) if args.baseline else None
     torch.set_num_threads(args.threads)
     num_q, num_g = (1000, 800) if args.quick else (3803, 3010)
     load = os.getloadavg()[0]
@@ -207,12 +227,13 @@ def main() -> int:
     results = []
     for label, ids in kinds:
         print(label, flush=True)
-        results.append((label, compare(num_q, num_g, ids, args.repeats, args.ref_repeats)))
+        results.append((label, compare(num_q, num_g, ids, args.repeats, args.ref_repeats, baseline)))
     load_end = os.getloadavg()[0]
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     cmd = f"python bench/rerank_speed.py --threads {args.threads}" + (" --quick" if args.quick else "") \
         + (f" --repeats {args.repeats}" if args.repeats != 3 else "") \
-        + (f" --ref-repeats {args.ref_repeats}" if args.ref_repeats != 3 else "") + (" --large" if args.large else "")
+        + (f" --ref-repeats {args.ref_repeats}" if args.ref_repeats != 3 else "") + (" --large" if args.large else "") \
+        + (f" --baseline {args.baseline}" if args.baseline else "")
     lines = [
         "# Re-ranking speed (k-reciprocal, k1=20, k2=6, λ=0.3)",
         "",
@@ -253,6 +274,15 @@ def main() -> int:
         "(stable argsort) and whose first item are the same on both sides.",
         "", f"Process peak RSS {peak:.0f} MiB (the reference holds dense (Q+G)² float32 matrices: "
         f"{4 * (num_q + num_g) ** 2 / 2**20:.0f} MiB each)."]
+    if baseline is not None:
+        lines += ["", f"Baseline: `re_ranking` of `{args.baseline}` (another checkout), run interleaved with ours "
+                  "(ours, baseline, reference, ours, ...).", "",
+                  "| input | baseline, wall / CPU (s) | ours, wall / CPU (s) | ours vs baseline, wall / CPU | "
+                  "reference / baseline, wall / CPU | bit-identical outputs |", "|---|---|---|---|---|---|"]
+        for label, r in results:
+            (bw, bc), (ow, oc), (rw, rc) = r["base"], r["ours"], r["ref"]
+            lines.append(f"| {label} | {bw:.2f} / {bc:.2f} | {ow:.2f} / {oc:.2f} | {bw / ow:.1f}x / {bc / oc:.1f}x | "
+                         f"{rw / bw:.1f}x / {rc / bc:.1f}x | {'yes' if r['base_identical'] else 'NO'} |")
     if args.large:
         lines += ["", large_case(args.threads)]
     args.out.write_text("\n".join(lines) + "\n")

@@ -28,7 +28,8 @@ input matrices (the (Q+G)^2 matrix is never built); each block keeps only its to
 its row maximum. ``V`` is sparse (a few dozen entries per row), stored as padded index/value
 rows; the query expansion merges ``k2`` sparse rows by sorting; the Jaccard overlaps are summed
 over shared columns only (an inverted index in vectorised form: for each query entry, every
-gallery entry of the same column), one bounded chunk of queries at a time.
+gallery entry of the same column), as int32 lists of (query entry, gallery entry) pairs built by
+cumulative sums, in blocks small enough to stay in the CPU caches.
 """
 from __future__ import annotations
 
