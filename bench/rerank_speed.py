@@ -178,6 +178,36 @@ def load_baseline(src_dir: Path):
     return module.re_ranking
 
 
+STAGES = ("_stable_topk", "_reciprocal", "_encode", "_expand", "_final")
+
+
+def stage_times(module, qg, qq, gg) -> dict[str, float]:
+    """Thread CPU seconds of one ``module.re_ranking`` call spent in each stage function (the rest: reading the
+    distance rows, checks), by wrapping the module's stage functions for the call."""
+    spent = {name: 0.0 for name in STAGES}
+    saved = {name: getattr(module, name) for name in STAGES}
+
+    def wrap(name, fn):
+        def timed_stage(*a, **k):
+            c0 = time.thread_time()
+            try:
+                return fn(*a, **k)
+            finally:
+                spent[name] += time.thread_time() - c0
+        return timed_stage
+
+    for name in STAGES:
+        setattr(module, name, wrap(name, saved[name]))
+    try:
+        c0 = time.thread_time()
+        module.re_ranking(qg, qq, gg)
+        spent["total"] = time.thread_time() - c0
+    finally:
+        for name, fn in saved.items():
+            setattr(module, name, fn)
+    return spent
+
+
 def compare(num_q: int, num_g: int, ids: Optional[int], repeats: int, ref_repeats: int, baseline=None) -> dict:
     """Ours and the reference on one kind of input, interleaved: ours, (baseline,) reference, ours, ..."""
     qg, qq, gg, qp, gp = make_distances(num_q, num_g, ids=ids)
@@ -196,9 +226,12 @@ def compare(num_q: int, num_g: int, ids: Optional[int], repeats: int, ref_repeat
             ref, wall, cpu = timed(lambda: reference_re_ranking(qg, qq, gg))
             ref_t.append((wall, cpu))
             print(f"  reference {wall:.2f} s (CPU {cpu:.2f})", flush=True)
+    stages = {"ours": stage_times(sys.modules[re_ranking.__module__], qg, qq, gg)}
+    if baseline is not None:
+        stages["baseline"] = stage_times(sys.modules[baseline.__module__], qg, qq, gg)
     med = {name: [statistics.median(t[k] for t in ts) for k in (0, 1)] if ts else None
            for name, ts in (("ours", ours_t), ("ref", ref_t), ("base", base_t))}
-    return dict(ours=med["ours"], ref=med["ref"], base=med["base"], ours_runs=ours_t, ref_runs=ref_t, base_runs=base_t,
+    return dict(stages=stages, ours=med["ours"], ref=med["ref"], base=med["base"], ours_runs=ours_t, ref_runs=ref_t, base_runs=base_t,
                 base_identical=None if base is None else bool(np.array_equal(ours, base)),
                 diff=float(np.abs(ours - ref).max()),
                 same_order=int((np.argsort(ours, axis=1, kind="stable")
@@ -283,6 +316,15 @@ def main() -> int:
             (bw, bc), (ow, oc), (rw, rc) = r["base"], r["ours"], r["ref"]
             lines.append(f"| {label} | {bw:.2f} / {bc:.2f} | {ow:.2f} / {oc:.2f} | {bw / ow:.1f}x / {bc / oc:.1f}x | "
                          f"{rw / bw:.1f}x / {rc / bc:.1f}x | {'yes' if r['base_identical'] else 'NO'} |")
+    lines += ["", "Thread CPU seconds per stage of one more call (each stage function wrapped with a timer; "
+              "'rest' = reading and normalising the distance rows, checks):", "",
+              "| input | version | top-k lists | reciprocal sets | encoding V | query expansion | Jaccard + final "
+              "(`_final`) | rest | total |", "|---|---|---|---|---|---|---|---|---|"]
+    for label, r in results:
+        for version, st in r["stages"].items():
+            rest = st["total"] - sum(st[name] for name in STAGES)
+            lines.append(f"| {label} | {version} | " + " | ".join(f"{st[name]:.3f}" for name in STAGES)
+                         + f" | {rest:.3f} | {st['total']:.3f} |")
     if args.large:
         lines += ["", large_case(args.threads)]
     args.out.write_text("\n".join(lines) + "\n")
