@@ -274,10 +274,18 @@ def _rank_chunk(
     dev = sim.device
     key = _order_keys(sim, g.order)
     del sim
-    removed = removed_pairs(removal, qp, qc, g.pids, g.cams)
-    if removed is not None:
-        key.masked_fill_(removed, _MAX_KEY)
-        del removed
+    if removal == "sysu-same-location":
+        # The rule's (cam3 query, cam2 item) pairs form a grid of rows x columns: filled by index, a fraction of
+        # the chunk, instead of a full (n, G) mask read (the same pairs as removed_pairs).
+        rows = torch.nonzero(qc == SYSU_QUERY_CAM).flatten()
+        cols = torch.nonzero(g.cams == SYSU_REMOVED_GALLERY_CAM).flatten()
+        if rows.numel() and cols.numel():
+            key.index_put_((rows[:, None], cols[None, :]), torch.tensor(_MAX_KEY, device=dev))
+    else:
+        removed = removed_pairs(removal, qp, qc, g.pids, g.cams)
+        if removed is not None:
+            key.masked_fill_(removed, _MAX_KEY)
+            del removed
 
     # Keys of each query's true matches (its id's contiguous segment), sorted.
     P = g.max_count
