@@ -20,6 +20,7 @@ Writes docs/results/eval_speed.md. Not a test: numbers depend on the machine.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import resource
@@ -154,6 +155,8 @@ def main() -> None:
     ap.add_argument("--sections", nargs="*", default=["floor", "sysu", "regdb", "large"],
                     choices=["floor", "sysu", "regdb", "large"])
     ap.add_argument("--floor-repeats", type=int, default=9, help="interleaved repetitions of the floor section")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another checkout's src folder: its evaluate also runs in the floor section (before a change)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -165,7 +168,8 @@ def main() -> None:
     prob = sysu_problem()
     qf, qp, qc, pf, pp, pc, paths = prob
     if "floor" in args.sections:
-        floor_section(prob, args.floor_repeats, lines)
+        floor_section(prob, args.floor_repeats, lines, load_baseline(args.baseline) if args.baseline else None,
+                      args.baseline)
 
     # ---------------- SYSU
     lines.append(f"## SYSU-MM01-sized protocol (10 trials, all-search)\n")
@@ -236,7 +240,17 @@ def main() -> None:
     Path(args.out).write_text(text)
 
 
-def floor_section(prob, repeats: int, lines: list[str]) -> None:
+def load_baseline(src_dir: Path):
+    """``evaluate`` of another checkout's ``src`` folder (e.g. the commit before a change), loaded under its own
+    module name so that both versions run side by side in this process."""
+    spec = importlib.util.spec_from_file_location("baseline_metrics", src_dir / "cmemd" / "evaluation" / "metrics.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["baseline_metrics"] = module
+    spec.loader.exec_module(module)
+    return module.evaluate
+
+
+def floor_section(prob, repeats: int, lines: list[str], baseline=None, baseline_dir=None) -> None:
     """``evaluate`` per trial against the similarity matmul it must compute, interleaved; medians of the ratios."""
     qf, qp, qc, pf, pp, pc, paths = prob
     trials = [draw_gallery(pp, pc, paths, mode="all", shots=1, trial=t) for t in range(10)]
@@ -247,9 +261,14 @@ def floor_section(prob, repeats: int, lines: list[str]) -> None:
         for gf, _, _ in galleries:
             qt @ torch.from_numpy(gf).T
 
-    def ours():
-        return [evaluate(qf, qp, qc, gf, gp, gc, removal="sysu-same-location", cmc="identity-dedup")
+    def ours(fn=evaluate):
+        return [fn(qf, qp, qc, gf, gp, gc, removal="sysu-same-location", cmc="identity-dedup")
                 for gf, gp, gc in galleries]
+
+    identical = None
+    if baseline is not None:
+        identical = all(np.array_equal(getattr(a, k), getattr(b, k)) for a, b in zip(ours(), ours(baseline))
+                        for k in ("cmc", "ap", "inp", "first_hit", "valid_mask"))
 
     def clocks(fn):
         w0, c0 = time.perf_counter(), time.thread_time()
@@ -257,9 +276,12 @@ def floor_section(prob, repeats: int, lines: list[str]) -> None:
         return time.perf_counter() - w0, time.thread_time() - c0
 
     ours(), floor()  # warm-up
-    runs = []
+    runs, base_runs = [], []
     for _ in range(repeats):
-        runs.append((clocks(floor), clocks(ours)))
+        f = clocks(floor)
+        runs.append((f, clocks(ours)))
+        if baseline is not None:
+            base_runs.append((f, clocks(lambda: ours(baseline))))
     med = lambda xs: float(np.median(xs))  # noqa: E731
     fw, fc = med([f[0] for f, _ in runs]), med([f[1] for f, _ in runs])
     ow, oc = med([o[0] for _, o in runs]), med([o[1] for _, o in runs])
@@ -276,7 +298,13 @@ def floor_section(prob, repeats: int, lines: list[str]) -> None:
     lines.append(f"| wall | {fw:.3f} | {ow:.3f} | {rw:.2f} |")
     lines.append(f"| thread CPU | {fc:.3f} | {oc:.3f} | {rc:.2f} |")
     lines.append("")
-    print("\n".join(lines[-5:]), flush=True)
+    if baseline is not None:
+        bw, bc = med([o[0] for _, o in base_runs]), med([o[1] for _, o in base_runs])
+        brw, brc = med([o[0] / f[0] for f, o in base_runs]), med([o[1] / f[1] for f, o in base_runs])
+        lines.append(f"Baseline `evaluate` of `{baseline_dir}` (another checkout), run in the same repetitions right after "
+                     f"ours against the same floor: {bw:.3f} s wall / {bc:.3f} s CPU, {brw:.2f} / {brc:.2f} times the "
+                     f"floor; results bit-identical to ours: {'yes' if identical else 'NO'}.\n")
+    print("\n".join(lines[-7:]), flush=True)
 
 
 def large_section(args, lines: list[str]) -> None:

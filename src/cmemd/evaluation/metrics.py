@@ -49,6 +49,8 @@ DEFAULT_MEMORY_BUDGET = 512 * 2**20
 # Largest number of true matches per id for which _rank_chunk counts the non-matches ranked before each true
 # match by comparison passes (P passes over the chunk) instead of a binary search per item (searchsorted).
 _COMPARE_MAX_P = 16
+# int64 keys per block of rows in those passes: 1 MiB, in the L2 cache for the P passes over it
+_COMPARE_BLOCK = 1 << 17
 
 
 @dataclass
@@ -310,12 +312,16 @@ def _rank_chunk(
     if P <= _COMPARE_MAX_P:
         # A few true matches per id (single-shot galleries): one comparison pass per true match costs less than a
         # binary search per item. The counts are the same integers as below (past R they differ: never read).
+        # Rows are taken a cache's worth at a time, so that the P passes read their keys from the cache.
         before = torch.empty(n, P, dtype=torch.int64, device=dev)
-        for i in range(P):
-            below = key < tkeys[:, i : i + 1]
-            before[:, i] = below.sum(1, dtype=torch.int32)
-            if i == 0:
-                ahead = below  # non-removed non-matches ranked before the best true match
+        ahead = torch.empty(n, G, dtype=torch.bool, device=dev)  # non-removed non-matches before the best true match
+        sub = max(1, _COMPARE_BLOCK // G)
+        for s in range(0, n, sub):
+            block = key[s : s + sub]
+            for i in range(P):
+                below = torch.lt(block, tkeys[s : s + sub, i : i + 1], out=ahead[s : s + sub]) if i == 0 \
+                    else block < tkeys[s : s + sub, i : i + 1]
+                before[s : s + sub, i] = below.sum(1, dtype=torch.int32)
     else:
         loc = torch.searchsorted(tkeys, key)  # (n, G): number of true keys below each item
         hist = torch.zeros(n, P + 1, dtype=torch.int64, device=dev)
