@@ -317,11 +317,11 @@ def _rank_chunk(
         ahead = torch.empty(n, G, dtype=torch.bool, device=dev)  # non-removed non-matches before the best true match
         sub = max(1, _COMPARE_BLOCK // G)
         for s in range(0, n, sub):
-            block = key[s : s + sub]
-            for i in range(P):
-                below = torch.lt(block, tkeys[s : s + sub, i : i + 1], out=ahead[s : s + sub]) if i == 0 \
-                    else block < tkeys[s : s + sub, i : i + 1]
-                before[s : s + sub, i] = below.sum(1, dtype=torch.int32)
+            block, bounds = key[s : s + sub], tkeys[s : s + sub]
+            torch.lt(block, bounds[:, :1], out=ahead[s : s + sub])
+            before[s : s + sub, 0] = ahead[s : s + sub].sum(1, dtype=torch.int32)
+            for i in range(1, P):
+                before[s : s + sub, i] = (block < bounds[:, i : i + 1]).sum(1, dtype=torch.int32)
     else:
         loc = torch.searchsorted(tkeys, key)  # (n, G): number of true keys below each item
         hist = torch.zeros(n, P + 1, dtype=torch.int64, device=dev)
