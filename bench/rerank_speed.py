@@ -231,7 +231,8 @@ def compare(num_q: int, num_g: int, ids: Optional[int], repeats: int, ref_repeat
         stages["baseline"] = stage_times(sys.modules[baseline.__module__], qg, qq, gg)
     med = {name: [statistics.median(t[k] for t in ts) for k in (0, 1)] if ts else None
            for name, ts in (("ours", ours_t), ("ref", ref_t), ("base", base_t))}
-    return dict(stages=stages, ours=med["ours"], ref=med["ref"], base=med["base"], ours_runs=ours_t, ref_runs=ref_t, base_runs=base_t,
+    return dict(stages=stages, ours=med["ours"], ref=med["ref"], base=med["base"],
+                ours_runs=ours_t, ref_runs=ref_t, base_runs=base_t,
                 base_identical=None if base is None else bool(np.array_equal(ours, base)),
                 diff=float(np.abs(ours - ref).max()),
                 same_order=int((np.argsort(ours, axis=1, kind="stable")

@@ -107,7 +107,7 @@ def _check_params(k1: Any, k2: Any, lambda_value: Any) -> None:
 
 def _copy_tiled(dst: torch.Tensor, part: torch.Tensor, square: bool) -> None:
     """``dst.copy_(part * part if square else part)``; a transposed ``part`` on the CPU is copied in square tiles
-    (a transposing copy that walks whole rows misses the caches on almost every element: twice as slow)."""
+    (a transposing copy that walks whole rows misses the caches on almost every element: several times slower)."""
     if part.is_contiguous() or dst.device.type != "cpu" or part.device.type != "cpu":
         dst.copy_(part * part if square else part)
         return
