@@ -12,10 +12,15 @@ Writes docs/results/eval_speed.md. Not a test: numbers depend on the machine.
 2. Large: 50k x 50k, 512-d, Market-style removal, standard CMC (``--quick``: 10k x 10k).
    The reference loop runs on a sample of queries and is extrapolated linearly (it is
    per query by construction).
+3. ``floor``: ``evaluate`` (the generic path: checks, normalisation, similarity, ranking) on the
+   SYSU-MM01 single-shot size, once per trial's gallery (3,803 x ~300, 2048-d, ten trials), against
+   the similarity matmul it must compute (3,803 x 2048 by 2048 x ~300 per trial, float32), the two
+   interleaved in one process; medians of the per-repetition ratios, in wall and in thread CPU time.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import platform
 import resource
@@ -148,7 +153,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None,
                     help="threads for torch and for numpy's BLAS alike (default: their own choice); 1 avoids "
                          "thread-sync stalls on a shared, loaded machine")
-    ap.add_argument("--sections", nargs="*", default=["sysu", "regdb", "large"], choices=["sysu", "regdb", "large"])
+    ap.add_argument("--sections", nargs="*", default=["floor", "sysu", "regdb", "large"],
+                    choices=["floor", "sysu", "regdb", "large"])
+    ap.add_argument("--floor-repeats", type=int, default=9, help="interleaved repetitions of the floor section")
+    ap.add_argument("--baseline", type=Path, default=None,
+                    help="another checkout's src folder: its evaluate also runs in the floor section (before a change)")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -157,9 +166,13 @@ def main() -> None:
              f"Machine: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start (torch threads {torch.get_num_threads()}), torch {torch.__version__}, "
              f"numpy {np.__version__}, Python {platform.python_version()}, {platform.machine()}; CPU only.\n"]
 
-    # ---------------- SYSU
     prob = sysu_problem()
     qf, qp, qc, pf, pp, pc, paths = prob
+    if "floor" in args.sections:
+        floor_section(prob, args.floor_repeats, lines, load_baseline(args.baseline) if args.baseline else None,
+                      args.baseline)
+
+    # ---------------- SYSU
     lines.append(f"## SYSU-MM01-sized protocol (10 trials, all-search)\n")
     lines.append(f"3,803 queries x 2048-d; visible pool {len(pp)} images over 96 ids. Times are wall seconds for all 10 "
                  "trials (ours: best of 3; reference: one run). "
@@ -226,6 +239,81 @@ def main() -> None:
     print(text)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(text)
+
+
+def load_baseline(src_dir: Path):
+    """``evaluate`` of another checkout's ``src`` folder (e.g. the commit before a change), loaded under its own
+    module name so that both versions run side by side in this process."""
+    spec = importlib.util.spec_from_file_location("baseline_metrics", src_dir / "cmemd" / "evaluation" / "metrics.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["baseline_metrics"] = module
+    spec.loader.exec_module(module)
+    return module.evaluate
+
+
+def floor_section(prob, repeats: int, lines: list[str], baseline=None, baseline_dir=None) -> None:
+    """``evaluate`` per trial against the similarity matmul it must compute, interleaved; medians of the ratios."""
+    qf, qp, qc, pf, pp, pc, paths = prob
+    trials = [draw_gallery(pp, pc, paths, mode="all", shots=1, trial=t) for t in range(10)]
+    galleries = [(pf[g], pp[g], pc[g]) for g in trials]
+    qt = torch.from_numpy(qf)
+
+    def floor(gf):
+        return qt @ torch.from_numpy(gf).T
+
+    def ours(gf, gp, gc, fn=evaluate):
+        return fn(qf, qp, qc, gf, gp, gc, removal="sysu-same-location", cmc="identity-dedup")
+
+    identical = None
+    if baseline is not None:
+        identical = all(np.array_equal(getattr(ours(*t), k), getattr(ours(*t, fn=baseline), k))
+                        for t in galleries for k in ("cmc", "ap", "inp", "first_hit", "valid_mask"))
+
+    def clocks(fn, *a, **k):
+        w0, c0 = time.perf_counter(), time.thread_time()
+        fn(*a, **k)
+        return np.array([time.perf_counter() - w0, time.thread_time() - c0])
+
+    contenders = {"floor": floor, "ours": ours}
+    if baseline is not None:
+        contenders["baseline"] = lambda gf, gp, gc: ours(gf, gp, gc, fn=baseline)
+    for t in galleries:  # warm-up
+        for fn in contenders.values():
+            fn(*t) if fn is not floor else fn(t[0])
+    # Per repetition and trial, the contenders back to back, in an order that rotates with the repetition (which one
+    # finds the query features in the cache changes); ratios are taken within each (repetition, trial).
+    times = {name: [] for name in contenders}
+    names = list(contenders)
+    for rep in range(repeats):
+        order = names[rep % len(names):] + names[: rep % len(names)]
+        for t in galleries:
+            got = {}
+            for name in order:
+                got[name] = clocks(contenders[name], t[0]) if name == "floor" else clocks(contenders[name], *t)
+            for name in names:
+                times[name].append(got[name])
+    tt = {name: np.array(v) for name, v in times.items()}  # (repeats * trials, 2): wall, CPU
+    per_trial = {name: np.median(v, axis=0) for name, v in tt.items()}
+    ratio = {name: np.median(tt[name] / tt["floor"], axis=0) for name in names if name != "floor"}
+    lines.append("## The generic path against its floor (SYSU-MM01 single-shot size)\n")
+    lines.append(f"`evaluate(query, ..., gallery, ..., removal='sysu-same-location', cmc='identity-dedup')` on each "
+                 f"trial's gallery (3,803 queries x {len(trials[0])}-ish gallery images, 2048-d float32, 10 trials) "
+                 "against the similarity matmul it must compute (`query @ gallery.T`, float32), back to back for each "
+                 f"trial, {repeats} repetitions of the 10 trials, the order of the contenders rotating with the "
+                 "repetition. Seconds per trial (medians) in wall and in thread CPU time (the time this thread ran: "
+                 "less disturbed by other work on a shared machine); the ratio is the median of the "
+                 f"{repeats * len(galleries)} per-trial ratios.\n")
+    lines.append("| | matmul floor (s/trial) | `evaluate` (s/trial) | `evaluate` / floor |")
+    lines.append("|---|---|---|---|")
+    for k, clock in enumerate(("wall", "thread CPU")):
+        lines.append(f"| {clock} | {per_trial['floor'][k]:.4f} | {per_trial['ours'][k]:.4f} | {ratio['ours'][k]:.2f} |")
+    lines.append("")
+    if baseline is not None:
+        b, br = per_trial["baseline"], ratio["baseline"]
+        lines.append(f"Baseline `evaluate` of `{baseline_dir}` (another checkout), a third contender in the same "
+                     f"rotation: {b[0]:.4f} s wall / {b[1]:.4f} s CPU per trial, {br[0]:.2f} / {br[1]:.2f} times the "
+                     f"floor; results bit-identical to ours: {'yes' if identical else 'NO'}.\n")
+    print("\n".join(lines[-8:]), flush=True)
 
 
 def large_section(args, lines: list[str]) -> None:

@@ -122,3 +122,23 @@ def test_bad_arrays_raise_with_names_and_indices():
         evaluate(q, ids, cams, g[:, :2], ids, cams)
     with pytest.raises(EvaluationError, match="query_pids: labels must be integers"):
         evaluate(q, [0.5, 1, 2], cams, g, ids, cams)
+
+
+def test_non_finite_rows_are_found_among_rows_whose_sums_overflow():
+    """The finite check sums each row first: finite entries whose sum overflows (3e38 + 3e38 in float32) are not
+    an error, and NaN / inf rows among them are still named, each exactly once."""
+    big = np.full((6, 2), 3e38, dtype=np.float32)
+    big[:, 1] = np.arange(6) + 1  # distinct directions
+    ids, cams = np.arange(6), np.ones(6)
+    r = evaluate(big, ids, cams, big, ids, cams * 2)  # no error: every entry is finite
+    assert r.num_valid == 6
+    bad = big.copy()
+    bad[1, 1] = np.inf
+    bad[4, 0] = np.nan
+    bad[5, 0] = -np.inf
+    with pytest.raises(EvaluationError, match=r"query_feats: 3 row\(s\) contain NaN or inf \(indices 1, 4, 5\)"):
+        evaluate(bad, ids, cams, big, ids, cams)
+    with pytest.raises(EvaluationError, match=r"gallery_feats: 1 row\(s\) contain NaN or inf \(indices 2\)"):
+        inf_only = np.eye(6)
+        inf_only[2, 3] = -np.inf
+        evaluate(np.eye(6), ids, cams, inf_only, ids, cams)

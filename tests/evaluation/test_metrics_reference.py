@@ -143,3 +143,25 @@ def test_ordered_bits_order_equals_float_order(values):
     codes = ordered_bits(x)
     assert torch.equal(torch.sign(codes[:, None].long() - codes[None, :].long()),
                        torch.sign(x[:, None].double() - x[None, :].double()).long())
+
+
+@pytest.mark.parametrize("compare_max_p, compare_block", [(0, 1 << 17), (10**6, 1 << 17), (10**6, 200)])
+def test_both_ways_of_counting_items_ahead_of_each_true_match_match_reference(monkeypatch, compare_max_p,
+                                                                              compare_block):
+    """Non-matches ranked before each true match are counted by comparison passes (over blocks of rows) when an
+    id has few gallery images, by a binary search per item otherwise; each route alone must equal the reference
+    (ties included), whatever the block of rows (200 keys: 3 rows of 60, the chunk's last block shorter)."""
+    from cmemd.evaluation import metrics
+
+    monkeypatch.setattr(metrics, "_COMPARE_MAX_P", compare_max_p)
+    monkeypatch.setattr(metrics, "_COMPARE_BLOCK", compare_block)
+    rng = np.random.default_rng(11)
+    for trial in range(6):
+        nq, ng, n_ids = 12, 60, (2, 4, 25)[trial % 3]
+        sim = rng.integers(-3, 4, size=(nq, ng)).astype(np.float32)  # heavy ties
+        qp, gp = rng.integers(0, n_ids + 1, nq), rng.integers(0, n_ids, ng)  # id n_ids: no true match
+        qc, gc = rng.choice([3, 6], nq), rng.choice([1, 2, 4, 5], ng)
+        for removal, cmc in itertools.product(REMOVALS, CMCS):
+            ref = reference_from_similarity(sim, qp, qc, gp, gc, removal, cmc, 20)
+            if ref is not None:
+                _assert_same(evaluate_similarity(sim, qp, qc, gp, gc, removal=removal, cmc=cmc, chunk_size=5), ref)

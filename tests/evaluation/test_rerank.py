@@ -156,6 +156,27 @@ def test_chunked_equals_unchunked(ties):
         assert np.array_equal(re_ranking(qg, qq, gg, k1=8, k2=4, **kw), full), kw
 
 
+@pytest.mark.parametrize("ties", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_tiles_and_pair_blocks_match_brute_force(monkeypatch, ties, dtype):
+    """The transposing copies in 3 x 3 tiles (edge tiles included), the Jaccard sums in blocks of a few
+    (query entry, gallery entry) pairs (often one query row, whose pairs exceed the block), one row buffer reused
+    by every block of rows (the last one shorter): the same numbers as the default blocks, and the brute force."""
+    from cmemd.evaluation import rerank
+
+    rng = np.random.default_rng(7)
+    d = euclidean(*(2 * [features(rng, 31, dim=3, ties=ties)])).astype(dtype)
+    qg, qq, gg = split(d, 13)
+    qq = qq + np.triu(np.full_like(qq, 0.25), 1)  # non-symmetric: the tiles must read columns, not rows
+    default = re_ranking(qg, qq, gg, k1=6, k2=3, lambda_value=0.4)
+    monkeypatch.setattr(rerank, "_TILE", 3)
+    monkeypatch.setattr(rerank, "_PAIR_BLOCK", 5)
+    for kw in (dict(chunk_size=4), dict(chunk_size=1), dict()):
+        got = re_ranking(qg, qq, gg, k1=6, k2=3, lambda_value=0.4, **kw)
+        assert np.array_equal(got, default), kw
+    np.testing.assert_allclose(default, re_ranking_brute(qg, qq, gg, 6, 3, 0.4), rtol=0, atol=ATOL)
+
+
 def test_query_without_a_true_match_is_excluded_after_re_ranking():
     """Re-ranking needs no labels; the metrics on re-ranked distances exclude a query whose id is not in the
     gallery and agree with the per-query reference on the others."""

@@ -10,9 +10,10 @@ Keys are unique per row, so
 
 - the true matches of a query (at most ``P`` = largest number of gallery images of one id) are
   gathered and sorted: ``T_0 < T_1 < ...``;
-- every other non-removed item is located among them with ``searchsorted`` (``G log P``), and a
-  histogram of those locations gives, for each true match, how many non-matches rank before it:
-  ``rank(T_i) = i + 1 + #{non-matches with key < T_i}``;
+- for each true match, the non-matches that rank before it are counted:
+  ``rank(T_i) = i + 1 + #{non-matches with key < T_i}`` (one comparison pass per true match when ``P``
+  is small, as in single-shot galleries; otherwise every non-removed item is located among them with
+  ``searchsorted``, ``G log P``, and a histogram of those locations gives the counts);
 - identity-deduplicated CMC counts the distinct ids that have an image ranked before the best
   true match: gallery columns are grouped by id once, so that is a cumulative sum per row.
 
@@ -46,6 +47,11 @@ _MAX_KEY = torch.iinfo(torch.int64).max
 # searchsorted output, masks, cumulative sums); used to size chunks from a memory budget.
 _BYTES_PER_PAIR = 48
 DEFAULT_MEMORY_BUDGET = 512 * 2**20
+# Largest number of true matches per id for which _rank_chunk counts the non-matches ranked before each true
+# match by comparison passes (P passes over the chunk) instead of a binary search per item (searchsorted).
+_COMPARE_MAX_P = 16
+# int64 keys per block of rows in those passes: 1 MiB, in the L2 cache for the P passes over it
+_COMPARE_BLOCK = 1 << 17
 
 
 @dataclass
@@ -99,6 +105,20 @@ def _check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
         raise EvaluationError(f"{name}={value!r} is unknown; use one of {', '.join(repr(c) for c in choices)}")
 
 
+def _nonfinite_rows(t: torch.Tensor) -> list[int]:
+    """Indices of the rows of a float matrix holding NaN or inf.
+
+    One cheap reduction settles the usual case: a NaN or inf entry makes its row's sum NaN or inf (non-finite
+    values absorb additions), so finite row sums prove every entry finite. Only rows whose sum is not finite (a
+    bad entry, or finite entries so large that the sum overflows) are checked entry by entry. An elementwise
+    isfinite of the whole matrix costs about 30 times the sum, and evaluate() checks its queries on every call.
+    """
+    suspect = torch.nonzero(~torch.isfinite(t.sum(dim=1))).flatten()
+    if suspect.numel() == 0:
+        return []
+    return suspect[~torch.isfinite(t[suspect]).all(dim=1)].tolist()
+
+
 def _check_feats(x: ArrayLike, name: str) -> torch.Tensor:
     t = _as_tensor(x, name)
     if t.dim() != 2:
@@ -107,9 +127,8 @@ def _check_feats(x: ArrayLike, name: str) -> torch.Tensor:
         raise EvaluationError(f"{name}: no rows; pass at least one feature vector")
     if not (t.is_floating_point()):
         t = t.to(torch.float32)
-    bad = ~torch.isfinite(t).all(dim=1)
-    if bool(bad.any()):
-        idx = torch.nonzero(bad).flatten().tolist()
+    idx = _nonfinite_rows(t)
+    if idx:
         raise EvaluationError(
             f"{name}: {len(idx)} row(s) contain NaN or inf (indices {_show(idx)}); "
             "fix the feature extraction (e.g. a diverged model or fp16 overflow) before evaluating"
@@ -239,10 +258,11 @@ def _order_keys(sim: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
         # Dense rank of the values inside this chunk (exact for float64).
         _, inv = torch.unique(sim, sorted=True, return_inverse=True)
         key = -inv.to(torch.int64)
-    else:
-        codes = sim if sim.dtype == torch.int32 else ordered_bits(sim)
-        key = codes.bitwise_not().to(torch.int64)  # ~x = -x - 1: descending in the value
-    return key.bitwise_left_shift_(32).add_(order[None, :])
+        return key.bitwise_left_shift_(32).add_(order[None, :])
+    codes = sim if sim.dtype == torch.int32 else ordered_bits(sim)
+    # (~codes << 32) + order (~x = -x - 1: descending in the value) in one pass that reads int32 and writes int64:
+    # order - 2^32 - codes * 2^32, which stays inside int64 for every int32 code.
+    return torch.add(order[None, :] - (1 << 32), codes, alpha=-(1 << 32))
 
 
 def removed_pairs(removal: str, qp: torch.Tensor, qc: torch.Tensor, gp: torch.Tensor, gc: torch.Tensor) -> Optional[torch.Tensor]:
@@ -272,11 +292,18 @@ def _rank_chunk(
     dev = sim.device
     key = _order_keys(sim, g.order)
     del sim
-    is_match = qp[:, None] == g.pids[None, :]
-    removed = removed_pairs(removal, qp, qc, g.pids, g.cams)
-    if removed is not None:
-        key.masked_fill_(removed, _MAX_KEY)
-        del removed
+    if removal == "sysu-same-location":
+        # The rule's (cam3 query, cam2 item) pairs form a grid of rows x columns: filled by index, a fraction of
+        # the chunk, instead of a full (n, G) mask read (the same pairs as removed_pairs).
+        rows = torch.nonzero(qc == SYSU_QUERY_CAM).flatten()
+        cols = torch.nonzero(g.cams == SYSU_REMOVED_GALLERY_CAM).flatten()
+        if rows.numel() and cols.numel():
+            key.index_put_((rows[:, None], cols[None, :]), torch.tensor(_MAX_KEY, device=dev))
+    else:
+        removed = removed_pairs(removal, qp, qc, g.pids, g.cams)
+        if removed is not None:
+            key.masked_fill_(removed, _MAX_KEY)
+            del removed
 
     # Keys of each query's true matches (its id's contiguous segment), sorted.
     P = g.max_count
@@ -284,21 +311,39 @@ def _rank_chunk(
     present = g.ids[pos] == qp
     cnt = torch.where(present, g.counts[pos], torch.zeros_like(pos))
     ar = torch.arange(P, device=dev)
-    cols = (g.starts[pos][:, None] + ar[None, :]).clamp_(max=G - 1)
-    tkeys = key.gather(1, cols)
-    tkeys.masked_fill_(ar[None, :] >= cnt[:, None], _MAX_KEY)
+    is_true = ar[None, :] < cnt[:, None]
+    # Padding repeats the segment's first column: always in range, and a true match whenever the row has one.
+    cols = g.starts[pos][:, None] + torch.where(is_true, ar[None, :], 0)
+    raw = key.gather(1, cols)
+    tkeys = raw.masked_fill(~is_true, _MAX_KEY)
     tkeys, _ = torch.sort(tkeys, dim=1)
     R = (tkeys != _MAX_KEY).sum(1)
     valid = R > 0
+    # Hide the true matches from the counts below: n x P writes instead of an (n, G) comparison and fill. A row
+    # without a true match writes its own keys back (its columns all repeat one column: no conflicting writes).
+    key.scatter_(1, cols, torch.where(present[:, None], _MAX_KEY, raw))
 
-    # Non-matches located among the true matches.
-    key.masked_fill_(is_match, _MAX_KEY)
-    del is_match
-    loc = torch.searchsorted(tkeys, key)  # (n, G): number of true keys below each item
-    hist = torch.zeros(n, P + 1, dtype=torch.int64, device=dev)
-    hist.scatter_add_(1, loc, torch.ones(1, dtype=torch.int64, device=dev).expand(n, G))
-    del loc
-    before = torch.cumsum(hist, 1)[:, :P]
+    # Non-matches located among the true matches: before[:, i] = how many rank before the i-th true match.
+    ahead = None
+    if P <= _COMPARE_MAX_P:
+        # A few true matches per id (single-shot galleries): one comparison pass per true match costs less than a
+        # binary search per item. The counts are the same integers as below (past R they differ: never read).
+        # Rows are taken a cache's worth at a time, so that the P passes read their keys from the cache.
+        before = torch.empty(n, P, dtype=torch.int64, device=dev)
+        ahead = torch.empty(n, G, dtype=torch.bool, device=dev)  # non-removed non-matches before the best true match
+        sub = max(1, _COMPARE_BLOCK // G)
+        for s in range(0, n, sub):
+            block, bounds = key[s : s + sub], tkeys[s : s + sub]
+            torch.lt(block, bounds[:, :1], out=ahead[s : s + sub])
+            before[s : s + sub, 0] = ahead[s : s + sub].sum(1, dtype=torch.int32)
+            for i in range(1, P):
+                before[s : s + sub, i] = (block < bounds[:, i : i + 1]).sum(1, dtype=torch.int32)
+    else:
+        loc = torch.searchsorted(tkeys, key)  # (n, G): number of true keys below each item
+        hist = torch.zeros(n, P + 1, dtype=torch.int64, device=dev)
+        hist.scatter_add_(1, loc, torch.ones(1, dtype=torch.int64, device=dev).expand(n, G))
+        del loc
+        before = torch.cumsum(hist, 1)[:, :P]
     ranks = before + (ar + 1)[None, :]  # rank of the i-th true match (valid for i < R)
     in_r = ar[None, :] < R[:, None]
     Rf = R.clamp(min=1).to(torch.float64)
@@ -310,12 +355,12 @@ def _rank_chunk(
     if cmc == "standard":
         first = ranks[:, 0]
     else:
-        best = tkeys[:, 0]
-        ahead = key < best[:, None]  # non-removed non-matches ranked before the best true match
-        cs = torch.cumsum(ahead, 1, dtype=torch.int32)
-        ends = cs[:, (g.starts + g.counts - 1)]
-        begins = torch.where(g.starts[None, :] > 0, cs[:, (g.starts - 1).clamp(min=0)], torch.zeros_like(ends))
-        first = ((ends - begins) > 0).sum(1) + 1
+        if ahead is None:
+            ahead = key < tkeys[:, :1]  # non-removed non-matches ranked before the best true match
+        # Running count at the end of each id's segment: an id has an item ahead when its count grows there
+        # (segments are contiguous and cover every column, so each one starts where the previous one ends).
+        ends = torch.cumsum(ahead, 1, dtype=torch.int32).index_select(1, g.starts + g.counts - 1)
+        first = (ends[:, 0] > 0).to(torch.int64) + (ends[:, 1:] > ends[:, :-1]).sum(1) + 1
     return valid, ap, inp, first
 
 

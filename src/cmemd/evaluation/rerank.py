@@ -28,7 +28,8 @@ input matrices (the (Q+G)^2 matrix is never built); each block keeps only its to
 its row maximum. ``V`` is sparse (a few dozen entries per row), stored as padded index/value
 rows; the query expansion merges ``k2`` sparse rows by sorting; the Jaccard overlaps are summed
 over shared columns only (an inverted index in vectorised form: for each query entry, every
-gallery entry of the same column), one bounded chunk of queries at a time.
+gallery entry of the same column), as int32 lists of (query entry, gallery entry) pairs built by
+cumulative sums, in blocks small enough to stay in the CPU caches.
 """
 from __future__ import annotations
 
@@ -55,6 +56,11 @@ from cmemd.evaluation.metrics import (
 from cmemd.evaluation.results import rerank_label
 
 _TWO_THIRDS = 2.0 / 3  # the reference's float64 constant
+# (query entry, gallery entry) pairs per block of the Jaccard sums: int32/float32 temporaries of 1 MiB each
+_PAIR_BLOCK = 1 << 18
+# Side of the square tiles of a transposing copy (512 x 512 float32, 1 MiB: about 5 times faster than one whole
+# transposing copy on the 1 MiB-L2 machine of docs/results/rerank_speed.md, 2.5 times with 256 x 256 tiles)
+_TILE = 512
 
 
 @dataclass(frozen=True)
@@ -110,12 +116,27 @@ def _check_params(k1: Any, k2: Any, lambda_value: Any) -> None:
 # --------------------------------------------------------------------------- rows of the ranked matrix
 
 
+def _copy_tiled(dst: torch.Tensor, part: torch.Tensor, square: bool) -> None:
+    """``dst.copy_(part * part if square else part)``; a transposed ``part`` on the CPU is copied in square tiles
+    (a transposing copy that walks whole rows misses the caches on almost every element: several times slower)."""
+    if part.is_contiguous() or dst.device.type != "cpu" or part.device.type != "cpu":
+        dst.copy_(part * part if square else part)
+        return
+    n, m = dst.shape
+    for i in range(0, n, _TILE):
+        for j in range(0, m, _TILE):
+            p = part[i : i + _TILE, j : j + _TILE]
+            dst[i : i + _TILE, j : j + _TILE].copy_(p * p if square else p)
+
+
 class _Source:
     """The transposed combined matrix of step 1, squared (when ``square``) and float32, read in pieces.
 
     Row ``i < Q`` is ``[q_q[:, i], q_g[i, :]]``; row ``Q + j`` is ``[q_g[:, j], g_g[:, j]]``; entry
     ``(i, j)`` is the combined matrix's ``(j, i)``.
     """
+
+    rowwise = True  # a row's values do not depend on the block it is read in
 
     def __init__(self, qg: torch.Tensor, qq: torch.Tensor, gg: torch.Tensor, square: bool, dev: torch.device):
         self.qg, self.qq, self.gg, self.square, self.dev = qg, qq, gg, square, dev
@@ -128,9 +149,14 @@ class _Source:
             return (x * x).to(torch.float32)  # in the input's dtype, then float32: np.power(...).astype(np.float32)
         return x.to(torch.float32, copy=True)
 
-    def rows(self, r0: int, r1: int) -> torch.Tensor:
+    def rows(self, r0: int, r1: int, buffer: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Rows ``r0:r1``, written into ``buffer`` (a float32 (>= r1 - r0, N) tensor) when given: reusing one
+        buffer for every block spares the page faults of a fresh (rows, N) allocation per block."""
         Q, N = self.Q, self.Q + self.G
-        out = torch.empty(r1 - r0, N, dtype=torch.float32, device=self.dev)
+        if buffer is not None and buffer.shape[0] >= r1 - r0 and buffer.shape[1] == N and buffer.device == self.dev:
+            out = buffer[: r1 - r0]
+        else:
+            out = torch.empty(r1 - r0, N, dtype=torch.float32, device=self.dev)
         same = self.qg.dtype == torch.float32  # square in place after the copy; else square before the cast
         blocks = []
         a, b = r0, min(r1, Q)
@@ -140,7 +166,7 @@ class _Source:
         if b > a:
             blocks += [(out[o:, :Q], self.qg[:, a:b].T), (out[o:, Q:], self.gg[:, a:b].T)]
         for dst, part in blocks:
-            dst.copy_(part * part if self.square and not same else part)
+            _copy_tiled(dst, part, self.square and not same)
         if self.square and same:
             out.mul_(out)
         return out
@@ -172,13 +198,15 @@ class _FeatureSource:
     Nothing of size (Q+G)^2 exists at any time (the input matrices of :class:`_Source` would be).
     """
 
+    rowwise = False  # rows come from one matmul per block, whose last bits may depend on the block's rows
+
     def __init__(self, feats: torch.Tensor, Q: int, dev: torch.device):
         self.x = feats.to(dev)
         self.sq = (self.x * self.x).sum(1)
         self.Q, self.G = Q, feats.shape[0] - Q
 
-    def rows(self, r0: int, r1: int) -> torch.Tensor:
-        x = self.x
+    def rows(self, r0: int, r1: int, buffer: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = self.x  # a fresh block whatever the buffer: the matmul's output is its own
         d = torch.addmm(self.sq[r0:r1, None] + self.sq[None, :], x[r0:r1], x.T, alpha=-2.0)
         return d.clamp_(min=0).to(torch.float32)
 
@@ -252,7 +280,11 @@ def _encode(src: Any, scale: torch.Tensor, top: torch.Tensor, R: torch.Tensor, R
         r1 = min(N, r0 + step)
         f, r = F[r0:r1], R[r0:r1]
         members, member_ok = H[f], RH[f]  # (c, k1p, khp): each candidate's half-size reciprocal set
-        in_r = ((members[..., None] == f[:, None, None, :]) & r[:, None, None, :]).any(-1)
+        # Which members belong to R(i): a (c, N + 1) membership table of R, read at the members.
+        table = torch.zeros(r1 - r0, N + 1, dtype=torch.bool, device=top.device)
+        table.scatter_(1, torch.where(r, f, N), True)
+        in_r = table.gather(1, members.flatten(1)).view(members.shape)
+        del table
         overlap = (in_r & member_ok).sum(-1).to(torch.float64)
         accept = r & (overlap > _TWO_THIRDS * nH[f])
         sets = torch.cat([torch.where(r, f, N), torch.where(accept[..., None] & member_ok, members, N).flatten(1)], 1)
@@ -305,7 +337,15 @@ def _expand(V_idx: torch.Tensor, V_val: torch.Tensor, top: torch.Tensor, k2p: in
 
 def _final(src: Any, scale: torch.Tensor, V_idx: torch.Tensor, V_val: torch.Tensor, Q: int, G: int,
            lam: float, step: int, memory_budget: int) -> torch.Tensor:
-    """Steps 7-8 for the query rows against the gallery columns."""
+    """Steps 7-8 for the query rows against the gallery columns.
+
+    ``m[i, j] = sum of min(V[i, l], V[Q + j, l])`` over the columns ``l`` both rows use, added in float32 in
+    ascending ``l`` as the reference adds them. Each (query entry, gallery entry) pair of a shared column is one
+    addition: the gallery entries are grouped by column (the inverted index), a block of queries lists its pairs
+    in (query, column, gallery row) order and ``index_add_`` adds them in that order. The pair lists are built
+    with int32 cumulative sums (no int64 arithmetic per pair) in blocks of about ``_PAIR_BLOCK`` pairs, so that
+    every temporary stays in the CPU caches.
+    """
     N = Q + G
     dev = V_idx.device
     # Gallery entries grouped by column: the inverted index.
@@ -314,39 +354,73 @@ def _final(src: Any, scale: torch.Tensor, V_idx: torch.Tensor, V_val: torch.Tens
     g_row = torch.arange(G, device=dev)[:, None].expand_as(g_idx)[g_ok]
     g_col, g_v = g_idx[g_ok], g_val[g_ok]
     g_col, order = torch.sort(g_col, stable=True)
-    g_row, g_v = g_row[order], g_v[order]
+    g_row, g_v = g_row[order].to(torch.int32), g_v[order]
     g_count = torch.bincount(g_col, minlength=N)
     g_start = torch.cumsum(g_count, 0) - g_count
 
     q_idx, q_val = V_idx[:Q], V_val[:Q]
-    q_ok = q_idx != N
-    pairs_per_query = torch.where(q_ok, g_count[q_idx.clamp(max=N - 1)], 0).sum(1)
+    q_n = torch.where(q_idx != N, g_count[q_idx.clamp(max=N - 1)], 0)  # gallery partners of each query entry
+    pairs_per_query = q_n.sum(1)
     out = torch.empty(Q, G, dtype=torch.float32, device=dev)
-    pair_budget = max(1, memory_budget // 96)  # about a dozen int64/float32 temporaries per (query, gallery) entry pair
+    # Blocks of query rows, each summed in sub-blocks of about _PAIR_BLOCK pairs and rows whose work stays in the
+    # CPU caches. The original distances are added per sub-block, or per block for a source whose rows depend on
+    # the block (features: one matmul per block, the blocks kept as they were so that the results do not change).
+    pair_budget = max(1, memory_budget // 96)
+    sub_budget = max(1, min(_PAIR_BLOCK, memory_budget // 48))  # about a dozen 4-byte temporaries per pair
+    sub_rows = max(1, _PAIR_BLOCK // max(G, 1))
     r0 = 0
     while r0 < Q:
-        # As many queries as fit the budget of (query entry, gallery entry) pairs and the output rows.
-        cum = torch.cumsum(pairs_per_query[r0 : r0 + step], 0)
-        r1 = r0 + max(1, int(torch.searchsorted(cum, torch.tensor(pair_budget, device=dev), right=True)))
-        r1 = min(r1, Q, r0 + step)
-        ok = q_ok[r0:r1]
-        e_row = torch.arange(r1 - r0, device=dev)[:, None].expand_as(ok)[ok]  # row-major: columns ascend per query
-        e_col, e_v = q_idx[r0:r1][ok], q_val[r0:r1][ok]
-        n = g_count[e_col]
-        rep = torch.repeat_interleave(torch.arange(e_col.shape[0], device=dev), n)
-        offset = torch.arange(rep.shape[0], device=dev) - torch.repeat_interleave(torch.cumsum(n, 0) - n, n)
-        gpos = g_start[e_col][rep] + offset
-        contrib = torch.minimum(e_v[rep], g_v[gpos])
-        flat = e_row[rep] * G + g_row[gpos]
-        del rep, offset, gpos
-        shared = torch.zeros((r1 - r0) * G, dtype=torch.float32, device=dev).index_add_(0, flat, contrib).view(r1 - r0, G)
-        del flat, contrib
-        # In place, with the reference's float32 operations: (1 - m / (2 - m)) * (1 - lam) + d * lam.
-        jaccard = shared.div_(2.0 - shared).neg_().add_(1.0).mul_(1 - lam)
-        original = src.query_gallery(r0, r1).div_(scale[r0:r1, None]).mul_(lam)
-        torch.add(jaccard, original, out=out[r0:r1])
+        r1 = _rows_within(pairs_per_query, r0, min(Q, r0 + step), pair_budget)
+        s0 = r0
+        while s0 < r1:
+            s1 = _rows_within(pairs_per_query, s0, min(r1, s0 + sub_rows), sub_budget)
+            shared = _shared_mass(q_idx[s0:s1], q_val[s0:s1], q_n[s0:s1], g_start, g_row, g_v, G)
+            # In place, with the reference's float32 operations: (1 - m / (2 - m)) * (1 - lam) + d * lam.
+            torch.mul(shared.div_(2.0 - shared).neg_().add_(1.0), 1 - lam, out=out[s0:s1])
+            if src.rowwise:
+                out[s0:s1].add_(src.query_gallery(s0, s1).div_(scale[s0:s1, None]).mul_(lam))
+            s0 = s1
+        if not src.rowwise:
+            out[r0:r1].add_(src.query_gallery(r0, r1).div_(scale[r0:r1, None]).mul_(lam))
         r0 = r1
     return out
+
+
+def _rows_within(pairs_per_query: torch.Tensor, r0: int, limit: int, budget: int) -> int:
+    """End of the block of rows from ``r0``: as many as fit ``budget`` pairs (at least one), at most up to ``limit``."""
+    cum = torch.cumsum(pairs_per_query[r0:limit], 0)
+    return min(limit, r0 + max(1, int(torch.searchsorted(cum, torch.tensor(budget, device=cum.device), right=True))))
+
+
+def _shared_mass(q_idx: torch.Tensor, q_val: torch.Tensor, q_n: torch.Tensor, g_start: torch.Tensor,
+                 g_row: torch.Tensor, g_v: torch.Tensor, G: int) -> torch.Tensor:
+    """``m`` (c, G) of a block of c query rows: the sum of min(query value, gallery value) over every pair of a
+    query entry and a gallery entry of the same column, added in (query, column, gallery row) order."""
+    c = q_idx.shape[0]
+    shared = torch.zeros(c * G, dtype=torch.float32, device=q_idx.device)
+    live = q_n > 0  # entries with a gallery partner, row-major: columns ascend per query
+    if not bool(live.any()):
+        return shared.view(c, G)
+    n = q_n[live]
+    e_col, e_v = q_idx[live], q_val[live]
+    e_base = (torch.arange(c, device=q_idx.device, dtype=torch.int32) * G)[:, None].expand(c, q_idx.shape[1])[live]
+    ends = torch.cumsum(n, 0)
+    first = ends - n  # each entry's first pair
+    total = int(ends[-1])
+    # The entry of each pair: a cumulative sum of +1 where an entry's run of pairs starts.
+    mark = torch.zeros(total, dtype=torch.int32, device=q_idx.device)
+    mark[first[1:]] = 1
+    entry = torch.cumsum(mark, 0, dtype=torch.int32)
+    # Its gallery entry in the inverted index: +1 along a run, a jump to the next column's first entry between runs.
+    starts = g_start[e_col]
+    jump = starts.clone()
+    jump[1:] -= starts[:-1] + n[:-1] - 1
+    delta = torch.ones(total, dtype=torch.int32, device=q_idx.device)
+    delta[first] = jump.to(torch.int32)
+    gpos = torch.cumsum(delta, 0, dtype=torch.int32)
+    contrib = torch.minimum(e_v.index_select(0, entry), g_v.index_select(0, gpos))
+    flat = e_base.index_select(0, entry).add_(g_row.index_select(0, gpos))
+    return shared.index_add_(0, flat, contrib).view(c, G)
 
 
 def _rerank_rows(src: Any, Q: int, G: int, params: ReRanking, dev: torch.device, chunk_size: Optional[int],
@@ -368,9 +442,10 @@ def _rerank_rows(src: Any, Q: int, G: int, params: ReRanking, dev: torch.device,
     with torch.no_grad():
         top = torch.empty(N, K, dtype=torch.int64, device=dev)
         scale = torch.empty(N, dtype=torch.float32, device=dev)
+        raw = None
         for r0 in range(0, N, step):
             r1 = min(N, r0 + step)
-            raw = src.rows(r0, r1)
+            raw = src.rows(r0, r1, raw)
             m = raw.amax(1)
             if not bool((m > 0).all()):
                 bad = (torch.nonzero(m <= 0).flatten() + r0).tolist()
