@@ -16,6 +16,7 @@ import argparse
 import gzip
 import hashlib
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -159,6 +160,12 @@ def record() -> dict:
     return gold
 
 
+def portable(text: str) -> str:
+    """The JSON text with the split files' folder written as ``<shared>/...``, so that the record does not depend on
+    where the checkout (and ../shared beside it) lies."""
+    return re.sub(r'"[^"]*/shared/data/sysu_official/', '"<shared>/data/sysu_official/', text)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--write", action="store_true", help="record protocols.json.gz")
@@ -167,12 +174,12 @@ def main() -> int:
     if not (OFFICIAL / "rand_perm_cam.mat").is_file():
         print(f"{OFFICIAL}: the SYSU-MM01 authors' split files are needed (the project's ../shared folder)")
         return 2
-    text = json.dumps(record(), indent=1, sort_keys=True)
+    text = portable(json.dumps(record(), indent=1, sort_keys=True))
     if args.write:
         GOLDEN.write_bytes(gzip.compress((text + "\n").encode(), mtime=0))
         print(f"wrote {GOLDEN} ({len(text)} characters)")
     if args.check:
-        saved = gzip.decompress(GOLDEN.read_bytes()).decode()
+        saved = portable(gzip.decompress(GOLDEN.read_bytes()).decode())
         old = json.loads(saved)
         new = json.loads(text)
         bad = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
