@@ -1,4 +1,5 @@
 """cmemd: visible-thermal person re-identification with Cross-Modality Earth Mover's Distance."""
+
 from __future__ import annotations
 
 __version__ = "0.1.0"

@@ -9,6 +9,7 @@ Arguments are checked before any work: an image of an unsupported type or shape,
 ``device="tpu"`` is an :class:`~cmemd.errors.InputError` (a ConfigError and a ValueError) naming the argument
 and what is accepted.
 """
+
 from __future__ import annotations
 
 import os
@@ -30,9 +31,11 @@ ModalityLike = str | int | Sequence[str | int] | np.ndarray | torch.Tensor
 
 
 _MODALITY_HELP = "use 'visible' / 'thermal' or 0 (visible) / 1 (thermal), one for every image or one per image"
-_IMAGE_HELP = ("accepted: a list of image paths, PIL images, HxWx3 (RGB) or HxW (grayscale) uint8 numpy arrays, or "
-               "3xHxW uint8 tensors; or one N x 3 x H x W batch (uint8 pixels, or a float batch already preprocessed "
-               "to the model's input size)")
+_IMAGE_HELP = (
+    "accepted: a list of image paths, PIL images, HxWx3 (RGB) or HxW (grayscale) uint8 numpy arrays, or "
+    "3xHxW uint8 tensors; or one N x 3 x H x W batch (uint8 pixels, or a float batch already preprocessed "
+    "to the model's input size)"
+)
 
 
 def modality_vector(modality: ModalityLike, n: int) -> torch.Tensor:
@@ -41,6 +44,7 @@ def modality_vector(modality: ModalityLike, n: int) -> torch.Tensor:
     Accepts one value for every image ("visible", "thermal", 0, 1) or one value per image (a list, or a 1-D
     integer array / tensor). Floats and booleans are refused (``0.7`` is no modality), as is anything else.
     """
+
     def one(m: Any) -> int:
         if isinstance(m, str):
             if m not in MODALITIES:
@@ -58,8 +62,10 @@ def modality_vector(modality: ModalityLike, n: int) -> torch.Tensor:
         else:
             wrong_dtype = modality.is_floating_point() or modality.is_complex() or modality.dtype == torch.bool
         if modality.ndim > 1 or wrong_dtype:
-            raise InputError(f"modality: an array of dtype {modality.dtype} and shape {tuple(modality.shape)} is not "
-                             f"accepted: {_MODALITY_HELP}")
+            raise InputError(
+                f"modality: an array of dtype {modality.dtype} and shape {tuple(modality.shape)} is not "
+                f"accepted: {_MODALITY_HELP}"
+            )
         modality = modality.tolist()
     if isinstance(modality, (list, tuple)):
         values = [one(m) for m in modality]
@@ -81,12 +87,16 @@ def _as_image(img: Any, where: str) -> Any:
             return img
         if img.dtype == torch.uint8 and img.ndim == 2 and min(img.shape) > 0:
             return img.expand(3, *img.shape).contiguous()  # one grayscale image
-        raise InputError(f"{where}: a {img.dtype} tensor of shape {tuple(img.shape)} is not an image; "
-                         "a tensor image is 3xHxW (or HxW grayscale) uint8 pixels")
+        raise InputError(
+            f"{where}: a {img.dtype} tensor of shape {tuple(img.shape)} is not an image; "
+            "a tensor image is 3xHxW (or HxW grayscale) uint8 pixels"
+        )
     if isinstance(img, np.ndarray):
         if img.dtype != np.uint8:
-            raise InputError(f"{where}: an array of dtype {img.dtype} is not accepted; images are uint8 pixels 0..255 "
-                             "(a float image in [0, 1]: (a * 255).round().astype(np.uint8))")
+            raise InputError(
+                f"{where}: an array of dtype {img.dtype} is not accepted; images are uint8 pixels 0..255 "
+                "(a float image in [0, 1]: (a * 255).round().astype(np.uint8))"
+            )
         if img.ndim == 3 and img.shape[2] == 1:
             img = img[:, :, 0]
         if img.ndim == 2 and min(img.shape) > 0:
@@ -94,11 +104,14 @@ def _as_image(img: Any, where: str) -> Any:
         if img.ndim == 3 and img.shape[2] == 3 and min(img.shape) > 0:
             return img
         hint = " (RGBA: Image.fromarray(a).convert('RGB'))" if img.ndim == 3 and img.shape[2] == 4 else ""
-        raise InputError(f"{where}: an array of shape {img.shape} is not an image; an array image is HxWx3 (RGB) or "
-                         f"HxW (grayscale) uint8{hint}")
+        raise InputError(
+            f"{where}: an array of shape {img.shape} is not an image; an array image is HxWx3 (RGB) or "
+            f"HxW (grayscale) uint8{hint}"
+        )
     if isinstance(img, (bytes, bytearray, memoryview)):
-        raise InputError(f"{where}: raw bytes are not decoded here; pass the file's path, or "
-                         "PIL.Image.open(io.BytesIO(data))")
+        raise InputError(
+            f"{where}: raw bytes are not decoded here; pass the file's path, or PIL.Image.open(io.BytesIO(data))"
+        )
     raise InputError(f"{where}: {type(img).__name__} is not an image; {_IMAGE_HELP}")
 
 
@@ -107,8 +120,10 @@ def _check_device(device: Any) -> str:
     if isinstance(device, torch.device):
         device = str(device)
     if not isinstance(device, str):
-        raise InputError(f"device={device!r} ({type(device).__name__}) is not accepted: use 'auto', 'cpu', 'cuda' or "
-                         "'cuda:N' (or a torch.device)")
+        raise InputError(
+            f"device={device!r} ({type(device).__name__}) is not accepted: use 'auto', 'cpu', 'cuda' or "
+            "'cuda:N' (or a torch.device)"
+        )
     if device == "auto":
         return device
     try:
@@ -131,8 +146,9 @@ class ReIDModel:
         flip: the test-time flip :meth:`encode` uses by default (the training config's ``eval.flip``).
     """
 
-    def __init__(self, network: torch.nn.Module, config: Any, device: str | torch.device = "cpu",
-                 source: str = "") -> None:
+    def __init__(
+        self, network: torch.nn.Module, config: Any, device: str | torch.device = "cpu", source: str = ""
+    ) -> None:
         self.network = network.eval()
         self.config = config
         self.device = torch.device(device)
@@ -148,8 +164,10 @@ class ReIDModel:
 
     def __repr__(self) -> str:
         m = self.config.model
-        return (f"ReIDModel({self.source or '?'}: {m.arch}, test feature {m.test_feature!r}, "
-                f"{self.feature_dim}-d, input {self.height}x{self.width}, device {self.device})")
+        return (
+            f"ReIDModel({self.source or '?'}: {m.arch}, test feature {m.test_feature!r}, "
+            f"{self.feature_dim}-d, input {self.height}x{self.width}, device {self.device})"
+        )
 
     # ------------------------------------------------------------------ preprocessing
     def _transform(self, modality: str):
@@ -173,8 +191,10 @@ class ReIDModel:
         """``images`` when it is a list of images; InputError for one bare image, a string or bytes (which would
         be iterated character by character), or anything else."""
         if isinstance(images, (str, os.PathLike, bytes, bytearray, Image.Image)):
-            raise InputError(f"images: got one {type(images).__name__}, not a list of images; pass a list "
-                             f"([image]) even for one image ({_IMAGE_HELP})")
+            raise InputError(
+                f"images: got one {type(images).__name__}, not a list of images; pass a list "
+                f"([image]) even for one image ({_IMAGE_HELP})"
+            )
         if not isinstance(images, (list, tuple)):
             raise InputError(f"images: {type(images).__name__} is not accepted; {_IMAGE_HELP}")
         return images
@@ -183,8 +203,9 @@ class ReIDModel:
         """``images`` of :meth:`encode` as a checked float batch (used as is) or a list of images to preprocess."""
         if isinstance(images, np.ndarray):
             if images.ndim != 4:
-                raise InputError(f"images: a {images.ndim}-D array is not accepted (one image? pass a list: [image]); "
-                                 f"{_IMAGE_HELP}")
+                raise InputError(
+                    f"images: a {images.ndim}-D array is not accepted (one image? pass a list: [image]); {_IMAGE_HELP}"
+                )
             if images.dtype == np.uint8 and images.shape[-1] == 3 and images.shape[1] != 3:
                 return list(images)  # N x H x W x 3 pixels: each an HxWx3 image
             if images.dtype.kind not in "uf":
@@ -193,25 +214,35 @@ class ReIDModel:
         if not isinstance(images, torch.Tensor):
             return self._image_list(images)
         if images.ndim != 4 or images.shape[1] != 3:
-            raise InputError(f"images: a tensor of images must be N x 3 x H x W, got {tuple(images.shape)}; "
-                             f"{_IMAGE_HELP}")
+            raise InputError(
+                f"images: a tensor of images must be N x 3 x H x W, got {tuple(images.shape)}; {_IMAGE_HELP}"
+            )
         if images.dtype == torch.uint8:
             return list(images)  # raw pixels: preprocess each like any other image
         if not images.is_floating_point():
             raise InputError(f"images: an image tensor must be float (preprocessed) or uint8, got {images.dtype}")
         if tuple(images.shape[2:]) != (self.height, self.width):
-            raise InputError(f"images: a float (preprocessed) batch must be N x 3 x {self.height} x {self.width}, this "
-                             f"model's input size, got {tuple(images.shape)}; pass uint8 pixels or a list of images to "
-                             "have them resized and normalised")
+            raise InputError(
+                f"images: a float (preprocessed) batch must be N x 3 x {self.height} x {self.width}, this "
+                f"model's input size, got {tuple(images.shape)}; pass uint8 pixels or a list of images to "
+                "have them resized and normalised"
+            )
         if images.numel() and not bool(torch.isfinite(images).all()):
-            raise InputError("images: the float batch holds NaN or inf values; preprocess the images again "
-                             "(or pass them as uint8 pixels / paths)")
+            raise InputError(
+                "images: the float batch holds NaN or inf values; preprocess the images again "
+                "(or pass them as uint8 pixels / paths)"
+            )
         return images
 
     # ------------------------------------------------------------------ encoding
     @torch.no_grad()
-    def encode(self, images: Sequence[ImageLike] | torch.Tensor | np.ndarray, modality: ModalityLike,
-               batch_size: int = 64, flip: bool | None = None) -> np.ndarray:
+    def encode(
+        self,
+        images: Sequence[ImageLike] | torch.Tensor | np.ndarray,
+        modality: ModalityLike,
+        batch_size: int = 64,
+        flip: bool | None = None,
+    ) -> np.ndarray:
         """L2-normalised features (float32 numpy, N x feature_dim) of ``images``.
 
         Args:
@@ -242,17 +273,23 @@ class ReIDModel:
         n = len(images)
         mods = modality_vector(modality, n)
         if not isinstance(images, torch.Tensor):  # every in-memory image checked before the first forward pass
-            images = [img if isinstance(img, (str, os.PathLike)) else _as_image(img, f"images[{i}]")
-                      for i, img in enumerate(images)]  # files are decoded a batch at a time
+            images = [
+                img if isinstance(img, (str, os.PathLike)) else _as_image(img, f"images[{i}]")
+                for i, img in enumerate(images)
+            ]  # files are decoded a batch at a time
         out = []
         for s in range(0, n, batch_size):
-            chunk = images[s:s + batch_size]
+            chunk = images[s : s + batch_size]
             if isinstance(chunk, torch.Tensor):
                 x = chunk.float()
             else:
-                x = self.preprocess(chunk, mods[s:s + batch_size])
-            f = encode_batch(self.network, x.to(self.device), mods[s:s + batch_size].to(self.device),
-                              flip=self.flip if flip is None else bool(flip)).float()
+                x = self.preprocess(chunk, mods[s : s + batch_size])
+            f = encode_batch(
+                self.network,
+                x.to(self.device),
+                mods[s : s + batch_size].to(self.device),
+                flip=self.flip if flip is None else bool(flip),
+            ).float()
             out.append(l2_normalize(f, dim=1).cpu())
         if not out:
             return np.zeros((0, self.feature_dim), np.float32)
@@ -270,8 +307,10 @@ def load(checkpoint: str | Path, device: str | torch.device = "cpu") -> ReIDMode
     from cmemd.app.runtime import resolve_device
 
     if not isinstance(checkpoint, (str, os.PathLike)):
-        raise InputError(f"checkpoint={checkpoint!r} ({type(checkpoint).__name__}) is not accepted: pass the path of "
-                         "a last.pt written by cmemd train")
+        raise InputError(
+            f"checkpoint={checkpoint!r} ({type(checkpoint).__name__}) is not accepted: pass the path of "
+            "a last.pt written by cmemd train"
+        )
     dev = resolve_device(_check_device(device))
     network, cfg = load_trained(checkpoint, device=dev)
     return ReIDModel(network, cfg, dev, source=str(checkpoint))

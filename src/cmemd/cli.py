@@ -3,11 +3,13 @@
 Heavy imports (torch, the generator) happen inside the commands so that ``cmemd --help``
 stays fast.
 """
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable, List, Optional
+from typing import Any, Optional
 
 import typer
 
@@ -22,8 +24,10 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets: inspect, validate, 
 app.add_typer(data_app, name="data")
 
 
-_RERANK_HELP = ("Also report k-reciprocal re-ranked results (Zhong et al. 2017), printed and saved beside the plain "
-                "ones and labelled: transductive (uses all queries and the whole gallery), never comparable with plain numbers.")
+_RERANK_HELP = (
+    "Also report k-reciprocal re-ranked results (Zhong et al. 2017), printed and saved beside the plain "
+    "ones and labelled: transductive (uses all queries and the whole gallery), never comparable with plain numbers."
+)
 
 
 def _version(value: bool) -> None:
@@ -36,7 +40,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
 ) -> None:
     """cmemd: visible-thermal person re-identification with CM-EMD."""
 
@@ -68,8 +74,11 @@ def _check_flags(**values: Any) -> None:
         flag = "--" + name.replace("_", "-")
         ok, allowed = _FLAG_RANGES[flag]
         if value is not None and not ok(value):
-            raise ConfigError(f"{flag}={value:g}: must be {allowed}" if isinstance(value, float)
-                              else f"{flag}={value}: must be {allowed}")
+            raise ConfigError(
+                f"{flag}={value:g}: must be {allowed}"
+                if isinstance(value, float)
+                else f"{flag}={value}: must be {allowed}"
+            )
 
 
 # --------------------------------------------------------------------------- data
@@ -78,7 +87,10 @@ def _check_flags(**values: Any) -> None:
 @data_app.command("stats")
 def data_stats(
     root: Path = typer.Argument(..., help="Dataset root (any known layout)."),
-    layout: Optional[str] = typer.Option(None, help="Benchmark name in cmemd.benchmarks.registry (an unknown one lists them); detected from the folder when omitted."),
+    layout: Optional[str] = typer.Option(
+        None,
+        help="Benchmark name in cmemd.benchmarks.registry (an unknown one lists them); detected from the folder when omitted.",
+    ),
 ) -> None:
     """Print per-split, per-camera and per-modality image counts and the totals per modality."""
     from cmemd.benchmarks.stats import dataset_stats, format_stats
@@ -92,7 +104,10 @@ def data_stats(
 @data_app.command("check")
 def data_check(
     root: Path = typer.Argument(..., help="Dataset root (any known layout)."),
-    layout: Optional[str] = typer.Option(None, help="Benchmark name in cmemd.benchmarks.registry (an unknown one lists them); detected from the folder when omitted."),
+    layout: Optional[str] = typer.Option(
+        None,
+        help="Benchmark name in cmemd.benchmarks.registry (an unknown one lists them); detected from the folder when omitted.",
+    ),
     decode: bool = typer.Option(True, help="Decode every image (slow on the full datasets)."),
 ) -> None:
     """Validate a dataset root and report every problem at once."""
@@ -113,20 +128,31 @@ def data_check(
 @data_app.command("synth")
 def data_synth(
     out: Path = typer.Option(..., "--out", help="Output folder (must be empty or absent unless --force)."),
-    layout: str = typer.Option("sysu", help="Dataset layout to write: any benchmark in cmemd.benchmarks.registry with a generator (an unknown one lists them)."),
+    layout: str = typer.Option(
+        "sysu",
+        help="Dataset layout to write: any benchmark in cmemd.benchmarks.registry with a generator (an unknown one lists them).",
+    ),
     ids: Optional[int] = typer.Option(None, help="Number of identities [the layout's default: sysu 300]."),
     seed: int = typer.Option(0, help="Seed; the same seed gives byte-identical files."),
     height: int = typer.Option(128, help="Image height in pixels."),
     width: int = typer.Option(64, help="Image width in pixels."),
     workers: int = typer.Option(1, help="Worker processes (the output does not depend on it)."),
-    images_min: Optional[int] = typer.Option(None, help="Fewest images per (id, camera), where the layout draws a count [the layout's default: sysu 10]."),
-    images_max: Optional[int] = typer.Option(None, help="Most images per (id, camera), where the layout draws a count [the layout's default: sysu 20]."),
+    images_min: Optional[int] = typer.Option(
+        None, help="Fewest images per (id, camera), where the layout draws a count [the layout's default: sysu 10]."
+    ),
+    images_max: Optional[int] = typer.Option(
+        None, help="Most images per (id, camera), where the layout draws a count [the layout's default: sysu 20]."
+    ),
     palette_size: int = typer.Option(4, help="Colours in the shared palette (2..16)."),
     variation: float = typer.Option(0.4, help="Pose / view / box variation strength (0..1)."),
     occlusion_rate: float = typer.Option(0.1, help="Probability that an image is partly occluded."),
     thermal_noise: float = typer.Option(0.01, help="Thermal sensor noise (0..0.5); blur grows with it."),
     camera_gap: float = typer.Option(0.2, help="How different the cameras look (0..1)."),
-    force: bool = typer.Option(False, "--force", help="Replace the synthetic set in a non-empty folder the generator made (its files are removed first); a folder cmemd did not make is refused."),
+    force: bool = typer.Option(
+        False,
+        "--force",
+        help="Replace the synthetic set in a non-empty folder the generator made (its files are removed first); a folder cmemd did not make is refused.",
+    ),
 ) -> None:
     """Generate the synthetic visible-thermal benchmark in a dataset's layout (any registered benchmark with a generator)."""
     import json
@@ -145,15 +171,25 @@ def data_synth(
             raise ConfigError(f"--layout {layout!r} is unknown: use one of {', '.join(makers)}")
         check_replaceable(out, "dataset", "--out")  # a folder cmemd did not make is never written into
         if folder_entries(out) and not force:
-            raise ConfigError(f"--out {out} holds an earlier synthetic set: pass --force to replace it (its images "
-                              "are removed first), or choose an empty folder")
+            raise ConfigError(
+                f"--out {out} holds an earlier synthetic set: pass --force to replace it (its images "
+                "are removed first), or choose an empty folder"
+            )
         lo, hi = spec.synth_defaults.get("images_per_camera", (10, 20))
         cfg = SynthConfig(
             ids=ids if ids is not None else spec.synth_defaults.get("ids", 300),
-            images_per_camera=(images_min if images_min is not None else lo, images_max if images_max is not None else hi),
-            seed=seed, height=height, width=width,
-            palette_size=palette_size, variation=variation, occlusion_rate=occlusion_rate,
-            thermal_noise=thermal_noise, camera_gap=camera_gap,
+            images_per_camera=(
+                images_min if images_min is not None else lo,
+                images_max if images_max is not None else hi,
+            ),
+            seed=seed,
+            height=height,
+            width=width,
+            palette_size=palette_size,
+            variation=variation,
+            occlusion_rate=occlusion_rate,
+            thermal_noise=thermal_noise,
+            camera_gap=camera_gap,
         )
         t0 = time.perf_counter()
         summary = spec.synthesize(out, cfg, workers=workers)
@@ -164,7 +200,9 @@ def data_synth(
     if "ids" in summary:
         brief["ids"] = {s: len(v) for s, v in summary["ids"].items()}
     typer.echo(json.dumps(brief, indent=1))
-    typer.echo(f"wrote {summary['total']} images to {out} in {dt:.1f} s ({summary['total'] / max(dt, 1e-9):.0f} images/s)")
+    typer.echo(
+        f"wrote {summary['total']} images to {out} in {dt:.1f} s ({summary['total'] / max(dt, 1e-9):.0f} images/s)"
+    )
 
 
 @data_app.command("preview")
@@ -172,7 +210,9 @@ def data_preview(
     root: Path = typer.Argument(..., help="Dataset root (any known layout, real or synthetic)."),
     out: Path = typer.Option(Path("preview.png"), "--out", help="Image file to write: .png, .jpg or .bmp."),
     ids: int = typer.Option(6, help="Number of identities (rows)."),
-    per_camera: int = typer.Option(2, help="Images per camera (per sensor, or pairs / 2 for an aligned rig; the benchmark lays out the columns)."),
+    per_camera: int = typer.Option(
+        2, help="Images per camera (per sensor, or pairs / 2 for an aligned rig; the benchmark lays out the columns)."
+    ),
 ) -> None:
     """Write a grid of images: rows are identities, columns cameras and modalities (as the dataset lays them out)."""
     from cmemd.benchmarks.stats import preview_grid
@@ -191,7 +231,7 @@ def data_preview(
 # --------------------------------------------------------------------------- training
 
 
-def _load_cfg(config: Optional[Path], overrides: List[str]):
+def _load_cfg(config: Optional[Path], overrides: list[str]):
     from cmemd.config import load_config
 
     return load_config(config, overrides)
@@ -211,10 +251,18 @@ def configs_cmd() -> None:
 
 @app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": False})
 def train_cmd(
-    config: Path = typer.Option(..., "--config", "-c", help="YAML config file, or a packaged config's name (`cmemd configs`)."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides, e.g. optim.epochs=5 run.out_dir=runs/x"),
+    config: Path = typer.Option(
+        ..., "--config", "-c", help="YAML config file, or a packaged config's name (`cmemd configs`)."
+    ),
+    overrides: Optional[list[str]] = typer.Argument(
+        None, help="key=value overrides, e.g. optim.epochs=5 run.out_dir=runs/x"
+    ),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in run.out_dir from its last checkpoint."),
-    all_trials: bool = typer.Option(False, "--all-trials", help="Datasets with numbered training splits: train one model per trial and report the mean."),
+    all_trials: bool = typer.Option(
+        False,
+        "--all-trials",
+        help="Datasets with numbered training splits: train one model per trial and report the mean.",
+    ),
     no_eval: bool = typer.Option(False, "--no-eval", help="Skip the evaluation after training."),
 ) -> None:
     """Train a model (CM-EMD or a baseline) and evaluate it on the test protocol.
@@ -239,19 +287,26 @@ def train_cmd(
         if outcome.results:
             typer.echo(format_all(outcome.results))
             typer.echo(outcome.modality_gap.format())
-            typer.echo(f"run directory: {outcome.out_dir} (checkpoint {outcome.checkpoint}, results.json, metrics.jsonl)")
+            typer.echo(
+                f"run directory: {outcome.out_dir} (checkpoint {outcome.checkpoint}, results.json, metrics.jsonl)"
+            )
     except CmemdError as e:
         _fail(e)
     except TrainingInterrupted as e:
         if e.rank == 0:
-            typer.echo(f"interrupted at epoch {e.epoch + 1} step {e.step} ({_signal_name(e.signum)}); the resumable "
-                       f"checkpoint is {e.checkpoint}; resume with: {_resume_command()}")
+            typer.echo(
+                f"interrupted at epoch {e.epoch + 1} step {e.step} ({_signal_name(e.signum)}); the resumable "
+                f"checkpoint is {e.checkpoint}; resume with: {_resume_command()}"
+            )
         raise typer.Exit(code=e.exit_code)
     except KeyboardInterrupt:
         # outside the training steps (setup, evaluation) or a second Ctrl-C: nothing is saved, nothing corrupted
-        typer.secho("interrupted: stopped at once, without saving (outside the training steps, or a second signal); "
-                    f"the last complete checkpoint, if any, is intact; resume with: {_resume_command()}",
-                    fg=typer.colors.RED, err=True)
+        typer.secho(
+            "interrupted: stopped at once, without saving (outside the training steps, or a second signal); "
+            f"the last complete checkpoint, if any, is intact; resume with: {_resume_command()}",
+            fg=typer.colors.RED,
+            err=True,
+        )
         raise typer.Exit(code=130)
 
 
@@ -271,26 +326,51 @@ def _resume_command() -> str:
     prog = ["python", "-m", "cmemd"] if Path(sys.argv[0]).name == "__main__.py" else ["cmemd"]
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         nodes = int(os.environ["WORLD_SIZE"]) // int(os.environ.get("LOCAL_WORLD_SIZE", os.environ["WORLD_SIZE"]))
-        prog = ["torchrun", *([f"--nnodes={nodes}"] if nodes > 1 else []),
-                f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', os.environ['WORLD_SIZE'])}", "-m", "cmemd"]
+        prog = [
+            "torchrun",
+            *([f"--nnodes={nodes}"] if nodes > 1 else []),
+            f"--nproc_per_node={os.environ.get('LOCAL_WORLD_SIZE', os.environ['WORLD_SIZE'])}",
+            "-m",
+            "cmemd",
+        ]
     return shlex.join(prog + args)
 
 
 @app.command("eval")
 def eval_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A last.pt written by `cmemd train`."),
-    data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: the one the model was trained on)."),
-    options: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="The benchmark's protocol options as KEY=VALUE (its eval.* settings; omitted ones keep the checkpoint's), e.g. SYSU-MM01 modes=[all,indoor] shots=10 method=official rand_perm=PATH trials=10; an unknown key lists the benchmark's options."),
-    protocol: Optional[str] = typer.Option(None, help="Dataset whose protocol to run (default and only choice: the training dataset's)."),
-    trial: Optional[int] = typer.Option(None, help="The numbered training split (1..10; must be the one the model was trained on)."),
+    data: Optional[Path] = typer.Option(
+        None, "--data", help="Dataset root (default: the one the model was trained on)."
+    ),
+    options: Optional[list[str]] = typer.Argument(
+        None,
+        metavar="[KEY=VALUE]...",
+        help="The benchmark's protocol options as KEY=VALUE (its eval.* settings; omitted ones keep the checkpoint's), e.g. SYSU-MM01 modes=[all,indoor] shots=10 method=official rand_perm=PATH trials=10; an unknown key lists the benchmark's options.",
+    ),
+    protocol: Optional[str] = typer.Option(
+        None, help="Dataset whose protocol to run (default and only choice: the training dataset's)."
+    ),
+    trial: Optional[int] = typer.Option(
+        None, help="The numbered training split (1..10; must be the one the model was trained on)."
+    ),
     out: Optional[Path] = typer.Option(None, help="Write the results as JSON here."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    report: Optional[Path] = typer.Option(None, "--report", help="Write an HTML report (CMC, ranked lists, t-SNE, per-trial table) into this folder."),
-    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Test-time flip: average each image's feature with its mirror's (default: the model's eval.flip)."),
+    report: Optional[Path] = typer.Option(
+        None, "--report", help="Write an HTML report (CMC, ranked lists, t-SNE, per-trial table) into this folder."
+    ),
+    flip: Optional[bool] = typer.Option(
+        None,
+        "--flip/--no-flip",
+        help="Test-time flip: average each image's feature with its mirror's (default: the model's eval.flip).",
+    ),
     rerank: Optional[bool] = typer.Option(None, "--rerank/--no-rerank", help=_RERANK_HELP),
-    k1: Optional[int] = typer.Option(None, "--k1", help="Re-ranking k1 (k-reciprocal neighbours) [eval.rerank_k1, 20]."),
+    k1: Optional[int] = typer.Option(
+        None, "--k1", help="Re-ranking k1 (k-reciprocal neighbours) [eval.rerank_k1, 20]."
+    ),
     k2: Optional[int] = typer.Option(None, "--k2", help="Re-ranking k2 (query expansion) [eval.rerank_k2, 6]."),
-    lambda_value: Optional[float] = typer.Option(None, "--lambda-value", help="Re-ranking weight of the original distance [eval.rerank_lambda, 0.3]."),
+    lambda_value: Optional[float] = typer.Option(
+        None, "--lambda-value", help="Re-ranking weight of the original distance [eval.rerank_lambda, 0.3]."
+    ),
 ) -> None:
     """Evaluate a trained checkpoint with its benchmark's protocol."""
     import typing
@@ -315,25 +395,41 @@ def eval_cmd(
         d, e = cfg.data, cfg.eval
         spec = get_benchmark(d.dataset)
         if protocol is not None and get_benchmark(protocol) is not spec:
-            raise ConfigError(f"--protocol {protocol}: this model was trained on {d.dataset}; its classes and "
-                              "modality branches belong to that dataset (pass --data to evaluate on another root)")
+            raise ConfigError(
+                f"--protocol {protocol}: this model was trained on {d.dataset}; its classes and "
+                "modality branches belong to that dataset (pass --data to evaluate on another root)"
+            )
         if trial is not None and spec.training_trials and trial != d.trial:
-            raise ConfigError(f"--trial {trial}: this model was trained on {spec.title} trial {d.trial}; testing it on "
-                              "another trial's split leaks training ids (one model per trial)")
+            raise ConfigError(
+                f"--trial {trial}: this model was trained on {spec.title} trial {d.trial}; testing it on "
+                "another trial's split leaks training ids (one model per trial)"
+            )
         d = replace(d, root=str(data) if data else d.root)
         hints = typing.get_type_hints(type(e))  # the eval: section, derived from the benchmarks' Options
-        e = replace(e, flip=e.flip if flip is None else flip,
-                    **option_values(options or [], {k: hints[k] for k in spec.option_names()}, spec.title))
-        e = replace(e, rerank=e.rerank if rerank is None else rerank,
-                    rerank_k1=e.rerank_k1 if k1 is None else k1, rerank_k2=e.rerank_k2 if k2 is None else k2,
-                    rerank_lambda=e.rerank_lambda if lambda_value is None else lambda_value)
+        e = replace(
+            e,
+            flip=e.flip if flip is None else flip,
+            **option_values(options or [], {k: hints[k] for k in spec.option_names()}, spec.title),
+        )
+        e = replace(
+            e,
+            rerank=e.rerank if rerank is None else rerank,
+            rerank_k1=e.rerank_k1 if k1 is None else k1,
+            rerank_k2=e.rerank_k2 if k2 is None else k2,
+            rerank_lambda=e.rerank_lambda if lambda_value is None else lambda_value,
+        )
         cfg = replace(cfg, data=d, eval=e)
         from cmemd.config import validate
 
         validate(cfg)
-        typer.echo(f"checkpoint {checkpoint}: {cfg.model.arch}, test feature '{cfg.model.test_feature}'; data {d.root}; "
-                   + (f"plain and re-ranked (k-reciprocal, k1={e.rerank_k1}, k2={e.rerank_k2}, λ={e.rerank_lambda:g})"
-                      if e.rerank else "no re-ranking"))
+        typer.echo(
+            f"checkpoint {checkpoint}: {cfg.model.arch}, test feature '{cfg.model.test_feature}'; data {d.root}; "
+            + (
+                f"plain and re-ranked (k-reciprocal, k1={e.rerank_k1}, k2={e.rerank_k2}, λ={e.rerank_lambda:g})"
+                if e.rerank
+                else "no re-ranking"
+            )
+        )
         results, feats = evaluate_model(model, cfg, device=dev, return_features=True, spec=spec)
         gap = modality_gap_of(feats)
         typer.echo(format_all(results))
@@ -354,12 +450,16 @@ def extract_cmd(
     out_dir: Path = typer.Option(..., "--out-dir", help="Folder for the .npz files (eval-features format)."),
     data: Optional[Path] = typer.Option(None, "--data", help="Dataset root (default: the training one)."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
-    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Test-time flip: average each image's feature with its mirror's (default: the model's eval.flip)."),
+    flip: Optional[bool] = typer.Option(
+        None,
+        "--flip/--no-flip",
+        help="Test-time flip: average each image's feature with its mirror's (default: the model's eval.flip).",
+    ),
 ) -> None:
     """Save the features of the benchmark's test sets as .npz, one file per set (SYSU-MM01: query + gallery_pool)."""
-    from cmemd.engine.extract import extract_features
     from cmemd.app.evaluate import evaluation_sets, load_trained
     from cmemd.app.runtime import resolve_device
+    from cmemd.engine.extract import extract_features
     from cmemd.evaluation.features import save_features
     from cmemd.folders import check_output_folder
 
@@ -371,10 +471,20 @@ def extract_cmd(
         flip = cfg.eval.flip if flip is None else flip
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, recs in sets.items():
-            feats = extract_features(model, recs, height=cfg.data.height, width=cfg.data.width,
-                                     batch_size=cfg.eval.batch_size, device=dev, progress=True, desc=name, flip=flip)
-            path = save_features(out_dir / f"{name}.npz", feats, [r.pid for r in recs], [r.camid for r in recs],
-                                 [r.path for r in recs])
+            feats = extract_features(
+                model,
+                recs,
+                height=cfg.data.height,
+                width=cfg.data.width,
+                batch_size=cfg.eval.batch_size,
+                device=dev,
+                progress=True,
+                desc=name,
+                flip=flip,
+            )
+            path = save_features(
+                out_dir / f"{name}.npz", feats, [r.pid for r in recs], [r.camid for r in recs], [r.path for r in recs]
+            )
             typer.echo(f"{path}: {feats.shape[0]} x {feats.shape[1]} (test-time flip {'on' if flip else 'off'})")
     except CmemdError as err:
         _fail(err)
@@ -383,9 +493,18 @@ def extract_cmd(
 @app.command("eval-features")
 def eval_features_cmd(
     query: Path = typer.Argument(..., help="Query features .npz (arrays feats, pids, cams, paths)."),
-    gallery: Path = typer.Argument(..., help="The gallery side as the benchmark's evaluate_features takes it (SYSU-MM01: the gallery POOL .npz, all visible test images; each trial draws from it)."),
-    options: Optional[List[str]] = typer.Argument(None, metavar="[KEY=VALUE]...", help="The protocol's options as KEY=VALUE (the keyword arguments of the benchmark's evaluate_features), e.g. SYSU-MM01 mode=indoor shots=10 method=official rand_perm=PATH trials=10, a two-direction benchmark direction=t2v (QUERY thermal); an unknown key lists the benchmark's options."),
-    protocol: str = typer.Option(..., help="Benchmark whose protocol to run (a name in cmemd.benchmarks.registry; an unknown one lists them)."),
+    gallery: Path = typer.Argument(
+        ...,
+        help="The gallery side as the benchmark's evaluate_features takes it (SYSU-MM01: the gallery POOL .npz, all visible test images; each trial draws from it).",
+    ),
+    options: Optional[list[str]] = typer.Argument(
+        None,
+        metavar="[KEY=VALUE]...",
+        help="The protocol's options as KEY=VALUE (the keyword arguments of the benchmark's evaluate_features), e.g. SYSU-MM01 mode=indoor shots=10 method=official rand_perm=PATH trials=10, a two-direction benchmark direction=t2v (QUERY thermal); an unknown key lists the benchmark's options.",
+    ),
+    protocol: str = typer.Option(
+        ..., help="Benchmark whose protocol to run (a name in cmemd.benchmarks.registry; an unknown one lists them)."
+    ),
     trial: int = typer.Option(1, help="The numbered split (1..10) the features belong to (a label)."),
     feature_name: Optional[str] = typer.Option(None, help="Name of the feature, shown in the table (e.g. bn-neck)."),
     per_trial: bool = typer.Option(False, help="Print one row per trial as well."),
@@ -420,8 +539,10 @@ def eval_features_cmd(
         runs = {"plain": None}
         if rerank:
             runs["reranked"] = ReRanking(k1, k2, lambda_value)
-        res = {key: spec.evaluate_features(q, g, feature_name=feature_name, rerank=rr, **kwargs)
-               for key, rr in runs.items()}
+        res = {
+            key: spec.evaluate_features(q, g, feature_name=feature_name, rerank=rr, **kwargs)
+            for key, rr in runs.items()
+        }
         typer.echo("\n\n".join(format_results(r, per_trial=per_trial) for r in res.values()))
         if out is not None:
             if rerank:  # both, side by side: {"plain": ..., "reranked": ...}
@@ -435,13 +556,25 @@ def eval_features_cmd(
 
 @app.command("demo")
 def demo_cmd(
-    data_dir: Path = typer.Option(Path("data/demo_sysu"), help="Where the synthetic SYSU-layout set goes (reused when it matches, regenerated only in a folder cmemd made)."),
-    out_dir: Path = typer.Option(Path("runs/demo"), help="Run directory (replaced on each demo run; only a run folder cmemd made is, any other non-empty folder is refused)."),
-    config: Path = typer.Option(Path("synth_cmemd_global"), "--config", "-c",
-                                help="Training config (file or packaged name); synth_cmemd is the paper's full model."),
+    data_dir: Path = typer.Option(
+        Path("data/demo_sysu"),
+        help="Where the synthetic SYSU-layout set goes (reused when it matches, regenerated only in a folder cmemd made).",
+    ),
+    out_dir: Path = typer.Option(
+        Path("runs/demo"),
+        help="Run directory (replaced on each demo run; only a run folder cmemd made is, any other non-empty folder is refused).",
+    ),
+    config: Path = typer.Option(
+        Path("synth_cmemd_global"),
+        "--config",
+        "-c",
+        help="Training config (file or packaged name); synth_cmemd is the paper's full model.",
+    ),
     ids: int = typer.Option(200, help="Identities in the synthetic set."),
     epochs: Optional[int] = typer.Option(None, help="Override optim.epochs of the config."),
-    overrides: Optional[List[str]] = typer.Argument(None, help="key=value overrides of the config, e.g. data.steps_per_epoch=20"),
+    overrides: Optional[list[str]] = typer.Argument(
+        None, help="key=value overrides of the config, e.g. data.steps_per_epoch=20"
+    ),
 ) -> None:
     """Generate the synthetic benchmark (cached), train CM-EMD on CPU, evaluate SYSU all/indoor-search, print the table.
 
@@ -454,14 +587,25 @@ def demo_cmd(
 
     try:
         _check_flags(ids=ids, epochs=epochs)
-        run_demo(data_dir=data_dir, out_dir=out_dir, config=config, ids=ids, epochs=epochs, overrides=overrides or [],
-                 echo=typer.echo)
+        run_demo(
+            data_dir=data_dir,
+            out_dir=out_dir,
+            config=config,
+            ids=ids,
+            epochs=epochs,
+            overrides=overrides or [],
+            echo=typer.echo,
+        )
     except CmemdError as e:
         _fail(e)
     except (TrainingInterrupted, KeyboardInterrupt) as e:
         # the demo trains from scratch each time (its run folder is replaced), so there is nothing to resume
-        typer.secho(f"demo interrupted; its run folder {out_dir} is incomplete and the next `cmemd demo` (or "
-                    "`make demo`) replaces it", fg=typer.colors.RED, err=True)
+        typer.secho(
+            f"demo interrupted; its run folder {out_dir} is incomplete and the next `cmemd demo` (or "
+            "`make demo`) replaces it",
+            fg=typer.colors.RED,
+            err=True,
+        )
         raise typer.Exit(code=getattr(e, "exit_code", 130)) from None
 
 
@@ -472,7 +616,9 @@ def demo_cmd(
 def index_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A last.pt written by `cmemd train`."),
     images: Path = typer.Option(..., "--images", help="Folder of gallery images (searched recursively)."),
-    modality: str = typer.Option(..., "--modality", help="visible or thermal: the modality of every image in the folder."),
+    modality: str = typer.Option(
+        ..., "--modality", help="visible or thermal: the modality of every image in the folder."
+    ),
     out: Path = typer.Option(..., "--out", help="Gallery file to write (.npz, the eval-features format)."),
     batch_size: int = typer.Option(64, help="Images per forward pass."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
@@ -500,10 +646,12 @@ def index_cmd(
 def search_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="The checkpoint the gallery was indexed with."),
     gallery: Path = typer.Option(..., "--gallery", help="Gallery file written by `cmemd index`."),
-    query: List[Path] = typer.Option(..., "--query", help="Query image (repeat the option for several)."),
+    query: list[Path] = typer.Option(..., "--query", help="Query image (repeat the option for several)."),
     query_modality: str = typer.Option(..., "--query-modality", help="visible or thermal."),
     top_k: int = typer.Option(10, "--top-k", help="Matches to show per query."),
-    out: Optional[Path] = typer.Option(None, "--out", help="PNG strip (query + top-k), NAME.png; with several queries NAME_1.png, NAME_2.png, ..."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="PNG strip (query + top-k), NAME.png; with several queries NAME_1.png, NAME_2.png, ..."
+    ),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
 ) -> None:
     """Rank the gallery for each query image (cosine similarity); the gallery is not re-encoded.
@@ -526,8 +674,10 @@ def search_cmd(
         g, g_mod = load_gallery(gallery)
         model = load(checkpoint, device=device)
         if model.feature_dim != g.feats.shape[1]:
-            raise ConfigError(f"{gallery}: features are {g.feats.shape[1]}-d but {checkpoint} gives "
-                              f"{model.feature_dim}-d features; re-index the gallery with this checkpoint (cmemd index)")
+            raise ConfigError(
+                f"{gallery}: features are {g.feats.shape[1]}-d but {checkpoint} gives "
+                f"{model.feature_dim}-d features; re-index the gallery with this checkpoint (cmemd index)"
+            )
         check_gallery_model(gallery, model)
         feats = model.encode(list(query), query_modality)
         ranked = search(g, feats, top_k=top_k)
@@ -538,8 +688,15 @@ def search_cmd(
             if out is not None:
                 path = out if len(query) == 1 else out.with_name(f"{out.stem}_{i + 1}{out.suffix}")
                 h = max(128, model.height)
-                draw_strip(q, matches, path, query_modality=query_modality, gallery_modality=g_mod,
-                           height=h, width=round(h * model.width / model.height))
+                draw_strip(
+                    q,
+                    matches,
+                    path,
+                    query_modality=query_modality,
+                    gallery_modality=g_mod,
+                    height=h,
+                    width=round(h * model.width / model.height),
+                )
                 typer.echo(f"  strip: {path}")
     except CmemdError as e:
         _fail(e)
@@ -550,7 +707,9 @@ def export_cmd(
     checkpoint: Path = typer.Option(..., "--checkpoint", help="A last.pt written by `cmemd train`."),
     out: Path = typer.Option(..., "--out", help="ONNX file to write."),
     opset: int = typer.Option(17, help="ONNX opset version (10 up to the newest this torch's exporter writes)."),
-    flip: Optional[bool] = typer.Option(None, "--flip/--no-flip", help="Include test-time flip in the graph (default: the model's eval.flip)."),
+    flip: Optional[bool] = typer.Option(
+        None, "--flip/--no-flip", help="Include test-time flip in the graph (default: the model's eval.flip)."
+    ),
 ) -> None:
     """Export the feature extractor to ONNX: inputs images (N x 3 x H x W) and modality (int64 N), dynamic batch."""
     import json
@@ -564,7 +723,7 @@ def export_cmd(
     typer.echo(json.dumps(summary, indent=1))
 
 
-def main(argv: Optional[List[str]] = None) -> None:
+def main(argv: Optional[list[str]] = None) -> None:
     """Console-script entry point."""
     # before anything imports torch: its OpenMP runtime reads the wait policy once, at start-up
     from cmemd.threads import set_wait_policy

@@ -6,6 +6,7 @@ benchmark options of ``eval:`` from each registered benchmark's ``Options`` data
 reachable, none restated); the enumerated choices are the library's constants. Unknown keys
 and values of the wrong type are :class:`ConfigError` naming the key and the file.
 """
+
 from __future__ import annotations
 
 import importlib.resources
@@ -16,7 +17,7 @@ import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass, make_dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 if typing.TYPE_CHECKING:
     from importlib.resources.abc import Traversable
@@ -45,13 +46,13 @@ class DataConfig:
     width: int = 144
     num_ids: int = 8  # P identities per batch
     num_instances: int = 4  # K images per modality per identity
-    steps_per_epoch: Optional[int] = None  # None: the field's convention (largest modality // (P*K))
+    steps_per_epoch: int | None = None  # None: the field's convention (largest modality // (P*K))
     # several processes (torchrun): global = the num_ids x (K+K) batch split over the ranks, one-GPU steps/epoch
     # (the recipe exactly); per_rank = num_ids ids on every rank (W x the batch), one-GPU steps/epoch
     ddp_batch: str = "global"
     num_workers: int = 2
     cache: bool = True  # decoded-image cache (uint8, pre-resized, memory-mapped)
-    cache_dir: Optional[str] = None
+    cache_dir: str | None = None
     pad: int = 10
     flip: bool = True
     random_erasing: float = 0.5
@@ -62,6 +63,7 @@ class DataConfig:
 def _section(name: str, entries: list[tuple[str, Any, Any]], doc: str) -> type:
     """A dataclass of ``(name, type, default)`` entries: a YAML section mirroring a library object, so that
     every library option is reachable from a config and nothing is listed twice."""
+
     def entry(n, tp, default):
         if isinstance(default, (list, dict)):
             return (n, tp, field(default_factory=lambda d=default: type(d)(d)))
@@ -79,16 +81,25 @@ def _dataclass_entries(cls: type, exclude: tuple[str, ...] = ()) -> list[tuple[s
 
 def _keyword_entries(fn: Any) -> list[tuple[str, Any, Any]]:
     hints = typing.get_type_hints(fn)
-    return [(p.name, hints[p.name], p.default) for p in inspect.signature(fn).parameters.values()
-            if p.kind == p.KEYWORD_ONLY]
+    return [
+        (p.name, hints[p.name], p.default)
+        for p in inspect.signature(fn).parameters.values()
+        if p.kind == p.KEYWORD_ONLY
+    ]
 
 
 #: ``model:`` = every field of :class:`cmemd.models.ModelConfig` but ``num_classes`` (set from the data).
-ModelSettings = _section("ModelSettings", _dataclass_entries(ModelConfig, exclude=("num_classes",)),
-                         "The model section: the fields of cmemd.models.ModelConfig (num_classes comes from the data).")
+ModelSettings = _section(
+    "ModelSettings",
+    _dataclass_entries(ModelConfig, exclude=("num_classes",)),
+    "The model section: the fields of cmemd.models.ModelConfig (num_classes comes from the data).",
+)
 #: ``loss:`` = every keyword of :class:`cmemd.engine.objective.Objective`.
-LossSettings = _section("LossSettings", _keyword_entries(Objective.__init__),
-                        "The loss section: the keyword arguments of cmemd.engine.objective.Objective.")
+LossSettings = _section(
+    "LossSettings",
+    _keyword_entries(Objective.__init__),
+    "The loss section: the keyword arguments of cmemd.engine.objective.Objective.",
+)
 
 
 @dataclass
@@ -103,7 +114,7 @@ class OptimSettings:
     warmup_epochs: int = 10
     milestones: list[int] = field(default_factory=lambda: [20, 50])
     gamma: float = 0.1
-    grad_clip: Optional[float] = None
+    grad_clip: float | None = None
     amp: str = "none"  # none | fp16 | bf16
     channels_last: bool = False
 
@@ -128,8 +139,10 @@ def _option_entries() -> list[tuple[str, Any, Any]]:
         for f in fields(b.Options):
             default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
             if f.name in out and out[f.name][0] != hints[f.name]:
-                raise ConfigError(f"eval.{f.name}: the benchmarks {out[f.name][2]} and {b.name} declare it with "
-                                  f"different types ({out[f.name][0]} and {hints[f.name]}); rename one option")
+                raise ConfigError(
+                    f"eval.{f.name}: the benchmarks {out[f.name][2]} and {b.name} declare it with "
+                    f"different types ({out[f.name][0]} and {hints[f.name]}); rename one option"
+                )
             out.setdefault(f.name, (hints[f.name], default, b.name))
     return [(n, tp, d) for n, (tp, d, _) in out.items()]
 
@@ -142,8 +155,11 @@ def eval_settings_class() -> type:
     (rebuilt when a benchmark is registered, so that a new benchmark's options need no edit here)."""
     key = tuple((n, b.Options) for n, b in BENCHMARKS.items())
     if key not in _EVAL_CLASSES:
-        _EVAL_CLASSES[key] = _section("EvalSettings", _option_entries() + _EVAL_COMMON,
-                                      "The eval section: the benchmarks' protocol options and the common settings.")
+        _EVAL_CLASSES[key] = _section(
+            "EvalSettings",
+            _option_entries() + _EVAL_COMMON,
+            "The eval section: the benchmarks' protocol options and the common settings.",
+        )
     return _EVAL_CLASSES[key]
 
 
@@ -155,14 +171,16 @@ EvalSettings = eval_settings_class()
 class RunSettings:
     out_dir: str = "runs/default"
     seed: int = 0
-    deterministic: bool = False  # deterministic algorithms only (on CUDA also CUBLAS_WORKSPACE_CONFIG); see docs/reproduce.md
+    deterministic: bool = (
+        False  # deterministic algorithms only (on CUDA also CUBLAS_WORKSPACE_CONFIG); see docs/reproduce.md
+    )
     # cuDNN autotuning: null (auto) = on for CUDA training unless run.deterministic; true | false force it
-    cudnn_benchmark: Optional[bool] = None
+    cudnn_benchmark: bool | None = None
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    threads: Optional[int] = None
+    threads: int | None = None
     log_every: int = 20
     checkpoint_every_steps: int = 0  # 0: only at the end of each epoch
-    max_minutes: Optional[float] = None  # wall-clock budget: stop after the epoch that crosses it (rank 0's clock)
+    max_minutes: float | None = None  # wall-clock budget: stop after the epoch that crosses it (rank 0's clock)
     dist_timeout_minutes: float = 120.0  # several processes: how long a rank waits in a collective (rank 0 evaluating)
     selection: str = "none"  # none | val (validation split; never the test set)
     diagnostics_ids: int = 30  # modality gap + plan purity on this many val ids after each epoch (0: off)
@@ -182,6 +200,7 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------------- parsing
+
 
 def _field_types(cls) -> dict[str, Any]:
     hints = typing.get_type_hints(cls)
@@ -264,6 +283,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 # ---------------------------------------------------------------------- packaged configs
 
+
 def _packaged_dir() -> Traversable:
     """The YAML configs shipped inside the package (``cmemd/configs``): a plain folder for wheel and editable installs."""
     return importlib.resources.files("cmemd").joinpath("configs")
@@ -290,7 +310,7 @@ def _description(text: str) -> str:
     return re.split(r"(?<=\.)\s", para, maxsplit=1)[0] if para else ""
 
 
-def resolve_config(ref: str | Path | Traversable, relative_to: Optional[Traversable | Path] = None) -> Traversable | Path:
+def resolve_config(ref: str | Path | Traversable, relative_to: Traversable | Path | None = None) -> Traversable | Path:
     """Find a config: an existing file first (relative to ``relative_to`` when given, e.g. the folder of the file
     naming it as ``base``), else a packaged config by name (``sysu_cmemd`` or ``sysu_cmemd.yaml``). The repository's
     old location ``configs/NAME.yaml`` still names the packaged ``NAME``. ConfigError lists the packaged names."""
@@ -310,8 +330,10 @@ def resolve_config(ref: str | Path | Traversable, relative_to: Optional[Traversa
         if packaged.is_file():
             return packaged
     where = f" (looked beside {relative_to} too)" if relative_to is not None else ""
-    raise ConfigError(f"{ref}: config file not found{where}, and it is not the name of a packaged config; "
-                      f"give a YAML file or one of: {', '.join(packaged_configs())} (`cmemd configs` describes them)")
+    raise ConfigError(
+        f"{ref}: config file not found{where}, and it is not the name of a packaged config; "
+        f"give a YAML file or one of: {', '.join(packaged_configs())} (`cmemd configs` describes them)"
+    )
 
 
 def _yaml_chain(path: Traversable | Path, depth: int = 0) -> list[tuple[str, dict]]:
@@ -327,8 +349,9 @@ def _yaml_chain(path: Traversable | Path, depth: int = 0) -> list[tuple[str, dic
         raise ConfigError(f"{path}: the top level must be a mapping of sections (data:, model:, ...)")
     base = data.pop("base", None)
     if base is not None and not isinstance(base, str):
-        raise ConfigError(f"{path}: base must be a file name (relative to this file) or a packaged config's name, "
-                          f"got {base!r}")
+        raise ConfigError(
+            f"{path}: base must be a file name (relative to this file) or a packaged config's name, got {base!r}"
+        )
     # a packaged config's base is looked up beside it, i.e. among the packaged configs
     parent = path.parent if isinstance(path, Path) else _packaged_dir()
     chain = _yaml_chain(resolve_config(base, relative_to=parent), depth + 1) if base else []
@@ -345,8 +368,10 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
         try:
             value: Any = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"override {ov!r}: the value is not valid YAML ({str(e).splitlines()[0]}); "
-                              "write a number, a word, or a list like [10, 20]") from None
+            raise ConfigError(
+                f"override {ov!r}: the value is not valid YAML ({str(e).splitlines()[0]}); "
+                "write a number, a word, or a list like [10, 20]"
+            ) from None
         nested: Any = value
         for p in reversed(parts):
             nested = {p: nested}
@@ -388,8 +413,8 @@ class Range:
     ``*_open``; ``None``: unbounded). ``None`` itself passes for an Optional field; a list field's entries are each
     checked. ``meaning`` is said in the error so the user knows what the number is."""
 
-    lo: Optional[float] = None
-    hi: Optional[float] = None
+    lo: float | None = None
+    hi: float | None = None
     lo_open: bool = False
     hi_open: bool = False
     meaning: str = ""
@@ -421,34 +446,47 @@ _PROBABILITY = Range(0, 1, meaning="a probability")
 #: error naming the key instead of a crash (or a silently meaningless run) later.
 RANGES: dict[str, Range] = {
     "data.trial": Range(1, 10, meaning="the numbered training split"),
-    "data.height": _COUNT, "data.width": _COUNT,
+    "data.height": _COUNT,
+    "data.width": _COUNT,
     "data.num_ids": Range(1, meaning="P, identities per batch"),
     "data.num_instances": Range(1, meaning="K, images per modality per identity"),
     "data.steps_per_epoch": Range(1, meaning="or null for the field's convention"),
     "data.num_workers": Range(0, meaning="0 loads in the main process"),
     "data.pad": _NON_NEGATIVE,
-    "data.random_erasing": _PROBABILITY, "data.channel_aug": _PROBABILITY,
-    "model.width": _COUNT, "model.modality_specific_stages": Range(0, 4), "model.last_stride": Range(1, 2),
-    "model.gem_p": _POSITIVE, "model.num_stripes": _COUNT, "model.local_dim": _COUNT,
+    "data.random_erasing": _PROBABILITY,
+    "data.channel_aug": _PROBABILITY,
+    "model.width": _COUNT,
+    "model.modality_specific_stages": Range(0, 4),
+    "model.last_stride": Range(1, 2),
+    "model.gem_p": _POSITIVE,
+    "model.num_stripes": _COUNT,
+    "model.local_dim": _COUNT,
     "loss.label_smoothing": Range(0, 1, hi_open=True),
     "loss.lambda_align": Range(0, meaning="a loss weight; 0 turns the term off"),
     "loss.lambda_accum_ce": Range(0, meaning="a loss weight; 0 turns the term off"),
     "loss.lambda_dl": Range(0, meaning="a loss weight; 0 turns the term off"),
     "loss.lambda_triplet": Range(0, meaning="a loss weight; 0 turns the term off"),
-    "loss.sinkhorn_eps": _POSITIVE, "loss.sinkhorn_iters": _COUNT,
+    "loss.sinkhorn_eps": _POSITIVE,
+    "loss.sinkhorn_iters": _COUNT,
     "optim.lr": Range(0, lo_open=True, meaning="the heads' learning rate"),
     "optim.backbone_lr": Range(0, meaning="0 freezes the backbone"),
     "optim.momentum": Range(0, 1, hi_open=True),
     "optim.weight_decay": _NON_NEGATIVE,
-    "optim.epochs": _COUNT, "optim.warmup_epochs": _NON_NEGATIVE,
+    "optim.epochs": _COUNT,
+    "optim.warmup_epochs": _NON_NEGATIVE,
     "optim.milestones": Range(1, meaning="each entry an epoch"),
     "optim.gamma": Range(0, 1, lo_open=True, meaning="the learning-rate factor at each milestone"),
     "optim.grad_clip": Range(0, lo_open=True, meaning="or null for no clipping"),
-    "eval.shots": Range(1, 10), "eval.trials": _COUNT, "eval.batch_size": _COUNT,
-    "eval.rerank_k1": _COUNT, "eval.rerank_k2": _COUNT, "eval.rerank_lambda": Range(0, 1),
+    "eval.shots": Range(1, 10),
+    "eval.trials": _COUNT,
+    "eval.batch_size": _COUNT,
+    "eval.rerank_k1": _COUNT,
+    "eval.rerank_k2": _COUNT,
+    "eval.rerank_lambda": Range(0, 1),
     "run.seed": Range(0, 2**32 - 1),
     "run.threads": Range(1, meaning="or null for the automatic policy"),
-    "run.log_every": _COUNT, "run.checkpoint_every_steps": Range(0, meaning="0 saves at epoch ends only"),
+    "run.log_every": _COUNT,
+    "run.checkpoint_every_steps": Range(0, meaning="0 saves at epoch ends only"),
     "run.max_minutes": Range(0, lo_open=True, meaning="or null for no budget"),
     "run.dist_timeout_minutes": Range(0, lo_open=True, meaning="how long a rank waits in a collective"),
     "run.diagnostics_ids": Range(0, meaning="0 turns the diagnostics off"),
@@ -477,14 +515,18 @@ def _check_ranges(cfg: TrainConfig) -> None:
         for v in value if isinstance(value, list) else [value]:
             if v is not None and not rng.admits(v):
                 default = getattr(getattr(defaults, section), name)
-                raise ConfigError(f"{key}={value!r}: must be {rng.describe(base is int)}; set it in the config or "
-                                  f"override it ({key}=...; the default is {'null' if default is None else default})")
+                raise ConfigError(
+                    f"{key}={value!r}: must be {rng.describe(base is int)}; set it in the config or "
+                    f"override it ({key}=...; the default is {'null' if default is None else default})"
+                )
 
 
 def validate(cfg: TrainConfig) -> None:
     """Check enumerated choices and ranges; ConfigError names the key."""
     if cfg.data.dataset not in BENCHMARKS:
-        raise ConfigError(f"data.dataset must be one of {tuple(BENCHMARKS)}, got {cfg.data.dataset!r} (known: {known()})")
+        raise ConfigError(
+            f"data.dataset must be one of {tuple(BENCHMARKS)}, got {cfg.data.dataset!r} (known: {known()})"
+        )
     for key, choices in _choices().items():
         section, name = key.split(".")
         v = getattr(getattr(cfg, section), name)
@@ -497,9 +539,11 @@ def validate(cfg: TrainConfig) -> None:
         except EvaluationError as e:
             raise ConfigError(f"eval.{e}") from None
     if cfg.data.num_ids < 2 and cfg.loss.lambda_dl > 0:
-        raise ConfigError(f"data.num_ids={cfg.data.num_ids} with CM-DL (loss.lambda_dl={cfg.loss.lambda_dl:g}): CM-DL "
-                          "divides the within-identity spread by the spread between identity centres, which a batch of "
-                          "one identity does not have (the loss is ~1e6); set data.num_ids=2 or more, or loss.lambda_dl=0")
+        raise ConfigError(
+            f"data.num_ids={cfg.data.num_ids} with CM-DL (loss.lambda_dl={cfg.loss.lambda_dl:g}): CM-DL "
+            "divides the within-identity spread by the spread between identity centres, which a batch of "
+            "one identity does not have (the loss is ~1e6); set data.num_ids=2 or more, or loss.lambda_dl=0"
+        )
     try:  # the library's own checks (ranges, combinations such as use_local=false with test_feature=concat)
         ModelConfig(num_classes=1, **asdict(cfg.model))
     except ConfigError as e:
@@ -516,16 +560,21 @@ def option_values(pairs: list[str] | tuple[str, ...], types: dict[str, Any], own
         key, sep, raw = pair.partition("=")
         key = key.strip().removeprefix("eval.")
         if not sep or not key:
-            raise ConfigError(f"{pair!r}: expected KEY=VALUE, e.g. trials=3 (the options of {owner}: "
-                              f"{', '.join(sorted(types)) or 'none'})")
+            raise ConfigError(
+                f"{pair!r}: expected KEY=VALUE, e.g. trials=3 (the options of {owner}: "
+                f"{', '.join(sorted(types)) or 'none'})"
+            )
         if key not in types:
-            raise ConfigError(f"{pair!r}: {key!r} is not an option of {owner}; its options: "
-                              f"{', '.join(sorted(types)) or 'none'}")
+            raise ConfigError(
+                f"{pair!r}: {key!r} is not an option of {owner}; its options: {', '.join(sorted(types)) or 'none'}"
+            )
         try:
             value: Any = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError as e:
-            raise ConfigError(f"{pair!r}: the value is not valid YAML ({str(e).splitlines()[0]}); write a number, "
-                              "a word, or a list like [all, indoor]") from None
+            raise ConfigError(
+                f"{pair!r}: the value is not valid YAML ({str(e).splitlines()[0]}); write a number, "
+                "a word, or a list like [all, indoor]"
+            ) from None
         value = _coerce(value, types[key], key, "command line")
         rng = RANGES.get(f"eval.{key}")
         for v in value if isinstance(value, list) else [value]:
@@ -547,8 +596,23 @@ def dump_config(cfg: TrainConfig, path: str | Path) -> None:
 
 
 __all__ = [
-    "TrainConfig", "DataConfig", "ModelSettings", "LossSettings", "OptimSettings", "EvalSettings", "RunSettings",
-    "load_config", "resolve_config", "packaged_configs", "apply_overrides", "validate", "config_from_dict", "dump_config",
-    "eval_settings_class", "option_values",
-    "Range", "RANGES", "numeric_fields",
+    "TrainConfig",
+    "DataConfig",
+    "ModelSettings",
+    "LossSettings",
+    "OptimSettings",
+    "EvalSettings",
+    "RunSettings",
+    "load_config",
+    "resolve_config",
+    "packaged_configs",
+    "apply_overrides",
+    "validate",
+    "config_from_dict",
+    "dump_config",
+    "eval_settings_class",
+    "option_values",
+    "Range",
+    "RANGES",
+    "numeric_fields",
 ]

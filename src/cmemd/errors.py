@@ -3,6 +3,7 @@
 Every message names the file (or object), the field and the fix, so that a user who
 points the tool at the wrong folder learns what to do without reading the source.
 """
+
 from __future__ import annotations
 
 

@@ -13,6 +13,7 @@ The exported graph instead runs both stems on the whole batch and picks each row
 ``torch.where`` (:func:`export_route`): numerically the same (eval-mode BatchNorm is per
 sample), at the cost of running the modality-specific stages twice.
 """
+
 from __future__ import annotations
 
 import copy
@@ -82,13 +83,23 @@ def check_opset(opset: int) -> None:
     """:class:`ConfigError` unless ``opset`` is one the export can be written in (checked before any work)."""
     top = max_opset()
     if not MIN_OPSET <= int(opset) <= top:
-        raise ConfigError(f"--opset {opset}: the export needs an ONNX opset in {MIN_OPSET}..{top} "
-                          f"(the graph's dynamic slicing needs opset {MIN_OPSET}; {top} is the newest this torch "
-                          "writes); the default is 17")
+        raise ConfigError(
+            f"--opset {opset}: the export needs an ONNX opset in {MIN_OPSET}..{top} "
+            f"(the graph's dynamic slicing needs opset {MIN_OPSET}; {top} is the newest this torch "
+            "writes); the default is 17"
+        )
 
 
-def export_onnx(model: nn.Module, out: str | Path, *, height: int, width: int, opset: int = 17,
-                check: bool = True, flip: bool = False) -> dict[str, Any]:
+def export_onnx(
+    model: nn.Module,
+    out: str | Path,
+    *,
+    height: int,
+    width: int,
+    opset: int = 17,
+    check: bool = True,
+    flip: bool = False,
+) -> dict[str, Any]:
     """Write ``model`` (eval mode) as ONNX to ``out``; returns a summary (path, inputs, outputs, test-time
     flip, max difference to PyTorch on a probe batch when onnxruntime is installed and ``check``).
 
@@ -109,14 +120,21 @@ def export_onnx(model: nn.Module, out: str | Path, *, height: int, width: int, o
         # the TorchScript exporter is deprecated in favour of dynamo (which needs onnxscript); it still works
         warnings.simplefilter("ignore", DeprecationWarning)
         torch.onnx.export(
-            wrapper, (x, m), str(out), input_names=["images", "modality"], output_names=["features"],
+            wrapper,
+            (x, m),
+            str(out),
+            input_names=["images", "modality"],
+            output_names=["features"],
             dynamic_axes={"images": {0: "batch"}, "modality": {0: "batch"}, "features": {0: "batch"}},
-            opset_version=opset, dynamo=False,
+            opset_version=opset,
+            dynamo=False,
         )
-    summary: dict[str, Any] = {"path": str(out), "inputs": {"images": f"float32 N x 3 x {height} x {width}",
-                                                          "modality": "int64 N (0 visible, 1 thermal)"},
-                               "outputs": {"features": "float32 N x D, L2-normalised"},
-                               "test_time_flip": bool(flip)}
+    summary: dict[str, Any] = {
+        "path": str(out),
+        "inputs": {"images": f"float32 N x 3 x {height} x {width}", "modality": "int64 N (0 visible, 1 thermal)"},
+        "outputs": {"features": "float32 N x D, L2-normalised"},
+        "test_time_flip": bool(flip),
+    }
     if check:
         try:
             import onnxruntime as ort
@@ -135,8 +153,9 @@ def export_onnx(model: nn.Module, out: str | Path, *, height: int, width: int, o
     return summary
 
 
-def export_checkpoint(checkpoint: str | Path, out: str | Path, *, flip: bool | None = None,
-                      **kw: Any) -> dict[str, Any]:
+def export_checkpoint(
+    checkpoint: str | Path, out: str | Path, *, flip: bool | None = None, **kw: Any
+) -> dict[str, Any]:
     """Load a ``cmemd train`` checkpoint and export it (see :func:`export_onnx`); ``flip=None`` follows the
     checkpoint's ``eval.flip``."""
     from cmemd.app.evaluate import load_trained

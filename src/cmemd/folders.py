@@ -17,6 +17,7 @@ Three rules, each for a way a command could lose a user's work (docs/reliability
   expected, a file where a folder is expected) before a long computation whose result would then be lost.
   :func:`write_atomic` writes a file through a temporary file, so a full disk leaves the old file intact.
 """
+
 from __future__ import annotations
 
 import errno
@@ -39,13 +40,27 @@ KINDS = ("dataset", "run")
 _RUN_SECTIONS = {"data", "model", "loss", "optim", "eval", "run"}  # of a run's config.yaml (cmemd.config.TrainConfig)
 
 # What a cmemd run writes into its folder (the patterns :func:`clear_folder` removes when a run folder is replaced).
-RUN_ENTRIES = ("last.pt", "last.prev.pt", "best.pt", "best.prev.pt", "config.yaml", "environment.json",
-               "metrics.jsonl", "metrics.tmp", "results.json", "results.tmp", "report", "tensorboard", ".*.tmp-*")
+RUN_ENTRIES = (
+    "last.pt",
+    "last.prev.pt",
+    "best.pt",
+    "best.prev.pt",
+    "config.yaml",
+    "environment.json",
+    "metrics.jsonl",
+    "metrics.tmp",
+    "results.json",
+    "results.tmp",
+    "report",
+    "tensorboard",
+    ".*.tmp-*",
+)
 
 PathLike = str | Path
 
 
 # ---------------------------------------------------------------------- own folders
+
 
 def mark_folder(folder: PathLike, kind: str, made_by: str) -> Path:
     """Create ``folder`` (with parents) and write its :data:`MARKER`: ``{"kind": kind, "made_by": made_by}``.
@@ -74,8 +89,9 @@ def folder_kind(folder: PathLike) -> str | None:
         pass
     if _is_synth_summary(folder / "synth_summary.json"):
         return "dataset"
-    if _is_run_config(folder / "config.yaml") and (_is_cmemd_checkpoint(folder / "last.pt")
-                                                   or (folder / "metrics.jsonl").is_file()):
+    if _is_run_config(folder / "config.yaml") and (
+        _is_cmemd_checkpoint(folder / "last.pt") or (folder / "metrics.jsonl").is_file()
+    ):
         return "run"
     return None
 
@@ -95,8 +111,9 @@ def _is_synth_summary(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     # the generator's summary: its settings and the layout it wrote (the registry's names are not this module's)
-    return isinstance(summary, dict) and isinstance(summary.get("config"), dict) \
-        and isinstance(summary.get("layout"), str)
+    return (
+        isinstance(summary, dict) and isinstance(summary.get("config"), dict) and isinstance(summary.get("layout"), str)
+    )
 
 
 def _is_cmemd_checkpoint(path: Path) -> bool:
@@ -198,8 +215,9 @@ def lock_folder(folder: PathLike, *, option: str = "run.out_dir") -> FolderLock:
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ConfigError(f"{option} {folder}: cannot create the folder ({e.strerror or e}); "
-                          "choose another path") from e
+        raise ConfigError(
+            f"{option} {folder}: cannot create the folder ({e.strerror or e}); choose another path"
+        ) from e
     path = folder / LOCK
     key = os.path.realpath(path)
     held = _HELD.get(key)
@@ -209,8 +227,9 @@ def lock_folder(folder: PathLike, *, option: str = "run.out_dir") -> FolderLock:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
     except OSError as e:
-        raise ConfigError(f"{option} {folder}: cannot open the lock file {path} ({e.strerror or e}); "
-                          "choose a folder you can write") from e
+        raise ConfigError(
+            f"{option} {folder}: cannot open the lock file {path} ({e.strerror or e}); choose a folder you can write"
+        ) from e
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as e:
@@ -232,6 +251,7 @@ def lock_folder(folder: PathLike, *, option: str = "run.out_dir") -> FolderLock:
 
 # ---------------------------------------------------------------------- output paths
 
+
 def _nearest_existing(path: Path) -> Path:
     p = path.absolute()
     while not p.exists() and p != p.parent:
@@ -243,8 +263,9 @@ def _check_writable(folder: Path, option: str, path: Path) -> None:
     try:
         fd, probe = tempfile.mkstemp(prefix=".cmemd-probe-", dir=folder)
     except OSError as e:
-        raise ConfigError(f"{option} {path}: cannot write into {folder} ({e.strerror or e}); "
-                          "choose a writable location") from None
+        raise ConfigError(
+            f"{option} {path}: cannot write into {folder} ({e.strerror or e}); choose a writable location"
+        ) from None
     os.close(fd)
     os.unlink(probe)
 
@@ -290,7 +311,7 @@ def write_atomic(path: PathLike, data: str | bytes) -> Path:
         try:
             view = memoryview(raw)
             while view:
-                view = view[os.write(fd, view):]
+                view = view[os.write(fd, view) :]
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -322,6 +343,19 @@ def _remove_dead_temps(path: Path) -> None:
             continue
 
 
-__all__ = ["MARKER", "LOCK", "KINDS", "RUN_ENTRIES", "mark_folder", "folder_kind", "folder_entries",
-           "check_replaceable", "clear_folder", "FolderLock", "lock_folder", "check_output_file",
-           "check_output_folder", "write_atomic"]
+__all__ = [
+    "MARKER",
+    "LOCK",
+    "KINDS",
+    "RUN_ENTRIES",
+    "mark_folder",
+    "folder_kind",
+    "folder_entries",
+    "check_replaceable",
+    "clear_folder",
+    "FolderLock",
+    "lock_folder",
+    "check_output_file",
+    "check_output_folder",
+    "write_atomic",
+]

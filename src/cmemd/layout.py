@@ -11,6 +11,7 @@ computes the same grouping from the tensors).
 
 This module is standalone: it imports only torch and :mod:`cmemd.errors`.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -26,8 +27,9 @@ from cmemd.errors import TrainingError
 __all__ = ["BatchLayout", "group_labels"]
 
 
-def group_labels(pids: Sequence[int], modalities: Sequence[int], name: str = "alignment loss"
-                 ) -> tuple[list[tuple[list[list[int]], list[list[int]]]], int, int]:
+def group_labels(
+    pids: Sequence[int], modalities: Sequence[int], name: str = "alignment loss"
+) -> tuple[list[tuple[list[list[int]], list[list[int]]]], int, int]:
     """Group a batch's identities by their ``(K_v, K_t)`` shape, on the host.
 
     Returns ``(groups, num_identities, num_skipped)``: each group is ``(visible rows, thermal rows)``,
@@ -90,8 +92,10 @@ class BatchLayout:
         """Build from the labels as Python ints (what the collate function holds); no tensor is read."""
         pids, mods = [int(p) for p in pids], [int(m) for m in modalities]
         if len(pids) != len(mods) or not pids:
-            raise TrainingError(f"BatchLayout: need one modality per pid and at least one sample, got "
-                                f"{len(pids)} pids and {len(mods)} modalities")
+            raise TrainingError(
+                f"BatchLayout: need one modality per pid and at least one sample, got "
+                f"{len(pids)} pids and {len(mods)} modalities"
+            )
         groups, n_id, n_skip = group_labels(pids, mods, "BatchLayout")
         order = sorted(range(len(mods)), key=mods.__getitem__)  # stable, as torch.argsort(stable=True)
         if order == list(range(len(mods))):
@@ -103,20 +107,27 @@ class BatchLayout:
         distinct = sorted(set(pids))
         where = {p: i for i, p in enumerate(distinct)}
         return cls(
-            size=len(pids), modality_counts=(mods.count(0), mods.count(1)), modality_order=order_t,
+            size=len(pids),
+            modality_counts=(mods.count(0), mods.count(1)),
+            modality_order=order_t,
             modality_inverse=inverse_order,
             groups=tuple((torch.tensor(bv, dtype=torch.long), torch.tensor(bt, dtype=torch.long)) for bv, bt in groups),
-            num_identities=n_id, num_skipped=n_skip,
-            inverse=torch.tensor([where[p] for p in pids], dtype=torch.long), num_pids=len(distinct),
-            pid_min=distinct[0], pid_max=distinct[-1],
+            num_identities=n_id,
+            num_skipped=n_skip,
+            inverse=torch.tensor([where[p] for p in pids], dtype=torch.long),
+            num_pids=len(distinct),
+            pid_min=distinct[0],
+            pid_max=distinct[-1],
         )
 
     @classmethod
     def from_tensors(cls, pids: Tensor, modalities: Tensor) -> BatchLayout:
         """Build from label tensors (reads them to the host: a synchronisation when they are on a device)."""
         if pids.dim() != 1 or modalities.shape != pids.shape:
-            raise TrainingError(f"BatchLayout: pids and modalities must both be (N,), got {tuple(pids.shape)} and "
-                                f"{tuple(modalities.shape)}")
+            raise TrainingError(
+                f"BatchLayout: pids and modalities must both be (N,), got {tuple(pids.shape)} and "
+                f"{tuple(modalities.shape)}"
+            )
         return cls.from_labels(pids.tolist(), modalities.tolist())
 
     def _map(self, fn) -> BatchLayout:
@@ -124,8 +135,12 @@ class BatchLayout:
             return None if t is None else fn(t)
 
         return dataclasses.replace(
-            self, modality_order=one(self.modality_order), modality_inverse=one(self.modality_inverse),
-            groups=tuple((fn(v), fn(t)) for v, t in self.groups), inverse=fn(self.inverse))
+            self,
+            modality_order=one(self.modality_order),
+            modality_inverse=one(self.modality_inverse),
+            groups=tuple((fn(v), fn(t)) for v, t in self.groups),
+            inverse=fn(self.inverse),
+        )
 
     def to(self, device: torch.device | str, non_blocking: bool = True) -> BatchLayout:
         """The layout with its index tensors on ``device`` (copied without blocking by default: nothing
@@ -156,5 +171,7 @@ class BatchLayout:
     def check(self, n: int, name: str) -> None:
         """Raise unless the layout describes a batch of ``n`` samples."""
         if n != self.size:
-            raise TrainingError(f"{name}: the batch layout describes {self.size} samples but the batch has {n}; "
-                                "build the layout from this batch's labels (BatchLayout.from_labels)")
+            raise TrainingError(
+                f"{name}: the batch layout describes {self.size} samples but the batch has {n}; "
+                "build the layout from this batch's labels (BatchLayout.from_labels)"
+            )

@@ -9,6 +9,7 @@ quotients are the same real numbers, rounded the same: it normalises to the same
 other finite factor to the same values up to rounding. Only elementwise ops, ``amax`` and the norm: vectorised,
 and exportable to ONNX (the model's concatenated test feature uses it).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -31,6 +31,7 @@ a time -- correct but slow; use :func:`sinkhorn` when that matters.
 
 This module is standalone: it imports only :mod:`cmemd.errors` (which imports nothing).
 """
+
 from __future__ import annotations
 
 import math
@@ -83,8 +84,7 @@ def _as_batched_cost(cost: Tensor, name: str, check_finite: bool = True) -> tupl
         )
     if cost.shape[-1] == 0 or cost.shape[-2] == 0:
         raise SolverError(
-            f"{name}: cost has an empty side, shape {tuple(cost.shape)}; every problem needs "
-            "n >= 1 and m >= 1 points"
+            f"{name}: cost has an empty side, shape {tuple(cost.shape)}; every problem needs n >= 1 and m >= 1 points"
         )
     if not cost.is_floating_point():
         cost = cost.to(torch.get_default_dtype())
@@ -102,8 +102,10 @@ def _as_batched_cost(cost: Tensor, name: str, check_finite: bool = True) -> tupl
 
 
 def _non_finite(name: str) -> str:
-    return (f"{name}: cost contains NaN or inf; check the features the cost was built from "
-            "(a forbidden pair needs a large finite cost, not inf)")
+    return (
+        f"{name}: cost contains NaN or inf; check the features the cost was built from "
+        "(a forbidden pair needs a large finite cost, not inf)"
+    )
 
 
 def _host_cost(cost: Tensor, name: str) -> np.ndarray:
@@ -123,8 +125,7 @@ def _marginal(w: Tensor | None, B: int, n: int, cost: Tensor, name: str, side: s
         w = w.unsqueeze(0).expand(B, -1)
     if tuple(w.shape) != (B, n):
         raise SolverError(
-            f"{name}: marginal {side} has shape {tuple(w.shape)}, expected ({n},) or ({B}, {n}) "
-            "to match the cost"
+            f"{name}: marginal {side} has shape {tuple(w.shape)}, expected ({n},) or ({B}, {n}) to match the cost"
         )
     if not bool(torch.isfinite(w).all()) or bool((w < 0).any()):
         raise SolverError(f"{name}: marginal {side} must be finite and non-negative")
@@ -246,8 +247,7 @@ def _emd_linprog(cost: Tensor, a: Tensor, b: Tensor, name: str) -> Tensor:
     A_eq = np.vstack([rows, cols])
     plan = np.zeros((B, n, m), dtype=np.float64)
     for k in range(B):
-        res = linprog(C[k].ravel(), A_eq=A_eq, b_eq=np.concatenate([A[k], Bm[k]]),
-                      bounds=(0, None), method="highs")
+        res = linprog(C[k].ravel(), A_eq=A_eq, b_eq=np.concatenate([A[k], Bm[k]]), bounds=(0, None), method="highs")
         if res.status != 0:
             raise SolverError(
                 f"{name}: the exact LP of problem {k} failed ({res.message}); check that the "
@@ -267,8 +267,7 @@ def _emd_path(B: int, n: int, m: int, device: torch.device = torch.device("cpu")
     return "linprog"
 
 
-def emd(cost: Tensor, a: Tensor | None = None, b: Tensor | None = None, *,
-        check_finite: bool = True) -> EMDResult:
+def emd(cost: Tensor, a: Tensor | None = None, b: Tensor | None = None, *, check_finite: bool = True) -> EMDResult:
     """Exact Earth Mover's Distance of a batch of small problems.
 
     Args:
@@ -380,10 +379,8 @@ def sinkhorn(
             e = (eps * scale).view(B, 1, 1)
         else:
             e = torch.full((B, 1, 1), float(eps), dtype=C.dtype, device=C.device)
-        log_a = (torch.full((B, n), -math.log(n), dtype=C.dtype, device=C.device)
-                 if wa is None else wa.log())
-        log_b = (torch.full((B, m), -math.log(m), dtype=C.dtype, device=C.device)
-                 if wb is None else wb.log())
+        log_a = torch.full((B, n), -math.log(n), dtype=C.dtype, device=C.device) if wa is None else wa.log()
+        log_b = torch.full((B, m), -math.log(m), dtype=C.dtype, device=C.device) if wb is None else wb.log()
         a_ = log_a.exp()
         K = -C / e  # (B, n, m)
         f = torch.zeros(B, n, dtype=C.dtype, device=C.device)  # potentials divided by eps

@@ -4,6 +4,7 @@ tqdm redraws its bar with carriage returns, which a log file or a pipe keeps as 
 stderr is not a terminal, :func:`progress_bar` returns a :class:`LineProgress` instead: one ``\\n``-terminated
 line per update, at most one every ``CMEMD_PROGRESS_INTERVAL`` seconds (default 30; 0 prints every update).
 """
+
 from __future__ import annotations
 
 import os
@@ -33,9 +34,18 @@ class LineProgress:
     """The part of tqdm's interface cmemd uses (iterate, update, set_postfix, close, ``with``), printed as plain
     lines."""
 
-    def __init__(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str | None = None,
-                 initial: int = 0, unit: str = "it", disable: bool = False, interval: float | None = None,
-                 file: Any = None) -> None:
+    def __init__(
+        self,
+        iterable: Iterable | None = None,
+        *,
+        total: int | None = None,
+        desc: str | None = None,
+        initial: int = 0,
+        unit: str = "it",
+        disable: bool = False,
+        interval: float | None = None,
+        file: Any = None,
+    ) -> None:
         self.iterable, self.desc, self.unit, self.disable = iterable, desc or "", unit, disable
         if total is None and isinstance(iterable, Sized):
             total = len(iterable)
@@ -77,15 +87,26 @@ class LineProgress:
         of = f"/{self.total} ({100 * self.n / self.total:.0f}%)" if self.total else ""
         post = f", {self.postfix}" if self.postfix else ""
         stream = self.file or sys.stderr
-        print(f"{self.desc + ': ' if self.desc else ''}{self.n}{of} {self.unit} in {elapsed:.0f} s{rate}{post}",
-              file=stream, flush=True)
+        print(
+            f"{self.desc + ': ' if self.desc else ''}{self.n}{of} {self.unit} in {elapsed:.0f} s{rate}{post}",
+            file=stream,
+            flush=True,
+        )
 
     def close(self) -> None:
         pass
 
 
-def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str | None = None,
-                 initial: int = 0, unit: str = "it", disable: bool = False, leave: bool = True) -> Any:
+def progress_bar(
+    iterable: Iterable | None = None,
+    *,
+    total: int | None = None,
+    desc: str | None = None,
+    initial: int = 0,
+    unit: str = "it",
+    disable: bool = False,
+    leave: bool = True,
+) -> Any:
     """A tqdm bar when stderr is a terminal, else a :class:`LineProgress` (no carriage returns in logs)."""
     if not disable and _is_terminal(sys.stderr):
         from tqdm import tqdm

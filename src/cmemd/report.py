@@ -13,6 +13,7 @@ PNG figures with matplotlib's Agg backend (:func:`write_evaluation_report`: the 
   (``settings["rerank"]``) is shown beside the plain one of the same settings, labelled, and its
   CMC curve is dashed.
 """
+
 from __future__ import annotations
 
 import html
@@ -46,6 +47,7 @@ def _plt():
 
 # ------------------------------------------------------------------------------ t-SNE
 
+
 def _p_conditional(d2: np.ndarray, perplexity: float, tol: float = 1e-5, iters: int = 60) -> np.ndarray:
     """Row-wise Gaussian affinities whose entropy matches log(perplexity) (binary search on beta)."""
     n = d2.shape[0]
@@ -68,8 +70,9 @@ def _p_conditional(d2: np.ndarray, perplexity: float, tol: float = 1e-5, iters: 
     return P
 
 
-def tsne(x: np.ndarray, *, perplexity: float = 30.0, iterations: int = 500, seed: int = 0,
-         learning_rate: float | None = None) -> np.ndarray:
+def tsne(
+    x: np.ndarray, *, perplexity: float = 30.0, iterations: int = 500, seed: int = 0, learning_rate: float | None = None
+) -> np.ndarray:
     """Exact t-SNE (van der Maaten & Hinton 2008) of ``x`` (N x D, N up to ~1,000) to N x 2.
 
     Symmetrised perplexity-calibrated affinities, Student-t similarities in 2-D, gradient descent
@@ -109,22 +112,33 @@ def tsne(x: np.ndarray, *, perplexity: float = 30.0, iterations: int = 500, seed
 
 # ------------------------------------------------------------------------------ ranking
 
+
 def _normalise(f: np.ndarray) -> np.ndarray:
     return l2_normalize_np(np.asarray(f, dtype=np.float32), axis=1)
 
 
-def ranked_lists(query: FeatureSet, gallery: FeatureSet, rows: np.ndarray, *, top_k: int = 10,
-                 removal: str = "none") -> tuple[np.ndarray, np.ndarray]:
+def ranked_lists(
+    query: FeatureSet, gallery: FeatureSet, rows: np.ndarray, *, top_k: int = 10, removal: str = "none"
+) -> tuple[np.ndarray, np.ndarray]:
     """Top-``top_k`` gallery indices and cosine scores for the queries ``rows`` (ties by gallery
     index, as the evaluation ranks: ``cmemd.evaluation.metrics.top_k``); the removal rule hides what it hides
     (``sysu-same-location``: cam2 from cam3 queries; ``same-pid-same-cam``: the query's id in its camera)."""
     if removal not in REMOVALS:
         raise EvaluationError(f"report: removal {removal!r} is not supported here; use one of {REMOVALS}")
-    return ranked_top_k(query.feats[rows], gallery.feats, top_k, removal=removal, query_pids=query.pids[rows],
-                 query_cams=query.cams[rows], gallery_pids=gallery.pids, gallery_cams=gallery.cams)
+    return ranked_top_k(
+        query.feats[rows],
+        gallery.feats,
+        top_k,
+        removal=removal,
+        query_pids=query.pids[rows],
+        query_cams=query.cams[rows],
+        gallery_pids=gallery.pids,
+        gallery_cams=gallery.cams,
+    )
 
 
 # ------------------------------------------------------------------------------ figures
+
 
 def _thumb(path: str, h: int = 96, w: int = 48) -> np.ndarray:
     from PIL import Image
@@ -145,9 +159,14 @@ def plot_cmc(results: Mapping[str, ProtocolResult], out: Path) -> Path:
     for name, r in results.items():
         curve = 100 * np.mean([t.cmc for t in r.trials], axis=0)
         m = r.mean
-        ax.plot(np.arange(1, len(curve) + 1), curve, marker="o", ms=3,
-                linestyle="--" if r.settings.get("rerank") else "-",  # re-ranked: dashed
-                label=f"{name} (R1 {100 * m['R1']:.1f}, mAP {100 * m['mAP']:.1f})")
+        ax.plot(
+            np.arange(1, len(curve) + 1),
+            curve,
+            marker="o",
+            ms=3,
+            linestyle="--" if r.settings.get("rerank") else "-",  # re-ranked: dashed
+            label=f"{name} (R1 {100 * m['R1']:.1f}, mAP {100 * m['mAP']:.1f})",
+        )
     ax.set_xlabel("rank k")
     ax.set_ylabel("matching rate at rank k (%)")
     ax.set_title("CMC (mean over trials)")
@@ -189,11 +208,21 @@ def plot_training(metrics: str | Path, out: Path) -> Path | None:
     if diags:
         dx = [r["epoch"] + 1 for r in diags]
         axes[3].plot(dx, [r["gap_centre_ratio"] for r in diags], marker="o", ms=3, label="gap centre ratio")
-        axes[3].plot(dx, [2 * r["gap_probe_accuracy"] for r in diags], marker="o", ms=3,
-                     label="modality probe acc. x2 (1 = chance)")
+        axes[3].plot(
+            dx,
+            [2 * r["gap_probe_accuracy"] for r in diags],
+            marker="o",
+            ms=3,
+            label="modality probe acc. x2 (1 = chance)",
+        )
         if "gap_mixing" in diags[0]:
-            axes[3].plot(dx, [r["gap_mixing"] for r in diags], marker="o", ms=3,
-                         label="within-identity mixing (1 = as if random)")
+            axes[3].plot(
+                dx,
+                [r["gap_mixing"] for r in diags],
+                marker="o",
+                ms=3,
+                label="within-identity mixing (1 = as if random)",
+            )
         if "purity_ratio" in diags[0]:
             axes[3].plot(dx, [r["purity_ratio"] for r in diags], marker="o", ms=3, label="plan same-view x uniform")
         axes[3].axhline(1.0, color="grey", lw=0.8)
@@ -209,8 +238,17 @@ def plot_training(metrics: str | Path, out: Path) -> Path | None:
     return out
 
 
-def plot_ranked_lists(query: FeatureSet, gallery: FeatureSet, rows: np.ndarray, out: Path, *, top_k: int,
-                      removal: str, query_modality: str, gallery_modality: str) -> Path:
+def plot_ranked_lists(
+    query: FeatureSet,
+    gallery: FeatureSet,
+    rows: np.ndarray,
+    out: Path,
+    *,
+    top_k: int,
+    removal: str,
+    query_modality: str,
+    gallery_modality: str,
+) -> Path:
     plt = _plt()
     from matplotlib.patches import Rectangle
 
@@ -226,22 +264,45 @@ def plot_ranked_lists(query: FeatureSet, gallery: FeatureSet, rows: np.ndarray, 
             ax = axes[i, j + 1]
             ax.imshow(_thumb(gallery.paths[g]))
             ok = gallery.pids[g] == query.pids[q]
-            ax.add_patch(Rectangle((0, 0), 1, 1, transform=ax.transAxes, fill=False, lw=4,
-                                   edgecolor="#1a9e2f" if ok else "#d62020", clip_on=False))
+            ax.add_patch(
+                Rectangle(
+                    (0, 0),
+                    1,
+                    1,
+                    transform=ax.transAxes,
+                    fill=False,
+                    lw=4,
+                    edgecolor="#1a9e2f" if ok else "#d62020",
+                    clip_on=False,
+                )
+            )
             ax.set_title(f"{j + 1}: {scores[i, j]:.2f}\nid {gallery.pids[g]}", fontsize=7)
         for ax in axes[i]:
             ax.set_xticks([])
             ax.set_yticks([])
-    fig.suptitle(f"{query_modality} queries -> {gallery_modality} gallery: top-{k} by cosine similarity "
-                 "(green = same identity, red = different)", fontsize=9)
+    fig.suptitle(
+        f"{query_modality} queries -> {gallery_modality} gallery: top-{k} by cosine similarity "
+        "(green = same identity, red = different)",
+        fontsize=9,
+    )
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
     return out
 
 
-def plot_embedding(query: FeatureSet, gallery: FeatureSet, out: Path, *, query_modality: str, gallery_modality: str,
-                   max_ids: int = 12, max_points: int = 600, seed: int = 0, method: str = "tsne") -> Path:
+def plot_embedding(
+    query: FeatureSet,
+    gallery: FeatureSet,
+    out: Path,
+    *,
+    query_modality: str,
+    gallery_modality: str,
+    max_ids: int = 12,
+    max_points: int = 600,
+    seed: int = 0,
+    method: str = "tsne",
+) -> Path:
     plt = _plt()
     rng = np.random.default_rng(seed)
     shared = np.intersect1d(query.pids, gallery.pids)
@@ -265,8 +326,16 @@ def plot_embedding(query: FeatureSet, gallery: FeatureSet, out: Path, *, query_m
     colour = {p: cmap(i % cmap.N) for i, p in enumerate(ids)}
     fig, ax = plt.subplots(figsize=(6, 5), dpi=100)
     for mask, marker, mod in ((is_q, "^", query_modality), (~is_q, "o", gallery_modality)):
-        ax.scatter(y[mask, 0], y[mask, 1], c=[colour[p] for p in pids[mask]], marker=marker, s=22,
-                   edgecolors="k", linewidths=0.3, label=f"{mod} ({int(mask.sum())})")
+        ax.scatter(
+            y[mask, 0],
+            y[mask, 1],
+            c=[colour[p] for p in pids[mask]],
+            marker=marker,
+            s=22,
+            edgecolors="k",
+            linewidths=0.3,
+            label=f"{mod} ({int(mask.sum())})",
+        )
     ax.set_title(f"{label} of {len(ids)} identities (colour = identity, marker = modality)", fontsize=9)
     ax.set_xticks([])
     ax.set_yticks([])
@@ -279,18 +348,26 @@ def plot_embedding(query: FeatureSet, gallery: FeatureSet, out: Path, *, query_m
 
 # ------------------------------------------------------------------------------ the report
 
+
 def _table(name: str, r: ProtocolResult) -> str:
     def cell(x: float) -> str:
         return "-" if np.isnan(x) else f"{100 * x:.2f}"
 
     head = "".join(f"<th>{k}</th>" for k in METRIC_NAMES)
-    body = "".join(f"<tr><td>trial {t}</td>" + "".join(f"<td>{cell(row[k])}</td>" for k in METRIC_NAMES) + "</tr>"
-                   for t, row in zip(r.trial_ids, r.rows()))
+    body = "".join(
+        f"<tr><td>trial {t}</td>" + "".join(f"<td>{cell(row[k])}</td>" for k in METRIC_NAMES) + "</tr>"
+        for t, row in zip(r.trial_ids, r.rows())
+    )
     m, s = r.mean, r.std
-    body += "<tr class='mean'><td>mean ± std</td>" + "".join(
-        f"<td>{cell(m[k])} ± {cell(s[k])}</td>" for k in METRIC_NAMES) + "</tr>"
-    return (f"<h3>{html.escape(name)}</h3><p class='desc'>{html.escape(r.describe())}</p>"
-            f"<table><tr><th></th>{head}</tr>{body}</table>")
+    body += (
+        "<tr class='mean'><td>mean ± std</td>"
+        + "".join(f"<td>{cell(m[k])} ± {cell(s[k])}</td>" for k in METRIC_NAMES)
+        + "</tr>"
+    )
+    return (
+        f"<h3>{html.escape(name)}</h3><p class='desc'>{html.escape(r.describe())}</p>"
+        f"<table><tr><th></th>{head}</tr>{body}</table>"
+    )
 
 
 def _tables(results: Mapping[str, ProtocolResult]) -> str:
@@ -311,22 +388,39 @@ def _tables(results: Mapping[str, ProtocolResult]) -> str:
         cells = [f"<div class='plain'>{_table(name, r)}</div>"]
         for n in partners:
             x = reranked.pop(n)
-            cells.append(f"<div class='rerank'><p class='warn'>{html.escape(rerank_label(x.settings['rerank']))}: "
-                         "transductive (uses all test queries and the whole gallery); compare only with re-ranked "
-                         f"numbers</p>{_table(n, x)}</div>")
+            cells.append(
+                f"<div class='rerank'><p class='warn'>{html.escape(rerank_label(x.settings['rerank']))}: "
+                "transductive (uses all test queries and the whole gallery); compare only with re-ranked "
+                f"numbers</p>{_table(n, x)}</div>"
+            )
         out.append(f"<div class='pair'>{''.join(cells)}</div>")
     for n, x in reranked.items():  # re-ranked results without a plain partner
-        out.append(f"<div class='rerank'><p class='warn'>{html.escape(rerank_label(x.settings['rerank']))}</p>"
-                   f"{_table(n, x)}</div>")
+        out.append(
+            f"<div class='rerank'><p class='warn'>{html.escape(rerank_label(x.settings['rerank']))}</p>"
+            f"{_table(n, x)}</div>"
+        )
     return "".join(out)
 
 
-def write_report(out_dir: str | Path, results: Mapping[str, ProtocolResult], query: FeatureSet,
-                 gallery: FeatureSet, *, query_modality: str = "thermal", gallery_modality: str = "visible",
-                 removal: str = "none", title: str = "cmemd evaluation report", num_queries: int = 6,
-                 top_k: int = 10, max_ids: int = 12, max_points: int = 600, embedding: str = "tsne",
-                 seed: int = 0, notes: Mapping[str, Any] | None = None,
-                 metrics: str | Path | None = None) -> Path:
+def write_report(
+    out_dir: str | Path,
+    results: Mapping[str, ProtocolResult],
+    query: FeatureSet,
+    gallery: FeatureSet,
+    *,
+    query_modality: str = "thermal",
+    gallery_modality: str = "visible",
+    removal: str = "none",
+    title: str = "cmemd evaluation report",
+    num_queries: int = 6,
+    top_k: int = 10,
+    max_ids: int = 12,
+    max_points: int = 600,
+    embedding: str = "tsne",
+    seed: int = 0,
+    notes: Mapping[str, Any] | None = None,
+    metrics: str | Path | None = None,
+) -> Path:
     """Write the figures, the per-trial tables and ``index.html`` into ``out_dir``; returns the
     ``index.html`` path.
 
@@ -347,25 +441,46 @@ def write_report(out_dir: str | Path, results: Mapping[str, ProtocolResult], que
     if len(query) == 0 or len(gallery) == 0:
         raise EvaluationError(f"write_report: empty features (query {len(query)}, gallery {len(gallery)})")
     if query.feats.shape[1] != gallery.feats.shape[1]:
-        raise EvaluationError(f"write_report: query features are {query.feats.shape[1]}-d but gallery "
-                              f"{gallery.feats.shape[1]}-d; extract both with the same model")
+        raise EvaluationError(
+            f"write_report: query features are {query.feats.shape[1]}-d but gallery "
+            f"{gallery.feats.shape[1]}-d; extract both with the same model"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(query), size=min(num_queries, len(query)), replace=False))
     plot_cmc(results, out / "cmc.png")
-    plot_ranked_lists(query, gallery, rows, out / "ranked_lists.png", top_k=top_k, removal=removal,
-                      query_modality=query_modality, gallery_modality=gallery_modality)
-    plot_embedding(query, gallery, out / "embedding.png", query_modality=query_modality,
-                   gallery_modality=gallery_modality, max_ids=max_ids, max_points=max_points, seed=seed,
-                   method=embedding)
+    plot_ranked_lists(
+        query,
+        gallery,
+        rows,
+        out / "ranked_lists.png",
+        top_k=top_k,
+        removal=removal,
+        query_modality=query_modality,
+        gallery_modality=gallery_modality,
+    )
+    plot_embedding(
+        query,
+        gallery,
+        out / "embedding.png",
+        query_modality=query_modality,
+        gallery_modality=gallery_modality,
+        max_ids=max_ids,
+        max_points=max_points,
+        seed=seed,
+        method=embedding,
+    )
     from cmemd.evaluation.modality import feature_sets_gap
 
     gap = feature_sets_gap(query, gallery, query_modality, gallery_modality)
     curves = plot_training(metrics, out / "training.png") if metrics and Path(metrics).is_file() else None
-    training_html = ('<h2>Training</h2>\n<img src="training.png" alt="training curves">' if curves else "")
-    info = {"query": f"{len(query)} {query_modality} images", "gallery": f"{len(gallery)} {gallery_modality} images",
-            "ranked lists": f"{len(rows)} seeded queries against the whole gallery above (removal {removal})"}
+    training_html = '<h2>Training</h2>\n<img src="training.png" alt="training curves">' if curves else ""
+    info = {
+        "query": f"{len(query)} {query_modality} images",
+        "gallery": f"{len(gallery)} {gallery_modality} images",
+        "ranked lists": f"{len(rows)} seeded queries against the whole gallery above (removal {removal})",
+    }
     info.update({str(k): str(v) for k, v in (notes or {}).items()})
     info_html = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in info.items())
     tables = _tables(results)
@@ -400,14 +515,23 @@ img {{ max-width: 100%; border: 1px solid #ddd; }}
     return index
 
 
-def write_evaluation_report(folder: str | Path, results: Mapping[str, ProtocolResult],
-                            features: Mapping[str, Any], **notes: Any) -> Path:
+def write_evaluation_report(
+    folder: str | Path, results: Mapping[str, ProtocolResult], features: Mapping[str, Any], **notes: Any
+) -> Path:
     """:func:`write_report` of what ``evaluate_model(..., return_features=True)`` returns: ``results`` and
     ``features`` (``{"query", "gallery", "query_modality", "gallery_modality", "removal"}``), as ``cmemd eval
     --report`` and ``cmemd demo`` write it. ``notes`` are shown at the top; a ``checkpoint`` among them also
     brings the training curves of the ``metrics.jsonl`` beside it. Returns the ``index.html`` path."""
     checkpoint = notes.get("checkpoint")
     metrics = Path(checkpoint).parent / "metrics.jsonl" if checkpoint else None
-    return write_report(folder, results, features["query"], features["gallery"],
-                        query_modality=features["query_modality"], gallery_modality=features["gallery_modality"],
-                        removal=features["removal"], notes=notes, metrics=metrics)
+    return write_report(
+        folder,
+        results,
+        features["query"],
+        features["gallery"],
+        query_modality=features["query_modality"],
+        gallery_modality=features["gallery_modality"],
+        removal=features["removal"],
+        notes=notes,
+        metrics=metrics,
+    )

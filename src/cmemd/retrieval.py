@@ -8,6 +8,7 @@ cosine similarities. Scores are only meaningful against queries encoded by the s
 ``cmemd search`` refuses a gallery whose fingerprint is not its model's, or that has none (a gallery
 indexed before fingerprints were recorded: re-index it). Every array is read without pickle.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -39,8 +40,9 @@ def model_fingerprint(model: Any) -> str:
     settings = model.config.model
     arch = dataclasses.asdict(settings) if dataclasses.is_dataclass(settings) and not isinstance(settings, type) else {}
     arch.pop("pretrained", None)
-    h = hashlib.sha256(json.dumps({"model": arch, "input": [model.height, model.width]}, sort_keys=True,
-                                  default=str).encode())
+    h = hashlib.sha256(
+        json.dumps({"model": arch, "input": [model.height, model.width]}, sort_keys=True, default=str).encode()
+    )
     for name, t in model.network.state_dict().items():
         t = t.detach().cpu().contiguous()
         h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
@@ -80,8 +82,9 @@ def list_images(folder: str | Path) -> list[Path]:
     return sorted(files)
 
 
-def build_index(model: Any, folder: str | Path, out: str | Path, *, modality: str,
-                batch_size: int = 64, progress: bool = True) -> FeatureSet:
+def build_index(
+    model: Any, folder: str | Path, out: str | Path, *, modality: str, batch_size: int = 64, progress: bool = True
+) -> FeatureSet:
     """Encode every image under ``folder`` with ``model`` (a :class:`cmemd.api.ReIDModel`) and write
     the gallery file ``out``; returns it as a :class:`FeatureSet`."""
     from cmemd.progress import progress_bar
@@ -93,7 +96,7 @@ def build_index(model: Any, folder: str | Path, out: str | Path, *, modality: st
     chunks = []
     with progress_bar(total=len(files), desc=f"encoding {modality}", unit="img", disable=not progress) as bar:
         for s in range(0, len(files), batch_size):
-            part = files[s:s + batch_size]
+            part = files[s : s + batch_size]
             chunks.append(model.encode(part, modality, batch_size=batch_size))
             bar.update(len(part))
     feats = np.concatenate(chunks).astype(np.float32)
@@ -101,9 +104,15 @@ def build_index(model: Any, folder: str | Path, out: str | Path, *, modality: st
     cams = np.zeros(len(files), np.int64)
     paths = np.asarray([str(p) for p in files], dtype=str)
     check_feature_arrays(feats, pids, cams, paths, str(out))
-    arrays: dict[str, Any] = {"feats": feats, "pids": pids, "cams": cams, "paths": paths,
-                              "modality": np.asarray(modality), "feature_dim": np.asarray(feats.shape[1]),
-                              FINGERPRINT: np.asarray(model_fingerprint(model))}
+    arrays: dict[str, Any] = {
+        "feats": feats,
+        "pids": pids,
+        "cams": cams,
+        "paths": paths,
+        "modality": np.asarray(modality),
+        "feature_dim": np.asarray(feats.shape[1]),
+        FINGERPRINT: np.asarray(model_fingerprint(model)),
+    }
     np.savez(out, **arrays)
     return FeatureSet(feats, pids, cams, paths, str(out))
 
@@ -125,14 +134,18 @@ def check_gallery_model(path: str | Path, model: Any) -> None:
     source = getattr(model, "source", "") or "this checkpoint"
     again = f"re-index it with this checkpoint (cmemd index --checkpoint {source} --images ... --out {path})"
     if stored is None:
-        raise EvaluationError(f"{path}: the gallery does not record which model indexed it (no '{FINGERPRINT}'; "
-                              f"written before cmemd recorded it, or by another tool), so its scores against "
-                              f"{source} cannot be trusted; {again}")
+        raise EvaluationError(
+            f"{path}: the gallery does not record which model indexed it (no '{FINGERPRINT}'; "
+            f"written before cmemd recorded it, or by another tool), so its scores against "
+            f"{source} cannot be trusted; {again}"
+        )
     mine = model_fingerprint(model)
     if stored != mine:
-        raise EvaluationError(f"{path}: the gallery was indexed by another model (fingerprint {stored[:12]}) than "
-                              f"{source} ({mine[:12]}); its scores would be meaningless. Search "
-                              f"with the checkpoint it was indexed with, or {again}")
+        raise EvaluationError(
+            f"{path}: the gallery was indexed by another model (fingerprint {stored[:12]}) than "
+            f"{source} ({mine[:12]}); its scores would be meaningless. Search "
+            f"with the checkpoint it was indexed with, or {again}"
+        )
 
 
 def _gallery_string(path: str | Path, key: str) -> str | None:
@@ -143,14 +156,18 @@ def _gallery_string(path: str | Path, key: str) -> str | None:
                 return None
             value = z[key]
     except ValueError as e:  # an object array: reading it would unpickle, which can run code
-        raise EvaluationError(f"{path}: '{key}' is stored as a pickled object array ({e}); it was not read "
-                              "(unpickling can run code). A gallery holds it as a string array: re-index the "
-                              "gallery with cmemd index") from None
+        raise EvaluationError(
+            f"{path}: '{key}' is stored as a pickled object array ({e}); it was not read "
+            "(unpickling can run code). A gallery holds it as a string array: re-index the "
+            "gallery with cmemd index"
+        ) from None
     except OSError as e:
         raise EvaluationError(f"{path}: not a readable .npz file ({e})") from None
     if value.ndim != 0 or value.dtype.kind != "U":
-        raise EvaluationError(f"{path}: '{key}' must be a single string, got dtype {value.dtype} shape "
-                              f"{value.shape}; re-index the gallery with cmemd index")
+        raise EvaluationError(
+            f"{path}: '{key}' must be a single string, got dtype {value.dtype} shape "
+            f"{value.shape}; re-index the gallery with cmemd index"
+        )
     return str(value)
 
 
@@ -171,16 +188,30 @@ def search(gallery: FeatureSet, query_feats: np.ndarray, *, top_k: int = 10) -> 
     if q.shape[1] != gallery.feats.shape[1]:
         raise EvaluationError(
             f"{gallery.source or 'gallery'}: features are {gallery.feats.shape[1]}-d but the model gives "
-            f"{q.shape[1]}-d features; re-index the gallery with this checkpoint (cmemd index)")
+            f"{q.shape[1]}-d features; re-index the gallery with this checkpoint (cmemd index)"
+        )
     if top_k < 1:
         raise ConfigError(f"--top-k must be >= 1, got {top_k}")
     order, scores = ranked_top_k(q, gallery.feats, top_k)  # the evaluation's ranking: ties by gallery index
-    return [[Match(r + 1, int(i), str(gallery.paths[i]), float(scores[n, r]), int(gallery.pids[i]))
-             for r, i in enumerate(row)] for n, row in enumerate(order)]
+    return [
+        [
+            Match(r + 1, int(i), str(gallery.paths[i]), float(scores[n, r]), int(gallery.pids[i]))
+            for r, i in enumerate(row)
+        ]
+        for n, row in enumerate(order)
+    ]
 
 
-def draw_strip(query_image: str | Path, matches: Sequence[Match], out: str | Path, *,
-               query_modality: str, gallery_modality: str, height: int = 160, width: int | None = None) -> Path:
+def draw_strip(
+    query_image: str | Path,
+    matches: Sequence[Match],
+    out: str | Path,
+    *,
+    query_modality: str,
+    gallery_modality: str,
+    height: int = 160,
+    width: int | None = None,
+) -> Path:
     """A PNG strip: the query, then each match with its rank and score, modalities labelled."""
     from PIL import Image, ImageDraw
 

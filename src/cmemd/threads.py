@@ -10,6 +10,7 @@ Two settings decide how a CPU run behaves when other work shares the cores:
 
 No torch import at module level: the CLI imports this before torch.
 """
+
 from __future__ import annotations
 
 import os
@@ -49,8 +50,9 @@ def default_reason(device_type: str = "cpu") -> str:
     return "default: torch's thread count (one per core)"
 
 
-def apply_thread_policy(requested: int | None, device: Any = "cpu",
-                        input_size: tuple[int, int] | None = None) -> dict[str, Any]:
+def apply_thread_policy(
+    requested: int | None, device: Any = "cpu", input_size: tuple[int, int] | None = None
+) -> dict[str, Any]:
     """Set torch's thread count to ``requested`` (``run.threads``) when given; else, on CPU, one thread for inputs
     (``input_size`` = height, width) under 128x64 pixels unless ``OMP_NUM_THREADS`` is exported; else keep the
     count in force.
@@ -68,15 +70,25 @@ def apply_thread_policy(requested: int | None, device: Any = "cpu",
             raise ConfigError(f"run.threads must be >= 1 (or unset for the default), got {requested}")
         torch.set_num_threads(int(requested))
         source, reason = "run.threads", f"run.threads={requested}"
-    elif (device_type == "cpu" and input_size is not None and input_size[0] * input_size[1] < SMALL_INPUT_PIXELS
-          and not os.environ.get("OMP_NUM_THREADS")):
+    elif (
+        device_type == "cpu"
+        and input_size is not None
+        and input_size[0] * input_size[1] < SMALL_INPUT_PIXELS
+        and not os.environ.get("OMP_NUM_THREADS")
+    ):
         torch.set_num_threads(1)
-        source, reason = "default", (f"default: one thread for {input_size[0]}x{input_size[1]} inputs "
-                                     "(under 128x64; docs/architecture.md)")
+        source, reason = (
+            "default",
+            (f"default: one thread for {input_size[0]}x{input_size[1]} inputs (under 128x64; docs/architecture.md)"),
+        )
     else:
         source, reason = "default", default_reason(device_type)
-    return {"threads": torch.get_num_threads(), "source": source, "reason": reason,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY")}
+    return {
+        "threads": torch.get_num_threads(),
+        "source": source,
+        "reason": reason,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+    }
 
 
 def describe(policy: dict[str, Any]) -> str:
@@ -85,5 +97,12 @@ def describe(policy: dict[str, Any]) -> str:
     return f"{policy['threads']} CPU thread(s) ({policy['reason']}), OMP_WAIT_POLICY={wait}"
 
 
-__all__ = ["WAIT_POLICY", "SMALL_INPUT_PIXELS", "wait_policy_default", "set_wait_policy", "default_reason",
-           "apply_thread_policy", "describe"]
+__all__ = [
+    "WAIT_POLICY",
+    "SMALL_INPUT_PIXELS",
+    "wait_policy_default",
+    "set_wait_policy",
+    "default_reason",
+    "apply_thread_policy",
+    "describe",
+]

@@ -1,14 +1,25 @@
 """``cmemd demo``: generate the synthetic benchmark (cached), train CM-EMD on CPU, evaluate SYSU-MM01
 all/indoor-search plain and re-ranked, print the tables, write the report. The CLI's default config is
 ``synth_cmemd_global`` (the baseline + CM-EMD on the BN-neck output; why: docs/method.md)."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 
-def run_demo(*, data_dir: Path, out_dir: Path, config: Any, ids: int = 200, epochs: Optional[int] = None,
-             overrides: Sequence[str] = (), echo: Callable[[str], None] = print, report: bool = True) -> dict[str, Any]:
+def run_demo(
+    *,
+    data_dir: Path,
+    out_dir: Path,
+    config: Any,
+    ids: int = 200,
+    epochs: int | None = None,
+    overrides: Sequence[str] = (),
+    echo: Callable[[str], None] = print,
+    report: bool = True,
+) -> dict[str, Any]:
     """Run the demo; returns the results (``{setting: ProtocolResult}``). With ``report`` the HTML report
     (:func:`cmemd.report.write_evaluation_report`) goes into ``<out_dir>/report``."""
     import json
@@ -33,8 +44,11 @@ def run_demo(*, data_dir: Path, out_dir: Path, config: Any, ids: int = 200, epoc
     check_output_folder(out_dir, "--out-dir")
     check_replaceable(out_dir, "run", "--out-dir")
     # the demo reports plain AND re-ranked numbers, each labelled (eval.rerank only adds the second table)
-    cfg = load_config(config, [f"data.root={data_dir}", f"run.out_dir={out_dir}", "eval.rerank=true",
-                               *(overrides or [])] + ([f"optim.epochs={epochs}"] if epochs is not None else []))
+    cfg = load_config(
+        config,
+        [f"data.root={data_dir}", f"run.out_dir={out_dir}", "eval.rerank=true", *(overrides or [])]
+        + ([f"optim.epochs={epochs}"] if epochs is not None else []),
+    )
     with lock_folder(out_dir, option="--out-dir"):  # train() takes it again (re-entrant in one process)
         kept = clear_folder(out_dir, "run", RUN_ENTRIES, option="--out-dir", made_by="cmemd demo")
         if kept:
@@ -47,8 +61,16 @@ def run_demo(*, data_dir: Path, out_dir: Path, config: Any, ids: int = 200, epoc
         return _train_and_evaluate(cfg, config, data_dir, out_dir, phases, t0, echo, report)
 
 
-def _train_and_evaluate(cfg: Any, config: Any, data_dir: Path, out_dir: Path, phases: dict[str, float], t0: float,
-                        echo: Callable[[str], None], report: bool) -> dict[str, Any]:
+def _train_and_evaluate(
+    cfg: Any,
+    config: Any,
+    data_dir: Path,
+    out_dir: Path,
+    phases: dict[str, float],
+    t0: float,
+    echo: Callable[[str], None],
+    report: bool,
+) -> dict[str, Any]:
     """The demo after its folders are ready (its run folder locked): train, evaluate, print, write the report."""
     import time
 
@@ -63,17 +85,25 @@ def _train_and_evaluate(cfg: Any, config: Any, data_dir: Path, out_dir: Path, ph
     phases["data"] = time.time() - t0
 
     t0 = time.time()
-    echo(f"[2/4] training {config} ({cfg.model.arch} width {cfg.model.width}, {cfg.data.height}x{cfg.data.width}, "
-         f"{cfg.optim.epochs} epochs, alignment {cfg.loss.alignment}"
-         + (f" on {cfg.loss.align_granularities} / {cfg.loss.align_feature}, λ={cfg.loss.lambda_align:g}"
-            if cfg.loss.alignment != "none" else "") + ") ...")
+    echo(
+        f"[2/4] training {config} ({cfg.model.arch} width {cfg.model.width}, {cfg.data.height}x{cfg.data.width}, "
+        f"{cfg.optim.epochs} epochs, alignment {cfg.loss.alignment}"
+        + (
+            f" on {cfg.loss.align_granularities} / {cfg.loss.align_feature}, λ={cfg.loss.lambda_align:g}"
+            if cfg.loss.alignment != "none"
+            else ""
+        )
+        + ") ..."
+    )
     outcome = train(cfg, resume=False, evaluate_after=False)
     phases["train"] = time.time() - t0
 
     t0 = time.time()
-    echo("[3/4] evaluating: SYSU-MM01 protocol, all-search and indoor-search, single-shot, 10 trials; plain and "
-         f"re-ranked (k-reciprocal, k1={cfg.eval.rerank_k1}, k2={cfg.eval.rerank_k2}, "
-         f"λ={cfg.eval.rerank_lambda:g}), each labelled ...")
+    echo(
+        "[3/4] evaluating: SYSU-MM01 protocol, all-search and indoor-search, single-shot, 10 trials; plain and "
+        f"re-ranked (k-reciprocal, k1={cfg.eval.rerank_k1}, k2={cfg.eval.rerank_k2}, "
+        f"λ={cfg.eval.rerank_lambda:g}), each labelled ..."
+    )
     results, feats = evaluate_model(outcome.model, cfg, progress=False, return_features=True)
     gap = modality_gap_of(feats)
     save_results(results, out_dir / "results.json", gap)
@@ -85,11 +115,15 @@ def _train_and_evaluate(cfg: Any, config: Any, data_dir: Path, out_dir: Path, ph
     if purity is not None:
         echo(f"test ids' {purity.format()}")
     echo(f"chance Rank-1 is about 1/#test ids; run directory {out_dir}")
-    echo("time per phase: " + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
-         + f" (total {sum(phases.values()):.0f} s)")
+    echo(
+        "time per phase: "
+        + ", ".join(f"{k} {v:.0f} s" for k, v in phases.items())
+        + f" (total {sum(phases.values()):.0f} s)"
+    )
     if report:
-        index = write_evaluation_report(out_dir / "report", results, feats, checkpoint=outcome.checkpoint, data=data_dir,
-                             config=config)
+        index = write_evaluation_report(
+            out_dir / "report", results, feats, checkpoint=outcome.checkpoint, data=data_dir, config=config
+        )
         echo(f"evaluation report (open in a browser): {index.resolve()}")
     return results
 

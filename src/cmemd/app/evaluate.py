@@ -1,12 +1,13 @@
 """Config -> evaluation: the test sets of the dataset's protocol, :func:`evaluate_model`, modality diagnostics,
 ``results.json`` (:func:`save_results`), the printed tables (:func:`format_all`) and :func:`load_trained` (a
 ``cmemd train`` checkpoint -> model and config)."""
+
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,22 +23,25 @@ from cmemd.errors import CheckpointError
 
 # ---------------------------------------------------------------------- evaluation
 
-def dataset_of(cfg: TrainConfig, spec: Optional[Benchmark] = None) -> Benchmark:
+
+def dataset_of(cfg: TrainConfig, spec: Benchmark | None = None) -> Benchmark:
     """``spec`` when given, else the registry entry of ``cfg.data.dataset``: a run looks its dataset up once and
     passes the entry down; a helper called on its own (a notebook, a benchmark script) looks it up itself."""
     return spec if spec is not None else get_benchmark(cfg.data.dataset)
 
 
-def evaluation_sets(cfg: TrainConfig, root: Optional[str] = None, *,
-                    spec: Optional[Benchmark] = None) -> dict[str, list[ImageRecord]]:
+def evaluation_sets(
+    cfg: TrainConfig, root: str | None = None, *, spec: Benchmark | None = None
+) -> dict[str, list[ImageRecord]]:
     """The named test sets the protocol of ``cfg`` evaluates on ``root`` (default: the training root), as the
     benchmark (``spec``, default :func:`dataset_of`) names them (e.g. SYSU-MM01 ``query``, cam3/cam6, and
     ``gallery_pool``, every visible test image; each trial draws its gallery from it)."""
     return dataset_of(cfg, spec).test_sets(root or cfg.data.root, trial=cfg.data.trial)
 
 
-def evaluation_records(cfg: TrainConfig, root: Optional[str] = None, *,
-                       spec: Optional[Benchmark] = None) -> tuple[list[ImageRecord], ...]:
+def evaluation_records(
+    cfg: TrainConfig, root: str | None = None, *, spec: Benchmark | None = None
+) -> tuple[list[ImageRecord], ...]:
     """The record lists of :func:`evaluation_sets` in the dataset's order (SYSU-MM01: queries, pool)."""
     return tuple(evaluation_sets(cfg, root, spec=spec).values())
 
@@ -46,21 +50,33 @@ def feature_description(cfg: TrainConfig) -> str:
     t = cfg.model.test_feature
     g = "pooled (pre-BN) global" if cfg.model.test_global == "pooled" else "BN-neck global"
     h = "holistic, local BN-neck" if cfg.model.test_local == "bn" else "holistic"
-    return (f"{t} feature ({g}{f' + {h}' if t == 'concat' else ''})" if t != "local"
-            else f"local ({h}) feature")
+    return f"{t} feature ({g}{f' + {h}' if t == 'concat' else ''})" if t != "local" else f"local ({h}) feature"
 
 
-def eval_loader_settings(cfg: TrainConfig, device: Any, root: Optional[str] = None) -> dict[str, Any]:
+def eval_loader_settings(cfg: TrainConfig, device: Any, root: str | None = None) -> dict[str, Any]:
     """The data settings the test loader takes from ``cfg.data`` (as the training loader does): decoding
     workers, the decoded-image cache (under ``root``, default ``data.root``, unless ``data.cache_dir``) and
     pinned memory on a GPU. They change how fast features are extracted, never the features."""
     d = cfg.data
-    return dict(num_workers=d.num_workers, use_cache=d.cache, cache_dir=d.cache_dir, dataset_root=root or d.root,
-                pin_memory=torch.device(device).type == "cuda")
+    return dict(
+        num_workers=d.num_workers,
+        use_cache=d.cache,
+        cache_dir=d.cache_dir,
+        dataset_root=root or d.root,
+        pin_memory=torch.device(device).type == "cuda",
+    )
 
 
-def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[str] = None, device: Any = "cpu",
-                   progress: bool = True, return_features: bool = False, spec: Optional[Benchmark] = None) -> Any:
+def evaluate_model(
+    model: torch.nn.Module,
+    cfg: TrainConfig,
+    *,
+    root: str | None = None,
+    device: Any = "cpu",
+    progress: bool = True,
+    return_features: bool = False,
+    spec: Benchmark | None = None,
+) -> Any:
     """Evaluate a model on the dataset of ``cfg`` (or ``root``) with the protocol in ``cfg.eval``.
 
     Returns ``{setting name: ProtocolResult}``, the benchmark's settings (e.g. SYSU-MM01's modes, features
@@ -76,23 +92,38 @@ def evaluate_model(model: torch.nn.Module, cfg: TrainConfig, *, root: Optional[s
     spec = dataset_of(cfg, spec)
     rerank = ReRanking(e.rerank_k1, e.rerank_k2, e.rerank_lambda) if e.rerank else None
     sets = evaluation_sets(cfg, root, spec=spec)
-    kw = dict(height=d.height, width=d.width, batch_size=e.batch_size, device=device, progress=progress, flip=e.flip,
-              **eval_loader_settings(cfg, device, root))
+    kw = dict(
+        height=d.height,
+        width=d.width,
+        batch_size=e.batch_size,
+        device=device,
+        progress=progress,
+        flip=e.flip,
+        **eval_loader_settings(cfg, device, root),
+    )
 
     def featurize(records, desc):
         return extract_features(model, records, desc=desc, **kw)
 
     feature = feature_description(cfg)
     feature += ", test-time flip on (mean with the mirrored image)" if e.flip else ", test-time flip off"
-    out = spec.evaluate(sets, featurize, trial=d.trial, feature_name=feature, rerank=rerank,
-                        return_features=return_features, **{k: getattr(e, k) for k in spec.eval_options})
+    out = spec.evaluate(
+        sets,
+        featurize,
+        trial=d.trial,
+        feature_name=feature,
+        rerank=rerank,
+        return_features=return_features,
+        **{k: getattr(e, k) for k in spec.eval_options},
+    )
     for res in out.results.values():  # results.json states it as a setting too
         res.settings["test_flip"] = bool(e.flip)
     return (out.results, out.report) if return_features else out.results
 
 
-def modality_diagnostics(model: torch.nn.Module, root: str, *, height: int, width: int, device: Any = "cpu",
-                         batch_size: int = 256) -> dict[str, float]:
+def modality_diagnostics(
+    model: torch.nn.Module, root: str, *, height: int, width: int, device: Any = "cpu", batch_size: int = 256
+) -> dict[str, float]:
     """Rank-1 and mAP within and across modalities on the SYSU test ids (no gallery draws).
 
     visible->visible: cams 1, 2 against cams 4, 5; thermal->thermal: cam3 against cam6;
@@ -148,6 +179,7 @@ def format_all(results: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------- checkpoints -> models
 
+
 def _read_named_checkpoint(checkpoint: str | Path) -> tuple[dict[str, Any], Path]:
     """The file the user named, as named: a damaged one is an error that points at its ``.prev`` twin (if any)
     instead of quietly reading that one."""
@@ -158,7 +190,9 @@ def _read_named_checkpoint(checkpoint: str | Path) -> tuple[dict[str, Any], Path
     except CheckpointError as e:
         prev = previous_path(checkpoint)
         if Path(checkpoint).exists() and prev.is_file():
-            raise CheckpointError(f"{e}. The previous checkpoint of the run is {prev}: pass that file to use it") from None
+            raise CheckpointError(
+                f"{e}. The previous checkpoint of the run is {prev}: pass that file to use it"
+            ) from None
         raise
 
 

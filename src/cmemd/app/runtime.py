@@ -1,6 +1,7 @@
 """The process a run lives in: the torch device, seeds / determinism / cuDNN autotuning, the environment record
 saved beside every run, torchrun's process group (and local-rank-0-first for shared files), and the signal
 handling that stops training at a step boundary (:class:`TrainingInterrupted`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -14,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from cmemd.engine.trainer import Trainer
 from cmemd.errors import ConfigError
 
 # ---------------------------------------------------------------------- environment
+
 
 def resolve_device(name: str = "auto", *, select: bool = True) -> torch.device:
     """The torch device ``run.device`` names (``auto``: CUDA when available). A ``cuda:N`` is checked against
@@ -36,8 +38,10 @@ def resolve_device(name: str = "auto", *, select: bool = True) -> torch.device:
     if dev.type == "cuda" and dev.index is not None:
         count = torch.cuda.device_count()
         if dev.index >= count:
-            raise ConfigError(f"run.device={name!r} but this machine has {count} GPU(s) (cuda:0..cuda:{count - 1}); "
-                              "choose one of them")
+            raise ConfigError(
+                f"run.device={name!r} but this machine has {count} GPU(s) (cuda:0..cuda:{count - 1}); "
+                "choose one of them"
+            )
         if select:
             select_device(dev)
     return dev
@@ -49,30 +53,45 @@ def select_device(device: torch.device) -> None:
         torch.cuda.set_device(device)
 
 
-def device_name(device: torch.device) -> Optional[str]:
+def device_name(device: torch.device) -> str | None:
     """The GPU's name for a CUDA device (the current device for a bare ``cuda``), else None."""
     if device.type != "cuda" or not torch.cuda.is_available():
         return None
     return torch.cuda.get_device_name(device.index if device.index is not None else torch.cuda.current_device())
 
 
-def environment(thread_policy: Optional[dict[str, Any]] = None, device: Optional[torch.device] = None,
-                backends: Optional["Backends"] = None) -> dict[str, Any]:
+def environment(
+    thread_policy: dict[str, Any] | None = None, device: torch.device | None = None, backends: Backends | None = None
+) -> dict[str, Any]:
     """Versions, the git commit, the CPU thread policy (:func:`cmemd.threads.apply_thread_policy`), the GPU the
     run uses (``device``; default the current CUDA device) and the determinism / cuDNN settings (``backends``),
     saved beside every run."""
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                                cwd=Path(__file__).resolve().parent).stdout.strip() or None
+        commit = (
+            subprocess.run(
+                ["git", "rev-parse", "HEAD"],
+                capture_output=True,
+                text=True,
+                timeout=5,
+                cwd=Path(__file__).resolve().parent,
+            ).stdout.strip()
+            or None
+        )
     except (OSError, subprocess.SubprocessError):
         commit = None
     from cmemd import __version__
 
     return {
-        "cmemd": __version__, "git_commit": commit, "python": sys.version.split()[0], "torch": torch.__version__,
-        "numpy": np.__version__, "platform": platform.platform(), "cpu_count": os.cpu_count(),
+        "cmemd": __version__,
+        "git_commit": commit,
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
         "cuda": device_name(device if device is not None else torch.device("cuda")),
-        "threads": torch.get_num_threads(), "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
+        "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
         **({"thread_policy": thread_policy} if thread_policy else {}),
         **({"backends": dataclasses.asdict(backends)} if backends is not None else {}),
     }
@@ -93,8 +112,9 @@ def init_distributed(device: torch.device, timeout_minutes: float = 120.0) -> tu
     import torch.distributed as dist
 
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                                timeout=datetime.timedelta(minutes=timeout_minutes))
+        dist.init_process_group(
+            "nccl" if device.type == "cuda" else "gloo", timeout=datetime.timedelta(minutes=timeout_minutes)
+        )
     return dist.get_rank(), dist.get_world_size()
 
 
@@ -124,8 +144,10 @@ class TrainingInterrupted(Exception):
 
     def __init__(self, signum: int, epoch: int, step: int, checkpoint: Path, rank: int = 0) -> None:
         self.signum, self.epoch, self.step, self.checkpoint, self.rank = signum, epoch, step, checkpoint, rank
-        super().__init__(f"interrupted by {signal.Signals(signum).name} at epoch {epoch + 1} step {step}; "
-                         f"resumable checkpoint {checkpoint}")
+        super().__init__(
+            f"interrupted by {signal.Signals(signum).name} at epoch {epoch + 1} step {step}; "
+            f"resumable checkpoint {checkpoint}"
+        )
 
     @property
     def exit_code(self) -> int:
@@ -191,11 +213,13 @@ class Backends:
     cudnn_benchmark_note: str
 
     def describe(self) -> str:
-        return (f"deterministic {'on' if self.deterministic else 'off'} ({self.determinism_note}); "
-                f"cuDNN autotuning {'on' if self.cudnn_benchmark else 'off'} ({self.cudnn_benchmark_note})")
+        return (
+            f"deterministic {'on' if self.deterministic else 'off'} ({self.determinism_note}); "
+            f"cuDNN autotuning {'on' if self.cudnn_benchmark else 'off'} ({self.cudnn_benchmark_note})"
+        )
 
 
-def cudnn_benchmark_choice(requested: Optional[bool], device: torch.device, deterministic: bool) -> tuple[bool, str]:
+def cudnn_benchmark_choice(requested: bool | None, device: torch.device, deterministic: bool) -> tuple[bool, str]:
     """Whether cuDNN autotuning (``torch.backends.cudnn.benchmark``) is on for a run, and why.
 
     ``requested`` is ``run.cudnn_benchmark``: None (auto) turns it on for CUDA training that is not deterministic
@@ -203,9 +227,11 @@ def cudnn_benchmark_choice(requested: Optional[bool], device: torch.device, dete
     picks kernels by timing them, so it contradicts ``run.deterministic=true``: that combination is a ConfigError.
     """
     if deterministic and requested:
-        raise ConfigError("run.cudnn_benchmark=true with run.deterministic=true: autotuning picks cuDNN kernels by "
-                          "timing them, so two runs may differ; set run.cudnn_benchmark=null (auto) or false, or "
-                          "run.deterministic=false")
+        raise ConfigError(
+            "run.cudnn_benchmark=true with run.deterministic=true: autotuning picks cuDNN kernels by "
+            "timing them, so two runs may differ; set run.cudnn_benchmark=null (auto) or false, or "
+            "run.deterministic=false"
+        )
     if device.type != "cuda":
         return False, f"{device.type}: cuDNN is not used"
     if deterministic:
@@ -215,7 +241,7 @@ def cudnn_benchmark_choice(requested: Optional[bool], device: torch.device, dete
     return bool(requested), f"run.cudnn_benchmark={str(bool(requested)).lower()}"
 
 
-def set_determinism(seed: int, deterministic: bool, device: Optional[torch.device] = None) -> str:
+def set_determinism(seed: int, deterministic: bool, device: torch.device | None = None) -> str:
     """Seed Python, NumPy and torch; with ``deterministic`` make torch use deterministic algorithms only (an op
     without one raises instead of warning). On CUDA this also sets ``CUBLAS_WORKSPACE_CONFIG`` (when the
     environment has no deterministic value), which cuBLAS reads when it first runs in the process: call this
@@ -238,15 +264,16 @@ def set_determinism(seed: int, deterministic: bool, device: Optional[torch.devic
             note += f", CUBLAS_WORKSPACE_CONFIG={CUBLAS_DETERMINISTIC}" + (
                 " set after CUDA had started in this process: deterministic only if no CUDA matrix product ran "
                 f"before (export CUBLAS_WORKSPACE_CONFIG={CUBLAS_DETERMINISTIC} before starting Python to be sure)"
-                if late else " set before CUDA started")
+                if late
+                else " set before CUDA started"
+            )
         note += ", cudnn.deterministic"
     torch.use_deterministic_algorithms(True)
     torch.backends.cudnn.deterministic = True
     return note
 
 
-def configure_backends(seed: int, deterministic: bool, cudnn_benchmark: Optional[bool],
-                       device: torch.device) -> Backends:
+def configure_backends(seed: int, deterministic: bool, cudnn_benchmark: bool | None, device: torch.device) -> Backends:
     """Seeds, determinism (:func:`set_determinism`) and cuDNN autotuning (:func:`cudnn_benchmark_choice`) for a
     run on ``device``; before the model is built (cuBLAS reads its workspace setting once)."""
     bench, bench_note = cudnn_benchmark_choice(cudnn_benchmark, device, deterministic)

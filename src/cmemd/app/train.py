@@ -5,6 +5,7 @@ epoch hooks (per-epoch validation selecting best.pt, modality diagnostics).
 A thin composition of the library (readers, loaders, model, objective, Trainer); a user in a notebook can make the
 same calls without a config.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,9 +13,10 @@ import json
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any
 
 import torch
 import yaml
@@ -45,10 +47,13 @@ from cmemd.folders import lock_folder, write_atomic
 from cmemd.models.resnet import IMAGENET_URLS, fetch_imagenet, imagenet_location
 
 SELECTION_NOTE = "none: the model of the last epoch is reported; nothing was selected on the test set"
-VAL_SELECTION_NOTE = ("val: best.pt is the epoch with the best mAP on the held-out val ids (thermal queries, "
-                      "visible gallery, trial 0); last.pt is the last epoch; the test set is never used")
+VAL_SELECTION_NOTE = (
+    "val: best.pt is the epoch with the best mAP on the held-out val ids (thermal queries, "
+    "visible gallery, trial 0); last.pt is the last epoch; the test set is never used"
+)
 
 # ---------------------------------------------------------------------- data
+
 
 @dataclass
 class TrainingData:
@@ -57,15 +62,17 @@ class TrainingData:
     description: str
 
 
-def training_data(cfg: TrainConfig, *, spec: Optional[Benchmark] = None) -> TrainingData:
+def training_data(cfg: TrainConfig, *, spec: Benchmark | None = None) -> TrainingData:
     """The training records of ``cfg.data`` (the dataset's registry entry ``spec`` reads them; default
     :func:`~cmemd.app.evaluate.dataset_of`)."""
     d = cfg.data
     spec = dataset_of(cfg, spec)
     held_out = cfg.run.selection == "val"
     if held_out and not spec.has_val:
-        raise ConfigError(f"run.selection=val needs a validation split; {spec.title} has none. "
-                          "Use run.selection=none (the last epoch is reported)")
+        raise ConfigError(
+            f"run.selection=val needs a validation split; {spec.title} has none. "
+            "Use run.selection=none (the last epoch is reported)"
+        )
     records = spec.train_records(d.root, trial=d.trial, hold_out_val=held_out)
     desc = f"{spec.title} {d.root}" + (f": trial {d.trial}" if spec.training_trials else "")
     if spec.has_val:
@@ -87,11 +94,13 @@ def check_batch_layout(cfg: TrainConfig, records: list[ImageRecord], where: str 
         raise ConfigError(
             f"data.num_instances={d.num_instances}: no identity of {where} has that many images of each modality "
             f"(the most any has is {max(usable)}), so every image of a batch would be a repeat; set "
-            f"data.num_instances={max(usable)} or less (the usual value is 4)")
+            f"data.num_instances={max(usable)} or less (the usual value is 4)"
+        )
     if d.num_ids > len(usable):
         raise ConfigError(
             f"data.num_ids={d.num_ids}: {where} has only {len(usable)} identities with both visible and thermal "
-            f"images, and a batch draws data.num_ids distinct ones; set data.num_ids={len(usable)} or less")
+            f"images, and a batch draws data.num_ids distinct ones; set data.num_ids={len(usable)} or less"
+        )
 
 
 def check_pretrained(cfg: TrainConfig, *, progress: bool = True) -> None:
@@ -113,10 +122,13 @@ def check_pretrained(cfg: TrainConfig, *, progress: bool = True) -> None:
                 f"model.pretrained={src}: the {arch} ImageNet weights are not in the torch hub cache and could not be "
                 f"downloaded ({e.__cause__ or e}). Offline (e.g. on a GPU cluster): copy {url} to {cached} (fetch it "
                 "where there is network), or set model.pretrained=PATH to a torchvision-format .pth file you have "
-                "(model.pretrained=null trains from scratch)") from None
+                "(model.pretrained=null trains from scratch)"
+            ) from None
     elif not Path(src).is_file():
-        raise ConfigError(f"model.pretrained={src}: file not found; set model.pretrained=PATH to a torchvision-format "
-                          ".pth file, 'imagenet' (downloaded once into the torch hub cache) or null (from scratch)")
+        raise ConfigError(
+            f"model.pretrained={src}: file not found; set model.pretrained=PATH to a torchvision-format "
+            ".pth file, 'imagenet' (downloaded once into the torch hub cache) or null (from scratch)"
+        )
 
 
 def model_config(cfg: TrainConfig, num_classes: int):
@@ -133,6 +145,7 @@ def objective_from_config(cfg: TrainConfig) -> Objective:
 
 # ---------------------------------------------------------------------- training
 
+
 @dataclass
 class TrainOutcome:
     out_dir: Path
@@ -146,8 +159,7 @@ class TrainOutcome:
 
 # What a resumed run may change: where and how it logs, evaluates and finds its data, and how many epochs it runs
 # (the warm-up + step schedule does not depend on the total, so 1 epoch + resume to 2 equals 2 in one go).
-_RESUME_MAY_CHANGE = ("run.", "eval.", "data.root", "data.num_workers", "data.cache", "data.cache_dir",
-                      "optim.epochs")
+_RESUME_MAY_CHANGE = ("run.", "eval.", "data.root", "data.num_workers", "data.cache", "data.cache_dir", "optim.epochs")
 
 
 def _check_resume_config(saved_path: Path, cfg: TrainConfig) -> None:
@@ -167,12 +179,15 @@ def _check_resume_config(saved_path: Path, cfg: TrainConfig) -> None:
     if changes:
         raise ConfigError(
             f"{saved_path.parent}: --resume with settings that differ from the run's own ({saved_path}): "
-            + "; ".join(changes) + f". Resume with the run's settings (cmemd train -c {saved_path} --resume) "
+            + "; ".join(changes)
+            + f". Resume with the run's settings (cmemd train -c {saved_path} --resume) "
             "or start a new run.out_dir"
         )
 
 
-def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True, evaluate_after: bool = True) -> TrainOutcome:
+def train(
+    cfg: TrainConfig, *, resume: bool = False, progress: bool = True, evaluate_after: bool = True
+) -> TrainOutcome:
     """Train one model as ``cfg`` says (one numbered trial), write the run directory, evaluate at the end.
 
     The run folder is locked while the run writes it (:func:`cmemd.folders.lock_folder`, taken by the process that
@@ -190,8 +205,10 @@ def _write_run_file(path: Path, text: str) -> None:
     try:
         write_atomic(path, text)
     except OSError as e:
-        raise TrainingError(f"{path}: writing it failed ({e.strerror or e}); nothing else was changed: the run's "
-                            "checkpoint and metrics.jsonl are intact. Free disk space, then run the command again") from e
+        raise TrainingError(
+            f"{path}: writing it failed ({e.strerror or e}); nothing else was changed: the run's "
+            "checkpoint and metrics.jsonl are intact. Free disk space, then run the command again"
+        ) from e
 
 
 def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bool) -> TrainOutcome:
@@ -216,8 +233,9 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
     if rank == 0:
         if has_run and not resume:
             held = "last.pt" if ckpt.exists() else "last.prev.pt"
-            raise ConfigError(f"{out_dir} already holds a run ({held}); pass --resume to continue it, "
-                              "or choose another run.out_dir")
+            raise ConfigError(
+                f"{out_dir} already holds a run ({held}); pass --resume to continue it, or choose another run.out_dir"
+            )
         if has_run and (out_dir / "config.yaml").is_file():
             _check_resume_config(out_dir / "config.yaml", cfg)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -230,11 +248,26 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
     layout = ddp_batch_layout(cfg, data.records, world)
     with local_rank_zero_first(world):  # one image cache, built by local rank 0, then opened by the others
         loader = build_train_loader(
-            data.records, height=d.height, width=d.width, P=layout.ids_per_rank, K=d.num_instances, seed=cfg.run.seed,
-            num_workers=d.num_workers, use_cache=d.cache, cache_dir=d.cache_dir, dataset_root=d.root,
-            rank=rank, world_size=world, num_batches=layout.num_batches, pad=d.pad, flip=d.flip,
-            random_erasing=d.random_erasing, channel_aug=d.channel_aug, channel_aug_kind=d.channel_aug_kind,
-            persistent_workers=True, pin_memory=device.type == "cuda",
+            data.records,
+            height=d.height,
+            width=d.width,
+            P=layout.ids_per_rank,
+            K=d.num_instances,
+            seed=cfg.run.seed,
+            num_workers=d.num_workers,
+            use_cache=d.cache,
+            cache_dir=d.cache_dir,
+            dataset_root=d.root,
+            rank=rank,
+            world_size=world,
+            num_batches=layout.num_batches,
+            pad=d.pad,
+            flip=d.flip,
+            random_erasing=d.random_erasing,
+            channel_aug=d.channel_aug,
+            channel_aug_kind=d.channel_aug_kind,
+            persistent_workers=True,
+            pin_memory=device.type == "cuda",
         )
     mcfg = model_config(cfg, data.num_classes)
     with local_rank_zero_first(world):  # ImageNet weights fetched once per machine
@@ -246,38 +279,72 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
         model = model.to(memory_format=torch.channels_last)
     o = cfg.optim
     # parameter groups from the plain model: a DDP wrapper hides the backbone parts (build_optimizer unwraps too)
-    optimizer = build_optimizer(model, o.optimizer, lr=o.lr, backbone_lr=o.backbone_lr, weight_decay=o.weight_decay,
-                                momentum=o.momentum, nesterov=o.nesterov)
+    optimizer = build_optimizer(
+        model,
+        o.optimizer,
+        lr=o.lr,
+        backbone_lr=o.backbone_lr,
+        weight_decay=o.weight_decay,
+        momentum=o.momentum,
+        nesterov=o.nesterov,
+    )
     if world > 1:
-        model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None
+        )
     selection = SELECTION_NOTE if cfg.run.selection == "none" else VAL_SELECTION_NOTE
-    extra = {"config": cfg.to_dict(), "model_config": dataclasses.asdict(mcfg), "num_classes": data.num_classes,
-             "selection": selection, "kind": "cmemd-train"}
+    extra = {
+        "config": cfg.to_dict(),
+        "model_config": dataclasses.asdict(mcfg),
+        "num_classes": data.num_classes,
+        "selection": selection,
+        "kind": "cmemd-train",
+    }
     hooks = []
     if cfg.run.selection == "val" and rank == 0:
         hooks.append(_val_selector(cfg, spec, device))
     if cfg.run.diagnostics_ids > 0 and rank == 0:
         hooks.append(_diagnostics_hook(cfg, spec, device, progress))
     trainer = Trainer(
-        model, objective, optimizer, loader, epochs=o.epochs, out_dir=out_dir, device=device,
-        amp=o.amp, grad_clip=o.grad_clip, channels_last=o.channels_last, warmup_epochs=o.warmup_epochs,
-        milestones=o.milestones, gamma=o.gamma, log_every=cfg.run.log_every,
-        checkpoint_every_steps=cfg.run.checkpoint_every_steps, max_minutes=cfg.run.max_minutes,
-        extra_state=extra, rank=rank, progress=progress,
+        model,
+        objective,
+        optimizer,
+        loader,
+        epochs=o.epochs,
+        out_dir=out_dir,
+        device=device,
+        amp=o.amp,
+        grad_clip=o.grad_clip,
+        channels_last=o.channels_last,
+        warmup_epochs=o.warmup_epochs,
+        milestones=o.milestones,
+        gamma=o.gamma,
+        log_every=cfg.run.log_every,
+        checkpoint_every_steps=cfg.run.checkpoint_every_steps,
+        max_minutes=cfg.run.max_minutes,
+        extra_state=extra,
+        rank=rank,
+        progress=progress,
         on_epoch_end=_chain(hooks),
     )
     if resume and has_run:
         used = trainer.resume(ckpt)  # a damaged or missing last.pt falls back to last.prev.pt, with a warning
         if rank == 0:
-            print(f"resumed from {used}: epoch {trainer.epoch + 1}, batch {trainer.batches_done}, step {trainer.step}", flush=True)
+            print(
+                f"resumed from {used}: epoch {trainer.epoch + 1}, batch {trainer.batches_done}, step {trainer.step}",
+                flush=True,
+            )
     elif resume and rank == 0:
         print(f"--resume: no checkpoint in {out_dir} yet, starting from scratch", flush=True)
     if rank == 0:  # after a successful resume only: a refused one leaves the run's record as it was
         _write_run_file(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # dump_config's format
     if rank == 0 and progress:
-        print(f"training on {data.description}: {len(data.records)} images, {data.num_classes} ids, "
-              f"{loader.batch_sampler.num_batches} steps/epoch x {o.epochs} epochs, device {device}, world size {world}; "
-              f"model selection: {selection}", flush=True)
+        print(
+            f"training on {data.description}: {len(data.records)} images, {data.num_classes} ids, "
+            f"{loader.batch_sampler.num_batches} steps/epoch x {o.epochs} epochs, device {device}, world size {world}; "
+            f"model selection: {selection}",
+            flush=True,
+        )
         if world > 1:
             print(f"several processes: {layout.describe(world)}", flush=True)
         if frozen:
@@ -301,8 +368,9 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
             best, _ = load_checkpoint(out_dir / "best.pt", map_location=device)
             final.load_state_dict(best["model"])
             print(f"evaluating best.pt (epoch {best['best_epoch'] + 1}, selected on the val ids)", flush=True)
-        outcome.results, feats = evaluate_model(final, cfg, device=device, progress=progress, return_features=True,
-                                                spec=spec)
+        outcome.results, feats = evaluate_model(
+            final, cfg, device=device, progress=progress, return_features=True, spec=spec
+        )
         outcome.modality_gap = modality_gap_of(feats)
         save_results(outcome.results, out_dir / "results.json", outcome.modality_gap)
         if progress:
@@ -322,18 +390,22 @@ class BatchLayout:
     ids_per_rank: int  # P of each rank's sampler
     num_ids: int  # data.num_ids
     num_instances: int  # K
-    num_batches: Optional[int]  # the sampler's epoch length (None: the sampler's own convention)
+    num_batches: int | None  # the sampler's epoch length (None: the sampler's own convention)
     steps_per_epoch: int  # optimizer steps per epoch (the same on every rank)
 
     def describe(self, world: int) -> str:
         k = self.num_instances
         if self.mode == "global":
-            return (f"data.ddp_batch=global: each step's batch is the recipe's {self.num_ids} ids x ({k}+{k}) images, "
-                    f"split over {world} ranks ({self.ids_per_rank} ids each); {self.steps_per_epoch} steps/epoch as "
-                    f"on one GPU; learning rate and schedule unchanged")
-        return (f"data.ddp_batch=per_rank: each rank takes {self.num_ids} ids x ({k}+{k}) images, a global batch of "
-                f"{world * self.num_ids} ids ({world}x the recipe's); {self.steps_per_epoch} steps/epoch as on one GPU "
-                f"({world}x the images per epoch); learning rate NOT scaled (set optim.lr / optim.backbone_lr yourself)")
+            return (
+                f"data.ddp_batch=global: each step's batch is the recipe's {self.num_ids} ids x ({k}+{k}) images, "
+                f"split over {world} ranks ({self.ids_per_rank} ids each); {self.steps_per_epoch} steps/epoch as "
+                f"on one GPU; learning rate and schedule unchanged"
+            )
+        return (
+            f"data.ddp_batch=per_rank: each rank takes {self.num_ids} ids x ({k}+{k}) images, a global batch of "
+            f"{world * self.num_ids} ids ({world}x the recipe's); {self.steps_per_epoch} steps/epoch as on one GPU "
+            f"({world}x the images per epoch); learning rate NOT scaled (set optim.lr / optim.backbone_lr yourself)"
+        )
 
 
 def ddp_batch_layout(cfg: TrainConfig, records: list[ImageRecord], world: int) -> BatchLayout:
@@ -346,20 +418,27 @@ def ddp_batch_layout(cfg: TrainConfig, records: list[ImageRecord], world: int) -
 
     d = cfg.data
     if d.ddp_batch == "global" and d.num_ids % world:
-        raise ConfigError(f"data.num_ids={d.num_ids} cannot be split over {world} ranks with data.ddp_batch=global "
-                          f"(each rank takes num_ids / world ids); use a multiple of {world}, or "
-                          "data.ddp_batch=per_rank (every rank takes num_ids ids)")
+        raise ConfigError(
+            f"data.num_ids={d.num_ids} cannot be split over {world} ranks with data.ddp_batch=global "
+            f"(each rank takes num_ids / world ids); use a multiple of {world}, or "
+            "data.ddp_batch=per_rank (every rank takes num_ids ids)"
+        )
     per_rank = d.num_ids // world if d.ddp_batch == "global" else d.num_ids
-    one_gpu = epoch_length(sum(r.modality == "visible" for r in records), sum(r.modality == "thermal" for r in records),
-                           d.num_ids, d.num_instances)
+    one_gpu = epoch_length(
+        sum(r.modality == "visible" for r in records),
+        sum(r.modality == "thermal" for r in records),
+        d.num_ids,
+        d.num_instances,
+    )
     steps = d.steps_per_epoch or one_gpu
     # global: the sampler's own convention (largest modality // (P_rank * K * world)) is already the one-GPU length
     num_batches = d.steps_per_epoch if d.ddp_batch == "global" else steps
     return BatchLayout(d.ddp_batch, per_rank, d.num_ids, d.num_instances, num_batches, steps)
 
 
-def train_all_trials(cfg: TrainConfig, *, resume: bool = False, evaluate_after: bool = True,
-                     echo: Callable[[str], None] = print) -> dict[str, Any]:
+def train_all_trials(
+    cfg: TrainConfig, *, resume: bool = False, evaluate_after: bool = True, echo: Callable[[str], None] = print
+) -> dict[str, Any]:
     """One model per numbered training split of the dataset (e.g. trials 1..10), each in
     ``<run.out_dir>/trial<t>``; returns (and writes to ``<run.out_dir>/results.json``) the results of the
     same setting combined over the trials, ``{"<dataset> <n> trials <setting>": ProtocolResult}``.
@@ -370,8 +449,10 @@ def train_all_trials(cfg: TrainConfig, *, resume: bool = False, evaluate_after: 
 
     spec = dataset_of(cfg)
     if not spec.training_trials:
-        raise ConfigError(f"--all-trials is for datasets with numbered training splits; {spec.title} "
-                          "(data.dataset) has one training split")
+        raise ConfigError(
+            f"--all-trials is for datasets with numbered training splits; {spec.title} "
+            "(data.dataset) has one training split"
+        )
     base = cfg.run.out_dir
     per_trial: dict[str, list] = {}
     n = len(spec.training_trials)
@@ -401,7 +482,7 @@ def _chain(hooks: list):
     return run_all
 
 
-def diagnostic_records(cfg: TrainConfig, *, spec: Optional[Benchmark] = None) -> tuple[list[ImageRecord], str]:
+def diagnostic_records(cfg: TrainConfig, *, spec: Benchmark | None = None) -> tuple[list[ImageRecord], str]:
     """The records the per-epoch diagnostics use, and a note saying what they are: the val ids of the
     dataset (``spec``, default :func:`~cmemd.app.evaluate.dataset_of`; trained on unless ``run.selection=val``);
     none for a dataset without a validation split."""
@@ -410,22 +491,38 @@ def diagnostic_records(cfg: TrainConfig, *, spec: Optional[Benchmark] = None) ->
     spec = dataset_of(cfg, spec)
     if not spec.has_val:
         return [], f"{spec.title} has no validation split: per-epoch modality diagnostics are off"
-    recs = select_identities([r for part in spec.val_sets(cfg.data.root).values() for r in part],
-                             cfg.run.diagnostics_ids)
+    recs = select_identities(
+        [r for part in spec.val_sets(cfg.data.root).values() for r in part], cfg.run.diagnostics_ids
+    )
     held = "held out" if cfg.run.selection == "val" else "trained on: run.selection=none"
     return recs, f"{len({r.pid for r in recs})} val ids ({held})"
 
 
-def config_diagnostics(model: torch.nn.Module, records: list[ImageRecord], cfg: TrainConfig, *,
-                       nuisance: Optional[dict] = None, device: Any = "cpu") -> dict[str, Any]:
+def config_diagnostics(
+    model: torch.nn.Module,
+    records: list[ImageRecord],
+    cfg: TrainConfig,
+    *,
+    nuisance: dict | None = None,
+    device: Any = "cpu",
+) -> dict[str, Any]:
     """:func:`~cmemd.engine.diagnostics.alignment_diagnostics` of ``model`` on ``records`` as ``cfg``'s alignment
     loss sees them: its feature, cost and normalisation, at the config's input size and eval batch."""
     from cmemd.engine.diagnostics import alignment_diagnostics
 
     loss = cfg.loss
-    return alignment_diagnostics(model, records, height=cfg.data.height, width=cfg.data.width, device=device,
-                                 batch_size=cfg.eval.batch_size, nuisance=nuisance, cost=loss.emd_cost,
-                                 normalize=loss.emd_normalize, align_feature=loss.align_feature)
+    return alignment_diagnostics(
+        model,
+        records,
+        height=cfg.data.height,
+        width=cfg.data.width,
+        device=device,
+        batch_size=cfg.eval.batch_size,
+        nuisance=nuisance,
+        cost=loss.emd_cost,
+        normalize=loss.emd_normalize,
+        align_feature=loss.align_feature,
+    )
 
 
 def _diagnostics_hook(cfg: TrainConfig, spec: Benchmark, device: torch.device, progress: bool):
@@ -455,13 +552,20 @@ def _val_selector(cfg: TrainConfig, spec: Benchmark, device: torch.device):
     from cmemd.engine.checkpoint import save_checkpoint
 
     sets = spec.val_sets(cfg.data.root)
-    kw = dict(height=cfg.data.height, width=cfg.data.width, batch_size=cfg.eval.batch_size, device=device,
-              flip=cfg.eval.flip, **eval_loader_settings(cfg, device))
+    kw = dict(
+        height=cfg.data.height,
+        width=cfg.data.width,
+        batch_size=cfg.eval.batch_size,
+        device=device,
+        flip=cfg.eval.flip,
+        **eval_loader_settings(cfg, device),
+    )
 
     def on_epoch_end(trainer: Trainer, epoch: int) -> None:
         model = unwrap(trainer.model)
-        out = spec.evaluate(sets, lambda recs, desc: extract_features(model, recs, **kw), trial=cfg.data.trial,
-                            **spec.val_options)
+        out = spec.evaluate(
+            sets, lambda recs, desc: extract_features(model, recs, **kw), trial=cfg.data.trial, **spec.val_options
+        )
         r = next(iter(out.results.values()))
         score = r.mean["mAP"]
         best = trainer.extra_state.get("best_val_mAP")
@@ -471,8 +575,10 @@ def _val_selector(cfg: TrainConfig, spec: Benchmark, device: torch.device):
             trainer.extra_state["best_epoch"] = epoch
             save_checkpoint(trainer.state_dict(), trainer.out_dir / "best.pt", keep_previous=False)
             trainer.save()  # last.pt records the new best too, so a resume keeps comparing against it
-        print(f"validation (val ids) after epoch {epoch + 1}: R1 {100 * r.mean['R1']:.2f} mAP {100 * score:.2f}"
-              f" (best {100 * trainer.extra_state['best_val_mAP']:.2f} at epoch {trainer.extra_state['best_epoch'] + 1})",
-              flush=True)
+        print(
+            f"validation (val ids) after epoch {epoch + 1}: R1 {100 * r.mean['R1']:.2f} mAP {100 * score:.2f}"
+            f" (best {100 * trainer.extra_state['best_val_mAP']:.2f} at epoch {trainer.extra_state['best_epoch'] + 1})",
+            flush=True,
+        )
 
     return on_epoch_end

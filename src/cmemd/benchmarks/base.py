@@ -10,13 +10,15 @@ passes them as ``key=value``.
 Adding a benchmark = one module that subclasses :class:`Benchmark` + one line in
 :mod:`cmemd.benchmarks.registry` + its tests (docs/developing.md).
 """
+
 from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -29,7 +31,7 @@ from cmemd.evaluation.results import ProtocolResult
 #: featurize(records, desc) -> (len(records), D) float array
 Featurize = Callable[[Sequence[ImageRecord], str], np.ndarray]
 #: preview rows: (column headers, [(row label, [image path or None per column])])
-PreviewSheet = tuple[list[str], list[tuple[str, list[Optional[Path]]]]]
+PreviewSheet = tuple[list[str], list[tuple[str, list[Path | None]]]]
 
 
 @dataclass(frozen=True)
@@ -42,7 +44,7 @@ class EvalOutput:
     """
 
     results: dict[str, ProtocolResult]
-    report: Optional[dict[str, Any]] = None
+    report: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -52,15 +54,21 @@ class NoOptions:
 
 def feature_set(feats: np.ndarray, records: Sequence[ImageRecord]) -> FeatureSet:
     """Features of ``records`` with their ids, cameras and paths."""
-    return FeatureSet(feats, np.array([r.pid for r in records], np.int64), np.array([r.camid for r in records], np.int64),
-                      np.array([r.path for r in records], dtype=str))
+    return FeatureSet(
+        feats,
+        np.array([r.pid for r in records], np.int64),
+        np.array([r.camid for r in records], np.int64),
+        np.array([r.path for r in records], dtype=str),
+    )
 
 
-def refuse_rerank(title: str, rerank: Optional[ReRanking]) -> None:
+def refuse_rerank(title: str, rerank: ReRanking | None) -> None:
     """Raise :class:`EvaluationError` when a protocol without re-ranking is asked for it."""
     if rerank:
-        raise EvaluationError(f"k-reciprocal re-ranking is not implemented for the {title} protocol yet; evaluate "
-                              "without eval.rerank / --rerank")
+        raise EvaluationError(
+            f"k-reciprocal re-ranking is not implemented for the {title} protocol yet; evaluate "
+            "without eval.rerank / --rerank"
+        )
 
 
 class Benchmark:
@@ -89,7 +97,7 @@ class Benchmark:
     synth_defaults: ClassVar[Mapping[str, Any]] = {}
     has_val: ClassVar[bool] = False
     #: the generator of ``cmemd data synth --layout <name>`` (``(out, SynthConfig, workers)``), or None
-    synthesize: ClassVar[Optional[Callable[..., dict]]] = None
+    synthesize: ClassVar[Callable[..., dict] | None] = None
 
     # ------------------------------------------------------------------ options
     @classmethod
@@ -102,16 +110,20 @@ class Benchmark:
         """An :attr:`Options` instance; an unknown name raises :class:`EvaluationError` listing the known ones."""
         unknown = sorted(set(values) - set(cls.option_names()))
         if unknown:
-            raise EvaluationError(f"{cls.title}: unknown option(s) {unknown}; its options are "
-                                  f"{list(cls.option_names()) or 'none'}")
+            raise EvaluationError(
+                f"{cls.title}: unknown option(s) {unknown}; its options are {list(cls.option_names()) or 'none'}"
+            )
         return cls.Options(**values)
 
     @classmethod
     def feature_option_names(cls) -> tuple[str, ...]:
         """The protocol options :meth:`evaluate_features` takes (its keyword arguments but the common ones)."""
         sig = inspect.signature(cls.evaluate_features)
-        return tuple(n for n, p in sig.parameters.items()
-                     if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in ("feature_name", "rerank"))
+        return tuple(
+            n
+            for n, p in sig.parameters.items()
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and n not in ("feature_name", "rerank")
+        )
 
     @property
     def eval_options(self) -> tuple[str, ...]:
@@ -136,12 +148,13 @@ class Benchmark:
         raise NotImplementedError
 
     # ------------------------------------------------------------------ records
-    def train_records(self, root: str | Path, *, trial: Optional[int] = None,
-                      hold_out_val: bool = False) -> list[ImageRecord]:
+    def train_records(
+        self, root: str | Path, *, trial: int | None = None, hold_out_val: bool = False
+    ) -> list[ImageRecord]:
         """The training records (pids = labels 0..N-1); ``hold_out_val`` keeps the validation ids out."""
         raise NotImplementedError
 
-    def test_sets(self, root: str | Path, *, trial: Optional[int] = None) -> dict[str, list[ImageRecord]]:
+    def test_sets(self, root: str | Path, *, trial: int | None = None) -> dict[str, list[ImageRecord]]:
         """The evaluation sets, named for files (``cmemd extract`` writes ``<name>.npz``)."""
         raise NotImplementedError
 
@@ -150,9 +163,17 @@ class Benchmark:
         raise DatasetError(f"{self.title} has no validation split; select nothing (run.selection=none)")
 
     # ------------------------------------------------------------------ evaluation
-    def evaluate(self, sets: Mapping[str, Sequence[ImageRecord]], featurize: Featurize, *, trial: Optional[int] = None,
-                 feature_name: Optional[str] = None, rerank: Optional[ReRanking] = None, return_features: bool = False,
-                 **options: Any) -> EvalOutput:
+    def evaluate(
+        self,
+        sets: Mapping[str, Sequence[ImageRecord]],
+        featurize: Featurize,
+        *,
+        trial: int | None = None,
+        feature_name: str | None = None,
+        rerank: ReRanking | None = None,
+        return_features: bool = False,
+        **options: Any,
+    ) -> EvalOutput:
         """Evaluate on :meth:`test_sets` (or :meth:`val_sets`), featurising through ``featurize``.
 
         ``rerank``: None or a ReRanking (each setting's plain result, then its re-ranked one); ``options``:
@@ -160,15 +181,22 @@ class Benchmark:
         """
         raise NotImplementedError
 
-    def evaluate_features(self, query: FeatureSet, gallery: FeatureSet, *, feature_name: Optional[str] = None,
-                          rerank: Optional[ReRanking] = None, trial: Optional[int] = None,
-                          **options: Any) -> ProtocolResult:
+    def evaluate_features(
+        self,
+        query: FeatureSet,
+        gallery: FeatureSet,
+        *,
+        feature_name: str | None = None,
+        rerank: ReRanking | None = None,
+        trial: int | None = None,
+        **options: Any,
+    ) -> ProtocolResult:
         """``cmemd eval-features``: the protocol on precomputed query and gallery features."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ the wrong-layout guard
     #: every registered benchmark, filled by :mod:`cmemd.benchmarks.registry` (for the wrong-layout message)
-    catalogue: ClassVar[dict[str, "Benchmark"]] = {}
+    catalogue: ClassVar[dict[str, Benchmark]] = {}
 
     def refuse_other_layout(self, root: str | Path) -> None:
         """Raise :func:`wrong_layout`'s error when ``root`` looks like another benchmark's layout."""
@@ -177,7 +205,7 @@ class Benchmark:
             raise err
 
 
-def wrong_layout(root: str | Path, expected: Benchmark, known: Sequence[Benchmark] | Any) -> Optional[DatasetError]:
+def wrong_layout(root: str | Path, expected: Benchmark, known: Sequence[Benchmark] | Any) -> DatasetError | None:
     """A :class:`DatasetError` naming the benchmark ``root`` looks like when it is not ``expected``'s layout
     (raised before the reader lists every missing folder); None when ``root`` looks like ``expected`` or like
     none or several of ``known``."""
@@ -188,10 +216,20 @@ def wrong_layout(root: str | Path, expected: Benchmark, known: Sequence[Benchmar
     if len(others) != 1:
         return None
     other = others[0]
-    return DatasetError(f"{root}: this looks like a {other.title} root ({other.on_disk}), not {expected.title} "
-                        f"({expected.on_disk}); use data.dataset={other.name} (or --layout {other.name}), or point "
-                        f"data.root at the {expected.title} folder")
+    return DatasetError(
+        f"{root}: this looks like a {other.title} root ({other.on_disk}), not {expected.title} "
+        f"({expected.on_disk}); use data.dataset={other.name} (or --layout {other.name}), or point "
+        f"data.root at the {expected.title} folder"
+    )
 
 
-__all__ = ["Benchmark", "EvalOutput", "Featurize", "NoOptions", "PreviewSheet", "feature_set", "refuse_rerank",
-           "wrong_layout"]
+__all__ = [
+    "Benchmark",
+    "EvalOutput",
+    "Featurize",
+    "NoOptions",
+    "PreviewSheet",
+    "feature_set",
+    "refuse_rerank",
+    "wrong_layout",
+]

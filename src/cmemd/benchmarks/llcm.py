@@ -7,12 +7,14 @@ ascending, files sorted): :func:`draw_one_per_camera`. Both modalities' test ima
 NIR x visible similarities are computed once and each direction and trial takes its rows/columns. Removal
 ``same-pid-same-cam`` (the RGB and NIR sensors of a camera share its number), CMC ``identity-dedup``.
 """
+
 from __future__ import annotations
 
 import random
-from pathlib import Path
-from typing import Any, ClassVar, Mapping, Optional, Sequence, Union
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -45,15 +47,18 @@ NUM_TRIALS = 10
 DIRECTION_TEXT = {
     "t2v": "IR->VIS: every NIR image a query, gallery one random VIS image per id and camera",
     "v2t": "VIS->IR: every VIS image a query, gallery one random NIR image per id and camera",
-    "v2t-authors": ("VIS->IR as the authors' code runs it (transposed): one random NIR image per id and camera "
-                    "as queries, every VIS image the gallery"),
+    "v2t-authors": (
+        "VIS->IR as the authors' code runs it (transposed): one random NIR image per id and camera "
+        "as queries, every VIS image the gallery"
+    ),
 }
 DIRECTIONS = tuple(DIRECTION_TEXT)
 #: the modality each direction samples per trial
 SAMPLED = {"t2v": "visible", "v2t": "thermal", "v2t-authors": "thermal"}
 CAMS = tuple(sorted(set(MODALITY_CAMS["visible"]) | set(MODALITY_CAMS["thermal"])))
-LAYOUT = ("idx/train_vis.txt, idx/train_nir.txt, idx/test_id.txt, test_vis/cam1..cam9/<id>/, "
-          "test_nir/cam{1,2,4..9}/<id>/")
+LAYOUT = (
+    "idx/train_vis.txt, idx/train_nir.txt, idx/test_id.txt, test_vis/cam1..cam9/<id>/, test_nir/cam{1,2,4..9}/<id>/"
+)
 
 
 def draw_one_per_camera(pids: Sequence[int], cams: Sequence[int], paths: Sequence[str], *, trial: int) -> np.ndarray:
@@ -75,10 +80,9 @@ def draw_one_per_camera(pids: Sequence[int], cams: Sequence[int], paths: Sequenc
     return np.asarray(chosen, dtype=np.int64)
 
 
-
-
-def llcm_draws(pids: ArrayLike, cams: ArrayLike, paths: Sequence[str],
-               trials: Union[int, Sequence[int]] = NUM_TRIALS) -> list[np.ndarray]:
+def llcm_draws(
+    pids: ArrayLike, cams: ArrayLike, paths: Sequence[str], trials: int | Sequence[int] = NUM_TRIALS
+) -> list[np.ndarray]:
     """Indices of each trial's one-image-per-(id, camera) sample of an LLCM test set, in draw order."""
     p, c = np.asarray(pids).reshape(-1), np.asarray(cams).reshape(-1)
     return [draw_one_per_camera(p, c, [str(x) for x in paths], trial=t) for t in trial_list(trials)]
@@ -95,12 +99,12 @@ def evaluate_llcm(
     thermal_paths: Sequence[str],
     *,
     directions: Sequence[str] = ("t2v", "v2t"),
-    trials: Union[int, Sequence[int]] = NUM_TRIALS,
-    feature_name: Optional[str] = None,
+    trials: int | Sequence[int] = NUM_TRIALS,
+    feature_name: str | None = None,
     metric: str = "cosine",
     max_rank: int = 20,
-    chunk_size: Optional[int] = None,
-    device: Optional[Union[str, torch.device]] = None,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> dict[str, ProtocolResult]:
     """LLCM evaluation of one model in each of ``directions``: ``{direction: ProtocolResult}``.
@@ -127,41 +131,70 @@ def evaluate_llcm(
     tp = check_labels(thermal_pids, "thermal_pids", tf.shape[0], "thermal_feats")
     tc = check_labels(thermal_cams, "thermal_cams", tf.shape[0], "thermal_feats")
     paths = {"visible": [str(p) for p in visible_paths], "thermal": [str(p) for p in thermal_paths]}
-    for name, ps, n in (("visible_paths", paths["visible"], vf.shape[0]), ("thermal_paths", paths["thermal"], tf.shape[0])):
+    for name, ps, n in (
+        ("visible_paths", paths["visible"], vf.shape[0]),
+        ("thermal_paths", paths["thermal"], tf.shape[0]),
+    ):
         if len(ps) != n:
-            raise EvaluationError(f"{name}: length {len(ps)} does not match the features ({n} rows); pass one path per image")
+            raise EvaluationError(
+                f"{name}: length {len(ps)} does not match the features ({n} rows); pass one path per image"
+            )
     for name, cams in (("visible_cams", vc), ("thermal_cams", tc)):
         bad = sorted(set(int(c) for c in torch.unique(cams).tolist()) - set(CAMS))
         if bad:
-            raise EvaluationError(f"{name}: camera numbers {bad} are not LLCM cameras 1..9; pass the dataset's camera "
-                                  "numbers (cam1..cam9), which the same-id-same-camera removal depends on")
+            raise EvaluationError(
+                f"{name}: camera numbers {bad} are not LLCM cameras 1..9; pass the dataset's camera "
+                "numbers (cam1..cam9), which the same-id-same-camera removal depends on"
+            )
 
-    draws = {m: llcm_draws((vp if m == "visible" else tp).cpu().numpy(), (vc if m == "visible" else tc).cpu().numpy(),
-                           paths[m], trial_ids)
-             for m in sorted({SAMPLED[d] for d in directions})}
+    draws = {
+        m: llcm_draws(
+            (vp if m == "visible" else tp).cpu().numpy(),
+            (vc if m == "visible" else tc).cpu().numpy(),
+            paths[m],
+            trial_ids,
+        )
+        for m in sorted({SAMPLED[d] for d in directions})
+    }
     dev = resolve_device(device, visible_feats, thermal_feats)
     # A = NIR, B = visible: t2v queries A against sampled columns of B, v2t queries B (transposed) against sampled
     # columns of A, v2t-authors queries sampled rows of A against all of B.
-    selections = [Selection(transpose=d == "v2t", rows=idx if d == "v2t-authors" else None,
-                            cols=None if d == "v2t-authors" else idx)
-                  for d in directions for idx in draws[SAMPLED[d]]]
-    res = evaluate_selections(Side(tf, tp, tc, "thermal_feats"), Side(vf, vp, vc, "visible_feats"), selections,
-                              removal="same-pid-same-cam", cmc="identity-dedup", metric=metric, max_rank=max_rank,
-                              chunk_size=chunk_size, device=dev, memory_budget=memory_budget)
-    settings = dict(feature_name=feature_name, metric=metric, removal="same-pid-same-cam", cmc="identity-dedup",
-                    rerank=None)  # re-ranking is not implemented for LLCM; said in every table
+    selections = [
+        Selection(
+            transpose=d == "v2t", rows=idx if d == "v2t-authors" else None, cols=None if d == "v2t-authors" else idx
+        )
+        for d in directions
+        for idx in draws[SAMPLED[d]]
+    ]
+    res = evaluate_selections(
+        Side(tf, tp, tc, "thermal_feats"),
+        Side(vf, vp, vc, "visible_feats"),
+        selections,
+        removal="same-pid-same-cam",
+        cmc="identity-dedup",
+        metric=metric,
+        max_rank=max_rank,
+        chunk_size=chunk_size,
+        device=dev,
+        memory_budget=memory_budget,
+    )
+    settings = dict(
+        feature_name=feature_name, metric=metric, removal="same-pid-same-cam", cmc="identity-dedup", rerank=None
+    )  # re-ranking is not implemented for LLCM; said in every table
     results = {}
     n = len(trial_ids)
     for i, d in enumerate(directions):
         out = res[i * n : (i + 1) * n]
         for t, r, idx in zip(trial_ids, out, draws[SAMPLED[d]]):
             r.info.update(protocol="llcm", trial=t, direction=d, sampled=SAMPLED[d], sample_size=int(len(idx)))
-        results[d] = ProtocolResult("llcm", dict(settings, title=f"LLCM {d} ({DIRECTION_TEXT[d]})", direction=d),
-                                    trial_ids, out)
+        results[d] = ProtocolResult(
+            "llcm", dict(settings, title=f"LLCM {d} ({DIRECTION_TEXT[d]})", direction=d), trial_ids, out
+        )
     return results
 
 
 # ---------------------------------------------------------------------- the benchmark
+
 
 @dataclass(frozen=True)
 class LLCMOptions:
@@ -226,44 +259,89 @@ class LLCMBenchmark(Benchmark):
             problems += e.problems
         return problems, records
 
-    def train_records(self, root: str | Path, *, trial: Optional[int] = None,
-                      hold_out_val: bool = False) -> list[ImageRecord]:
+    def train_records(
+        self, root: str | Path, *, trial: int | None = None, hold_out_val: bool = False
+    ) -> list[ImageRecord]:
         if hold_out_val:
-            raise DatasetError("LLCM has no validation split (train ids and test ids only); select nothing "
-                               "(run.selection=none: the last epoch is reported)")
+            raise DatasetError(
+                "LLCM has no validation split (train ids and test ids only); select nothing "
+                "(run.selection=none: the last epoch is reported)"
+            )
         return self._train(root)
 
-    def test_sets(self, root: str | Path, *, trial: Optional[int] = None) -> dict[str, list[ImageRecord]]:
+    def test_sets(self, root: str | Path, *, trial: int | None = None) -> dict[str, list[ImageRecord]]:
         ds = self._reader(root)
         return {"visible": ds.test("visible"), "thermal": ds.test("thermal")}
 
-    def evaluate(self, sets: Mapping[str, Sequence[ImageRecord]], featurize: Featurize, *, trial: Optional[int] = None,
-                 feature_name: Optional[str] = None, rerank: Any = None, return_features: bool = False,
-                 **options: Any) -> EvalOutput:
+    def evaluate(
+        self,
+        sets: Mapping[str, Sequence[ImageRecord]],
+        featurize: Featurize,
+        *,
+        trial: int | None = None,
+        feature_name: str | None = None,
+        rerank: Any = None,
+        return_features: bool = False,
+        **options: Any,
+    ) -> EvalOutput:
         """Every direction in ``directions`` over ``trials`` samples, from one featurisation of each test set."""
         refuse_rerank(self.title, rerank)
         o: LLCMOptions = self.options(**options)
         vis, th = list(sets["visible"]), list(sets["thermal"])
         vf, tf = featurize(vis, "visible"), featurize(th, "NIR")
-        res = evaluate_llcm(vf, [r.pid for r in vis], [r.camid for r in vis], [r.path for r in vis],
-                            tf, [r.pid for r in th], [r.camid for r in th], [r.path for r in th],
-                            directions=list(o.directions), trials=o.trials, feature_name=feature_name)
+        res = evaluate_llcm(
+            vf,
+            [r.pid for r in vis],
+            [r.camid for r in vis],
+            [r.path for r in vis],
+            tf,
+            [r.pid for r in th],
+            [r.camid for r in th],
+            [r.path for r in th],
+            directions=list(o.directions),
+            trials=o.trials,
+            feature_name=feature_name,
+        )
         results = {f"llcm {d}": r for d, r in res.items()}
         report = None
         if return_features:
-            report = {"query": feature_set(tf, th), "gallery": feature_set(vf, vis), "removal": "same-pid-same-cam",
-                      "query_modality": "thermal", "gallery_modality": "visible"}
+            report = {
+                "query": feature_set(tf, th),
+                "gallery": feature_set(vf, vis),
+                "removal": "same-pid-same-cam",
+                "query_modality": "thermal",
+                "gallery_modality": "visible",
+            }
         return EvalOutput(results, report)
 
-    def evaluate_features(self, query: FeatureSet, gallery: FeatureSet, *, feature_name: Optional[str] = None,
-                          rerank: Any = None, trial: Optional[int] = None, direction: str = "t2v",
-                          trials: Union[int, Sequence[int]] = NUM_TRIALS) -> ProtocolResult:
+    def evaluate_features(
+        self,
+        query: FeatureSet,
+        gallery: FeatureSet,
+        *,
+        feature_name: str | None = None,
+        rerank: Any = None,
+        trial: int | None = None,
+        direction: str = "t2v",
+        trials: int | Sequence[int] = NUM_TRIALS,
+    ) -> ProtocolResult:
         """``cmemd eval-features``: for t2v QUERY holds every NIR test image and GALLERY every VIS one (each trial
         samples it); for v2t and v2t-authors QUERY holds the VIS images and GALLERY the NIR ones."""
         refuse_rerank(self.title, rerank)
         vis, th = (gallery, query) if direction == "t2v" else (query, gallery)
-        return evaluate_llcm(vis.feats, vis.pids, vis.cams, vis.paths, th.feats, th.pids, th.cams, th.paths,
-                             directions=[direction], trials=trials, feature_name=feature_name)[direction]
+        return evaluate_llcm(
+            vis.feats,
+            vis.pids,
+            vis.cams,
+            vis.paths,
+            th.feats,
+            th.pids,
+            th.cams,
+            th.paths,
+            directions=[direction],
+            trials=trials,
+            feature_name=feature_name,
+        )[direction]
 
     def preview(self, root: str | Path, ids: int, per_camera: int) -> PreviewSheet:
         """Rows: test ids seen by most cameras; columns: cam1..cam9, VIS then NIR for each."""
@@ -274,8 +352,15 @@ class LLCMBenchmark(Benchmark):
         def folder(c: int, m: str, pid: str) -> Path:
             return root / TEST_FOLDER[m] / f"cam{c}" / pid
 
-        all_ids = sorted({p.name for c, m in columns if (root / TEST_FOLDER[m] / f"cam{c}").is_dir()
-                          for p in (root / TEST_FOLDER[m] / f"cam{c}").iterdir() if p.is_dir()})
+        all_ids = sorted(
+            {
+                p.name
+                for c, m in columns
+                if (root / TEST_FOLDER[m] / f"cam{c}").is_dir()
+                for p in (root / TEST_FOLDER[m] / f"cam{c}").iterdir()
+                if p.is_dir()
+            }
+        )
         if not all_ids:
             raise DatasetError(f"{root}: no id folders under test_vis/cam*/ or test_nir/cam*/; is this an LLCM root?")
         seen = {pid: sum(folder(c, m, pid).is_dir() for c, m in columns) for pid in all_ids}

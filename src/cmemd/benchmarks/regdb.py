@@ -6,10 +6,12 @@ other; no removal, standard CMC. One call evaluates one trial (one model per tri
 t has seen the other trials' test ids); :func:`~cmemd.evaluation.results.combine_results` averages trials.
 Both directions rank the same visible x thermal similarities (or re-ranked distances), computed once.
 """
+
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, Mapping, Optional, Sequence, Union
+from typing import Any, ClassVar
 
 import torch
 
@@ -48,12 +50,12 @@ def evaluate_regdb(
     *,
     direction: str = "v2t",
     trial: int = 1,
-    feature_name: Optional[str] = None,
+    feature_name: str | None = None,
     metric: str = "cosine",
     max_rank: int = 20,
-    chunk_size: Optional[int] = None,
-    device: Optional[Union[str, torch.device]] = None,
-    rerank: Union[None, bool, ReRanking, dict] = None,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
+    rerank: bool | ReRanking | dict | None = None,
 ) -> ProtocolResult:
     """RegDB evaluation of one trial: ``v2t`` queries the visible test images against all thermal
     test images, ``t2v`` the reverse. No removal, standard CMC.
@@ -66,8 +68,17 @@ def evaluate_regdb(
     """
     check_choice(direction, DIRECTIONS, "direction")
     return evaluate_regdb_directions(
-        visible_feats, visible_pids, thermal_feats, thermal_pids, directions=(direction,), trial=trial,
-        feature_name=feature_name, metric=metric, max_rank=max_rank, chunk_size=chunk_size, device=device,
+        visible_feats,
+        visible_pids,
+        thermal_feats,
+        thermal_pids,
+        directions=(direction,),
+        trial=trial,
+        feature_name=feature_name,
+        metric=metric,
+        max_rank=max_rank,
+        chunk_size=chunk_size,
+        device=device,
         rerank=rerank,
     )[direction]
 
@@ -80,13 +91,13 @@ def evaluate_regdb_directions(
     *,
     directions: Sequence[str] = DIRECTIONS,
     trial: int = 1,
-    feature_name: Optional[str] = None,
+    feature_name: str | None = None,
     metric: str = "cosine",
     max_rank: int = 20,
-    chunk_size: Optional[int] = None,
-    device: Optional[Union[str, torch.device]] = None,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    rerank: Union[None, bool, ReRanking, dict] = None,
+    rerank: bool | ReRanking | dict | None = None,
 ) -> dict[str, ProtocolResult]:
     """RegDB evaluation of one trial in each of ``directions`` (``v2t``, ``t2v``): ``{direction: result}``.
 
@@ -108,17 +119,33 @@ def evaluate_regdb_directions(
     # cameras only label the two sides (no removal): visible 1, thermal 2, as the reader numbers them
     visible = Side(vf, vp, torch.ones(len(vp), dtype=torch.int64), "visible_feats")
     thermal = Side(tf, tp, torch.full((len(tp),), 2, dtype=torch.int64), "thermal_feats")
-    res = evaluate_selections(visible, thermal, [Selection(transpose=d == "t2v") for d in directions],
-                              removal="none", cmc="standard", metric=metric, max_rank=max_rank, chunk_size=chunk_size,
-                              device=dev, memory_budget=memory_budget, rerank=params)
-    settings = dict(feature_name=feature_name, metric=metric, removal="none", cmc="standard",
-                    rerank=params.to_dict() if params else None)
+    res = evaluate_selections(
+        visible,
+        thermal,
+        [Selection(transpose=d == "t2v") for d in directions],
+        removal="none",
+        cmc="standard",
+        metric=metric,
+        max_rank=max_rank,
+        chunk_size=chunk_size,
+        device=dev,
+        memory_budget=memory_budget,
+        rerank=params,
+    )
+    settings = dict(
+        feature_name=feature_name,
+        metric=metric,
+        removal="none",
+        cmc="standard",
+        rerank=params.to_dict() if params else None,
+    )
     results = {}
     for d, r in zip(directions, res):
         query, gallery = ("visible", "thermal") if d == "v2t" else ("thermal", "visible")
         r.info.update(protocol="regdb", trial=int(trial), query=query, gallery=gallery)
-        results[d] = ProtocolResult("regdb", dict(settings, title=f"RegDB {DIRECTION_TEXT[d]}", direction=d),
-                                    [int(trial)], [r])
+        results[d] = ProtocolResult(
+            "regdb", dict(settings, title=f"RegDB {DIRECTION_TEXT[d]}", direction=d), [int(trial)], [r]
+        )
     return results
 
 
@@ -163,21 +190,32 @@ class RegDBBenchmark(Benchmark):
                     seen.setdefault(r.path, r)
         return problems, list(seen.values())
 
-    def train_records(self, root: str | Path, *, trial: Optional[int] = 1,
-                      hold_out_val: bool = False) -> list[ImageRecord]:
+    def train_records(
+        self, root: str | Path, *, trial: int | None = 1, hold_out_val: bool = False
+    ) -> list[ImageRecord]:
         if hold_out_val:
-            raise DatasetError("RegDB has no validation split (train/test per trial); select nothing "
-                               "(run.selection=none: the last epoch is reported)")
+            raise DatasetError(
+                "RegDB has no validation split (train/test per trial); select nothing "
+                "(run.selection=none: the last epoch is reported)"
+            )
         return self._reader(root).train(1 if trial is None else trial)
 
-    def test_sets(self, root: str | Path, *, trial: Optional[int] = 1) -> dict[str, list[ImageRecord]]:
+    def test_sets(self, root: str | Path, *, trial: int | None = 1) -> dict[str, list[ImageRecord]]:
         trial = 1 if trial is None else trial
         vis, th = self._reader(root).test(trial)
         return {f"visible_trial{trial}": vis, f"thermal_trial{trial}": th}
 
-    def evaluate(self, sets: Mapping[str, Sequence[ImageRecord]], featurize: Featurize, *, trial: Optional[int] = 1,
-                 feature_name: Optional[str] = None, rerank: Optional[ReRanking] = None, return_features: bool = False,
-                 **options: Any) -> EvalOutput:
+    def evaluate(
+        self,
+        sets: Mapping[str, Sequence[ImageRecord]],
+        featurize: Featurize,
+        *,
+        trial: int | None = 1,
+        feature_name: str | None = None,
+        rerank: ReRanking | None = None,
+        return_features: bool = False,
+        **options: Any,
+    ) -> EvalOutput:
         """Both directions of the trained trial from one similarity matrix; with ``rerank`` each direction's
         plain result is followed by its re-ranked one."""
         self.options(**options)
@@ -187,8 +225,11 @@ class RegDBBenchmark(Benchmark):
         tf = featurize(th, "thermal")
         vp, tp = [r.pid for r in vis], [r.pid for r in th]
         both = evaluate_regdb_directions(vf, vp, tf, tp, trial=trial, feature_name=feature_name)
-        reranked = evaluate_regdb_directions(vf, vp, tf, tp, trial=trial, feature_name=feature_name,
-                                             rerank=rerank) if rerank else {}
+        reranked = (
+            evaluate_regdb_directions(vf, vp, tf, tp, trial=trial, feature_name=feature_name, rerank=rerank)
+            if rerank
+            else {}
+        )
         results = {}
         for d, res in both.items():
             results[f"regdb trial {trial} {d}"] = res
@@ -196,17 +237,37 @@ class RegDBBenchmark(Benchmark):
                 results[f"regdb trial {trial} {d}, {rerank.label()}"] = reranked[d]
         report = None
         if return_features:
-            report = {"query": feature_set(tf, th), "gallery": feature_set(vf, vis), "removal": "none",
-                      "query_modality": "thermal", "gallery_modality": "visible"}
+            report = {
+                "query": feature_set(tf, th),
+                "gallery": feature_set(vf, vis),
+                "removal": "none",
+                "query_modality": "thermal",
+                "gallery_modality": "visible",
+            }
         return EvalOutput(results, report)
 
-    def evaluate_features(self, query: FeatureSet, gallery: FeatureSet, *, feature_name: Optional[str] = None,
-                          rerank: Optional[ReRanking] = None, trial: Optional[int] = 1,
-                          direction: str = "v2t") -> ProtocolResult:
+    def evaluate_features(
+        self,
+        query: FeatureSet,
+        gallery: FeatureSet,
+        *,
+        feature_name: str | None = None,
+        rerank: ReRanking | None = None,
+        trial: int | None = 1,
+        direction: str = "v2t",
+    ) -> ProtocolResult:
         """``cmemd eval-features``: QUERY is visible for v2t and thermal for t2v; GALLERY the other modality."""
         vis, th = (query, gallery) if direction == "v2t" else (gallery, query)
-        return evaluate_regdb(vis.feats, vis.pids, th.feats, th.pids, direction=direction,
-                              trial=1 if trial is None else trial, feature_name=feature_name, rerank=rerank)
+        return evaluate_regdb(
+            vis.feats,
+            vis.pids,
+            th.feats,
+            th.pids,
+            direction=direction,
+            trial=1 if trial is None else trial,
+            feature_name=feature_name,
+            rerank=rerank,
+        )
 
     def preview(self, root: str | Path, ids: int, per_camera: int) -> PreviewSheet:
         """Rows: ids; columns: the first ``2 * per_camera`` visible/thermal pairs (the rig is aligned)."""

@@ -3,6 +3,7 @@
 Adding a benchmark = a module that defines its ``BENCHMARK`` + one line here + its tests
 (docs/developing.md). Nothing outside the benchmark modules compares a benchmark's name.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,16 +50,23 @@ def detect_layout(root: str | Path) -> str:
     """
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(missing_or_loop(root, f"{root}: dataset root not found; pass the dataset's top folder "
-                                                 f"({known()})", "folder"))
+        raise DatasetError(
+            missing_or_loop(
+                root, f"{root}: dataset root not found; pass the dataset's top folder ({known()})", "folder"
+            )
+        )
     hits = [name for name, b in BENCHMARKS.items() if b.detect(root)]
     if len(hits) == 1:
         return hits[0]
     if not hits:
-        raise DatasetError(f"{root}: not the root of a known dataset; expected one of: {known()}. Pass the dataset's "
-                           "top folder, name the dataset (--layout / data.dataset), or generate one with `cmemd data synth`")
-    raise DatasetError(f"{root}: looks like several datasets at once ({', '.join(hits)}); name the one you mean "
-                       "with --layout / data.dataset")
+        raise DatasetError(
+            f"{root}: not the root of a known dataset; expected one of: {known()}. Pass the dataset's "
+            "top folder, name the dataset (--layout / data.dataset), or generate one with `cmemd data synth`"
+        )
+    raise DatasetError(
+        f"{root}: looks like several datasets at once ({', '.join(hits)}); name the one you mean "
+        "with --layout / data.dataset"
+    )
 
 
 def resolve(root: str | Path, name: str | None = None) -> Benchmark:

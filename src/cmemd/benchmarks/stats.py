@@ -4,15 +4,16 @@ dataset root.
 Which benchmark a root holds, which splits it has and what is wrong with it are questions for the
 benchmark (:mod:`cmemd.benchmarks.registry`); this module only counts, formats and draws.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Tuple
+from typing import Any
 
-from cmemd.data.images import load_image
-from cmemd.data.records import MODALITIES, ImageRecord, count_by
 from cmemd.benchmarks.registry import BENCHMARKS, detect_layout, resolve
+from cmemd.data.images import load_image
 from cmemd.data.preview import check_preview_args, draw_sheet
+from cmemd.data.records import MODALITIES, ImageRecord, count_by
 from cmemd.errors import DatasetError
 
 LAYOUTS = tuple(BENCHMARKS)
@@ -34,10 +35,16 @@ def dataset_stats(root: str | Path, layout: str | None = None) -> dict[str, Any]
     spec = resolve(root, layout)
     ids, splits = spec.stats(root)
     union = {r.path: r for recs in splits.values() for r in recs}
-    totals = {m: 0 for m in MODALITIES}
+    totals = dict.fromkeys(MODALITIES, 0)
     totals.update(count_by(union.values(), "modality"))
-    return {"root": str(root), "layout": spec.name, "title": spec.title, **ids,
-            "splits": {k: _summary(v) for k, v in splits.items()}, "totals": totals}
+    return {
+        "root": str(root),
+        "layout": spec.name,
+        "title": spec.title,
+        **ids,
+        "splits": {k: _summary(v) for k, v in splits.items()},
+        "totals": totals,
+    }
 
 
 def format_stats(stats: dict[str, Any]) -> str:
@@ -53,8 +60,9 @@ def format_stats(stats: dict[str, Any]) -> str:
         lines.append(f"  {name:<{width}}  {s['images']:>6} images  {s['ids']:>4} ids  | {mods} | {cams}")
     if "totals" in stats:
         t = stats["totals"]
-        lines.append(f"  total (each image once): {sum(t.values())} images | "
-                     + " ".join(f"{m}={n}" for m, n in t.items()))
+        lines.append(
+            f"  total (each image once): {sum(t.values())} images | " + " ".join(f"{m}={n}" for m, n in t.items())
+        )
     return "\n".join(lines)
 
 
@@ -84,8 +92,8 @@ def preview_grid(
     out: str | Path,
     ids: int = 6,
     per_camera: int = 2,
-    tile: Tuple[int, int] = (128, 64),
-    layout: Optional[str] = None,
+    tile: tuple[int, int] = (128, 64),
+    layout: str | None = None,
 ) -> Path:
     """Write a grid of ``ids`` identities (PNG, or JPEG/BMP by ``out``'s suffix); returns the output path.
 

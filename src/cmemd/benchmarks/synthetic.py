@@ -6,6 +6,7 @@ the library's diagnostics (:mod:`cmemd.engine.diagnostics`) take per-record nuis
 never read a generator's file: :func:`nuisance_of` gives the labels of a set of records, :func:`nuisance_of_test_ids`
 the test ids' records of a synthetic SYSU-MM01-layout set with theirs.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -37,8 +38,10 @@ def nuisance_of(records: Sequence[ImageRecord], root: str | Path) -> dict[str, n
         except ValueError:
             rel = r.path
         if rel not in table:
-            raise DatasetError(f"{base / NUISANCE_FILE}: no entry for {rel}; the sidecar is not of this data "
-                               "(regenerate it with `cmemd data synth`)")
+            raise DatasetError(
+                f"{base / NUISANCE_FILE}: no entry for {rel}; the sidecar is not of this data "
+                "(regenerate it with `cmemd data synth`)"
+            )
         rows.append(table[rel])
     out = {"view": np.array([x["view"] for x in rows])}
     out.update({k: np.array([x[k] for x in rows], np.float64) for k in NUISANCE_NUMBERS})

@@ -18,12 +18,14 @@ features the metric ranks (L2-normalised for ``cosine``, raw for ``euclidean``),
 code computes them; each trial re-ranks its own gallery (query-query distances computed once); the result's
 settings carry ``rerank``. Re-ranking is transductive: never compare a re-ranked number with a plain one.
 """
+
 from __future__ import annotations
 
 import random
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Mapping, Optional, Sequence, Union
+from typing import Any, ClassVar
 
 import numpy as np
 import scipy.io
@@ -78,6 +80,7 @@ def gallery_cams_of(mode: str) -> tuple[int, ...]:
 
 
 # ---------------------------------------------------------------------- official split file
+
 
 @dataclass(frozen=True)
 class RandPerm:
@@ -135,6 +138,7 @@ def load_rand_perm(path: str | Path) -> RandPerm:
 
 # ---------------------------------------------------------------------- gallery draws
 
+
 def draw_gallery(
     pids: Sequence[int],
     cams: Sequence[int],
@@ -165,7 +169,9 @@ def draw_gallery(
     if method not in GALLERY_METHODS:
         raise DatasetError(f"gallery method must be one of {GALLERY_METHODS}, got {method!r}")
     if not (len(pids) == len(cams) == len(paths)):
-        raise DatasetError(f"gallery pool arrays differ in length: pids {len(pids)}, cams {len(cams)}, paths {len(paths)}")
+        raise DatasetError(
+            f"gallery pool arrays differ in length: pids {len(pids)}, cams {len(cams)}, paths {len(paths)}"
+        )
     gallery_cams = gallery_cams_of(mode)
     groups: dict[tuple[int, int], list[int]] = {}
     for i, (p, c) in enumerate(zip(pids, cams)):
@@ -174,7 +180,7 @@ def draw_gallery(
 
     chosen: list[int] = []
     if method == "python-random":
-        if not 0 <= trial:
+        if not trial >= 0:
             raise DatasetError(f"trial must be >= 0 (the seed), got {trial}")
         rng = random.Random(trial)
         for key in walk:
@@ -203,7 +209,9 @@ def draw_gallery(
             continue
         for k in numbers[:shots]:
             if int(k) not in by_number:
-                problems.append(f"{rp.path} selects cam{cam}/{pid:04d}/{int(k):04d}.jpg, which is not in the gallery pool")
+                problems.append(
+                    f"{rp.path} selects cam{cam}/{pid:04d}/{int(k):04d}.jpg, which is not in the gallery pool"
+                )
             else:
                 chosen.append(by_number[int(k)])
     if problems:
@@ -211,17 +219,32 @@ def draw_gallery(
     return np.asarray(chosen, dtype=np.int64)
 
 
-def gallery(reader: SYSUMM01, mode: str = "all", shots: int = 1, trial: int = 0, method: str = "python-random",
-            rand_perm: "RandPerm | str | Path | None" = None) -> list[ImageRecord]:
+def gallery(
+    reader: SYSUMM01,
+    mode: str = "all",
+    shots: int = 1,
+    trial: int = 0,
+    method: str = "python-random",
+    rand_perm: RandPerm | str | Path | None = None,
+) -> list[ImageRecord]:
     """The gallery records of one trial, drawn (:func:`draw_gallery`) from the reader's visible test images of the
     mode's cameras."""
     pool = reader.visible(cams=gallery_cams_of(mode))
-    idx = draw_gallery([r.pid for r in pool], [r.camid for r in pool], [r.path for r in pool], mode=mode, shots=shots,
-                       trial=trial, method=method, rand_perm=rand_perm)
+    idx = draw_gallery(
+        [r.pid for r in pool],
+        [r.camid for r in pool],
+        [r.path for r in pool],
+        mode=mode,
+        shots=shots,
+        trial=trial,
+        method=method,
+        rand_perm=rand_perm,
+    )
     return [pool[i] for i in idx]
 
 
 # ---------------------------------------------------------------------- the protocol
+
 
 def gallery_draws(
     pool_pids: ArrayLike,
@@ -231,9 +254,9 @@ def gallery_draws(
     mode: str = "all",
     shots: int = 1,
     method: str = "python-random",
-    trials: Union[int, Sequence[int]] = NUM_TRIALS,
+    trials: int | Sequence[int] = NUM_TRIALS,
     rand_perm: Any = None,
-    draw: Optional[DrawFn] = None,
+    draw: DrawFn | None = None,
 ) -> list[np.ndarray]:
     """The pool indices of each trial's gallery, in draw order: what :func:`evaluate_sysu` selects.
 
@@ -249,11 +272,13 @@ def gallery_draws(
     paths = [str(p) for p in pool_paths]
     draws = []
     for t in trial_list(trials):
-        idx = np.asarray(draw(pp, pc, paths, mode=mode, shots=shots, trial=t, method=method, rand_perm=rand_perm),
-                         dtype=np.int64)
+        idx = np.asarray(
+            draw(pp, pc, paths, mode=mode, shots=shots, trial=t, method=method, rand_perm=rand_perm), dtype=np.int64
+        )
         if idx.ndim != 1 or idx.size == 0 or idx.min() < 0 or idx.max() >= len(pp):
-            raise EvaluationError(f"trial {t}: the gallery draw returned invalid pool indices (shape {idx.shape}); "
-                                  "check the pool arrays")
+            raise EvaluationError(
+                f"trial {t}: the gallery draw returned invalid pool indices (shape {idx.shape}); check the pool arrays"
+            )
         draws.append(idx)
     return draws
 
@@ -280,17 +305,17 @@ def evaluate_sysu(
     mode: str = "all",
     shots: int = 1,
     method: str = "python-random",
-    trials: Union[int, Sequence[int]] = NUM_TRIALS,
+    trials: int | Sequence[int] = NUM_TRIALS,
     rand_perm: Any = None,
-    feature_name: Optional[str] = None,
+    feature_name: str | None = None,
     metric: str = "cosine",
     max_rank: int = 20,
-    chunk_size: Optional[int] = None,
-    device: Optional[Union[str, torch.device]] = None,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
-    draw: Optional[DrawFn] = None,
-    draws: Optional[Sequence[np.ndarray]] = None,
-    rerank: Union[None, bool, ReRanking, dict] = None,
+    draw: DrawFn | None = None,
+    draws: Sequence[np.ndarray] | None = None,
+    rerank: bool | ReRanking | dict | None = None,
 ) -> ProtocolResult:
     """SYSU-MM01 evaluation over ``trials`` random galleries drawn from a featurised pool.
 
@@ -329,21 +354,39 @@ def evaluate_sysu(
     pc = check_labels(pool_cams, "pool_cams", pf.shape[0], "pool_feats")
     paths = [str(p) for p in pool_paths]
     if len(paths) != pf.shape[0]:
-        raise EvaluationError(f"pool_paths: length {len(paths)} does not match pool_feats ({pf.shape[0]} rows); pass one path per pool image")
+        raise EvaluationError(
+            f"pool_paths: length {len(paths)} does not match pool_feats ({pf.shape[0]} rows); pass one path per pool image"
+        )
     _check_cams(qc.cpu().numpy(), QUERY_CAMS, "query_cams")
     _check_cams(pc.cpu().numpy(), VISIBLE_CAMS, "pool_cams")
 
     if draws is None:
-        draws = gallery_draws(pp.cpu().numpy(), pc.cpu().numpy(), paths, mode=mode, shots=shots, method=method,
-                              trials=trial_ids, rand_perm=rand_perm, draw=draw)
+        draws = gallery_draws(
+            pp.cpu().numpy(),
+            pc.cpu().numpy(),
+            paths,
+            mode=mode,
+            shots=shots,
+            method=method,
+            trials=trial_ids,
+            rand_perm=rand_perm,
+            draw=draw,
+        )
     elif len(draws) != len(trial_ids):
         raise EvaluationError(f"draws: {len(draws)} given for {len(trial_ids)} trials; pass one draw per trial")
 
     settings = dict(
-        title=(f"SYSU-MM01 {mode}-search, {'single' if shots == 1 else 'multi'}-shot ({shots}/id/cam), "
-               f"gallery draw {method}"),
-        mode=mode, shots=shots, method=method, feature_name=feature_name, metric=metric,
-        removal="sysu-same-location", cmc="identity-dedup",
+        title=(
+            f"SYSU-MM01 {mode}-search, {'single' if shots == 1 else 'multi'}-shot ({shots}/id/cam), "
+            f"gallery draw {method}"
+        ),
+        mode=mode,
+        shots=shots,
+        method=method,
+        feature_name=feature_name,
+        metric=metric,
+        removal="sysu-same-location",
+        cmc="identity-dedup",
         rand_perm=str(getattr(rand_perm, "path", rand_perm)) if method == "official" else None,
         rerank=params.to_dict() if params else None,
     )
@@ -353,16 +396,26 @@ def evaluate_sysu(
     ut = torch.from_numpy(union)
     offsets = np.cumsum([0] + [len(d) for d in draws])
     selections = [Selection(cols=inverse[offsets[i] : offsets[i + 1]]) for i in range(len(draws))]
-    results = evaluate_selections(Side(qf, qp, qc, "query_feats"), Side(pf[ut], pp[ut], pc[ut], "pool_feats"),
-                                  selections, removal="sysu-same-location", cmc="identity-dedup", metric=metric,
-                                  max_rank=max_rank, chunk_size=chunk_size, device=dev, memory_budget=memory_budget,
-                                  rerank=params)
+    results = evaluate_selections(
+        Side(qf, qp, qc, "query_feats"),
+        Side(pf[ut], pp[ut], pc[ut], "pool_feats"),
+        selections,
+        removal="sysu-same-location",
+        cmc="identity-dedup",
+        metric=metric,
+        max_rank=max_rank,
+        chunk_size=chunk_size,
+        device=dev,
+        memory_budget=memory_budget,
+        rerank=params,
+    )
     for t, r, d in zip(trial_ids, results, draws):
         r.info.update(protocol="sysu", trial=t, gallery_size=int(len(d)))
     return ProtocolResult("sysu", settings, trial_ids, results)
 
 
 # ---------------------------------------------------------------------- the benchmark
+
 
 @dataclass(frozen=True)
 class SYSUOptions:
@@ -376,7 +429,7 @@ class SYSUOptions:
     modes: list[str] = field(default_factory=lambda: list(MODES))
     shots: int = 1
     method: str = "python-random"
-    rand_perm: Optional[str] = None
+    rand_perm: str | None = None
     trials: int = NUM_TRIALS
 
     def __post_init__(self) -> None:
@@ -400,8 +453,13 @@ class SYSU(Benchmark):
     cameras: ClassVar[Mapping[str, tuple[int, ...]]] = {"visible": VISIBLE_CAMS, "thermal": THERMAL_CAMS}
     on_disk: ClassVar[str] = LAYOUT
     Options: ClassVar[type] = SYSUOptions
-    val_options: ClassVar[Mapping[str, Any]] = {"modes": ["all"], "shots": 1, "method": "python-random",
-                                                "rand_perm": None, "trials": [0]}
+    val_options: ClassVar[Mapping[str, Any]] = {
+        "modes": ["all"],
+        "shots": 1,
+        "method": "python-random",
+        "rand_perm": None,
+        "trials": [0],
+    }
     synth_defaults: ClassVar[Mapping[str, Any]] = {"ids": 300, "images_per_camera": (10, 20)}
     has_val: ClassVar[bool] = True
     synthesize = staticmethod(generate_sysu)
@@ -430,11 +488,12 @@ class SYSU(Benchmark):
             return e.problems, []
         return [], ds.train() + ds.thermal() + ds.visible()
 
-    def train_records(self, root: str | Path, *, trial: Optional[int] = None,
-                      hold_out_val: bool = False) -> list[ImageRecord]:
+    def train_records(
+        self, root: str | Path, *, trial: int | None = None, hold_out_val: bool = False
+    ) -> list[ImageRecord]:
         return self._reader(root).train(include_val=not hold_out_val)
 
-    def test_sets(self, root: str | Path, *, trial: Optional[int] = None) -> dict[str, list[ImageRecord]]:
+    def test_sets(self, root: str | Path, *, trial: int | None = None) -> dict[str, list[ImageRecord]]:
         """Every thermal test image (the queries) and the whole all-search pool (each trial draws its gallery)."""
         ds = self._reader(root)
         return {"query": ds.thermal(), "gallery_pool": ds.visible(cams=GALLERY_CAMS["all"])}
@@ -443,9 +502,17 @@ class SYSU(Benchmark):
         ds = self._reader(root)
         return {"query": ds.thermal("val"), "gallery_pool": ds.visible("val", GALLERY_CAMS["all"])}
 
-    def evaluate(self, sets: Mapping[str, Sequence[ImageRecord]], featurize: Featurize, *, trial: Optional[int] = None,
-                 feature_name: Optional[str] = None, rerank: Optional[ReRanking] = None, return_features: bool = False,
-                 **options: Any) -> EvalOutput:
+    def evaluate(
+        self,
+        sets: Mapping[str, Sequence[ImageRecord]],
+        featurize: Featurize,
+        *,
+        trial: int | None = None,
+        feature_name: str | None = None,
+        rerank: ReRanking | None = None,
+        return_features: bool = False,
+        **options: Any,
+    ) -> EvalOutput:
         """Every search mode over ``trials`` galleries drawn from the pool; with ``rerank`` each mode's plain
         result is followed by its re-ranked one. The draws are made once: without ``return_features`` only
         the pool images some trial of some mode draws are featurised (a single-shot evaluation then encodes
@@ -454,8 +521,12 @@ class SYSU(Benchmark):
         query, pool = list(sets["query"]), list(sets["gallery_pool"])
         ids, cams, paths = [r.pid for r in pool], [r.camid for r in pool], [r.path for r in pool]
         rand_perm = load_rand_perm(o.rand_perm) if o.method == "official" and o.rand_perm is not None else o.rand_perm
-        draws = {mode: gallery_draws(ids, cams, paths, mode=mode, shots=o.shots, method=o.method, trials=o.trials,
-                                     rand_perm=rand_perm) for mode in o.modes}
+        draws = {
+            mode: gallery_draws(
+                ids, cams, paths, mode=mode, shots=o.shots, method=o.method, trials=o.trials, rand_perm=rand_perm
+            )
+            for mode in o.modes
+        }
         qf = featurize(query, "query")
         if return_features:  # reports and `cmemd extract` want every pool image
             pf = featurize(pool, "gallery pool")
@@ -469,30 +540,78 @@ class SYSU(Benchmark):
             name = f"sysu {mode}-search {'single' if o.shots == 1 else 'multi'}-shot"
             for rr in (None, rerank) if rerank else (None,):  # eval.rerank: the plain table, then the re-ranked one
                 results[f"{name}, {rr.label()}" if rr else name] = evaluate_sysu(
-                    qf, [r.pid for r in query], [r.camid for r in query], pf, ids, cams, paths, mode=mode,
-                    shots=o.shots, method=o.method, trials=o.trials, rand_perm=rand_perm, feature_name=feature_name,
-                    draws=draws[mode], rerank=rr)
+                    qf,
+                    [r.pid for r in query],
+                    [r.camid for r in query],
+                    pf,
+                    ids,
+                    cams,
+                    paths,
+                    mode=mode,
+                    shots=o.shots,
+                    method=o.method,
+                    trials=o.trials,
+                    rand_perm=rand_perm,
+                    feature_name=feature_name,
+                    draws=draws[mode],
+                    rerank=rr,
+                )
         report = None
         if return_features:
-            report = {"query": feature_set(qf, query), "gallery": feature_set(pf, pool),
-                      "removal": "sysu-same-location", "query_modality": "thermal", "gallery_modality": "visible"}
+            report = {
+                "query": feature_set(qf, query),
+                "gallery": feature_set(pf, pool),
+                "removal": "sysu-same-location",
+                "query_modality": "thermal",
+                "gallery_modality": "visible",
+            }
         return EvalOutput(results, report)
 
-    def evaluate_features(self, query: FeatureSet, gallery: FeatureSet, *, feature_name: Optional[str] = None,
-                          rerank: Optional[ReRanking] = None, trial: Optional[int] = None, mode: str = "all",
-                          shots: int = 1, method: str = "python-random", rand_perm: Optional[str] = None,
-                          trials: Union[int, Sequence[int]] = NUM_TRIALS) -> ProtocolResult:
+    def evaluate_features(
+        self,
+        query: FeatureSet,
+        gallery: FeatureSet,
+        *,
+        feature_name: str | None = None,
+        rerank: ReRanking | None = None,
+        trial: int | None = None,
+        mode: str = "all",
+        shots: int = 1,
+        method: str = "python-random",
+        rand_perm: str | None = None,
+        trials: int | Sequence[int] = NUM_TRIALS,
+    ) -> ProtocolResult:
         """``cmemd eval-features``: QUERY = the thermal queries, GALLERY = the whole visible pool."""
-        return evaluate_sysu(query.feats, query.pids, query.cams, gallery.feats, gallery.pids, gallery.cams,
-                             gallery.paths, mode=mode, shots=shots, method=method, trials=trials, rand_perm=rand_perm,
-                             feature_name=feature_name, rerank=rerank)
+        return evaluate_sysu(
+            query.feats,
+            query.pids,
+            query.cams,
+            gallery.feats,
+            gallery.pids,
+            gallery.cams,
+            gallery.paths,
+            mode=mode,
+            shots=shots,
+            method=method,
+            trials=trials,
+            rand_perm=rand_perm,
+            feature_name=feature_name,
+            rerank=rerank,
+        )
 
     def preview(self, root: str | Path, ids: int, per_camera: int) -> PreviewSheet:
         """Rows: ids seen by most cameras (4 of 6 where possible); columns: ``per_camera`` images of cam1..cam6."""
         root = Path(root)
         headers = [f"c{c} {_MODALITY_TEXT[CAMERA_MODALITY[c]]}" for c in CAMERA_MODALITY for _ in range(per_camera)]
-        all_ids = sorted({p.name for c in CAMERA_MODALITY if (root / f"cam{c}").is_dir()
-                          for p in (root / f"cam{c}").iterdir() if p.is_dir()})
+        all_ids = sorted(
+            {
+                p.name
+                for c in CAMERA_MODALITY
+                if (root / f"cam{c}").is_dir()
+                for p in (root / f"cam{c}").iterdir()
+                if p.is_dir()
+            }
+        )
         full = [i for i in all_ids if sum((root / f"cam{c}" / i).is_dir() for c in CAMERA_MODALITY) >= 4]
         rows = []
         for pid in pick_evenly(full or all_ids, ids):

@@ -1,5 +1,6 @@
 """Datasets as files: the image record, the readers (one module per dataset layout: they scan folders and return
 records, knowing nothing of evaluation), the synthetic layouts, image loading and caching, the training loader."""
+
 from cmemd.data.images import load_image
 from cmemd.data.records import MODALITIES, ImageRecord, modality_index
 

@@ -12,6 +12,7 @@ Where: ``cache_dir`` if given, else ``<dataset root>/.cmemd_cache/``, and if tha
 writable (read-only dataset mounts) ``$XDG_CACHE_HOME/cmemd`` (default ``~/.cache/cmemd``),
 with a warning saying so.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -19,8 +20,9 @@ import json
 import os
 import tempfile
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -159,7 +161,13 @@ def _index_matches(index: dict[str, Any], paths: Sequence[str], height: int, wid
 
 
 def load_cache(
-    paths: Sequence[str], height: int, width: int, *, cache_dir: Path, name: str | None = None, interpolation: str = "bilinear"
+    paths: Sequence[str],
+    height: int,
+    width: int,
+    *,
+    cache_dir: Path,
+    name: str | None = None,
+    interpolation: str = "bilinear",
 ) -> ImageCache | None:
     """The cache for exactly these sources if one is present and valid, else ``None``."""
     paths = [str(p) for p in paths]
@@ -222,7 +230,11 @@ def build_cache(
     os.close(fd)
     try:
         arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), height, width, 3))
-        for i, p in enumerate(progress_bar(paths, desc=f"caching {len(paths)} images at {height}x{width}", disable=not progress, unit="img")):
+        for i, p in enumerate(
+            progress_bar(
+                paths, desc=f"caching {len(paths)} images at {height}x{width}", disable=not progress, unit="img"
+            )
+        ):
             if i in problems:  # missing: already listed
                 continue
             try:
@@ -230,9 +242,11 @@ def build_cache(
             except DatasetError as e:
                 problems[i] = str(e)
         if problems:
-            raise DatasetError(f"image cache: {len(problems)} of {len(paths)} images cannot be read, so nothing was "
-                               "cached; replace or remove them (`cmemd data check <root>` lists every dataset problem)",
-                               [problems[i] for i in sorted(problems)])
+            raise DatasetError(
+                f"image cache: {len(problems)} of {len(paths)} images cannot be read, so nothing was "
+                "cached; replace or remove them (`cmemd data check <root>` lists every dataset problem)",
+                [problems[i] for i in sorted(problems)],
+            )
         arr.flush()
         del arr
         _fsync_replace(tmp, array_path)

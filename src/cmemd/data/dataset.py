@@ -8,11 +8,13 @@ SYSU-MM01 epoch) gets two different augmentations. The train loader tags each in
 epoch and draw position (:class:`EpochTaggedBatchSampler`), so this holds with persistent
 workers and across a resume too.
 """
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -36,7 +38,7 @@ class Batch(NamedTuple):
     pids: torch.Tensor  # (B,) int64
     modalities: torch.Tensor  # (B,) int64, 0 visible / 1 thermal
     indices: torch.Tensor  # (B,) int64, positions in the record list
-    layout: Optional[BatchLayout] = None
+    layout: BatchLayout | None = None
 
 
 def sample_generator(seed: int, epoch: int, index: int, draw: int | None = None) -> torch.Generator:
@@ -176,13 +178,24 @@ class EpochTaggedBatchSampler(Sampler[list[tuple[int, int, int]]]):
 
 
 def _maybe_cache(
-    records: Sequence[ImageRecord], height: int, width: int, use_cache: bool,
-    cache_dir: str | Path | None, dataset_root: str | Path | None, interpolation: str,
+    records: Sequence[ImageRecord],
+    height: int,
+    width: int,
+    use_cache: bool,
+    cache_dir: str | Path | None,
+    dataset_root: str | Path | None,
+    interpolation: str,
 ) -> ImageCache | None:
     if not use_cache:
         return None
-    return build_cache([str(r.path) for r in records], height, width, cache_dir=cache_dir,
-                       dataset_root=dataset_root, interpolation=interpolation)
+    return build_cache(
+        [str(r.path) for r in records],
+        height,
+        width,
+        cache_dir=cache_dir,
+        dataset_root=dataset_root,
+        interpolation=interpolation,
+    )
 
 
 def build_train_loader(
@@ -219,7 +232,9 @@ def build_train_loader(
         raise ConfigError(f"build_train_loader: {e}; transform options are the fields of TransformConfig") from None
     cache = _maybe_cache(records, height, width, use_cache, cache_dir, dataset_root, config.interpolation)
     dataset = ReIDDataset(records, transforms_from_config(config, train=True), cache=cache, seed=seed)
-    sampler = CrossModalityIdentitySampler(records, P, K, seed=seed, rank=rank, world_size=world_size, num_batches=num_batches)
+    sampler = CrossModalityIdentitySampler(
+        records, P, K, seed=seed, rank=rank, world_size=world_size, num_batches=num_batches
+    )
     return DataLoader(
         dataset,
         batch_sampler=EpochTaggedBatchSampler(sampler),
@@ -247,5 +262,12 @@ def build_test_loader(
     config = TransformConfig(height=height, width=width, interpolation=interpolation)
     cache = _maybe_cache(records, height, width, use_cache, cache_dir, dataset_root, interpolation)
     dataset = ReIDDataset(records, transforms_from_config(config, train=False), cache=cache)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False,
-                      num_workers=num_workers, collate_fn=collate_batch, pin_memory=pin_memory)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        num_workers=num_workers,
+        collate_fn=collate_batch,
+        pin_memory=pin_memory,
+    )

@@ -7,6 +7,7 @@ other links, is a layout problem: the readers report it by name instead of calli
 or letting the ``OSError`` (ELOOP) out as a traceback. No reader walks folders recursively, so a
 link to an enclosing folder cannot make a scan endless; it is listed like any other stray entry.
 """
+
 from __future__ import annotations
 
 import errno
@@ -41,8 +42,10 @@ def loop_message(path: str | Path, what: str = "file") -> str:
     except OSError:
         target = ""
     article = "an" if what[:1] in "aeiou" else "a"
-    return (f"{path}: symlink loop{target}: following it never reaches {article} {what}; remove the link or point "
-            f"it at the real {what}")
+    return (
+        f"{path}: symlink loop{target}: following it never reaches {article} {what}; remove the link or point "
+        f"it at the real {what}"
+    )
 
 
 def missing_or_loop(path: str | Path, message: str, what: str = "file") -> str:
@@ -89,8 +92,10 @@ def read_id_file(path: str | Path, missing: str) -> list[int]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not a text file ({e.reason} at byte {e.start}); expected one line of "
-                           "comma-separated ids, e.g. '1,2,4'") from None
+        raise DatasetError(
+            f"{path}: not a text file ({e.reason} at byte {e.start}); expected one line of "
+            "comma-separated ids, e.g. '1,2,4'"
+        ) from None
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     if len(lines) != 1:
         raise DatasetError(
@@ -100,7 +105,9 @@ def read_id_file(path: str | Path, missing: str) -> list[int]:
     for i, token in enumerate(lines[0].split(",")):
         token = token.strip()
         if not (token.isascii() and token.isdigit()) or int(token) <= 0:  # isdigit alone accepts '²'
-            raise DatasetError(f"{path}: id #{i + 1} is {token!r}, expected a positive integer (line: {lines[0][:80]!r})")
+            raise DatasetError(
+                f"{path}: id #{i + 1} is {token!r}, expected a positive integer (line: {lines[0][:80]!r})"
+            )
         ids.append(int(token))
     if len(set(ids)) != len(ids):
         dup = sorted({x for x in ids if ids.count(x) > 1})

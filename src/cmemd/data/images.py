@@ -1,4 +1,5 @@
 """Decoding images with Pillow, whatever mode the file comes in, upright as the camera meant."""
+
 from __future__ import annotations
 
 import re
@@ -55,15 +56,19 @@ def load_image(path: str | Path) -> Image.Image:
 
 
 def _undecodable(path: Path, e: Exception) -> str:
-    return (f"{path}: image does not decode ({type(e).__name__}: {e}); the file is corrupt or truncated, "
-            "replace it from the original dataset archive")
+    return (
+        f"{path}: image does not decode ({type(e).__name__}: {e}); the file is corrupt or truncated, "
+        "replace it from the original dataset archive"
+    )
 
 
 def _too_large(path: Path, pixels: int | None, limit: int | None) -> str:
     size = f"{pixels:,} pixels; " if pixels is not None else ""
-    return (f"{path}: image too large to decode safely ({size}the limit is PIL's decompression-bomb guard, "
-            f"PIL.Image.MAX_IMAGE_PIXELS = {limit:,} pixels); resize the image (a person crop needs a few "
-            "hundred pixels a side) or remove it from the dataset")
+    return (
+        f"{path}: image too large to decode safely ({size}the limit is PIL's decompression-bomb guard, "
+        f"PIL.Image.MAX_IMAGE_PIXELS = {limit:,} pixels); resize the image (a person crop needs a few "
+        "hundred pixels a side) or remove it from the dataset"
+    )
 
 
 def _to_rgb(im: Image.Image) -> Image.Image:

@@ -14,6 +14,7 @@ on ``"cam"`` (the authors' code does that and breaks when the root's path contai
 camera of a training image is the ``cam<c>`` folder in its listed path. NIR images may be
 single-channel; :func:`cmemd.data.images.load_image` converts them.
 """
+
 from __future__ import annotations
 
 import re
@@ -25,7 +26,10 @@ from cmemd.data.records import ImageRecord, path_label_lines
 from cmemd.errors import DatasetError
 
 #: Cameras per modality: the visible sensors of cam1..cam9 and the NIR sensors the authors' code reads.
-MODALITY_CAMS: dict[str, tuple[int, ...]] = {"visible": (1, 2, 3, 4, 5, 6, 7, 8, 9), "thermal": (1, 2, 4, 5, 6, 7, 8, 9)}
+MODALITY_CAMS: dict[str, tuple[int, ...]] = {
+    "visible": (1, 2, 3, 4, 5, 6, 7, 8, 9),
+    "thermal": (1, 2, 4, 5, 6, 7, 8, 9),
+}
 #: Test folders and training lists per modality ("thermal" is LLCM's near-infrared).
 TEST_FOLDER: dict[str, str] = {"visible": "test_vis", "thermal": "test_nir"}
 TRAIN_LIST: dict[str, str] = {"visible": "train_vis.txt", "thermal": "train_nir.txt"}
@@ -50,13 +54,20 @@ def camera_of(rel_path: str) -> int | None:
     return None
 
 
-def read_train_list(path: str | Path, root: str | Path, modality: str, *, check_exists: bool = True) -> list[ImageRecord]:
+def read_train_list(
+    path: str | Path, root: str | Path, modality: str, *, check_exists: bool = True
+) -> list[ImageRecord]:
     """Parse ``idx/train_vis.txt`` / ``idx/train_nir.txt``; every malformed line is reported at once."""
     path, root = Path(path), Path(root)
     if not path.is_file():
-        raise DatasetError(missing_or_loop(path, f"{path}: training list not found; LLCM ships "
-                                                 f"idx/{TRAIN_LIST[modality]} ('<relative path> <label>' per line)",
-                                           "training list"))
+        raise DatasetError(
+            missing_or_loop(
+                path,
+                f"{path}: training list not found; LLCM ships "
+                f"idx/{TRAIN_LIST[modality]} ('<relative path> <label>' per line)",
+                "training list",
+            )
+        )
     records, problems = [], []
     for where, rel, label, problem in path_label_lines(path):
         if problem:
@@ -64,8 +75,10 @@ def read_train_list(path: str | Path, root: str | Path, modality: str, *, check_
             continue
         cam = camera_of(rel)
         if cam is None:
-            problems.append(f"{where}: path {rel!r} has no cam<c> folder, so its camera is unknown "
-                            "(LLCM lists paths like <split>/cam<c>/<id>/<file>.jpg)")
+            problems.append(
+                f"{where}: path {rel!r} has no cam<c> folder, so its camera is unknown "
+                "(LLCM lists paths like <split>/cam<c>/<id>/<file>.jpg)"
+            )
             continue
         full = root / rel
         if check_exists and not full.is_file():
@@ -84,8 +97,11 @@ def train_records(root: str | Path) -> list[ImageRecord]:
     contiguous 0..N-1 and present in both modalities; every problem of both lists at once."""
     root = Path(root)
     if not root.is_dir():
-        raise DatasetError(missing_or_loop(root, f"{root}: LLCM root not found; pass the folder that holds idx/, "
-                                                 "test_vis/, test_nir/", "folder"))
+        raise DatasetError(
+            missing_or_loop(
+                root, f"{root}: LLCM root not found; pass the folder that holds idx/, test_vis/, test_nir/", "folder"
+            )
+        )
     records, problems = [], []
     for m in ("visible", "thermal"):
         try:
@@ -97,8 +113,10 @@ def train_records(root: str | Path) -> list[ImageRecord]:
     labels = sorted({r.pid for r in records})
     if labels != list(range(len(labels))):
         gaps = sorted(set(range(labels[-1] + 1)) - set(labels))[:10]
-        raise DatasetError(f"{root / 'idx'}: training labels are not contiguous 0..{len(labels) - 1} "
-                           f"(missing {gaps}); relabel train_vis.txt / train_nir.txt")
+        raise DatasetError(
+            f"{root / 'idx'}: training labels are not contiguous 0..{len(labels) - 1} "
+            f"(missing {gaps}); relabel train_vis.txt / train_nir.txt"
+        )
     per_modality = [{r.pid for r in records if r.modality == m} for m in ("visible", "thermal")]
     if per_modality[0] != per_modality[1]:
         diff = sorted(per_modality[0] ^ per_modality[1])[:10]
@@ -122,18 +140,29 @@ class LLCM:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DatasetError(missing_or_loop(self.root, f"{self.root}: LLCM root not found; pass the folder that "
-                                                          "holds idx/, test_vis/, test_nir/", "folder"))
+            raise DatasetError(
+                missing_or_loop(
+                    self.root,
+                    f"{self.root}: LLCM root not found; pass the folder that holds idx/, test_vis/, test_nir/",
+                    "folder",
+                )
+            )
         problems: list[str] = []
         for m, folder in TEST_FOLDER.items():
             for c in MODALITY_CAMS[m]:
                 if not (self.root / folder / f"cam{c}").is_dir():
-                    problems.append(missing_or_loop(
-                        self.root / folder / f"cam{c}", f"{self.root / folder / f'cam{c}'}: camera folder missing "
-                        f"(LLCM has {folder}/cam{{{','.join(map(str, MODALITY_CAMS[m]))}}})", "folder"))
+                    problems.append(
+                        missing_or_loop(
+                            self.root / folder / f"cam{c}",
+                            f"{self.root / folder / f'cam{c}'}: camera folder missing "
+                            f"(LLCM has {folder}/cam{{{','.join(map(str, MODALITY_CAMS[m]))}}})",
+                            "folder",
+                        )
+                    )
         try:
-            self.test_ids = sorted(read_id_file(self.root / "idx" / TEST_ID_FILE,
-                                                missing=f"LLCM ships it as idx/{TEST_ID_FILE}"))
+            self.test_ids = sorted(
+                read_id_file(self.root / "idx" / TEST_ID_FILE, missing=f"LLCM ships it as idx/{TEST_ID_FILE}")
+            )
         except DatasetError as e:
             problems += e.problems
             self.test_ids = []
@@ -157,8 +186,10 @@ class LLCM:
                     self._files[(m, pid, c)] = images
                     found += len(images)
             if found == 0:
-                problems.append(f"test id {pid} is listed in idx/{TEST_ID_FILE} but has no images under "
-                                f"test_vis/cam*/{pid:04d}/ or test_nir/cam*/{pid:04d}/; restore them or fix the id file")
+                problems.append(
+                    f"test id {pid} is listed in idx/{TEST_ID_FILE} but has no images under "
+                    f"test_vis/cam*/{pid:04d}/ or test_nir/cam*/{pid:04d}/; restore them or fix the id file"
+                )
         if problems:
             raise DatasetError(f"{self.root}: {len(problems)} problem(s) in the LLCM layout", problems)
 
@@ -175,6 +206,9 @@ class LLCM:
         for pid in self.test_ids:
             for c in MODALITY_CAMS[modality]:
                 for name in self._files.get((modality, pid, c), ()):
-                    out.append(ImageRecord(str(self.root / TEST_FOLDER[modality] / f"cam{c}" / f"{pid:04d}" / name),
-                                           pid, c, modality))
+                    out.append(
+                        ImageRecord(
+                            str(self.root / TEST_FOLDER[modality] / f"cam{c}" / f"{pid:04d}" / name), pid, c, modality
+                        )
+                    )
         return out

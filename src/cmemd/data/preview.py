@@ -4,10 +4,11 @@ Reads only the folder layout and the image files (via :func:`cmemd.data.images.l
 works on the real datasets as well as on the synthetic sets; each benchmark says which folders make the
 rows and columns (``Benchmark.preview``) and :func:`cmemd.benchmarks.stats.preview_grid` draws them here.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import List, Optional, Sequence, Tuple
 
 from PIL import Image, ImageDraw
 
@@ -19,11 +20,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
 
-def _images(d: Path) -> List[Path]:
+def _images(d: Path) -> list[Path]:
     return sorted(p for p in d.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES) if d.is_dir() else []
 
 
-def images_in(folder: Path, n: int, first: bool = False) -> List[Optional[Path]]:
+def images_in(folder: Path, n: int, first: bool = False) -> list[Path | None]:
     """``n`` cells from a folder's sorted images: evenly spaced (or the first ``n``), None-padded."""
     files = _images(Path(folder))
     if first:
@@ -33,7 +34,7 @@ def images_in(folder: Path, n: int, first: bool = False) -> List[Optional[Path]]
     return chosen + [None] * (n - len(chosen))
 
 
-def pick_evenly(candidates: List[str], n: int) -> List[str]:
+def pick_evenly(candidates: list[str], n: int) -> list[str]:
     """``n`` evenly spaced entries of ``candidates`` (all of them when there are fewer)."""
     if not candidates:
         raise DatasetError("no identity folders found; check the dataset root")
@@ -47,11 +48,14 @@ def check_preview_args(out: str | Path, ids: int, per_camera: int) -> None:
     """Refuse an output file or counts the preview cannot use, before any image is read."""
     out = Path(out)
     if out.is_dir():
-        raise ConfigError(f"preview output {out}: is a folder; name the image file to write, "
-                          f"e.g. {out / 'preview.png'}")
+        raise ConfigError(
+            f"preview output {out}: is a folder; name the image file to write, e.g. {out / 'preview.png'}"
+        )
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
-        raise ConfigError(f"preview output {out}: unsupported file type {out.suffix or '(no suffix)'!r}; name a "
-                          f"{', '.join(OUTPUT_SUFFIXES)} file (PNG keeps the tiles exact)")
+        raise ConfigError(
+            f"preview output {out}: unsupported file type {out.suffix or '(no suffix)'!r}; name a "
+            f"{', '.join(OUTPUT_SUFFIXES)} file (PNG keeps the tiles exact)"
+        )
     if ids < 1:
         raise ConfigError(f"preview: ids (--ids) must be >= 1, one identity per row; got {ids}")
     if per_camera < 1:
@@ -60,9 +64,9 @@ def check_preview_args(out: str | Path, ids: int, per_camera: int) -> None:
 
 def draw_sheet(
     headers: Sequence[str],
-    rows: Sequence[tuple[str, Sequence[Optional[str | Path]]]],
+    rows: Sequence[tuple[str, Sequence[str | Path | None]]],
     out: str | Path,
-    tile: Tuple[int, int] = (128, 64),
+    tile: tuple[int, int] = (128, 64),
 ) -> Path:
     """Write a grid (PNG, or JPEG/BMP by ``out``'s suffix): one row per ``(label, cells)``, one column per header;
     a cell is an image path or None (a blank tile). A missing output folder is created; returns the output path."""
@@ -88,6 +92,7 @@ def draw_sheet(
         out.parent.mkdir(parents=True, exist_ok=True)
         sheet.save(out)
     except OSError as e:
-        raise ConfigError(f"preview output {out}: cannot write it ({e.strerror or e}); "
-                          "choose a writable path") from None
+        raise ConfigError(
+            f"preview output {out}: cannot write it ({e.strerror or e}); choose a writable path"
+        ) from None
     return out

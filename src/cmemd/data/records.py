@@ -1,9 +1,11 @@
 """The one record type for an image, shared by every dataset, sampler and evaluator."""
+
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Literal, Optional
+from typing import Literal
 
 from cmemd.errors import DatasetError
 
@@ -46,7 +48,7 @@ def count_by(records: Iterable[ImageRecord], key: str) -> dict:
     return dict(sorted(counts.items()))
 
 
-def path_label_lines(path: Path) -> Iterator[tuple[str, str, int, Optional[str]]]:
+def path_label_lines(path: Path) -> Iterator[tuple[str, str, int, str | None]]:
     """The lines of a ``<relative path> <integer label>`` list (the idx files and training lists of the readers), in
     order: ``(where, relative path, label, problem)`` with ``where`` = ``file:line`` and ``problem`` the
     message of a malformed line (None for a good one). Blank lines are skipped; the caller adds its own
@@ -54,8 +56,10 @@ def path_label_lines(path: Path) -> Iterator[tuple[str, str, int, Optional[str]]
     try:
         text = Path(path).read_text(encoding="utf-8")
     except UnicodeDecodeError as e:
-        raise DatasetError(f"{path}: not a text file ({e.reason} at byte {e.start}); expected "
-                           "'<relative path> <integer label>' per line") from None
+        raise DatasetError(
+            f"{path}: not a text file ({e.reason} at byte {e.start}); expected "
+            "'<relative path> <integer label>' per line"
+        ) from None
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue

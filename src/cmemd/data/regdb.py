@@ -10,6 +10,7 @@ Layout (docs/protocols.md)::
 Trials are numbered 1..10 as in the idx file names. Evaluate one model per trial: a model
 trained on trial t has seen the other trials' test ids.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -41,8 +42,11 @@ def read_idx_file(path: str | Path, root: str | Path, modality: str, *, check_ex
     """Parse one idx file into records; every malformed line is reported at once."""
     path, root = Path(path), Path(root)
     if not path.is_file():
-        raise DatasetError(missing_or_loop(path, f"{path}: split file not found; RegDB ships idx/ with 10 trials of "
-                                                 "train/test lists", "split file"))
+        raise DatasetError(
+            missing_or_loop(
+                path, f"{path}: split file not found; RegDB ships idx/ with 10 trials of train/test lists", "split file"
+            )
+        )
     folder = MODALITY_FOLDER[modality]
     records, problems = [], []
     for where, rel, label, problem in path_label_lines(path):
@@ -73,13 +77,20 @@ class RegDB:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DatasetError(missing_or_loop(self.root, f"{self.root}: RegDB root not found; pass the folder that "
-                                                          "holds Visible/, Thermal/, idx/", "folder"))
+            raise DatasetError(
+                missing_or_loop(
+                    self.root,
+                    f"{self.root}: RegDB root not found; pass the folder that holds Visible/, Thermal/, idx/",
+                    "folder",
+                )
+            )
         absent = [n for n in ("Visible", "Thermal", "idx") if not (self.root / n).is_dir()]
         if absent:
             loops = [loop_message(self.root / n, "folder") for n in absent if is_symlink_loop(self.root / n)]
-            raise DatasetError(f"{self.root}: RegDB folders missing: {absent}; expected Visible/, Thermal/ and idx/ "
-                               "under the root" + "".join(f"; {x}" for x in loops))
+            raise DatasetError(
+                f"{self.root}: RegDB folders missing: {absent}; expected Visible/, Thermal/ and idx/ "
+                "under the root" + "".join(f"; {x}" for x in loops)
+            )
 
     def _check_trial(self, trial: int) -> None:
         if trial not in TRIALS:
@@ -95,8 +106,9 @@ class RegDB:
             except DatasetError as e:
                 problems += e.problems
         if problems:
-            raise DatasetError(f"{self.root / 'idx'}: {len(problems)} problem(s) in the trial {trial} {split} lists",
-                               problems)
+            raise DatasetError(
+                f"{self.root / 'idx'}: {len(problems)} problem(s) in the trial {trial} {split} lists", problems
+            )
         return out[0], out[1]
 
     def train(self, trial: int) -> list[ImageRecord]:

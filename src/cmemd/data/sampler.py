@@ -16,10 +16,12 @@ Each step draws ``P * world_size`` distinct identities without replacement (a fr
 per step, as in the field); rank ``r`` takes identities ``[r*P, (r+1)*P)`` of that draw,
 so ranks see disjoint identities in the same step and the same number of steps.
 """
+
 from __future__ import annotations
 
 import warnings
-from typing import Any, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from torch.utils.data import Sampler
@@ -92,7 +94,9 @@ class CrossModalityIdentitySampler(Sampler[list[int]]):
                 th.append(i)
                 n_th += 1
             else:  # ImageRecord validates this; guard against duck-typed records
-                raise DatasetError(f"record {i} ({r.path}): modality must be 'visible' or 'thermal', got {r.modality!r}")
+                raise DatasetError(
+                    f"record {i} ({r.path}): modality must be 'visible' or 'thermal', got {r.modality!r}"
+                )
         self.excluded_pids: list[int] = sorted(p for p, (v, t) in by_pid.items() if not v or not t)
         if self.excluded_pids:
             warnings.warn(

@@ -17,15 +17,16 @@ number of worker processes; the same seed gives byte-identical files.
 Public entry points: :class:`SynthConfig`, :func:`generate_sysu`, :func:`generate_regdb`,
 :func:`generate_llcm`, :func:`sample_identity`, :func:`sample_shot`, :func:`render_image`.
 """
+
 from __future__ import annotations
 
 import io
 import json
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image
@@ -38,7 +39,7 @@ _T_ID, _T_PLAN, _T_SPLIT, _T_SHOT, _T_CAM, _T_SCENE, _T_REGDB, _T_LLCM = 11, 12,
 
 # (name, RGB in 0..1, emissivity offset): the shared palette. The offset is the small,
 # colour-specific thermal trace of a dye that is not explained by its luminance.
-PALETTE: Tuple[Tuple[str, Tuple[float, float, float], float], ...] = (
+PALETTE: tuple[tuple[str, tuple[float, float, float], float], ...] = (
     ("black", (0.08, 0.08, 0.09), 0.00),
     ("white", (0.92, 0.92, 0.90), 0.02),
     ("grey", (0.50, 0.50, 0.52), -0.03),
@@ -60,7 +61,7 @@ SKIN_TONES = ((0.95, 0.80, 0.68), (0.86, 0.67, 0.52), (0.70, 0.50, 0.36), (0.48,
 HAIR_COLOURS = ((0.06, 0.05, 0.04), (0.25, 0.16, 0.09), (0.55, 0.40, 0.22), (0.85, 0.75, 0.50), (0.62, 0.62, 0.62))
 
 # SYSU-MM01 cameras: modality, scene (cam2 and cam3 watch the same room), indoor.
-SYSU_CAMERAS: Dict[int, Tuple[str, int, bool]] = {
+SYSU_CAMERAS: dict[int, tuple[str, int, bool]] = {
     1: ("visible", 1, True),
     2: ("visible", 2, True),
     3: ("thermal", 2, True),
@@ -69,10 +70,10 @@ SYSU_CAMERAS: Dict[int, Tuple[str, int, bool]] = {
     6: ("thermal", 6, False),
 }
 # RegDB: one aligned rig, camera 1 visible and camera 2 thermal, one scene.
-REGDB_CAMERAS: Dict[int, Tuple[str, int, bool]] = {1: ("visible", 7, False), 2: ("thermal", 7, False)}
+REGDB_CAMERAS: dict[int, tuple[str, int, bool]] = {1: ("visible", 7, False), 2: ("thermal", 7, False)}
 # LLCM: nine dual-mode cameras (an RGB and a NIR sensor under one number, one scene each); the
 # authors' code lists no NIR cam3, so none is written. Cams 1-3 indoor.
-LLCM_CAMERAS: Dict[str, Tuple[int, ...]] = {"visible": (1, 2, 3, 4, 5, 6, 7, 8, 9), "thermal": (1, 2, 4, 5, 6, 7, 8, 9)}
+LLCM_CAMERAS: dict[str, tuple[int, ...]] = {"visible": (1, 2, 3, 4, 5, 6, 7, 8, 9), "thermal": (1, 2, 4, 5, 6, 7, 8, 9)}
 
 VIEWS = ("front", "back", "left", "right")
 
@@ -98,7 +99,7 @@ class SynthConfig:
     """
 
     ids: int = 300
-    images_per_camera: Tuple[int, int] = (10, 20)
+    images_per_camera: tuple[int, int] = (10, 20)
     camera_presence: float = 0.8
     height: int = 128
     width: int = 64
@@ -108,8 +109,8 @@ class SynthConfig:
     occlusion_rate: float = 0.1
     thermal_noise: float = 0.01
     camera_gap: float = 0.2
-    jpeg_quality: Tuple[int, int] = (70, 95)
-    split: Tuple[float, float, float] = (0.6, 0.2, 0.2)
+    jpeg_quality: tuple[int, int] = (70, 95)
+    split: tuple[float, float, float] = (0.6, 0.2, 0.2)
 
     def __post_init__(self) -> None:
         self.images_per_camera = tuple(int(v) for v in self.images_per_camera)  # type: ignore[assignment]
@@ -149,8 +150,8 @@ class Identity:
     build: float
     head: float
     leg_ratio: float
-    skin: Tuple[float, float, float]
-    hair_colour: Tuple[float, float, float]
+    skin: tuple[float, float, float]
+    hair_colour: tuple[float, float, float]
     hair: str  # short, long, bald
     sleeve: str  # none, short, long
     upper_type: str  # tshirt, shirt, jacket, coat
@@ -164,13 +165,13 @@ class Identity:
     lower2: int
     lower_pattern: str  # plain, stripes, checks
     lower_thickness: float
-    shoes: Tuple[float, float, float]
-    backpack: Optional[int]
-    shoulder_bag: Optional[int]
-    handbag: Optional[int]
-    hat: Optional[int]
+    shoes: tuple[float, float, float]
+    backpack: int | None
+    shoulder_bag: int | None
+    handbag: int | None
+    hat: int | None
     gender: str
-    colour_jitter: Tuple[float, float, float]
+    colour_jitter: tuple[float, float, float]
     gait: float  # stride amplitude
 
 
@@ -185,13 +186,15 @@ def sample_identity(seed: int, pid: int, palette_size: int = 12) -> Identity:
     female = r.random() < 0.45
     upper_type = str(r.choice(["tshirt", "shirt", "jacket", "coat"], p=[0.35, 0.25, 0.25, 0.15]))
     thickness = {"tshirt": 0.1, "shirt": 0.35, "jacket": 0.7, "coat": 0.9}[upper_type] + r.uniform(-0.1, 0.1)
-    sleeve = "long" if upper_type in ("jacket", "coat") else str(r.choice(["none", "short", "long"], p=[0.15, 0.55, 0.3]))
+    sleeve = (
+        "long" if upper_type in ("jacket", "coat") else str(r.choice(["none", "short", "long"], p=[0.15, 0.55, 0.3]))
+    )
     lower_type = str(r.choice(["shorts", "trousers", "skirt"], p=([0.2, 0.45, 0.35] if female else [0.3, 0.7, 0.0])))
     upper = int(r.integers(P))
     upper2 = int((upper + r.integers(1, P)) % P)
     lower = int(r.integers(P))
 
-    def maybe(p: float) -> Optional[int]:
+    def maybe(p: float) -> int | None:
         return int(r.integers(P)) if r.random() < p else None
 
     ident = Identity(
@@ -208,7 +211,9 @@ def sample_identity(seed: int, pid: int, palette_size: int = 12) -> Identity:
         thickness=float(np.clip(thickness, 0.0, 1.0)),
         upper=upper,
         upper2=upper2,
-        upper_pattern=str(r.choice(["plain", "stripes", "checks", "logo", "twotone"], p=[0.36, 0.16, 0.12, 0.18, 0.18])),
+        upper_pattern=str(
+            r.choice(["plain", "stripes", "checks", "logo", "twotone"], p=[0.36, 0.16, 0.12, 0.18, 0.18])
+        ),
         pattern_period=float(r.uniform(0.035, 0.07)),
         lower_type=lower_type,
         lower=lower,
@@ -236,12 +241,12 @@ class Shot:
     scale: float
     cx: float  # fraction of width
     top: float  # fraction of height
-    occlusion: Optional[Tuple[str, float, int, float]]  # kind, extent, palette index, temperature
+    occlusion: tuple[str, float, int, float] | None  # kind, extent, palette index, temperature
     bg_offset: float  # 0..1 crop position in the scene panorama
     brightness: float
     ambient: float  # thermal ambient shift
     quality: int
-    clutter: Tuple[Tuple[float, float, float, float, int, float], ...]  # x, y, w, h (fractions), colour, temp
+    clutter: tuple[tuple[float, float, float, float, int, float], ...]  # x, y, w, h (fractions), colour, temp
 
 
 def sample_shot(r: np.random.Generator, config: SynthConfig, view_bias: Sequence[float]) -> Shot:
@@ -259,8 +264,14 @@ def sample_shot(r: np.random.Generator, config: SynthConfig, view_bias: Sequence
         kind = str(r.choice(["bottom", "left", "right"], p=[0.5, 0.25, 0.25]))
         occ = (kind, float(r.uniform(0.15, 0.35)), int(r.integers(config.palette_size)), float(r.uniform(-0.1, 0.4)))
     clutter = tuple(
-        (float(r.uniform(0, 1)), float(r.uniform(0.2, 0.9)), float(r.uniform(0.08, 0.3)), float(r.uniform(0.05, 0.3)),
-         int(r.integers(config.palette_size)), float(r.uniform(-0.15, 0.3)))
+        (
+            float(r.uniform(0, 1)),
+            float(r.uniform(0.2, 0.9)),
+            float(r.uniform(0.08, 0.3)),
+            float(r.uniform(0.05, 0.3)),
+            int(r.integers(config.palette_size)),
+            float(r.uniform(-0.15, 0.3)),
+        )
         for _ in range(int(r.integers(0, 3)))
     )
     return Shot(
@@ -282,7 +293,7 @@ def sample_shot(r: np.random.Generator, config: SynthConfig, view_bias: Sequence
 
 
 @lru_cache(maxsize=8)
-def _grid(h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
+def _grid(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     return yy + 0.5, xx + 0.5
 
@@ -290,7 +301,10 @@ def _grid(h: int, w: int) -> Tuple[np.ndarray, np.ndarray]:
 def _box(yy, y0, y1, x0, x1):
     """Row / column slices of the grid covering [y0, y1] x [x0, x1] (shapes are small: skip the rest)."""
     h, w = yy.shape
-    return (slice(max(0, int(y0) - 1), max(0, min(h, int(y1) + 2))), slice(max(0, int(x0) - 1), max(0, min(w, int(x1) + 2))))
+    return (
+        slice(max(0, int(y0) - 1), max(0, min(h, int(y1) + 2))),
+        slice(max(0, int(x0) - 1), max(0, min(w, int(x1) + 2))),
+    )
 
 
 def _ellipse(yy, xx, cy, cx, ry, rx):
@@ -324,7 +338,7 @@ def _capsule(yy, xx, p0, p1, r):
     return out, tt
 
 
-def render_labels(ident: Identity, shot: Shot, h: int, w: int) -> Tuple[np.ndarray, Tuple[float, float, float, float]]:
+def render_labels(ident: Identity, shot: Shot, h: int, w: int) -> tuple[np.ndarray, tuple[float, float, float, float]]:
     """Paint the person into a label map (``BG``, ``SKIN``, ``HAIR``, ``UP``...); z-order by view.
 
     Returns the label map and (cx, top, person height, half-width) for shading.
@@ -377,7 +391,9 @@ def render_labels(ident: Identity, shot: Shot, h: int, w: int) -> Tuple[np.ndarr
         legs.append((m, t, foot))
 
     torso_bottom = yh + (0.2 * u if ident.upper_type == "coat" else 0.03 * u)
-    torso = _trapezoid(yy, xx, ys - 0.012 * u, torso_bottom, cx, cx, sw, hw * (1.25 if ident.upper_type == "coat" else 1.05))
+    torso = _trapezoid(
+        yy, xx, ys - 0.012 * u, torso_bottom, cx, cx, sw, hw * (1.25 if ident.upper_type == "coat" else 1.05)
+    )
     neck = _trapezoid(yy, xx, head_cy + 0.5 * head_ry, ys + 0.01 * u, cx, cx, 0.022 * u, 0.026 * u)
     head = _ellipse(yy, xx, head_cy, cx + (0.01 * u * facing if side else 0.0), head_ry, head_rx)
 
@@ -434,7 +450,7 @@ def render_labels(ident: Identity, shot: Shot, h: int, w: int) -> Tuple[np.ndarr
     elif pat == "logo" and view == "front":
         L[_trapezoid(yy, xx, ys + 0.06 * u, ys + 0.15 * u, cx, cx, 0.05 * u, 0.05 * u)] = UP2
     if ident.lower_pattern != "plain":
-        lowm = (L == LOW)
+        lowm = L == LOW
         lp = period * 1.3
         if ident.lower_pattern == "stripes":
             L[lowm & (((yy - y0) // lp) % 2 == 1)] = LOW2
@@ -450,10 +466,21 @@ def render_labels(ident: Identity, shot: Shot, h: int, w: int) -> Tuple[np.ndarr
     else:
         L[head] = SKIN
         if ident.hair != "bald":
-            cap = _ellipse(yy, xx, head_cy - 0.25 * head_ry, cx - (0.012 * u * facing if side else 0), head_ry * 0.85, head_rx * 1.08)
+            cap = _ellipse(
+                yy,
+                xx,
+                head_cy - 0.25 * head_ry,
+                cx - (0.012 * u * facing if side else 0),
+                head_ry * 0.85,
+                head_rx * 1.08,
+            )
             L[cap & (yy < head_cy - (0.2 if not side else 0.0) * head_ry)] = HAIR
     if ident.hat is not None:
-        L[_trapezoid(yy, xx, head_cy - 1.15 * head_ry, head_cy - 0.45 * head_ry, cx, cx, head_rx * 0.9, head_rx * 1.25)] = HAT
+        L[
+            _trapezoid(
+                yy, xx, head_cy - 1.15 * head_ry, head_cy - 0.45 * head_ry, cx, cx, head_rx * 0.9, head_rx * 1.25
+            )
+        ] = HAT
     # carried objects
     if ident.backpack is not None:
         if view == "back":
@@ -506,7 +533,9 @@ def make_scene(seed: int, scene: int, indoor: bool, h: int, w: int) -> Scene:
     wall = r.uniform(0.35, 0.8) + r.uniform(-0.08, 0.08, 3)
     floor = r.uniform(0.2, 0.55) + r.uniform(-0.06, 0.06, 3)
     rgb = np.where((yy < horizon)[..., None], wall, floor).astype(np.float32)
-    temp = np.where(yy < horizon, r.uniform(-0.1, 0.15), r.uniform(-0.05, 0.3 if not indoor else 0.1)).astype(np.float32)
+    temp = np.where(yy < horizon, r.uniform(-0.1, 0.15), r.uniform(-0.05, 0.3 if not indoor else 0.1)).astype(
+        np.float32
+    )
     # perspective floor gradient and a few vertical structures
     rgb *= (0.85 + 0.3 * (yy / h))[..., None]
     for _ in range(int(r.integers(3, 7))):
@@ -558,7 +587,7 @@ def camera_look(seed: int, cam: int, indoor: bool, gap: float, w: int, regdb: bo
 # --------------------------------------------------------------------------- rendering
 
 
-def _material_tables(ident: Identity, shot: Shot, palette_size: int) -> Tuple[np.ndarray, np.ndarray]:
+def _material_tables(ident: Identity, shot: Shot, palette_size: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-label colour (N_LABELS, 3) and temperature (N_LABELS,) for this person and image."""
     jit = np.asarray(ident.colour_jitter, np.float32)
 
@@ -583,8 +612,16 @@ def _material_tables(ident: Identity, shot: Shot, palette_size: int) -> Tuple[np
     rgb[LOW], temp[LOW] = col(ident.lower), fabric(ident.lower, ident.lower_thickness)
     rgb[LOW2], temp[LOW2] = col(ident.lower2), fabric(ident.lower2, ident.lower_thickness)
     rgb[SHOE], temp[SHOE] = ident.shoes, 0.2
-    for lab, idx, base in ((BAG, ident.backpack if ident.backpack is not None else (ident.shoulder_bag if ident.shoulder_bag is not None else ident.handbag), 0.05),
-                           (HAT, ident.hat, 0.35)):
+    for lab, idx, base in (
+        (
+            BAG,
+            ident.backpack
+            if ident.backpack is not None
+            else (ident.shoulder_bag if ident.shoulder_bag is not None else ident.handbag),
+            0.05,
+        ),
+        (HAT, ident.hat, 0.35),
+    ):
         if idx is not None:
             c = col(idx)
             rgb[lab], temp[lab] = c, base + 0.2 * (1 - lum(c)) ** 2
@@ -606,7 +643,7 @@ def _blur(a: np.ndarray, passes: int) -> np.ndarray:
 
 def _background(scene_arr: np.ndarray, shot: Shot, w: int) -> np.ndarray:
     x0 = int(shot.bg_offset * (scene_arr.shape[1] - w))
-    return scene_arr[:, x0:x0 + w].copy()
+    return scene_arr[:, x0 : x0 + w].copy()
 
 
 def render_image(
@@ -625,10 +662,12 @@ def render_image(
     rgb_t, temp_t = _material_tables(ident, shot, config.palette_size)
     person = L > 0
     # cylinder-like shading across the body and a soft top light
-    shade = np.clip(1.0 - 0.35 * ((xx - cx) / (1.6 * sw + 1e-3)) ** 2, 0.55, 1.0) * (1.02 - 0.1 * (yy - y0) / max(u, 1.0))
+    shade = np.clip(1.0 - 0.35 * ((xx - cx) / (1.6 * sw + 1e-3)) ** 2, 0.55, 1.0) * (
+        1.02 - 0.1 * (yy - y0) / max(u, 1.0)
+    )
     if modality == "visible":
         img = _background(scene.rgb, shot, w)
-        for (x, y, ww, hh, ci, _) in shot.clutter:
+        for x, y, ww, hh, ci, _ in shot.clutter:
             m = (np.abs(xx / w - x) < ww / 2) & (np.abs(yy / h - y) < hh / 2)
             img[m] = np.asarray(PALETTE[ci % config.palette_size][1], np.float32) * 0.4 + 0.25
         img[person] = rgb_t[L[person]] * shade[person][:, None]
@@ -639,7 +678,7 @@ def render_image(
         return np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
     # thermal: temperature map -> sensor
     T = _background(scene.temp, shot, w) + shot.ambient
-    for (x, y, ww, hh, _, tc) in shot.clutter:
+    for x, y, ww, hh, _, tc in shot.clutter:
         m = (np.abs(xx / w - x) < ww / 2) & (np.abs(yy / h - y) < hh / 2)
         T[m] = tc
     body = temp_t[L[person]] * (0.93 + 0.07 * shade[person])
@@ -667,7 +706,7 @@ def _encode(img: np.ndarray, path: Path, quality: int) -> None:
 # --------------------------------------------------------------------------- SYSU-MM01 layout
 
 
-def _sysu_plan(config: SynthConfig) -> Tuple[Dict[str, List[int]], Dict[int, Dict[int, int]]]:
+def _sysu_plan(config: SynthConfig) -> tuple[dict[str, list[int]], dict[int, dict[int, int]]]:
     """Split ids and decide how many images each (id, camera) gets, with the coverage rules."""
     n = config.ids
     perm = _rng(config.seed, _T_SPLIT).permutation(np.arange(1, n + 1))
@@ -679,12 +718,12 @@ def _sysu_plan(config: SynthConfig) -> Tuple[Dict[str, List[int]], Dict[int, Dic
         raise ConfigError(f"SynthConfig.ids = {n} is too small for split {config.split}: use more ids")
     splits = {
         "train": sorted(int(p) for p in perm[:n_train]),
-        "val": sorted(int(p) for p in perm[n_train:n_train + n_val]),
-        "test": sorted(int(p) for p in perm[n_train + n_val:]),
+        "val": sorted(int(p) for p in perm[n_train : n_train + n_val]),
+        "test": sorted(int(p) for p in perm[n_train + n_val :]),
     }
     test = set(splits["test"])
     lo, hi = config.images_per_camera
-    plan: Dict[int, Dict[int, int]] = {}
+    plan: dict[int, dict[int, int]] = {}
     for pid in range(1, n + 1):
         r = _rng(config.seed, _T_PLAN, pid)
         present = {c for c in range(1, 7) if r.random() < config.camera_presence}
@@ -699,7 +738,7 @@ def _sysu_plan(config: SynthConfig) -> Tuple[Dict[str, List[int]], Dict[int, Dic
     return splits, plan
 
 
-def _render_sysu_id(args: Tuple[str, SynthConfig, int, Dict[int, int]]) -> None:
+def _render_sysu_id(args: tuple[str, SynthConfig, int, dict[int, int]]) -> None:
     out, config, pid, cams = args
     ident = sample_identity(config.seed, pid, config.palette_size)
     for cam, n in cams.items():
@@ -719,7 +758,7 @@ NUISANCE_FILE = "synth_nuisance.csv"
 NUISANCE_FIELDS = ("path", "pid", "cam", "view", "phase", "scale", "cx", "top", "occlusion", "occlusion_extent")
 
 
-def sysu_nuisance(config: SynthConfig, plan: Dict[int, Dict[int, int]]) -> List[dict]:
+def sysu_nuisance(config: SynthConfig, plan: dict[int, dict[int, int]]) -> list[dict]:
     """Each image's nuisance (view, walking phase, box scale/shift, occlusion), re-drawn from the same seeds
     as the rendering (cheap: nothing is rendered). ``path`` is relative to the dataset root."""
     rows = []
@@ -729,14 +768,24 @@ def sysu_nuisance(config: SynthConfig, plan: Dict[int, Dict[int, int]]) -> List[
             for k in range(1, n + 1):
                 shot = sample_shot(_rng(config.seed, _T_SHOT, pid, cam, k), config, look.view_bias)
                 occ = shot.occlusion
-                rows.append({"path": f"cam{cam}/{pid:04d}/{k:04d}.jpg", "pid": pid, "cam": cam, "view": shot.view,
-                             "phase": round(shot.phase, 6), "scale": round(shot.scale, 6), "cx": round(shot.cx, 6),
-                             "top": round(shot.top, 6), "occlusion": occ[0] if occ else "",
-                             "occlusion_extent": round(occ[1], 6) if occ else 0.0})
+                rows.append(
+                    {
+                        "path": f"cam{cam}/{pid:04d}/{k:04d}.jpg",
+                        "pid": pid,
+                        "cam": cam,
+                        "view": shot.view,
+                        "phase": round(shot.phase, 6),
+                        "scale": round(shot.scale, 6),
+                        "cx": round(shot.cx, 6),
+                        "top": round(shot.top, 6),
+                        "occlusion": occ[0] if occ else "",
+                        "occlusion_extent": round(occ[1], 6) if occ else 0.0,
+                    }
+                )
     return rows
 
 
-def _write_nuisance(path: Path, rows: List[dict]) -> None:
+def _write_nuisance(path: Path, rows: list[dict]) -> None:
     import csv
 
     with open(path, "w", newline="") as f:
@@ -745,7 +794,7 @@ def _write_nuisance(path: Path, rows: List[dict]) -> None:
         w.writerows(rows)
 
 
-def read_nuisance(root: str | Path) -> Optional[Dict[str, dict]]:
+def read_nuisance(root: str | Path) -> dict[str, dict] | None:
     """The generator's nuisance sidecar of a synthetic dataset, ``{relative path: row}``; None where the
     root has none (real datasets never do). Numbers come back as floats, ``pid``/``cam`` as ints."""
     import csv
@@ -761,8 +810,12 @@ def read_nuisance(root: str | Path) -> Optional[Dict[str, dict]]:
             raise ConfigError(f"{path}: missing columns {sorted(missing)}; regenerate the data with `cmemd data synth`")
         for i, row in enumerate(reader, start=2):
             try:
-                row = dict(row, pid=int(row["pid"]), cam=int(row["cam"]),
-                           **{k: float(row[k]) for k in ("phase", "scale", "cx", "top", "occlusion_extent")})
+                row = dict(
+                    row,
+                    pid=int(row["pid"]),
+                    cam=int(row["cam"]),
+                    **{k: float(row[k]) for k in ("phase", "scale", "cx", "top", "occlusion_extent")},
+                )
             except ValueError as e:
                 raise ConfigError(f"{path}, line {i}: {e}; regenerate the data with `cmemd data synth`") from None
             out[row["path"]] = row
@@ -779,7 +832,7 @@ def _run(fn, jobs: list, workers: int) -> None:
             pass
 
 
-def _write_rand_perm(path: Path, config: SynthConfig, plan: Dict[int, Dict[int, int]]) -> None:
+def _write_rand_perm(path: Path, config: SynthConfig, plan: dict[int, dict[int, int]]) -> None:
     """``rand_perm_cam.mat`` in the dataset authors' format: a 6x1 cell of (n_ids, 1) cells of 10 x n."""
     import scipy.io
 
@@ -790,7 +843,9 @@ def _write_rand_perm(path: Path, config: SynthConfig, plan: Dict[int, Dict[int, 
             n = plan[pid].get(c, 0)
             r = _rng(config.seed, _T_SPLIT, 7, c, pid)
             dtype = np.uint8 if n < 256 else np.uint16
-            inner[pid - 1, 0] = np.stack([r.permutation(n) + 1 for _ in range(10)]).astype(dtype) if n else np.zeros((10, 0), np.uint8)
+            inner[pid - 1, 0] = (
+                np.stack([r.permutation(n) + 1 for _ in range(10)]).astype(dtype) if n else np.zeros((10, 0), np.uint8)
+            )
         cell[c - 1, 0] = inner
     buf = io.BytesIO()
     scipy.io.savemat(buf, {"rand_perm_cam": cell})
@@ -802,9 +857,25 @@ def _write_rand_perm(path: Path, config: SynthConfig, plan: Dict[int, Dict[int, 
 
 # Everything a generator writes at the top of its folder, in any layout (and the image cache built from those
 # files): what regenerating a folder clears first, so that no image of an earlier set survives under the same ids.
-GENERATED_ENTRIES = ("cam1", "cam2", "cam3", "cam4", "cam5", "cam6", "exp", "Visible", "Thermal", "idx",
-                     "train_vis", "train_nir", "test_vis", "test_nir", "synth_summary.json", NUISANCE_FILE,
-                     ".cmemd_cache")
+GENERATED_ENTRIES = (
+    "cam1",
+    "cam2",
+    "cam3",
+    "cam4",
+    "cam5",
+    "cam6",
+    "exp",
+    "Visible",
+    "Thermal",
+    "idx",
+    "train_vis",
+    "train_nir",
+    "test_vis",
+    "test_nir",
+    "synth_summary.json",
+    NUISANCE_FILE,
+    ".cmemd_cache",
+)
 
 
 def _check_out(out_dir: Path) -> Path:
@@ -815,7 +886,7 @@ def _check_out(out_dir: Path) -> Path:
     return out_dir
 
 
-def generate_sysu(out_dir: str | Path, config: Optional[SynthConfig] = None, workers: int = 1) -> dict:
+def generate_sysu(out_dir: str | Path, config: SynthConfig | None = None, workers: int = 1) -> dict:
     """Write a synthetic dataset in the SYSU-MM01 layout and return its exact counts.
 
     Layout: ``cam1..cam6/<pid:04d>/<k:04d>.jpg`` (cams 1, 2, 4, 5 visible; 3, 6 thermal; cam2 and
@@ -834,15 +905,23 @@ def generate_sysu(out_dir: str | Path, config: Optional[SynthConfig] = None, wor
     _run(_render_sysu_id, [(str(out), config, pid, plan[pid]) for pid in range(1, config.ids + 1)], workers)
     exp = out / "exp"
     exp.mkdir(exist_ok=True)
-    for name, ids in (("train", splits["train"]), ("val", splits["val"]), ("test", splits["test"]),
-                      ("available", list(range(1, config.ids + 1)))):
+    for name, ids in (
+        ("train", splits["train"]),
+        ("val", splits["val"]),
+        ("test", splits["test"]),
+        ("available", list(range(1, config.ids + 1))),
+    ):
         (exp / f"{name}_id.txt").write_text(",".join(str(i) for i in ids) + "\n")
     _write_rand_perm(exp / "rand_perm_cam.mat", config, plan)
     _write_nuisance(out / NUISANCE_FILE, sysu_nuisance(config, plan))
     images = {s: {f"cam{c}": sum(plan[p].get(c, 0) for p in ids) for c in range(1, 7)} for s, ids in splits.items()}
-    mods = {s: {"visible": sum(v for k, v in cams.items() if SYSU_CAMERAS[int(k[3:])][0] == "visible"),
-                "thermal": sum(v for k, v in cams.items() if SYSU_CAMERAS[int(k[3:])][0] == "thermal")}
-            for s, cams in images.items()}
+    mods = {
+        s: {
+            "visible": sum(v for k, v in cams.items() if SYSU_CAMERAS[int(k[3:])][0] == "visible"),
+            "thermal": sum(v for k, v in cams.items() if SYSU_CAMERAS[int(k[3:])][0] == "thermal"),
+        }
+        for s, cams in images.items()
+    }
     summary = {
         "layout": "sysu",
         "n_ids": config.ids,
@@ -865,7 +944,7 @@ def _regdb_view(ident: Identity, seed: int) -> str:
     return "front" if _rng(seed, _T_REGDB, 1, ident.pid).random() < 0.5 else "back"
 
 
-def _render_regdb_id(args: Tuple[str, SynthConfig, int]) -> None:
+def _render_regdb_id(args: tuple[str, SynthConfig, int]) -> None:
     out, config, pid = args
     ident = sample_identity(config.seed, pid, config.palette_size)
     view = _regdb_view(ident, config.seed)
@@ -891,7 +970,7 @@ def regdb_filename(ident: Identity, seed: int, modality: str, k: int) -> str:
     return f"{ident.gender}_{_regdb_view(ident, seed)}_{tag}_{(ident.pid - 1) * 10 + k:05d}_{k}.bmp"
 
 
-def generate_regdb(out_dir: str | Path, config: Optional[SynthConfig] = None, workers: int = 1) -> dict:
+def generate_regdb(out_dir: str | Path, config: SynthConfig | None = None, workers: int = 1) -> dict:
     """Write a synthetic dataset in the RegDB layout and return its exact counts.
 
     Layout: ``Visible/<pid>/<gender>_<view>_v_<nnnnn>_<k>.bmp`` and the same under ``Thermal/`` with
@@ -912,11 +991,16 @@ def generate_regdb(out_dir: str | Path, config: Optional[SynthConfig] = None, wo
     for t in range(1, 11):
         perm = np.random.default_rng([t, config.seed]).permutation(np.arange(1, n + 1))
         train = sorted(int(p) for p in perm[: n // 2])
-        test = sorted(int(p) for p in perm[n // 2:])
+        test = sorted(int(p) for p in perm[n // 2 :])
         for mod, folder in (("visible", "Visible"), ("thermal", "Thermal")):
-            tr = [f"{folder}/{p}/{regdb_filename(names[p], config.seed, mod, k)} {lab}"
-                  for lab, p in enumerate(train) for k in range(1, 11)]
-            te = [f"{folder}/{p}/{regdb_filename(names[p], config.seed, mod, k)} {p}" for p in test for k in range(1, 11)]
+            tr = [
+                f"{folder}/{p}/{regdb_filename(names[p], config.seed, mod, k)} {lab}"
+                for lab, p in enumerate(train)
+                for k in range(1, 11)
+            ]
+            te = [
+                f"{folder}/{p}/{regdb_filename(names[p], config.seed, mod, k)} {p}" for p in test for k in range(1, 11)
+            ]
             (idx / f"train_{mod}_{t}.txt").write_text("\n".join(tr) + "\n")
             (idx / f"test_{mod}_{t}.txt").write_text("\n".join(te) + "\n")
         trials[str(t)] = {"train_ids": train, "test_ids": test}
@@ -946,7 +1030,7 @@ def low_light(img: np.ndarray, r: np.random.Generator) -> np.ndarray:
     return np.clip(x * 255 + 0.5, 0, 255).astype(np.uint8)
 
 
-def _llcm_plan(config: SynthConfig) -> Tuple[Dict[str, List[int]], Dict[int, Dict[str, Dict[int, int]]]]:
+def _llcm_plan(config: SynthConfig) -> tuple[dict[str, list[int]], dict[int, dict[str, dict[int, int]]]]:
     """Train/test ids (train = the train + val fractions of ``config.split``) and, per id and modality,
     the images per camera. Every id has both modalities; every test id is seen by at least two cameras
     of each modality, so that every query keeps a true match after the same-id-same-camera removal."""
@@ -956,10 +1040,10 @@ def _llcm_plan(config: SynthConfig) -> Tuple[Dict[str, List[int]], Dict[int, Dic
     n_test = max(1, int(round(n * fr[2])))
     if n - n_test < 1:
         raise ConfigError(f"SynthConfig.ids = {n} is too small for split {config.split}: use more ids")
-    splits = {"train": sorted(int(p) for p in perm[: n - n_test]), "test": sorted(int(p) for p in perm[n - n_test:])}
+    splits = {"train": sorted(int(p) for p in perm[: n - n_test]), "test": sorted(int(p) for p in perm[n - n_test :])}
     test = set(splits["test"])
     lo, hi = config.images_per_camera
-    plan: Dict[int, Dict[str, Dict[int, int]]] = {}
+    plan: dict[int, dict[str, dict[int, int]]] = {}
     for pid in range(1, n + 1):
         r = _rng(config.seed, _T_LLCM, pid)
         plan[pid] = {}
@@ -978,15 +1062,16 @@ def _llcm_folder(split: str, modality: str) -> str:
     return f"{split}_{'vis' if modality == 'visible' else 'nir'}"
 
 
-def _render_llcm_id(args: Tuple[str, SynthConfig, int, str, Dict[str, Dict[int, int]]]) -> None:
+def _render_llcm_id(args: tuple[str, SynthConfig, int, str, dict[str, dict[int, int]]]) -> None:
     out, config, pid, split, cams = args
     ident = sample_identity(config.seed, pid, config.palette_size)
     for m, counts in cams.items():
         for cam, n in counts.items():
             indoor = cam <= 3
             scene = make_scene(config.seed, 20 + cam, indoor, config.height, config.width)  # RGB and NIR share it
-            look = camera_look(config.seed, 200 + cam + (10 if m == "thermal" else 0), indoor, config.camera_gap,
-                               config.width)
+            look = camera_look(
+                config.seed, 200 + cam + (10 if m == "thermal" else 0), indoor, config.camera_gap, config.width
+            )
             d = Path(out) / _llcm_folder(split, m) / f"cam{cam}" / f"{pid:04d}"
             d.mkdir(parents=True, exist_ok=True)
             for k in range(1, n + 1):
@@ -1000,7 +1085,7 @@ def _render_llcm_id(args: Tuple[str, SynthConfig, int, str, Dict[str, Dict[int, 
                     Image.fromarray(img[:, :, 0], "L").save(path, format="JPEG", quality=shot.quality)
 
 
-def generate_llcm(out_dir: str | Path, config: Optional[SynthConfig] = None, workers: int = 1) -> dict:
+def generate_llcm(out_dir: str | Path, config: SynthConfig | None = None, workers: int = 1) -> dict:
     """Write a synthetic dataset in the LLCM layout and return its exact counts.
 
     Layout: ``{train,test}_{vis,nir}/cam<c>/<pid:04d>/<pid>_c<cc>_<k>.jpg`` for the nine dual-mode
@@ -1021,13 +1106,20 @@ def generate_llcm(out_dir: str | Path, config: Optional[SynthConfig] = None, wor
         for m, cams in LLCM_CAMERAS.items():
             for c in cams:
                 (out / _llcm_folder(split, m) / f"cam{c}").mkdir(parents=True, exist_ok=True)
-    _run(_render_llcm_id, [(str(out), config, pid, split_of[pid], plan[pid]) for pid in range(1, config.ids + 1)],
-         workers)
+    _run(
+        _render_llcm_id,
+        [(str(out), config, pid, split_of[pid], plan[pid]) for pid in range(1, config.ids + 1)],
+        workers,
+    )
     idx = out / "idx"
     idx.mkdir(exist_ok=True)
     for m, name in (("visible", "train_vis.txt"), ("thermal", "train_nir.txt")):
-        lines = [f"{_llcm_folder('train', m)}/cam{c}/{p:04d}/{p:04d}_c{c:02d}_{k:04d}.jpg {label}"
-                 for label, p in enumerate(splits["train"]) for c, n in plan[p][m].items() for k in range(1, n + 1)]
+        lines = [
+            f"{_llcm_folder('train', m)}/cam{c}/{p:04d}/{p:04d}_c{c:02d}_{k:04d}.jpg {label}"
+            for label, p in enumerate(splits["train"])
+            for c, n in plan[p][m].items()
+            for k in range(1, n + 1)
+        ]
         (idx / name).write_text("\n".join(lines) + "\n")
     (idx / "test_id.txt").write_text(",".join(str(p) for p in splits["test"]) + "\n")
     images = {s: {m: sum(sum(plan[p][m].values()) for p in ids) for m in LLCM_CAMERAS} for s, ids in splits.items()}

@@ -6,11 +6,12 @@ Layout (docs/protocols.md)::
     root/cam1 .. cam6/<pid:04d>/<k:04d>.jpg
     root/exp/train_id.txt val_id.txt test_id.txt    (one line of comma-separated ids)
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from cmemd.data.fs import is_symlink_loop, list_images, loop_message, missing_or_loop, read_id_file
 from cmemd.data.records import ImageRecord
@@ -46,14 +47,20 @@ class SYSUMM01:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         if not self.root.is_dir():
-            raise DatasetError(missing_or_loop(self.root, f"{self.root}: SYSU-MM01 root not found; pass the folder "
-                                                          "that holds cam1..cam6 and exp/", "folder"))
+            raise DatasetError(
+                missing_or_loop(
+                    self.root,
+                    f"{self.root}: SYSU-MM01 root not found; pass the folder that holds cam1..cam6 and exp/",
+                    "folder",
+                )
+            )
         problems: list[str] = []
         for c in CAMERA_MODALITY:
             if not (self.root / f"cam{c}").is_dir():
                 cam = self.root / f"cam{c}"
-                problems.append(missing_or_loop(cam, f"{cam}: camera folder missing (SYSU-MM01 has cam1..cam6)",
-                                                "folder"))
+                problems.append(
+                    missing_or_loop(cam, f"{cam}: camera folder missing (SYSU-MM01 has cam1..cam6)", "folder")
+                )
         self.split_ids = {}
         for split, name in SPLIT_FILES.items():
             try:
@@ -92,7 +99,9 @@ class SYSUMM01:
             raise DatasetError(f"{self.root}: {len(problems)} problem(s) in the SYSU-MM01 layout", problems)
 
     # ------------------------------------------------------------------ records
-    def _records(self, pids: Sequence[int], cams: Sequence[int], label: dict[int, int] | None = None) -> list[ImageRecord]:
+    def _records(
+        self, pids: Sequence[int], cams: Sequence[int], label: dict[int, int] | None = None
+    ) -> list[ImageRecord]:
         out = []
         for pid in sorted(pids):
             for c in cams:

@@ -10,6 +10,7 @@ Every random op takes a ``torch.Generator``; the same generator state gives the 
 output, so a Dataset that seeds one per (seed, epoch, index, draw) is reproducible whatever
 the number of workers.
 """
+
 from __future__ import annotations
 
 import math
@@ -78,7 +79,9 @@ def resize_pil(img: Image.Image, height: int, width: int, interpolation: str = "
     return img.resize((width, height), _PIL_INTERP[interpolation])
 
 
-def resize(img: Image.Image | np.ndarray | torch.Tensor, height: int, width: int, interpolation: str = "bilinear") -> torch.Tensor:
+def resize(
+    img: Image.Image | np.ndarray | torch.Tensor, height: int, width: int, interpolation: str = "bilinear"
+) -> torch.Tensor:
     """Any supported input as a 3 x height x width uint8 tensor (no-op when already that size)."""
     if interpolation not in _PIL_INTERP:
         raise ConfigError(f"transforms: interpolation must be one of {sorted(_PIL_INTERP)}, got {interpolation!r}")
@@ -125,7 +128,9 @@ def channel_exchange(img: torch.Tensor, p: float, g: torch.Generator | None = No
     return img[choice : choice + 1].expand(3, -1, -1).contiguous()
 
 
-def thermal_jitter(img: torch.Tensor, p: float, strength: float = 0.2, g: torch.Generator | None = None) -> torch.Tensor:
+def thermal_jitter(
+    img: torch.Tensor, p: float, strength: float = 0.2, g: torch.Generator | None = None
+) -> torch.Tensor:
     """Thermal images: with probability ``p`` either grayscale or a linear intensity jitter
     ``a * x + b`` (a in [1 - s, 1 + s], b in [-s/2, s/2]), equally likely, clipped to [0, 1]."""
     if p <= 0 or _rand(g) >= p:
@@ -182,13 +187,17 @@ def caj_random_erasing(
         if ew < w and eh < h:
             top, left = _randint(g, 0, h - eh), _randint(g, 0, w - ew)
             out = img.clone()
-            out[:, top : top + eh, left : left + ew] = torch.tensor(fill[: img.shape[0]], dtype=img.dtype).view(-1, 1, 1)
+            out[:, top : top + eh, left : left + ew] = torch.tensor(fill[: img.shape[0]], dtype=img.dtype).view(
+                -1, 1, 1
+            )
             return out
     return img
 
 
 # -- normalisation and erasing (float CHW) -------------------------------------------------
-def normalize(img: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD) -> torch.Tensor:
+def normalize(
+    img: torch.Tensor, mean: tuple[float, ...] = IMAGENET_MEAN, std: tuple[float, ...] = IMAGENET_STD
+) -> torch.Tensor:
     """uint8 (scaled by 1/255) or float [0, 1] CHW -> (x - mean) / std, float32."""
     x = img.float().div_(255.0) if img.dtype == torch.uint8 else img.float()
     m = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
@@ -266,15 +275,18 @@ class TransformConfig:
             if not 0.0 <= v <= 1.0:
                 raise ConfigError(f"TransformConfig: {name} is a probability in [0, 1], got {v}")
         if self.channel_aug_kind not in CHANNEL_AUG_KINDS:
-            raise ConfigError(f"TransformConfig: channel_aug_kind must be one of {CHANNEL_AUG_KINDS}, "
-                              f"got {self.channel_aug_kind!r}")
+            raise ConfigError(
+                f"TransformConfig: channel_aug_kind must be one of {CHANNEL_AUG_KINDS}, got {self.channel_aug_kind!r}"
+            )
         lo, hi = self.erasing_area
         if not 0.0 < lo <= hi < 1.0:
             raise ConfigError(f"TransformConfig: erasing_area must satisfy 0 < lo <= hi < 1, got {self.erasing_area}")
         if not 0.0 < self.erasing_min_aspect <= 1.0:
             raise ConfigError(f"TransformConfig: erasing_min_aspect must be in (0, 1], got {self.erasing_min_aspect}")
         if self.interpolation not in _PIL_INTERP:
-            raise ConfigError(f"TransformConfig: interpolation must be one of {sorted(_PIL_INTERP)}, got {self.interpolation!r}")
+            raise ConfigError(
+                f"TransformConfig: interpolation must be one of {sorted(_PIL_INTERP)}, got {self.interpolation!r}"
+            )
 
 
 @dataclass(frozen=True)
@@ -298,8 +310,9 @@ class Transform:
         if c.flip and _rand(g) < 0.5:
             x = hflip(x)
         if c.channel_aug_kind == "caj":  # CAJ's order: normalise, erase, then the channel operation
-            x = caj_random_erasing(normalize(x, c.mean, c.std), c.random_erasing, g, area=c.erasing_area,
-                                   min_aspect=c.erasing_min_aspect)
+            x = caj_random_erasing(
+                normalize(x, c.mean, c.std), c.random_erasing, g, area=c.erasing_area, min_aspect=c.erasing_min_aspect
+            )
             if c.channel_aug > 0:
                 if self.modality == "thermal":
                     x = caj_channel_adap_gray(x, 0.5, g)
@@ -339,8 +352,14 @@ def build_transforms(
         raise ConfigError(f"build_transforms: modality must be 'visible' or 'thermal', got {modality!r}")
     try:
         config = TransformConfig(
-            height=height, width=width, pad=pad, flip=flip, random_erasing=random_erasing,
-            channel_aug=channel_aug, interpolation=interpolation, **options,
+            height=height,
+            width=width,
+            pad=pad,
+            flip=flip,
+            random_erasing=random_erasing,
+            channel_aug=channel_aug,
+            interpolation=interpolation,
+            **options,
         )
     except TypeError as e:
         raise ConfigError(f"build_transforms: {e}; valid options are the fields of TransformConfig") from None
@@ -353,8 +372,24 @@ def transforms_from_config(config: TransformConfig, *, train: bool) -> dict[str,
 
 
 __all__ = [
-    "IMAGENET_MEAN", "IMAGENET_STD", "TransformConfig", "Transform", "build_transforms", "transforms_from_config",
-    "to_uint8_chw", "resize", "resize_pil", "pad_random_crop", "hflip", "grayscale", "channel_exchange",
-    "thermal_jitter", "normalize", "random_erasing", "caj_channel_exchange", "caj_channel_adap_gray",
-    "caj_random_erasing", "CHANNEL_AUG_KINDS",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "TransformConfig",
+    "Transform",
+    "build_transforms",
+    "transforms_from_config",
+    "to_uint8_chw",
+    "resize",
+    "resize_pil",
+    "pad_random_crop",
+    "hflip",
+    "grayscale",
+    "channel_exchange",
+    "thermal_jitter",
+    "normalize",
+    "random_erasing",
+    "caj_channel_exchange",
+    "caj_channel_adap_gray",
+    "caj_random_erasing",
+    "CHANNEL_AUG_KINDS",
 ]

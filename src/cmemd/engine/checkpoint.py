@@ -15,6 +15,7 @@ stored as a tensor hold it as a numpy array; exactly the numpy globals that rebu
 allowed besides torch's own list, so those files keep loading. Anything else a payload asks for (a
 class, a function such as ``os.system``) is refused with a :class:`CheckpointError` naming it.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -131,9 +132,10 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     except ValueError:
         raise CheckpointError(f"{path}: damaged checkpoint header") from None
     if version > VERSION:
-        raise CheckpointError(f"{path}: checkpoint format {version} is newer than this cmemd ({VERSION}); "
-                              "upgrade cmemd")
-    payload = data[nl + 1:]
+        raise CheckpointError(
+            f"{path}: checkpoint format {version} is newer than this cmemd ({VERSION}); upgrade cmemd"
+        )
+    payload = data[nl + 1 :]
     if len(payload) != size:
         raise CheckpointError(f"{path}: truncated checkpoint ({len(payload)} of {size} payload bytes)")
     if hashlib.sha256(payload).hexdigest().encode() != digest:
@@ -151,8 +153,10 @@ def read_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, An
     except Exception as e:  # a verified payload that still fails is a version problem
         raise CheckpointError(f"{path}: checkpoint payload does not load ({type(e).__name__}: {e})") from None
     if not isinstance(state, dict):
-        raise CheckpointError(f"{path}: the checkpoint holds a {type(state).__name__}, not a training state "
-                              "(a dict); pass a file written by `cmemd train`")
+        raise CheckpointError(
+            f"{path}: the checkpoint holds a {type(state).__name__}, not a training state "
+            "(a dict); pass a file written by `cmemd train`"
+        )
     return state
 
 
@@ -180,15 +184,22 @@ def _what_was_refused(err: Exception) -> str:
     m = re.search(r"unrecognized function (.+?)(?: which belongs|$)", text, re.M)
     if m:
         return f"a call of {m.group(1).strip()}"
-    boilerplate = ("Weights only load failed", "In PyTorch", "Check the documentation", "Please file an issue",
-                   "(1)", "(2)")
+    boilerplate = (
+        "Weights only load failed",
+        "In PyTorch",
+        "Check the documentation",
+        "Please file an issue",
+        "(1)",
+        "(2)",
+    )
     detail = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.strip().startswith(boilerplate)]
     detail = [d.split("WeightsUnpickler error:", 1)[-1].strip() for d in detail]
     return "more than tensors and plain data" + (f" ({detail[0][:200]})" if detail and detail[0] else "")
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu", *,
-                    fallback: bool = True) -> tuple[dict[str, Any], Path]:
+def load_checkpoint(
+    path: str | Path, map_location: Any = "cpu", *, fallback: bool = True
+) -> tuple[dict[str, Any], Path]:
     """Load ``path``; if it is damaged or missing and ``fallback`` is on, load its ``.prev`` twin with a warning.
 
     The fallback is for resuming a run (``<out_dir>/last.pt``), where the previous checkpoint of the same run

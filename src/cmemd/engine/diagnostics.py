@@ -5,6 +5,7 @@ features a model aligns and tests with and draws identity groups the way the tra
 needs per-record nuisance labels, which the caller passes: the synthetic benchmark's generator records them
 (:func:`cmemd.benchmarks.synthetic.nuisance_of` reads them); nothing here reads a dataset's files.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -55,8 +56,9 @@ def alignment_diagnostics(
     without it it is None.
     """
     feature = "global_bn" if align_feature == "bn" else "global_feat"
-    feats = extract_outputs(model, records, ("test", feature), height=height, width=width,
-                            batch_size=batch_size, device=device)
+    feats = extract_outputs(
+        model, records, ("test", feature), height=height, width=width, batch_size=batch_size, device=device
+    )
     pids = np.array([r.pid for r in records])
     mods = np.array([modality_index(r.modality) for r in records])
     cams = np.array([r.camid for r in records])
@@ -68,9 +70,12 @@ def alignment_diagnostics(
             if align_feature == "centered":
                 f = f - f.mean(0, keepdims=True)
             out["plan_purity"] = plan_purity(
-                torch.from_numpy(f), groups, nuisance["view"],
+                torch.from_numpy(f),
+                groups,
+                nuisance["view"],
                 {n: v for n, v in nuisance.items() if n != "view"},
-                cost=lambda v, t: cross_cost(v, t, cost, normalize))
+                cost=lambda v, t: cross_cost(v, t, cost, normalize),
+            )
     return out
 
 
@@ -82,8 +87,13 @@ def diagnostics_record(diag: dict[str, Any]) -> dict[str, float]:
         rec[f"gap_{key}"] = float(getattr(gap, key))
     pur: PlanPurity | None = diag.get("plan_purity")
     if pur is not None:
-        rec.update(purity_plan=pur.same_view_plan, purity_uniform=pur.same_view_uniform, purity_ratio=pur.ratio,
-                   purity_max=pur.same_view_max, purity_max_ratio=pur.max_ratio)
+        rec.update(
+            purity_plan=pur.same_view_plan,
+            purity_uniform=pur.same_view_uniform,
+            purity_ratio=pur.ratio,
+            purity_max=pur.same_view_max,
+            purity_max_ratio=pur.max_ratio,
+        )
         for n in pur.nuisance_plan:
             rec[f"nuisance_{n}_plan"], rec[f"nuisance_{n}_uniform"] = pur.nuisance_plan[n], pur.nuisance_uniform[n]
     return rec

@@ -3,6 +3,7 @@
 :func:`encode_batch` is the one place the eval feature of a batch is computed (with or without
 test-time flip); evaluation, ``cmemd extract``, ``ReIDModel.encode`` and the ONNX export all call it.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -16,8 +17,9 @@ from cmemd.data.records import ImageRecord
 from cmemd.models.vtreid import VTReIDModel
 
 
-def encode_batch(model: nn.Module, images: torch.Tensor, modality: torch.Tensor | None, *,
-                  flip: bool = False) -> torch.Tensor:
+def encode_batch(
+    model: nn.Module, images: torch.Tensor, modality: torch.Tensor | None, *, flip: bool = False
+) -> torch.Tensor:
     """The model's eval-mode feature of a batch; with ``flip`` the mean of the features of the images
     and of their horizontal mirrors (test-time flip, as post-2021 VT-ReID code evaluates)."""
     f = model(images, modality)
@@ -58,9 +60,17 @@ def extract_features(
 
     was_training = model.training
     model.eval()
-    loader = build_test_loader(records, height=height, width=width, batch_size=batch_size, num_workers=num_workers,
-                               use_cache=use_cache, cache_dir=cache_dir, dataset_root=dataset_root,
-                               pin_memory=pin_memory)
+    loader = build_test_loader(
+        records,
+        height=height,
+        width=width,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        use_cache=use_cache,
+        cache_dir=cache_dir,
+        dataset_root=dataset_root,
+        pin_memory=pin_memory,
+    )
     out = []
     for batch in progress_bar(loader, desc=desc, disable=not progress, leave=False):
         images, modalities = batch[0].to(device, non_blocking=pin_memory), batch[2].to(device, non_blocking=pin_memory)

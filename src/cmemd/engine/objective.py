@@ -4,6 +4,7 @@ L = CE_g + mean_k CE_k + lambda_align * L_align + lambda_dl * L_dl (+ lambda_tri
 as docs/method.md writes it. Which alignment (CM-EMD or an alternative) and on which granularities
 are options, so every variant compared is a setting of one objective.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -116,8 +117,16 @@ class Objective(nn.Module):
         self.lambda_align, self.align_granularities = lambda_align, align_granularities
         self.align_feature = align_feature
         # every option goes to the factory; each loss takes the ones it reads (AlignmentOptions)
-        self.align = make_alignment_loss(alignment, AlignmentOptions(
-            cost=emd_cost, normalize=emd_normalize, solver=emd_solver, eps=sinkhorn_eps, sinkhorn_iters=sinkhorn_iters))
+        self.align = make_alignment_loss(
+            alignment,
+            AlignmentOptions(
+                cost=emd_cost,
+                normalize=emd_normalize,
+                solver=emd_solver,
+                eps=sinkhorn_eps,
+                sinkhorn_iters=sinkhorn_iters,
+            ),
+        )
         from cmemd.losses import CMDLLoss
 
         self.lambda_dl, self.dl_on_global = lambda_dl, dl_on_global
@@ -147,8 +156,11 @@ class Objective(nn.Module):
         if getattr(net, "accum_reduce", None) is not None and not (accum_ce or align_all):
             unused.append("accum_reduce")
         prefixes = tuple(unused)
-        return [name for name, p in net.named_parameters()
-                if p.requires_grad and (name in prefixes or name.startswith(tuple(f"{x}." for x in prefixes)))]
+        return [
+            name
+            for name, p in net.named_parameters()
+            if p.requires_grad and (name in prefixes or name.startswith(tuple(f"{x}." for x in prefixes)))
+        ]
 
     def freeze_unused(self, model: nn.Module) -> list[str]:
         """Set ``requires_grad=False`` on :meth:`unused_parameters` (they stay in the model and its checkpoints, at
@@ -171,8 +183,9 @@ class Objective(nn.Module):
             return cross_entropy_label_smooth(logits, pids, self.label_smoothing, layout)
         return cross_entropy(logits, pids)  # deterministic on CUDA under run.deterministic=true
 
-    def forward(self, out: Any, pids: Tensor, modalities: Tensor,
-                layout: BatchLayout | None = None) -> tuple[Tensor, LoggedTerms]:
+    def forward(
+        self, out: Any, pids: Tensor, modalities: Tensor, layout: BatchLayout | None = None
+    ) -> tuple[Tensor, LoggedTerms]:
         """``(total loss, terms)``; the terms are a :class:`cmemd.engine.terms.LoggedTerms` (floats when read,
         read all at once). ``layout``: the batch's :class:`cmemd.layout.BatchLayout` (tensors on the output's
         device), with which the objective makes no host-device synchronisation."""
@@ -196,9 +209,9 @@ class Objective(nn.Module):
             if per.numel() > 1:
                 assert local is not None  # more than one granularity: the model has local features
                 s = local.shape[1]
-                terms["align_local"] = per[1:1 + s].mean()
+                terms["align_local"] = per[1 : 1 + s].mean()
                 if per.numel() > 1 + s:
-                    terms["align_accum"] = per[1 + s:].mean()
+                    terms["align_accum"] = per[1 + s :].mean()
             total = total + self.lambda_align * res.loss
 
         if self.lambda_dl > 0:

@@ -1,4 +1,5 @@
 """Optimiser parameter groups and the learning-rate schedule of the VT-ReID recipe."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -34,8 +35,15 @@ def param_groups(model: nn.Module, *, lr: float, backbone_lr: float, weight_deca
     heads = [p for p in model.parameters() if p.requires_grad and id(p) not in backbone_ids]
     groups = []
     if backbone:
-        groups.append({"params": backbone, "lr": backbone_lr, "initial_lr": backbone_lr, "weight_decay": weight_decay,
-                       "name": "backbone"})
+        groups.append(
+            {
+                "params": backbone,
+                "lr": backbone_lr,
+                "initial_lr": backbone_lr,
+                "weight_decay": weight_decay,
+                "name": "backbone",
+            }
+        )
     if heads:
         groups.append({"params": heads, "lr": lr, "initial_lr": lr, "weight_decay": weight_decay, "name": "heads"})
     return groups

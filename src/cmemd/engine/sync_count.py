@@ -31,6 +31,7 @@ Usage::
 The mode intercepts every torch call inside the block (a few microseconds each): use it in tests
 and benchmarks, not in a training run.
 """
+
 from __future__ import annotations
 
 import sys
@@ -47,22 +48,48 @@ from torch.overrides import TorchFunctionMode
 __all__ = ["SYNC_KINDS", "HostSyncs", "count_host_syncs"]
 
 #: Every kind :func:`count_host_syncs` reports.
-SYNC_KINDS = ("item", "scalar", "tolist", "numpy", "compare", "nonzero", "unique", "mask_index",
-              "dynamic_shape", "copy")
+SYNC_KINDS = (
+    "item",
+    "scalar",
+    "tolist",
+    "numpy",
+    "compare",
+    "nonzero",
+    "unique",
+    "mask_index",
+    "dynamic_shape",
+    "copy",
+)
 
 _TB = torch._C.TensorBase
 _SIMPLE: dict[Any, str] = {
     _TB.item: "item",
-    _TB.__float__: "scalar", _TB.__int__: "scalar", _TB.__bool__: "scalar", _TB.__index__: "scalar",
-    _TB.__complex__: "scalar", torch.Tensor.__format__: "scalar",
+    _TB.__float__: "scalar",
+    _TB.__int__: "scalar",
+    _TB.__bool__: "scalar",
+    _TB.__index__: "scalar",
+    _TB.__complex__: "scalar",
+    torch.Tensor.__format__: "scalar",
     _TB.tolist: "tolist",
-    _TB.numpy: "numpy", torch.Tensor.__array__: "numpy",
-    torch.equal: "compare", torch.allclose: "compare", _TB.equal: "compare", _TB.allclose: "compare",
-    torch.nonzero: "nonzero", _TB.nonzero: "nonzero", torch.argwhere: "nonzero", _TB.argwhere: "nonzero",
-    torch.masked_select: "nonzero", _TB.masked_select: "nonzero",
-    torch.unique: "unique", torch.Tensor.unique: "unique", torch.unique_consecutive: "unique",
-    torch.Tensor.unique_consecutive: "unique", torch._unique2: "unique",
-    torch.bincount: "dynamic_shape", _TB.bincount: "dynamic_shape",
+    _TB.numpy: "numpy",
+    torch.Tensor.__array__: "numpy",
+    torch.equal: "compare",
+    torch.allclose: "compare",
+    _TB.equal: "compare",
+    _TB.allclose: "compare",
+    torch.nonzero: "nonzero",
+    _TB.nonzero: "nonzero",
+    torch.argwhere: "nonzero",
+    _TB.argwhere: "nonzero",
+    torch.masked_select: "nonzero",
+    _TB.masked_select: "nonzero",
+    torch.unique: "unique",
+    torch.Tensor.unique: "unique",
+    torch.unique_consecutive: "unique",
+    torch.Tensor.unique_consecutive: "unique",
+    torch._unique2: "unique",
+    torch.bincount: "dynamic_shape",
+    _TB.bincount: "dynamic_shape",
 }
 _GETITEM = (_TB.__getitem__, _TB.__setitem__, _TB.index_put, _TB.index_put_, torch.index_put)
 _REPEAT = (torch.repeat_interleave, _TB.repeat_interleave)
@@ -163,8 +190,7 @@ def _caller(ignore: tuple[str, ...]) -> str | None:
 
 
 class _SyncCountingMode(TorchFunctionMode):
-    def __init__(self, record: HostSyncs, ignore: tuple[str, ...],
-                 on_sync: Callable[[str, str], None] | None) -> None:
+    def __init__(self, record: HostSyncs, ignore: tuple[str, ...], on_sync: Callable[[str, str], None] | None) -> None:
         super().__init__()
         self.record, self.ignore, self.on_sync = record, ignore, on_sync
 
@@ -183,8 +209,9 @@ class _SyncCountingMode(TorchFunctionMode):
 
 
 @contextmanager
-def count_host_syncs(*, ignore: tuple[str, ...] = ("torch.optim",),
-                     on_sync: Callable[[str, str], None] | None = None) -> Iterator[HostSyncs]:
+def count_host_syncs(
+    *, ignore: tuple[str, ...] = ("torch.optim",), on_sync: Callable[[str, str], None] | None = None
+) -> Iterator[HostSyncs]:
     """Count, inside the ``with`` block, the calls that would synchronise host and device on an
     accelerator (see the module docstring for what counts); yields a :class:`HostSyncs` filled as the
     block runs.

@@ -6,6 +6,7 @@ them ALL into Python floats with one transfer, so a training loop that reads its
 logging steps synchronises once per logging step. It is a ``MutableMapping[str, float]``: code
 that reads ``terms["loss"]`` or ``dict(terms)`` gets floats, as before.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, MutableMapping

@@ -4,6 +4,7 @@ The loop is deliberately small. ``Trainer.forward_backward`` is the hook to over
 method (torchreid's engine shape); everything else (schedule, AMP, clipping, checkpoints,
 logs) stays as it is.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -43,11 +44,18 @@ def unwrap(model: nn.Module) -> nn.Module:
 def rng_state() -> dict[str, Any]:
     """Every RNG state, as tensors and plain numbers only (a checkpoint loads with ``weights_only=True``)."""
     kind, key, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "numpy": {"kind": str(kind), "key": torch.from_numpy(np.asarray(key, np.int64)), "pos": int(pos),
-                      "has_gauss": int(has_gauss), "gauss": float(gauss)},
-            "python": random.getstate(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None}
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": {
+            "kind": str(kind),
+            "key": torch.from_numpy(np.asarray(key, np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "gauss": float(gauss),
+        },
+        "python": random.getstate(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
@@ -84,9 +92,12 @@ def _set_cuda_rng_states(states: list | None) -> None:
     for index, state in enumerate(states[:visible]):
         torch.cuda.set_rng_state(state.cpu(), index)
     if len(states) > visible:
-        warnings.warn(f"the checkpoint holds the CUDA RNG states of {len(states)} GPU(s) but {visible} are visible: "
-                      f"restored {min(visible, len(states))}; the random streams of the others start afresh, so "
-                      "the resumed run is not bit-identical to an uninterrupted one", stacklevel=3)
+        warnings.warn(
+            f"the checkpoint holds the CUDA RNG states of {len(states)} GPU(s) but {visible} are visible: "
+            f"restored {min(visible, len(states))}; the random streams of the others start afresh, so "
+            "the resumed run is not bit-identical to an uninterrupted one",
+            stacklevel=3,
+        )
 
 
 class Trainer:
@@ -186,8 +197,12 @@ class Trainer:
         check (``torch.isfinite``) costs anyway. An override of :meth:`forward_backward` should call it.
         """
         if self.world > 1:
-            flags = torch.stack([(~torch.isfinite(total.detach())).to(torch.float32).reshape(()),
-                                 torch.tensor(float(self._stop_requested or 0), device=total.device)])
+            flags = torch.stack(
+                [
+                    (~torch.isfinite(total.detach())).to(torch.float32).reshape(()),
+                    torch.tensor(float(self._stop_requested or 0), device=total.device),
+                ]
+            )
             if dist.get_backend() != "nccl":
                 flags = flags.cpu()
             dist.all_reduce(flags, op=dist.ReduceOp.MAX)
@@ -204,8 +219,15 @@ class Trainer:
             here = True
         bad = {k: v for k, v in terms.items() if not math.isfinite(v)}
         where = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
-        who = "" if self.world == 1 else (f" on rank {self.rank}" if here else f" on another rank (every rank stops; "
-                                                                                 f"rank {self.rank}'s loss was finite)")
+        who = (
+            ""
+            if self.world == 1
+            else (
+                f" on rank {self.rank}"
+                if here
+                else f" on another rank (every rank stops; rank {self.rank}'s loss was finite)"
+            )
+        )
         raise TrainingError(
             f"non-finite loss at epoch {self.epoch} step {self.step}{who} (terms {bad or terms}){where}. "
             "Lower the learning rate, enable optim.grad_clip, or check the input images."
@@ -263,8 +285,7 @@ class Trainer:
         layout = layout.to(self.device) if layout is not None else None
         model_kw = {"layout": layout} if layout is not None and self._layout_to_model else {}
         objective_kw = {"layout": layout} if layout is not None and self._layout_to_objective else {}
-        autocast = (torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp]) if self.amp != "none"
-                    else nullcontext())
+        autocast = torch.autocast(self.device.type, dtype=AMP_DTYPES[self.amp]) if self.amp != "none" else nullcontext()
         with autocast:
             out = self.model(images, modalities, **model_kw)
         # Losses run in float32: the OT costs and variance ratios lose too much in half precision.
@@ -294,8 +315,11 @@ class Trainer:
             epoch, done = self.epoch + 1, 0
         else:
             epoch, done = self.epoch, self.batches_done
-        sampler_state = sampler.state_dict(batches_done=done) if epoch == sampler.epoch else {
-            **sampler.state_dict(batches_done=0), "epoch": epoch, "start_batch": 0}
+        sampler_state = (
+            sampler.state_dict(batches_done=done)
+            if epoch == sampler.epoch
+            else {**sampler.state_dict(batches_done=0), "epoch": epoch, "start_batch": 0}
+        )
         return {
             "model": unwrap(self.model).state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -323,8 +347,10 @@ class Trainer:
         try:
             unwrap(self.model).load_state_dict(state["model"])
         except (RuntimeError, KeyError) as e:
-            raise CheckpointError(f"{used}: the checkpoint does not fit this model ({str(e).splitlines()[0]}); "
-                                  "resume with the same configuration it was trained with") from None
+            raise CheckpointError(
+                f"{used}: the checkpoint does not fit this model ({str(e).splitlines()[0]}); "
+                "resume with the same configuration it was trained with"
+            ) from None
         _load_optimizer(self.optimizer, state.get("optimizer"), used)
         if self.scaler is not None and state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -332,8 +358,10 @@ class Trainer:
         try:
             set_rng_state(state["rng"])
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as e:
-            raise CheckpointError(f"{used}: the checkpoint's RNG state is unusable ({type(e).__name__}: {e}); "
-                                  "resume from a checkpoint written by `cmemd train`") from None
+            raise CheckpointError(
+                f"{used}: the checkpoint's RNG state is unusable ({type(e).__name__}: {e}); "
+                "resume from a checkpoint written by `cmemd train`"
+            ) from None
         self.epoch, self.batches_done, self.step = int(state["epoch"]), int(state["batches_done"]), int(state["step"])
         self.extra_state.update({k: v for k, v in state.items() if k.startswith("best_")})  # model-selection memory
         self.last_checkpoint = used
@@ -393,13 +421,24 @@ class Trainer:
             sums: dict[str, float] = {}
             n, images_seen, t0 = 0, 0, time.time()
             stop: int | None = None
-            bar = progress_bar(total=steps_per_epoch, initial=self.batches_done,
-                               desc=f"epoch {self.epoch + 1}/{self.epochs}", unit="steps",
-                               disable=not self.progress or self.rank != 0, leave=False)
+            bar = progress_bar(
+                total=steps_per_epoch,
+                initial=self.batches_done,
+                desc=f"epoch {self.epoch + 1}/{self.epochs}",
+                unit="steps",
+                disable=not self.progress or self.rank != 0,
+                leave=False,
+            )
             for batch in self.loader:
-                set_lr(self.optimizer, lr_factor(self.epoch + self.batches_done / steps_per_epoch,
-                                                 warmup_epochs=self.warmup_epochs, milestones=self.milestones,
-                                                 gamma=self.gamma))
+                set_lr(
+                    self.optimizer,
+                    lr_factor(
+                        self.epoch + self.batches_done / steps_per_epoch,
+                        warmup_epochs=self.warmup_epochs,
+                        milestones=self.milestones,
+                        gamma=self.gamma,
+                    ),
+                )
                 terms = self.forward_backward(batch)
                 self.batches_done += 1
                 self.step += 1
@@ -410,30 +449,48 @@ class Trainer:
                 bar.update(1)
                 if self.step % self.log_every == 0:  # the ranks' mean: one all_reduce per logging step only
                     bar.set_postfix(loss=f"{terms['loss']:.3f}", img_s=f"{rate:.0f}")
-                    self.log({"kind": "step", "epoch": self.epoch, "step": self.step,
-                               "lr": self.optimizer.param_groups[-1]["lr"], **self._mean_over_ranks(terms),
-                               "img_per_s": rate})
+                    self.log(
+                        {
+                            "kind": "step",
+                            "epoch": self.epoch,
+                            "step": self.step,
+                            "lr": self.optimizer.param_groups[-1]["lr"],
+                            **self._mean_over_ranks(terms),
+                            "img_per_s": rate,
+                        }
+                    )
                 stop = self._stop_after_step()
                 if stop is not None and self.batches_done < steps_per_epoch:
                     break
-                if self.checkpoint_every_steps and self.step % self.checkpoint_every_steps == 0 \
-                        and self.batches_done < steps_per_epoch:
+                if (
+                    self.checkpoint_every_steps
+                    and self.step % self.checkpoint_every_steps == 0
+                    and self.batches_done < steps_per_epoch
+                ):
                     self.save()
             bar.close()
             if stop is not None and self.batches_done < steps_per_epoch:  # stopped inside the epoch
                 self.save()
                 self.interrupted = stop
                 return self.history
-            summary = {"kind": "epoch", "epoch": self.epoch, "step": self.step,
-                       **self._mean_over_ranks({k: v / max(n, 1) for k, v in to_floats(sums).items()}),
-                       "img_per_s": images_seen / max(time.time() - t0, 1e-9), "seconds": time.time() - t0}
+            summary = {
+                "kind": "epoch",
+                "epoch": self.epoch,
+                "step": self.step,
+                **self._mean_over_ranks({k: v / max(n, 1) for k, v in to_floats(sums).items()}),
+                "img_per_s": images_seen / max(time.time() - t0, 1e-9),
+                "seconds": time.time() - t0,
+            }
             self.history.append(summary)
             self.log(summary)
             if self.rank == 0 and self.progress:
                 # feature-health terms (norm_/dead_/zero_*) on a line of their own, so the loss terms stay readable
                 health = ("norm_", "dead_", "zero_")
-                shown = " ".join(f"{k}={v:.3f}" for k, v in summary.items()
-                                 if k not in ("kind", "epoch", "step") and not k.startswith(health))
+                shown = " ".join(
+                    f"{k}={v:.3f}"
+                    for k, v in summary.items()
+                    if k not in ("kind", "epoch", "step") and not k.startswith(health)
+                )
                 print(f"epoch {self.epoch + 1}/{self.epochs}: {shown}", flush=True)
                 feats = " ".join(f"{k}={v:.3f}" for k, v in summary.items() if k.startswith(health))
                 if feats:
@@ -452,8 +509,11 @@ class Trainer:
                 return self.history
             if spent and self.epoch < self.epochs:
                 if self.rank == 0:
-                    print(f"stopping after epoch {self.epoch}: the {self.max_minutes:g}-minute budget is spent "
-                          f"(resume with --resume to continue)", flush=True)
+                    print(
+                        f"stopping after epoch {self.epoch}: the {self.max_minutes:g}-minute budget is spent "
+                        f"(resume with --resume to continue)",
+                        flush=True,
+                    )
                 break
         return self.history
 
@@ -469,8 +529,9 @@ def _load_optimizer(optimizer: torch.optim.Optimizer, saved: Any, used: Path) ->
     now = [set(g) & kind for g in optimizer.state_dict()["param_groups"]]
     then = [set(g) & kind for g in saved["param_groups"]]
     if now != then:
-        raise CheckpointError(f"{used}: the checkpoint's optimizer state is for another optimizer "
-                              f"({type(optimizer).__name__} now); {fix}")
+        raise CheckpointError(
+            f"{used}: the checkpoint's optimizer state is for another optimizer ({type(optimizer).__name__} now); {fix}"
+        )
     try:
         optimizer.load_state_dict(saved)
     except (ValueError, KeyError, RuntimeError) as e:
@@ -482,8 +543,9 @@ def _move_aside(damaged: Path, used: Path) -> None:
     it replaces as ``last.prev.pt``) cannot put it in the place of the good checkpoint ``used``."""
     aside = damaged.with_name(f"{damaged.stem}.damaged{damaged.suffix}")
     os.replace(damaged, aside)
-    warnings.warn(f"{damaged} is damaged: moved aside to {aside}, so that {used} stays the previous good checkpoint",
-                  stacklevel=3)
+    warnings.warn(
+        f"{damaged} is damaged: moved aside to {aside}, so that {used} stays the previous good checkpoint", stacklevel=3
+    )
 
 
 def _takes_layout(fn: Any) -> bool:
@@ -539,4 +601,5 @@ def _truncate_metrics(path: Path, step: int) -> None:
     except OSError as e:
         raise TrainingError(
             f"{path}: rewriting the metrics log for --resume failed ({e.strerror or e}); nothing was changed: the "
-            "checkpoint and the metrics log are intact. Free disk space, then resume again") from e
+            "checkpoint and the metrics log are intact. Free disk space, then resume again"
+        ) from e

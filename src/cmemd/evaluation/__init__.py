@@ -1,6 +1,7 @@
 """Evaluation on features (never on models, never on a dataset reader): the dataset-agnostic metric core (CMC,
 mAP, mINP), the protocol skeleton the benchmarks share, k-reciprocal re-ranking, results and modality measures.
 Each benchmark's protocol is a module of :mod:`cmemd.benchmarks`."""
+
 from __future__ import annotations
 
 from cmemd.evaluation.features import FeatureSet, load_features, save_features
@@ -12,8 +13,8 @@ from cmemd.evaluation.metrics import (
     evaluate,
     evaluate_similarity,
 )
-from cmemd.evaluation.rerank import ReRanking, re_ranking, re_ranking_features
 from cmemd.evaluation.protocol import Selection, Side, check_directions, evaluate_selections, trial_list
+from cmemd.evaluation.rerank import ReRanking, re_ranking, re_ranking_features
 from cmemd.evaluation.results import (
     METRIC_NAMES,
     ProtocolResult,

@@ -3,11 +3,12 @@
 Any model can write them; ``cmemd eval-features`` evaluates them. Paths are stored as a numpy
 unicode array so that files load without pickle.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence, Union
 
 import numpy as np
 
@@ -45,22 +46,26 @@ def check_feature_arrays(feats: np.ndarray, pids: np.ndarray, cams: np.ndarray, 
     """Raise :class:`EvaluationError` naming ``where`` unless ``feats`` is a numeric (N, D) matrix and the
     other arrays hold one entry per row."""
     if feats.ndim != 2 or feats.dtype.kind not in "fiu":
-        raise EvaluationError(f"{where}: 'feats' must be a numeric (N, D) matrix, got shape {feats.shape} dtype {feats.dtype}")
+        raise EvaluationError(
+            f"{where}: 'feats' must be a numeric (N, D) matrix, got shape {feats.shape} dtype {feats.dtype}"
+        )
     n = feats.shape[0]
     for name, a in (("pids", pids), ("cams", cams), ("paths", paths)):
         if a.ndim != 1 or a.shape[0] != n:
-            raise EvaluationError(f"{where}: '{name}' must be 1-D with one entry per feature row ({n}), got shape {a.shape}")
+            raise EvaluationError(
+                f"{where}: '{name}' must be 1-D with one entry per feature row ({n}), got shape {a.shape}"
+            )
     for name, a in (("pids", pids), ("cams", cams)):
         if a.dtype.kind not in "iu":
             raise EvaluationError(f"{where}: '{name}' must hold integers, got dtype {a.dtype}")
     if feats.dtype.kind == "f" and not np.isfinite(feats).all():
         bad = np.nonzero(~np.isfinite(feats).all(1))[0]
-        raise EvaluationError(f"{where}: 'feats' has {len(bad)} row(s) with NaN/inf (first {bad[:10].tolist()}); re-extract them")
+        raise EvaluationError(
+            f"{where}: 'feats' has {len(bad)} row(s) with NaN/inf (first {bad[:10].tolist()}); re-extract them"
+        )
 
 
-def save_features(
-    path: Union[str, Path], feats, pids, cams, paths: Sequence[str]
-) -> Path:
+def save_features(path: str | Path, feats, pids, cams, paths: Sequence[str]) -> Path:
     """Write a feature file (``np.savez``; the ``.npz`` suffix is added by numpy when missing)."""
     path = Path(path)
     where = str(path)
@@ -77,7 +82,7 @@ def save_features(
     return path if path.suffix == ".npz" else path.with_name(path.name + ".npz")
 
 
-def load_features(path: Union[str, Path]) -> FeatureSet:
+def load_features(path: str | Path) -> FeatureSet:
     """Read and check a feature file written by :func:`save_features` (or any tool writing the
     same four arrays)."""
     path = Path(path)
@@ -101,4 +106,10 @@ def load_features(path: Union[str, Path]) -> FeatureSet:
     except Exception as e:
         raise EvaluationError(f"{path}: not a readable .npz file ({type(e).__name__}: {e})") from None
     check_feature_arrays(arrays["feats"], arrays["pids"], arrays["cams"], arrays["paths"], str(path))
-    return FeatureSet(arrays["feats"], arrays["pids"].astype(np.int64), arrays["cams"].astype(np.int64), arrays["paths"].astype(str), str(path))
+    return FeatureSet(
+        arrays["feats"],
+        arrays["pids"].astype(np.int64),
+        arrays["cams"].astype(np.int64),
+        arrays["paths"].astype(str),
+        str(path),
+    )

@@ -21,10 +21,11 @@ Removed items get the largest key and are never counted. Float64 similarities (f
 features) are ranked by their dense rank within the chunk instead of their bits, which keeps the
 result exact for them too.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import numpy as np
 import torch
@@ -122,7 +123,9 @@ def _nonfinite_rows(t: torch.Tensor) -> list[int]:
 def _check_feats(x: ArrayLike, name: str) -> torch.Tensor:
     t = _as_tensor(x, name)
     if t.dim() != 2:
-        raise EvaluationError(f"{name}: expected a 2-D (N, D) feature matrix, got shape {tuple(t.shape)}; reshape or stack the features")
+        raise EvaluationError(
+            f"{name}: expected a 2-D (N, D) feature matrix, got shape {tuple(t.shape)}; reshape or stack the features"
+        )
     if t.shape[0] == 0:
         raise EvaluationError(f"{name}: no rows; pass at least one feature vector")
     if not (t.is_floating_point()):
@@ -136,15 +139,18 @@ def _check_feats(x: ArrayLike, name: str) -> torch.Tensor:
     return t
 
 
-
-def _check_feat_pair(a: ArrayLike, b: ArrayLike, name_a: str = "query_feats",
-                     name_b: str = "gallery_feats") -> tuple[torch.Tensor, torch.Tensor]:
+def _check_feat_pair(
+    a: ArrayLike, b: ArrayLike, name_a: str = "query_feats", name_b: str = "gallery_feats"
+) -> tuple[torch.Tensor, torch.Tensor]:
     """:func:`_check_feats` of two feature sets that are compared with each other, and their widths match."""
     fa, fb = _check_feats(a, name_a), _check_feats(b, name_b)
     if fa.shape[1] != fb.shape[1]:
-        raise EvaluationError(f"{name_a} have dimension {fa.shape[1]} but {name_b} {fb.shape[1]}; extract both with "
-                              "the same model and feature (e.g. both after the BN-neck)")
+        raise EvaluationError(
+            f"{name_a} have dimension {fa.shape[1]} but {name_b} {fb.shape[1]}; extract both with "
+            "the same model and feature (e.g. both after the BN-neck)"
+        )
     return fa, fb
+
 
 def _check_labels(x: ArrayLike, name: str, n: int, feats_name: str) -> torch.Tensor:
     t = _as_tensor(x, name)
@@ -202,7 +208,7 @@ def _check_euclidean_range(t: torch.Tensor, name: str) -> None:
         )
 
 
-def _resolve_device(device: Optional[Union[str, torch.device]], *xs: Any) -> torch.device:
+def _resolve_device(device: str | torch.device | None, *xs: Any) -> torch.device:
     if device is not None:
         return torch.device(device)
     for x in xs:
@@ -265,7 +271,9 @@ def _order_keys(sim: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
     return torch.add(order[None, :] - (1 << 32), codes, alpha=-(1 << 32))
 
 
-def removed_pairs(removal: str, qp: torch.Tensor, qc: torch.Tensor, gp: torch.Tensor, gc: torch.Tensor) -> Optional[torch.Tensor]:
+def removed_pairs(
+    removal: str, qp: torch.Tensor, qc: torch.Tensor, gp: torch.Tensor, gc: torch.Tensor
+) -> torch.Tensor | None:
     """(Q, G) bool mask of the gallery items ``removal`` hides from each query; None for ``"none"``.
 
     ``sysu-same-location``: a cam3 query loses every cam2 item; ``same-pid-same-cam``: items with the
@@ -364,7 +372,7 @@ def _rank_chunk(
     return valid, ap, inp, first
 
 
-def _chunk_rows(num_gallery: int, chunk_size: Optional[int], num_query: int, memory_budget: int) -> int:
+def _chunk_rows(num_gallery: int, chunk_size: int | None, num_query: int, memory_budget: int) -> int:
     if chunk_size is not None:
         if int(chunk_size) < 1:
             raise EvaluationError(f"chunk_size={chunk_size} must be >= 1 (or None to size chunks from memory)")
@@ -372,9 +380,7 @@ def _chunk_rows(num_gallery: int, chunk_size: Optional[int], num_query: int, mem
     return max(1, min(num_query, memory_budget // (_BYTES_PER_PAIR * max(num_gallery, 1))))
 
 
-def _summarise(
-    parts: list[tuple[torch.Tensor, ...]], max_rank: int, removal: str, cmc: str, metric: str
-) -> EvalResult:
+def _summarise(parts: list[tuple[torch.Tensor, ...]], max_rank: int, removal: str, cmc: str, metric: str) -> EvalResult:
     valid = torch.cat([p[0] for p in parts]).cpu().numpy()
     ap = torch.cat([p[1] for p in parts]).cpu().numpy()[valid]
     inp = torch.cat([p[2] for p in parts]).cpu().numpy()[valid]
@@ -410,7 +416,7 @@ def _check_options(removal: str, cmc: str, max_rank: int) -> None:
         raise EvaluationError(f"max_rank={max_rank!r} must be a positive integer (20 for the usual Rank-1..20)")
 
 
-def _similarity(q: torch.Tensor, g: torch.Tensor, g_sq: Optional[torch.Tensor], metric: str) -> torch.Tensor:
+def _similarity(q: torch.Tensor, g: torch.Tensor, g_sq: torch.Tensor | None, metric: str) -> torch.Tensor:
     if metric == "cosine":
         return q @ g.T
     # Negative squared Euclidean distance: same order as the distance, no sqrt rounding.
@@ -432,8 +438,8 @@ def evaluate(
     cmc: str = "standard",
     metric: str = "cosine",
     max_rank: int = 20,
-    chunk_size: Optional[int] = None,
-    device: Optional[Union[str, torch.device]] = None,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> EvalResult:
     """CMC, mAP and mINP of query features against gallery features.
@@ -496,8 +502,8 @@ def evaluate_similarity(
     removal: str = "none",
     cmc: str = "standard",
     max_rank: int = 20,
-    chunk_size: Optional[int] = None,
-    device: Optional[Union[str, torch.device]] = None,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
 ) -> EvalResult:
     """Same metrics as :func:`evaluate` from a precomputed (Q, G) similarity matrix (higher = closer).
@@ -529,12 +535,12 @@ def top_k(
     k: int,
     *,
     removal: str = "none",
-    query_pids: Optional[ArrayLike] = None,
-    query_cams: Optional[ArrayLike] = None,
-    gallery_pids: Optional[ArrayLike] = None,
-    gallery_cams: Optional[ArrayLike] = None,
+    query_pids: ArrayLike | None = None,
+    query_cams: ArrayLike | None = None,
+    gallery_pids: ArrayLike | None = None,
+    gallery_cams: ArrayLike | None = None,
     metric: str = "cosine",
-    device: Optional[Union[str, torch.device]] = None,
+    device: str | torch.device | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ``k`` best gallery indices of each query and their similarities, ranked as :func:`evaluate` ranks
     (similarity descending, exact ties by gallery index): ``(indices (Q, k) int64, scores (Q, k) float32)``.
@@ -556,10 +562,16 @@ def top_k(
         sim = _similarity(q, g, (g * g).sum(1) if metric == "euclidean" else None, metric)
         key = _order_keys(sim, torch.arange(G, device=dev))
         if removal != "none":
-            labels = [(query_pids, "query_pids", q.shape[0]), (query_cams, "query_cams", q.shape[0]),
-                      (gallery_pids, "gallery_pids", G), (gallery_cams, "gallery_cams", G)]
+            labels = [
+                (query_pids, "query_pids", q.shape[0]),
+                (query_cams, "query_cams", q.shape[0]),
+                (gallery_pids, "gallery_pids", G),
+                (gallery_cams, "gallery_cams", G),
+            ]
             if any(x is None for x, _, _ in labels):
-                raise EvaluationError(f"removal={removal!r} needs query_pids, query_cams, gallery_pids and gallery_cams")
+                raise EvaluationError(
+                    f"removal={removal!r} needs query_pids, query_cams, gallery_pids and gallery_cams"
+                )
             qp, qc, gp, gc = (_check_labels(x, name, n, name.split("_")[0] + "_feats").to(dev) for x, name, n in labels)
             hidden = removed_pairs(removal, qp, qc, gp, gc)
             # after every kept item (largest keys), still ordered by gallery index
@@ -583,7 +595,7 @@ def _evaluate_checked_similarity(
     step: int,
     dev: torch.device,
     metric: str,
-    columns: Optional[torch.Tensor] = None,
+    columns: torch.Tensor | None = None,
 ) -> EvalResult:
     """The chunk loop of :func:`evaluate_similarity` on inputs already validated.
 

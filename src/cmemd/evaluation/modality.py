@@ -14,10 +14,12 @@
 All measures work on L2-normalised features unless told otherwise, so they cannot be moved by a
 global rescaling of the features.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Callable, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -56,8 +58,9 @@ class FeatureHealth(NamedTuple):
     zero_entries: float
 
 
-def feature_health(feats: Tensor | np.ndarray, dead_below: float = DEAD_BELOW, *,
-                   shared_units: bool = False) -> FeatureHealth:
+def feature_health(
+    feats: Tensor | np.ndarray, dead_below: float = DEAD_BELOW, *, shared_units: bool = False
+) -> FeatureHealth:
     """:class:`FeatureHealth` of ``(N, ...)`` features: rows are the first dimension, the rest are units
     (a ``(N, S, D)`` stack of stripe features has ``S * D`` units, one set per stripe's own layer).
 
@@ -70,8 +73,9 @@ def feature_health(feats: Tensor | np.ndarray, dead_below: float = DEAD_BELOW, *
     return FeatureHealth(float(norm), float(dead), float(zero))
 
 
-def feature_health_tensors(feats: Tensor | np.ndarray, dead_below: float = DEAD_BELOW, *,
-                           shared_units: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+def feature_health_tensors(
+    feats: Tensor | np.ndarray, dead_below: float = DEAD_BELOW, *, shared_units: bool = False
+) -> tuple[Tensor, Tensor, Tensor]:
     """:func:`feature_health`'s three values as 0-d tensors on the features' device, read by nobody yet (the
     trainer logs them without waiting for the device each step)."""
     x = torch.as_tensor(feats).detach().float()
@@ -129,15 +133,17 @@ class ModalityGap:
         def pct(x: float) -> str:
             return "-" if np.isnan(x) else f"{100 * x:.1f}"
 
-        return (f"modality gap ({self.num_ids} ids, {self.num_images} images, L2-normalised features): "
-                f"centre ratio {self.centre_ratio:.2f} (0 = modalities share a centre), "
-                f"modality probe {pct(self.probe_accuracy)}% (50 = indistinguishable), "
-                f"Rank-1 v->v {pct(self.r1_v2v)} / t->t {pct(self.r1_t2t)} / t->v {pct(self.r1_t2v)}, "
-                f"within-identity mixing {self.mixing:.2f} (1 = as if random; "
-                f"{pct(self.overlap_share)}% of ids at 0.5 or more)")
+        return (
+            f"modality gap ({self.num_ids} ids, {self.num_images} images, L2-normalised features): "
+            f"centre ratio {self.centre_ratio:.2f} (0 = modalities share a centre), "
+            f"modality probe {pct(self.probe_accuracy)}% (50 = indistinguishable), "
+            f"Rank-1 v->v {pct(self.r1_v2v)} / t->t {pct(self.r1_t2t)} / t->v {pct(self.r1_t2v)}, "
+            f"within-identity mixing {self.mixing:.2f} (1 = as if random; "
+            f"{pct(self.overlap_share)}% of ids at 0.5 or more)"
+        )
 
 
-def _as_array(x: Any, name: str, n: Optional[int] = None) -> np.ndarray:
+def _as_array(x: Any, name: str, n: int | None = None) -> np.ndarray:
     a = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x)
     if n is not None and (a.ndim != 1 or a.shape[0] != n):
         raise EvaluationError(f"modality_gap: {name} must have one entry per feature row ({n}), got shape {a.shape}")
@@ -213,8 +219,14 @@ def _probe_accuracy(f: np.ndarray, pids: np.ndarray, mods: np.ndarray, l2: float
     return float(np.mean(accs)) if accs else float("nan")
 
 
-def modality_gap(feats: Tensor | np.ndarray, pids: Sequence[int] | np.ndarray, modalities: Sequence[int] | np.ndarray,
-                 cams: Optional[Sequence[int] | np.ndarray] = None, *, normalize: bool = True) -> ModalityGap:
+def modality_gap(
+    feats: Tensor | np.ndarray,
+    pids: Sequence[int] | np.ndarray,
+    modalities: Sequence[int] | np.ndarray,
+    cams: Sequence[int] | np.ndarray | None = None,
+    *,
+    normalize: bool = True,
+) -> ModalityGap:
     """Modality-gap measures of ``(N, D)`` features with identity labels and modalities (0 visible, 1 thermal).
 
     Rank-1 uses cosine similarity, never matches an image with itself, and (when ``cams`` is given)
@@ -263,7 +275,11 @@ def modality_gap(feats: Tensor | np.ndarray, pids: Sequence[int] | np.ndarray, m
         centre_distance=dist,
         spread=spread,
         probe_accuracy=_probe_accuracy(f[keep], p[keep], m[keep]) if keep.any() else nan,
-        r1_v2v=r1["v2v"], r1_t2t=r1["t2t"], r1_t2v=r1["t2v"], num_ids=len(both), num_images=n,
+        r1_v2v=r1["v2v"],
+        r1_t2t=r1["t2t"],
+        r1_t2v=r1["t2v"],
+        num_ids=len(both),
+        num_images=n,
         mixing=float(mix.mean()) if len(mix) else nan,
         overlap_share=float(np.mean(mix >= 0.5)) if len(mix) else nan,
     )
@@ -276,17 +292,23 @@ def feature_sets_gap(query: Any, gallery: Any, query_modality: str, gallery_moda
     for name, m in (("query_modality", query_modality), ("gallery_modality", gallery_modality)):
         if m not in codes:
             raise EvaluationError(f"feature_sets_gap: {name} must be 'visible' or 'thermal', got {m!r}")
-    mods = np.concatenate([np.full(len(query.pids), codes[query_modality]),
-                           np.full(len(gallery.pids), codes[gallery_modality])])
-    return modality_gap(np.concatenate([query.feats, gallery.feats]), np.concatenate([query.pids, gallery.pids]),
-                        mods, np.concatenate([query.cams, gallery.cams]))
+    mods = np.concatenate(
+        [np.full(len(query.pids), codes[query_modality]), np.full(len(gallery.pids), codes[gallery_modality])]
+    )
+    return modality_gap(
+        np.concatenate([query.feats, gallery.feats]),
+        np.concatenate([query.pids, gallery.pids]),
+        mods,
+        np.concatenate([query.cams, gallery.cams]),
+    )
 
 
 # ----------------------------------------------------------------------------- plan purity
 
 
-def sample_identity_groups(pids: Sequence[int] | np.ndarray, modalities: Sequence[int] | np.ndarray, k: int,
-                           draws: int = 1, seed: int = 0) -> list[tuple[np.ndarray, np.ndarray]]:
+def sample_identity_groups(
+    pids: Sequence[int] | np.ndarray, modalities: Sequence[int] | np.ndarray, k: int, draws: int = 1, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
     """``draws`` rounds of, for every identity with both modalities, ``k`` visible and ``k`` thermal row
     indices (without replacement where an identity has enough images, as the identity sampler draws)."""
     p, m = np.asarray(pids), np.asarray(modalities)
@@ -332,10 +354,12 @@ class PlanPurity:
 
     def format(self) -> str:
         nz = ", ".join(f"{k} {self.nuisance_plan[k]:.3f} vs {self.nuisance_uniform[k]:.3f}" for k in self.nuisance_plan)
-        return (f"plan purity: same-view mass {100 * self.same_view_plan:.1f}% vs uniform "
-                f"{100 * self.same_view_uniform:.1f}% (x{self.ratio:.2f}; a plan that sees only the view reaches "
-                f"{100 * self.same_view_max:.1f}%, x{self.max_ratio:.2f}; {self.num_informative} of {self.num_groups} "
-                f"groups mixed); nuisance difference plan vs uniform: {nz}")
+        return (
+            f"plan purity: same-view mass {100 * self.same_view_plan:.1f}% vs uniform "
+            f"{100 * self.same_view_uniform:.1f}% (x{self.ratio:.2f}; a plan that sees only the view reaches "
+            f"{100 * self.same_view_max:.1f}%, x{self.max_ratio:.2f}; {self.num_informative} of {self.num_groups} "
+            f"groups mixed); nuisance difference plan vs uniform: {nz}"
+        )
 
 
 def _pair_difference(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -345,9 +369,13 @@ def _pair_difference(name: str, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return d
 
 
-def plan_purity(feats: Tensor, groups: Sequence[tuple[np.ndarray, np.ndarray]], views: Sequence[Any] | np.ndarray,
-                nuisance: Optional[Mapping[str, np.ndarray]] = None,
-                cost: Optional[Callable[[Tensor, Tensor], Tensor]] = None) -> PlanPurity:
+def plan_purity(
+    feats: Tensor,
+    groups: Sequence[tuple[np.ndarray, np.ndarray]],
+    views: Sequence[Any] | np.ndarray,
+    nuisance: Mapping[str, np.ndarray] | None = None,
+    cost: Callable[[Tensor, Tensor], Tensor] | None = None,
+) -> PlanPurity:
     """Plan purity of the exact optimal plans of ``groups`` (see :func:`sample_identity_groups`).
 
     Args:
@@ -366,8 +394,10 @@ def plan_purity(feats: Tensor, groups: Sequence[tuple[np.ndarray, np.ndarray]], 
         raise EvaluationError(f"plan_purity: views has {len(views)} entries for {f.shape[0]} feature rows")
     nuisance = {k: np.asarray(v, dtype=np.float64) for k, v in (nuisance or {}).items()}
     if cost is None:
+
         def cost(v: Tensor, t: Tensor) -> Tensor:
             return 1.0 - l2_normalize(v, dim=-1) @ l2_normalize(t, dim=-1).transpose(-1, -2)
+
     by_shape: dict[tuple[int, int], list[tuple[np.ndarray, np.ndarray]]] = {}
     for iv, it in groups:
         by_shape.setdefault((len(iv), len(it)), []).append((np.asarray(iv), np.asarray(it)))
@@ -396,9 +426,12 @@ def plan_purity(feats: Tensor, groups: Sequence[tuple[np.ndarray, np.ndarray]], 
                 nz_uni[k].append(float(d.mean()))
     p_, u_ = (float(np.mean(sv_plan)), float(np.mean(sv_uni))) if sv_plan else (float("nan"), float("nan"))
     return PlanPurity(
-        same_view_plan=p_, same_view_uniform=u_, ratio=p_ / u_ if sv_plan else float("nan"),
+        same_view_plan=p_,
+        same_view_uniform=u_,
+        ratio=p_ / u_ if sv_plan else float("nan"),
         nuisance_plan={k: float(np.mean(v)) for k, v in nz_plan.items()},
         nuisance_uniform={k: float(np.mean(v)) for k, v in nz_uni.items()},
-        num_groups=total, num_informative=len(sv_plan),
+        num_groups=total,
+        num_informative=len(sv_plan),
         same_view_max=float(np.mean(sv_max)) if sv_max else float("nan"),
     )

@@ -16,10 +16,11 @@ direction) uses, in draw order. :func:`evaluate_selections` runs every selection
 
 Exact ties rank by gallery position, so the order of a selection's columns (the draw order) matters.
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -38,7 +39,7 @@ from cmemd.evaluation.metrics import (
 from cmemd.evaluation.rerank import ReRanking, rerank_squared, squared_euclidean
 
 
-def trial_list(trials: Union[int, Sequence[int]]) -> list[int]:
+def trial_list(trials: int | Sequence[int]) -> list[int]:
     """``trials`` as 0-based trial indices: a count n gives 0..n-1; a list must be distinct indices >= 0."""
     if isinstance(trials, (int, np.integer)):
         if trials < 1:
@@ -72,8 +73,8 @@ class Selection:
     """
 
     transpose: bool = False
-    rows: Optional[np.ndarray] = None
-    cols: Optional[np.ndarray] = None
+    rows: np.ndarray | None = None
+    cols: np.ndarray | None = None
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class Side:
     cams: torch.Tensor
     name: str
 
-    def take(self, idx: Optional[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def take(self, idx: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if idx is None:
             return self.feats, self.pids, self.cams
         return tuple(x[torch.from_numpy(idx).to(x.device)] for x in (self.feats, self.pids, self.cams))
@@ -100,10 +101,10 @@ def evaluate_selections(
     cmc: str,
     metric: str,
     max_rank: int,
-    chunk_size: Optional[int],
+    chunk_size: int | None,
     device: torch.device,
     memory_budget: int,
-    rerank: Optional[ReRanking] = None,
+    rerank: ReRanking | None = None,
 ) -> list[EvalResult]:
     """One :class:`~cmemd.evaluation.metrics.EvalResult` per selection, from one computation (module docstring).
 
@@ -113,8 +114,9 @@ def evaluate_selections(
         if s.rows is not None and s.cols is not None:
             raise EvaluationError("a selection picks query rows or gallery columns, not both")
     if rerank is not None:
-        return _reranked(a, b, selections, removal, cmc, metric, int(max_rank), chunk_size, device, memory_budget,
-                         rerank)
+        return _reranked(
+            a, b, selections, removal, cmc, metric, int(max_rank), chunk_size, device, memory_budget, rerank
+        )
     if a.feats.shape[0] * b.feats.shape[0] * 4 > 4 * memory_budget:
         # Too large to keep one similarity matrix: each selection on its own features.
         out = []
@@ -122,8 +124,23 @@ def evaluate_selections(
             q, g = (b, a) if s.transpose else (a, b)
             qf, qp, qc = q.take(s.rows)
             gf, gp, gc = g.take(s.cols)
-            out.append(evaluate(qf, qp, qc, gf, gp, gc, removal=removal, cmc=cmc, metric=metric, max_rank=max_rank,
-                                chunk_size=chunk_size, device=device, memory_budget=memory_budget))
+            out.append(
+                evaluate(
+                    qf,
+                    qp,
+                    qc,
+                    gf,
+                    gp,
+                    gc,
+                    removal=removal,
+                    cmc=cmc,
+                    metric=metric,
+                    max_rank=max_rank,
+                    chunk_size=chunk_size,
+                    device=device,
+                    memory_budget=memory_budget,
+                )
+            )
         return out
     dtype = work_dtype(a.feats, b.feats)
     an = prepare_feats(a.feats, a.name, metric, device, dtype)
@@ -147,13 +164,27 @@ def evaluate_selections(
             if s.cols is not None:
                 cols = torch.from_numpy(s.cols).to(full.device)
         step = chunk_rows(mat.shape[1] if cols is None else len(cols), chunk_size, mat.shape[0], memory_budget)
-        out.append(evaluate_checked_similarity(mat, qp, qc, gp, gc, removal, cmc, int(max_rank), step, device, metric,
-                                               columns=cols))
+        out.append(
+            evaluate_checked_similarity(
+                mat, qp, qc, gp, gc, removal, cmc, int(max_rank), step, device, metric, columns=cols
+            )
+        )
     return out
 
 
-def _reranked(a: Side, b: Side, selections: Sequence[Selection], removal: str, cmc: str, metric: str, max_rank: int,
-              chunk_size: Optional[int], dev: torch.device, memory_budget: int, params: ReRanking) -> list[EvalResult]:
+def _reranked(
+    a: Side,
+    b: Side,
+    selections: Sequence[Selection],
+    removal: str,
+    cmc: str,
+    metric: str,
+    max_rank: int,
+    chunk_size: int | None,
+    dev: torch.device,
+    memory_budget: int,
+    params: ReRanking,
+) -> list[EvalResult]:
     dtype = work_dtype(a.feats, b.feats)
     an = prepare_feats(a.feats, a.name, metric, dev, dtype)
     bn = prepare_feats(b.feats, b.name, metric, dev, dtype)
@@ -191,8 +222,9 @@ def _reranked(a: Side, b: Side, selections: Sequence[Selection], removal: str, c
             _, qp, qc = q.take(s.rows)
             _, gp, gc = g.take(s.cols)
             step = chunk_rows(dist.shape[1], chunk_size, dist.shape[0], memory_budget)
-            results.append(evaluate_checked_similarity(-dist, qp, qc, gp, gc, removal, cmc, max_rank, step, dev,
-                                                       metric))
+            results.append(
+                evaluate_checked_similarity(-dist, qp, qc, gp, gc, removal, cmc, max_rank, step, dev, metric)
+            )
     return results
 
 

@@ -31,11 +31,12 @@ over shared columns only (an inverted index in vectorised form: for each query e
 gallery entry of the same column), as int32 lists of (query entry, gallery entry) pairs built by
 cumulative sums, in blocks small enough to stay in the CPU caches.
 """
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Optional, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -82,7 +83,7 @@ class ReRanking:
         return {"method": "k-reciprocal", "k1": self.k1, "k2": self.k2, "lambda": self.lambda_value}
 
 
-def as_reranking(value: Union[None, bool, ReRanking, dict]) -> Optional[ReRanking]:
+def as_reranking(value: bool | ReRanking | dict | None) -> ReRanking | None:
     """``None``/``False`` -> no re-ranking; ``True`` -> the paper's defaults; a :class:`ReRanking` or a
     dict with ``k1``, ``k2``, ``lambda_value`` (or ``lambda``)."""
     if value is None or value is False:
@@ -100,17 +101,24 @@ def as_reranking(value: Union[None, bool, ReRanking, dict]) -> Optional[ReRankin
         if unknown:
             raise EvaluationError(f"rerank: unknown key(s) {sorted(unknown)}; use k1, k2, lambda_value")
         return ReRanking(**d)
-    raise EvaluationError(f"rerank={value!r}: pass None/False, True (k1=20, k2=6, lambda=0.3) or ReRanking(k1, k2, lambda_value)")
+    raise EvaluationError(
+        f"rerank={value!r}: pass None/False, True (k1=20, k2=6, lambda=0.3) or ReRanking(k1, k2, lambda_value)"
+    )
 
 
 def _check_params(k1: Any, k2: Any, lambda_value: Any) -> None:
     for name, k in (("k1", k1), ("k2", k2)):
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise EvaluationError(f"{name}={k!r} must be a positive integer (the paper uses k1=20, k2=6)")
-    if isinstance(lambda_value, bool) or not isinstance(lambda_value, (int, float, np.floating, np.integer)) \
-            or not 0.0 <= float(lambda_value) <= 1.0:
-        raise EvaluationError(f"lambda_value={lambda_value!r} must be a number in [0, 1] (the weight of the original "
-                              "distance; the paper uses 0.3)")
+    if (
+        isinstance(lambda_value, bool)
+        or not isinstance(lambda_value, (int, float, np.floating, np.integer))
+        or not 0.0 <= float(lambda_value) <= 1.0
+    ):
+        raise EvaluationError(
+            f"lambda_value={lambda_value!r} must be a number in [0, 1] (the weight of the original "
+            "distance; the paper uses 0.3)"
+        )
 
 
 # --------------------------------------------------------------------------- rows of the ranked matrix
@@ -149,7 +157,7 @@ class _Source:
             return (x * x).to(torch.float32)  # in the input's dtype, then float32: np.power(...).astype(np.float32)
         return x.to(torch.float32, copy=True)
 
-    def rows(self, r0: int, r1: int, buffer: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def rows(self, r0: int, r1: int, buffer: torch.Tensor | None = None) -> torch.Tensor:
         """Rows ``r0:r1``, written into ``buffer`` (a float32 (>= r1 - r0, N) tensor) when given: reusing one
         buffer for every block spares the page faults of a fresh (rows, N) allocation per block."""
         Q, N = self.Q, self.Q + self.G
@@ -177,6 +185,7 @@ class _Source:
 
     def block_entries(self, r0: int, r1: int, cols: torch.Tensor) -> torch.Tensor:
         """Entries ``(r0 + a, cols[a, b])``, by the same float operations as :meth:`rows` (gathered, not rebuilt)."""
+
         def at(m: torch.Tensor, r: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
             return m[r.to(m.device), c.to(m.device)].to(self.dev)
 
@@ -187,8 +196,11 @@ class _Source:
         ig, jg = (i - Q).clamp(min=0), (j - Q).clamp(min=0)
         ic, jc = i.clamp(max=Q - 1), j.clamp(max=Q - 1)
         # the combined matrix at (j, i)
-        x = torch.where(jq, torch.where(iq, at(self.qq, jc, ic), at(self.qg, jc, ig)),
-                        torch.where(iq, at(self.qg, ic, jg), at(self.gg, jg, ig)))
+        x = torch.where(
+            jq,
+            torch.where(iq, at(self.qq, jc, ic), at(self.qg, jc, ig)),
+            torch.where(iq, at(self.qg, ic, jg), at(self.gg, jg, ig)),
+        )
         return self._finish(x)
 
 
@@ -205,13 +217,13 @@ class _FeatureSource:
         self.sq = (self.x * self.x).sum(1)
         self.Q, self.G = Q, feats.shape[0] - Q
 
-    def rows(self, r0: int, r1: int, buffer: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def rows(self, r0: int, r1: int, buffer: torch.Tensor | None = None) -> torch.Tensor:
         x = self.x  # a fresh block whatever the buffer: the matmul's output is its own
         d = torch.addmm(self.sq[r0:r1, None] + self.sq[None, :], x[r0:r1], x.T, alpha=-2.0)
         return d.clamp_(min=0).to(torch.float32)
 
     def query_gallery(self, r0: int, r1: int) -> torch.Tensor:
-        return self.rows(r0, r1)[:, self.Q:]  # the values the rows were ranked by
+        return self.rows(r0, r1)[:, self.Q :]  # the values the rows were ranked by
 
     def block_entries(self, r0: int, r1: int, cols: torch.Tensor) -> torch.Tensor:
         return self.rows(r0, r1).gather(1, cols)  # one matmul block: cheaper than (c, M, D) feature gathers
@@ -255,7 +267,9 @@ def _reciprocal(nbr: torch.Tensor, step: int) -> torch.Tensor:
     return out
 
 
-def _pad_rows(idx_parts: list[torch.Tensor], val_parts: list[torch.Tensor], fill: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _pad_rows(
+    idx_parts: list[torch.Tensor], val_parts: list[torch.Tensor], fill: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     width = max(1, max(p.shape[1] for p in idx_parts))
     idx = torch.cat([torch.nn.functional.pad(p, (0, width - p.shape[1]), value=fill) for p in idx_parts])
     val = torch.cat([torch.nn.functional.pad(v, (0, width - v.shape[1]), value=0.0) for v in val_parts])
@@ -270,8 +284,17 @@ def _compact(idx: torch.Tensor, val: torch.Tensor, fill: int) -> tuple[torch.Ten
     return idx[:, :width], val[:, :width]
 
 
-def _encode(src: Any, scale: torch.Tensor, top: torch.Tensor, R: torch.Tensor, RH: torch.Tensor,
-            k1p: int, khp: int, N: int, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _encode(
+    src: Any,
+    scale: torch.Tensor,
+    top: torch.Tensor,
+    R: torch.Tensor,
+    RH: torch.Tensor,
+    k1p: int,
+    khp: int,
+    N: int,
+    step: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Steps 3-5: the k-reciprocal feature ``V`` as padded (index, value) rows (index ``N`` = empty)."""
     F, H = top[:, :k1p], top[:, :khp]
     nH = RH.sum(1).to(torch.float64)
@@ -304,8 +327,9 @@ def _encode(src: Any, scale: torch.Tensor, top: torch.Tensor, R: torch.Tensor, R
     return _pad_rows(idx_parts, val_parts, N)
 
 
-def _expand(V_idx: torch.Tensor, V_val: torch.Tensor, top: torch.Tensor, k2p: int, N: int,
-            step: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _expand(
+    V_idx: torch.Tensor, V_val: torch.Tensor, top: torch.Tensor, k2p: int, N: int, step: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Step 6: row ``i`` becomes the mean of the rows of its ``k2`` nearest neighbours (sparse merge)."""
     idx_parts, val_parts = [], []
     for r0 in range(0, N, step):
@@ -335,8 +359,17 @@ def _expand(V_idx: torch.Tensor, V_val: torch.Tensor, top: torch.Tensor, k2p: in
     return _pad_rows(idx_parts, val_parts, N)
 
 
-def _final(src: Any, scale: torch.Tensor, V_idx: torch.Tensor, V_val: torch.Tensor, Q: int, G: int,
-           lam: float, step: int, memory_budget: int) -> torch.Tensor:
+def _final(
+    src: Any,
+    scale: torch.Tensor,
+    V_idx: torch.Tensor,
+    V_val: torch.Tensor,
+    Q: int,
+    G: int,
+    lam: float,
+    step: int,
+    memory_budget: int,
+) -> torch.Tensor:
     """Steps 7-8 for the query rows against the gallery columns.
 
     ``m[i, j] = sum of min(V[i, l], V[Q + j, l])`` over the columns ``l`` both rows use, added in float32 in
@@ -392,8 +425,15 @@ def _rows_within(pairs_per_query: torch.Tensor, r0: int, limit: int, budget: int
     return min(limit, r0 + max(1, int(torch.searchsorted(cum, torch.tensor(budget, device=cum.device), right=True))))
 
 
-def _shared_mass(q_idx: torch.Tensor, q_val: torch.Tensor, q_n: torch.Tensor, g_start: torch.Tensor,
-                 g_row: torch.Tensor, g_v: torch.Tensor, G: int) -> torch.Tensor:
+def _shared_mass(
+    q_idx: torch.Tensor,
+    q_val: torch.Tensor,
+    q_n: torch.Tensor,
+    g_start: torch.Tensor,
+    g_row: torch.Tensor,
+    g_v: torch.Tensor,
+    G: int,
+) -> torch.Tensor:
     """``m`` (c, G) of a block of c query rows: the sum of min(query value, gallery value) over every pair of a
     query entry and a gallery entry of the same column, added in (query, column, gallery row) order."""
     c = q_idx.shape[0]
@@ -423,8 +463,9 @@ def _shared_mass(q_idx: torch.Tensor, q_val: torch.Tensor, q_n: torch.Tensor, g_
     return shared.index_add_(0, flat, contrib).view(c, G)
 
 
-def _rerank_rows(src: Any, Q: int, G: int, params: ReRanking, dev: torch.device, chunk_size: Optional[int],
-                 memory_budget: int) -> torch.Tensor:
+def _rerank_rows(
+    src: Any, Q: int, G: int, params: ReRanking, dev: torch.device, chunk_size: int | None, memory_budget: int
+) -> torch.Tensor:
     """The whole algorithm on a row source; returns the (Q, G) float32 re-ranked distances on ``dev``."""
     N = Q + G
     k1, k2 = int(params.k1), int(params.k2)
@@ -493,10 +534,10 @@ def re_ranking(
     k2: int = 6,
     lambda_value: float = 0.3,
     *,
-    chunk_size: Optional[int] = None,
-    device: Optional[Union[str, torch.device]] = None,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
-) -> Union[np.ndarray, torch.Tensor]:
+) -> np.ndarray | torch.Tensor:
     """k-reciprocal re-ranking of query x gallery distances (Zhong et al., CVPR 2017).
 
     Args:
@@ -523,16 +564,22 @@ def re_ranking(
             like similarities (clearly negative), all-zero columns, or bad parameters.
     """
     _check_params(k1, k2, lambda_value)
-    checked = {name: _check_dist(x, name) for name, x in
-               (("q_g_dist", q_g_dist), ("q_q_dist", q_q_dist), ("g_g_dist", g_g_dist))}
+    checked = {
+        name: _check_dist(x, name)
+        for name, x in (("q_g_dist", q_g_dist), ("q_q_dist", q_q_dist), ("g_g_dist", g_g_dist))
+    }
     qg, qq, gg = (c[0] for c in checked.values())
     Q, G = qg.shape
     if qq.shape != (Q, Q):
-        raise EvaluationError(f"q_q_dist: shape {tuple(qq.shape)} but q_g_dist has {Q} queries; pass the square ({Q}, {Q}) "
-                              "query-query distances (same query order)")
+        raise EvaluationError(
+            f"q_q_dist: shape {tuple(qq.shape)} but q_g_dist has {Q} queries; pass the square ({Q}, {Q}) "
+            "query-query distances (same query order)"
+        )
     if gg.shape != (G, G):
-        raise EvaluationError(f"g_g_dist: shape {tuple(gg.shape)} but q_g_dist has {G} gallery items; pass the square "
-                              f"({G}, {G}) gallery-gallery distances (same gallery order)")
+        raise EvaluationError(
+            f"g_g_dist: shape {tuple(gg.shape)} but q_g_dist has {G} gallery items; pass the square "
+            f"({G}, {G}) gallery-gallery distances (same gallery order)"
+        )
     scale = max(max(abs(lo), abs(hi)) for _, lo, hi in checked.values())
     for name, (_, low, _) in checked.items():
         if low < -1e-4 * scale:
@@ -557,10 +604,10 @@ def re_ranking_features(
     lambda_value: float = 0.3,
     *,
     metric: str = "cosine",
-    chunk_size: Optional[int] = None,
-    device: Optional[Union[str, torch.device]] = None,
+    chunk_size: int | None = None,
+    device: str | torch.device | None = None,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
-) -> Union[np.ndarray, torch.Tensor]:
+) -> np.ndarray | torch.Tensor:
     """k-reciprocal re-ranking straight from features, with memory bounded by ``memory_budget``.
 
     Re-ranks the squared Euclidean distances of the features (L2-normalised first for
@@ -575,16 +622,32 @@ def re_ranking_features(
     qf, gf = check_feat_pair(query_feats, gallery_feats)
     dev = resolve_device(device, query_feats, gallery_feats)
     dtype = work_dtype(qf, gf)
-    x = torch.cat([prepare_feats(qf, "query_feats", metric, dev, dtype), prepare_feats(gf, "gallery_feats", metric, dev, dtype)])
+    x = torch.cat(
+        [prepare_feats(qf, "query_feats", metric, dev, dtype), prepare_feats(gf, "gallery_feats", metric, dev, dtype)]
+    )
     Q, G = qf.shape[0], gf.shape[0]
     with torch.no_grad():
-        out = _rerank_rows(_FeatureSource(x, Q, dev), Q, G, ReRanking(int(k1), int(k2), float(lambda_value)), dev,
-                           chunk_size, memory_budget)
+        out = _rerank_rows(
+            _FeatureSource(x, Q, dev),
+            Q,
+            G,
+            ReRanking(int(k1), int(k2), float(lambda_value)),
+            dev,
+            chunk_size,
+            memory_budget,
+        )
     return out if isinstance(query_feats, torch.Tensor) else out.cpu().numpy()
 
 
-def _rerank_squared(qg: torch.Tensor, qq: torch.Tensor, gg: torch.Tensor, params: ReRanking, dev: torch.device,
-                    chunk_size: Optional[int] = None, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> torch.Tensor:
+def _rerank_squared(
+    qg: torch.Tensor,
+    qq: torch.Tensor,
+    gg: torch.Tensor,
+    params: ReRanking,
+    dev: torch.device,
+    chunk_size: int | None = None,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> torch.Tensor:
     """Re-ranking from already *squared* distances (what the protocols compute from features)."""
     Q, G = qg.shape
     return _rerank_rows(_Source(qg, qq, gg, False, dev), Q, G, params, dev, chunk_size, memory_budget)

@@ -3,12 +3,14 @@
 The std is the population std over trials (``np.std(..., ddof=0)``), stated in the table and
 in the JSON (``"std_ddof": 0``).
 """
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import numpy as np
 
@@ -70,7 +72,7 @@ class ProtocolResult:
         return "; ".join(parts)
 
 
-def rerank_label(rerank: Optional[dict[str, Any]]) -> str:
+def rerank_label(rerank: dict[str, Any] | None) -> str:
     """``no re-ranking`` or ``re-ranked (k-reciprocal, k1=20, k2=6, λ=0.3)`` from a result's ``settings["rerank"]``."""
     if not rerank:
         return "no re-ranking"
@@ -99,21 +101,28 @@ def _pct(x: float) -> str:
     return "-" if np.isnan(x) else f"{100 * x:.2f}"
 
 
-def format_results(result: Union[ProtocolResult, EvalResult], *, per_trial: bool = False) -> str:
+def format_results(result: ProtocolResult | EvalResult, *, per_trial: bool = False) -> str:
     """A text table of R1, R5, R10, R20, mAP, mINP in percent, mean ± std over trials."""
     if isinstance(result, EvalResult):
         row = metric_row(result)
         head = f"removal {result.removal}, CMC {result.cmc_kind}, {result.metric}; {result.num_valid} queries"
         if result.num_excluded:
             head += f" ({result.num_excluded} without a true match excluded)"
-        lines = [head, "  ".join(f"{k:>7}" for k in METRIC_NAMES), "  ".join(f"{_pct(row[k]):>7}" for k in METRIC_NAMES)]
+        lines = [
+            head,
+            "  ".join(f"{k:>7}" for k in METRIC_NAMES),
+            "  ".join(f"{_pct(row[k]):>7}" for k in METRIC_NAMES),
+        ]
         return "\n".join(lines)
     mean, std = result.mean, result.std
     width = 15
     lines = [result.describe()]
     if result.settings.get("rerank"):
-        lines.insert(0, f"** {rerank_label(result.settings['rerank'])}: transductive (it uses all test queries and "
-                        "the whole gallery); compare only with re-ranked numbers **")
+        lines.insert(
+            0,
+            f"** {rerank_label(result.settings['rerank'])}: transductive (it uses all test queries and "
+            "the whole gallery); compare only with re-ranked numbers **",
+        )
     lines.append(f"{'':<10}" + "".join(f"{k:>{width}}" for k in METRIC_NAMES))
     if per_trial:
         for t, row in zip(result.trial_ids, result.rows()):
@@ -128,18 +137,20 @@ def format_results(result: Union[ProtocolResult, EvalResult], *, per_trial: bool
     return "\n".join(lines)
 
 
-def _clean(x: float) -> Optional[float]:
+def _clean(x: float) -> float | None:
     return None if np.isnan(x) else x
 
 
-def to_dict(result: Union[ProtocolResult, EvalResult], *, per_query: bool = False) -> dict[str, Any]:
+def to_dict(result: ProtocolResult | EvalResult, *, per_query: bool = False) -> dict[str, Any]:
     """JSON-ready dict: settings, per-trial metrics (fractions), mean and std."""
 
     def one(r: EvalResult) -> dict[str, Any]:
         d: dict[str, Any] = {k: _clean(v) for k, v in metric_row(r).items()}
         d.update(cmc=[float(x) for x in r.cmc], num_valid=r.num_valid, num_excluded=r.num_excluded)
         if per_query:
-            d.update(ap=r.ap.tolist(), inp=r.inp.tolist(), first_hit=r.first_hit.tolist(), valid_mask=r.valid_mask.tolist())
+            d.update(
+                ap=r.ap.tolist(), inp=r.inp.tolist(), first_hit=r.first_hit.tolist(), valid_mask=r.valid_mask.tolist()
+            )
         return d
 
     if isinstance(result, EvalResult):
@@ -157,11 +168,11 @@ def to_dict(result: Union[ProtocolResult, EvalResult], *, per_query: bool = Fals
     }
 
 
-def to_json(result: Union[ProtocolResult, EvalResult], *, per_query: bool = False) -> str:
+def to_json(result: ProtocolResult | EvalResult, *, per_query: bool = False) -> str:
     return json.dumps(to_dict(result, per_query=per_query), indent=2)
 
 
-def save_json(result: Union[ProtocolResult, EvalResult], path: Union[str, Path], *, per_query: bool = False) -> Path:
+def save_json(result: ProtocolResult | EvalResult, path: str | Path, *, per_query: bool = False) -> Path:
     path = Path(path)
     if path.parent and not path.parent.exists():
         raise EvaluationError(f"save_json: folder {path.parent} does not exist; create it or choose another --out path")

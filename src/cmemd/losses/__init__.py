@@ -1,5 +1,6 @@
 """Losses: identity classification, WRT triplet, cross-modality alignment (CM-EMD and the
 alternatives it is compared with) and CM-DL."""
+
 from __future__ import annotations
 
 from cmemd.losses.alignment import (

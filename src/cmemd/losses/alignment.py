@@ -25,6 +25,7 @@ per-identity losses make no host-device synchronisation -- no grouping from the 
 no finite check of the OT costs (a non-finite feature then gives a non-finite loss, which the
 trainer stops on before backward). Without it they compute the same grouping from the tensors.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
@@ -114,9 +115,7 @@ def _as_list(feats: Feats, name: str) -> list[Tensor]:
     for g, f in enumerate(fl):
         if not isinstance(f, Tensor) or f.dim() != 2 or f.shape[0] != N:
             shape = tuple(f.shape) if isinstance(f, Tensor) else type(f).__name__
-            raise TrainingError(
-                f"{name}: feats[{g}] must be a (N, D) tensor with the same N as feats[0], got {shape}"
-            )
+            raise TrainingError(f"{name}: feats[{g}] must be a (N, D) tensor with the same N as feats[0], got {shape}")
     return fl
 
 
@@ -131,8 +130,7 @@ def group_identities(
     """
     if pids.dim() != 1 or modalities.shape != pids.shape:
         raise TrainingError(
-            f"{name}: pids and modalities must both be (N,), got {tuple(pids.shape)} and "
-            f"{tuple(modalities.shape)}"
+            f"{name}: pids and modalities must both be (N,), got {tuple(pids.shape)} and {tuple(modalities.shape)}"
         )
     by_shape, n_id, skipped = group_labels(pids.tolist(), modalities.tolist(), name)
     dev = pids.device
@@ -246,7 +244,11 @@ def cmemd_loss(
 
 
 def all_pairs_loss(
-    feats: Feats, pids: Tensor, modalities: Tensor, cost: str = "euclidean", normalize: bool = True,
+    feats: Feats,
+    pids: Tensor,
+    modalities: Tensor,
+    cost: str = "euclidean",
+    normalize: bool = True,
     layout: BatchLayout | None = None,
 ) -> AlignmentOutput:
     """Mean cost over ALL cross-modality pairs of an identity (the independent coupling
@@ -260,7 +262,11 @@ def all_pairs_loss(
 
 
 def hetero_center_loss(
-    feats: Feats, pids: Tensor, modalities: Tensor, cost: str = "euclidean", normalize: bool = True,
+    feats: Feats,
+    pids: Tensor,
+    modalities: Tensor,
+    cost: str = "euclidean",
+    normalize: bool = True,
     layout: BatchLayout | None = None,
 ) -> AlignmentOutput:
     """Hetero-centre alignment (Zhu et al. 2020): cost between an identity's visible centre and its
@@ -302,8 +308,7 @@ def mmd_loss(
         raise ConfigError(f"mmd_loss: bandwidths must be positive numbers, got {tuple(bandwidths)}")
     _, n_id, n_skip = _grouping(pids, modalities, layout, pids.device, "mmd_loss")
     vis = _on(modalities, fl[0].device) == 0
-    one_modality = (min(layout.modality_counts) == 0 if layout is not None
-                    else bool(vis.all()) or not bool(vis.any()))
+    one_modality = min(layout.modality_counts) == 0 if layout is not None else bool(vis.all()) or not bool(vis.any())
     if one_modality:
         zero = torch.stack([f.sum() * 0.0 for f in fl])
         return AlignmentOutput(zero.mean(), zero, n_id, n_skip)
@@ -336,8 +341,14 @@ class CMEMDLoss(nn.Module):
     #: Whether the loss reads the features at all (:class:`NoAlignment` does not: an objective skips it).
     aligns: ClassVar[bool] = True
 
-    def __init__(self, cost: str = "euclidean", normalize: bool = True, solver: str = "exact",
-                 eps: float = 0.05, sinkhorn_iters: int = 200) -> None:
+    def __init__(
+        self,
+        cost: str = "euclidean",
+        normalize: bool = True,
+        solver: str = "exact",
+        eps: float = 0.05,
+        sinkhorn_iters: int = 200,
+    ) -> None:
         super().__init__()
         _check_cost(cost, "CMEMDLoss")
         if solver not in SOLVERS:
@@ -345,10 +356,12 @@ class CMEMDLoss(nn.Module):
         self.cost, self.normalize, self.solver = cost, normalize, solver
         self.eps, self.sinkhorn_iters = eps, sinkhorn_iters
 
-    def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
-                layout: BatchLayout | None = None) -> AlignmentOutput:
-        return cmemd_loss(feats, pids, modalities, self.cost, self.normalize, self.solver,
-                          self.eps, self.sinkhorn_iters, layout)
+    def forward(
+        self, feats: Feats, pids: Tensor, modalities: Tensor, layout: BatchLayout | None = None
+    ) -> AlignmentOutput:
+        return cmemd_loss(
+            feats, pids, modalities, self.cost, self.normalize, self.solver, self.eps, self.sinkhorn_iters, layout
+        )
 
     def extra_repr(self) -> str:
         return f"cost={self.cost}, normalize={self.normalize}, solver={self.solver}"
@@ -365,8 +378,9 @@ class AllPairsLoss(nn.Module):
         _check_cost(cost, "AllPairsLoss")
         self.cost, self.normalize = cost, normalize
 
-    def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
-                layout: BatchLayout | None = None) -> AlignmentOutput:
+    def forward(
+        self, feats: Feats, pids: Tensor, modalities: Tensor, layout: BatchLayout | None = None
+    ) -> AlignmentOutput:
         return all_pairs_loss(feats, pids, modalities, self.cost, self.normalize, layout)
 
 
@@ -381,8 +395,9 @@ class HeteroCenterLoss(nn.Module):
         _check_cost(cost, "HeteroCenterLoss")
         self.cost, self.normalize = cost, normalize
 
-    def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
-                layout: BatchLayout | None = None) -> AlignmentOutput:
+    def forward(
+        self, feats: Feats, pids: Tensor, modalities: Tensor, layout: BatchLayout | None = None
+    ) -> AlignmentOutput:
         return hetero_center_loss(feats, pids, modalities, self.cost, self.normalize, layout)
 
 
@@ -392,13 +407,13 @@ class MMDLoss(nn.Module):
     OPTIONS: ClassVar[tuple[str, ...]] = ("normalize",)  # a kernel, no cost: ``cost`` does not apply
     aligns: ClassVar[bool] = True
 
-    def __init__(self, bandwidths: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0),
-                 normalize: bool = True) -> None:
+    def __init__(self, bandwidths: Sequence[float] = (0.25, 0.5, 1.0, 2.0, 4.0), normalize: bool = True) -> None:
         super().__init__()
         self.bandwidths, self.normalize = tuple(bandwidths), normalize
 
-    def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
-                layout: BatchLayout | None = None) -> AlignmentOutput:
+    def forward(
+        self, feats: Feats, pids: Tensor, modalities: Tensor, layout: BatchLayout | None = None
+    ) -> AlignmentOutput:
         return mmd_loss(feats, pids, modalities, self.bandwidths, self.normalize, layout)
 
 
@@ -408,8 +423,9 @@ class NoAlignment(nn.Module):
     OPTIONS: ClassVar[tuple[str, ...]] = ()
     aligns: ClassVar[bool] = False
 
-    def forward(self, feats: Feats, pids: Tensor, modalities: Tensor,
-                layout: BatchLayout | None = None) -> AlignmentOutput:
+    def forward(
+        self, feats: Feats, pids: Tensor, modalities: Tensor, layout: BatchLayout | None = None
+    ) -> AlignmentOutput:
         fl = _as_list(feats, "NoAlignment")
         _, n_id, n_skip = _grouping(pids, modalities, layout, pids.device, "NoAlignment")
         zero = torch.stack([f.sum() * 0.0 for f in fl])
@@ -448,9 +464,7 @@ def make_alignment_loss(name: str, options: AlignmentOptions | None = None, **kw
     go to its constructor, the others are not its business; keyword arguments go to the constructor as given
     (after the options, so they win), and one the loss does not take is a :class:`ConfigError`."""
     if name not in _ALIGNMENT:
-        raise ConfigError(
-            f"make_alignment_loss: unknown alignment loss {name!r}; choose one of {sorted(_ALIGNMENT)}"
-        )
+        raise ConfigError(f"make_alignment_loss: unknown alignment loss {name!r}; choose one of {sorted(_ALIGNMENT)}")
     cls = _ALIGNMENT[name]
     if options is not None:
         read: tuple[str, ...] = getattr(cls, "OPTIONS", ())  # every loss class declares the options it reads

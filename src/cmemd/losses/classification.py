@@ -1,4 +1,5 @@
 """Identity classification loss: cross-entropy with label smoothing."""
+
 from __future__ import annotations
 
 import torch
@@ -23,8 +24,9 @@ def cross_entropy(logits: Tensor, targets: Tensor, label_smoothing: float = 0.0)
     return F.cross_entropy(logits, targets.long(), label_smoothing=label_smoothing)
 
 
-def cross_entropy_label_smooth(logits: Tensor, targets: Tensor, epsilon: float = 0.1,
-                               layout: BatchLayout | None = None) -> Tensor:
+def cross_entropy_label_smooth(
+    logits: Tensor, targets: Tensor, epsilon: float = 0.1, layout: BatchLayout | None = None
+) -> Tensor:
     """Mean cross-entropy against smoothed one-hot targets ``(1 - eps) * onehot + eps / C``.
 
     This is the label-smoothed identity loss of the AGW / BoT baselines (Szegedy et al. 2016);

@@ -1,4 +1,5 @@
 """Cross-modality discrimination learning (CM-DL): intra- over inter-identity variance."""
+
 from __future__ import annotations
 
 import torch
@@ -52,9 +53,12 @@ def cmdl_loss(
         _, inv = torch.unique(_on(pids, feats.device), return_inverse=True)
         Y = int(inv.max()) + 1
     counts = torch.zeros(Y, dtype=feats.dtype, device=feats.device).index_add_(
-        0, inv, torch.ones_like(inv, dtype=feats.dtype))
-    centres = torch.zeros(Y, feats.shape[1], dtype=feats.dtype, device=feats.device).index_add_(
-        0, inv, feats) / counts[:, None]
+        0, inv, torch.ones_like(inv, dtype=feats.dtype)
+    )
+    centres = (
+        torch.zeros(Y, feats.shape[1], dtype=feats.dtype, device=feats.device).index_add_(0, inv, feats)
+        / counts[:, None]
+    )
     mu = centres.mean(0)
     s_b = (centres - mu).pow(2).sum(1).mean()
     if not cross:
@@ -67,7 +71,8 @@ def cmdl_loss(
         raise TrainingError("cmdl_loss: modalities must be 0 (visible) or 1 (thermal)")
     key = inv * 2 + mod
     mcounts = torch.zeros(2 * Y, dtype=feats.dtype, device=feats.device).index_add_(
-        0, key, torch.ones_like(key, dtype=feats.dtype))
+        0, key, torch.ones_like(key, dtype=feats.dtype)
+    )
     msum = torch.zeros(2 * Y, feats.shape[1], dtype=feats.dtype, device=feats.device).index_add_(0, key, feats)
     other = inv * 2 + (1 - mod)
     has_other = mcounts[other] > 0
@@ -94,8 +99,9 @@ class CMDLLoss(nn.Module):
             raise ConfigError(f"CMDLLoss: cross_fallback must be one of {_FALLBACKS}, got {cross_fallback!r}")
         self.cross, self.cross_fallback, self.eps = cross, cross_fallback, eps
 
-    def forward(self, feats: Tensor, pids: Tensor, modalities: Tensor | None = None,
-                layout: BatchLayout | None = None) -> Tensor:
+    def forward(
+        self, feats: Tensor, pids: Tensor, modalities: Tensor | None = None, layout: BatchLayout | None = None
+    ) -> Tensor:
         return cmdl_loss(feats, pids, modalities, self.cross, self.cross_fallback, self.eps, layout)
 
     def extra_repr(self) -> str:

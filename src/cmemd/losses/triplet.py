@@ -1,4 +1,5 @@
 """Weighted-regularisation triplet loss (WRT) of the AGW baseline (Ye et al., TPAMI 2021)."""
+
 from __future__ import annotations
 
 import torch
@@ -48,8 +49,7 @@ def wrt_triplet(feats: Tensor, pids: Tensor, normalize: bool = False) -> Tensor:
     """
     if feats.dim() != 2 or pids.shape != feats.shape[:1]:
         raise TrainingError(
-            f"wrt_triplet: feats must be (N, D) and pids (N,), got {tuple(feats.shape)} and "
-            f"{tuple(pids.shape)}"
+            f"wrt_triplet: feats must be (N, D) and pids (N,), got {tuple(feats.shape)} and {tuple(pids.shape)}"
         )
     if normalize:
         feats = F.normalize(feats, dim=1)

@@ -1,4 +1,5 @@
 """Models: a torchvision-compatible ResNet and the two-stream VT-ReID model with MGS heads."""
+
 from __future__ import annotations
 
 from cmemd.models.resnet import (

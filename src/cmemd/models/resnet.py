@@ -8,6 +8,7 @@ the same keys and smaller shapes). A third, ``non_local``, inserts non-local blo
 after the last blocks of a stage, as the AGW baseline does (2 in layer2, 3 in layer3); their
 parameters sit under ``layerN.non_local.*``, so every torchvision key keeps its name and shape.
 """
+
 from __future__ import annotations
 
 import os
@@ -74,8 +75,7 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
         super().__init__()
         self.conv1 = _conv3x3(inplanes, planes, stride)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -97,8 +97,7 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, inplanes: int, planes: int, stride: int = 1,
-                 downsample: nn.Module | None = None) -> None:
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None) -> None:
         super().__init__()
         self.conv1 = _conv1x1(inplanes, planes)
         self.bn1 = nn.BatchNorm2d(planes)
@@ -123,7 +122,10 @@ AGW_NON_LOCAL: tuple[int, int, int, int] = (0, 2, 3, 0)
 
 #: Residual blocks per stage of each architecture.
 ARCH_LAYERS: dict[str, tuple[int, int, int, int]] = {
-    "resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3), "resnet50": (3, 4, 6, 3), "resnet101": (3, 4, 23, 3),
+    "resnet18": (2, 2, 2, 2),
+    "resnet34": (3, 4, 6, 3),
+    "resnet50": (3, 4, 6, 3),
+    "resnet101": (3, 4, 23, 3),
 }
 
 
@@ -161,8 +163,8 @@ class NonLocal(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         n = x.shape[0]
         theta = self.theta(x).flatten(2).transpose(1, 2)  # n x HW x inner
-        phi = self.phi(x).flatten(2)                      # n x inner x HW
-        g = self.g(x).flatten(2).transpose(1, 2)          # n x HW x inner
+        phi = self.phi(x).flatten(2)  # n x inner x HW
+        g = self.g(x).flatten(2).transpose(1, 2)  # n x HW x inner
         affinity = torch.matmul(theta, phi) / phi.shape[-1]
         y = torch.matmul(affinity, g).transpose(1, 2).reshape(n, self.inner, x.shape[2], x.shape[3])
         return x + self.W(y)
@@ -222,10 +224,18 @@ class ResNet(nn.Module):
             knows which weights to fetch.
     """
 
-    def __init__(self, block: type[BasicBlock] | type[Bottleneck], layers: tuple[int, ...],
-                 num_classes: int = 1000, *, width: int = 64, last_stride: int = 2,
-                 zero_init_residual: bool = False, arch: str | None = None,
-                 non_local: tuple[int, ...] = (0, 0, 0, 0)) -> None:
+    def __init__(
+        self,
+        block: type[BasicBlock] | type[Bottleneck],
+        layers: tuple[int, ...],
+        num_classes: int = 1000,
+        *,
+        width: int = 64,
+        last_stride: int = 2,
+        zero_init_residual: bool = False,
+        arch: str | None = None,
+        non_local: tuple[int, ...] = (0, 0, 0, 0),
+    ) -> None:
         super().__init__()
         if len(layers) != 4 or any(int(n) < 1 for n in layers):
             raise ConfigError(f"ResNet: layers must be 4 positive block counts, got {layers!r}")
@@ -234,8 +244,10 @@ class ResNet(nn.Module):
         if last_stride not in (1, 2):
             raise ConfigError(f"ResNet: last_stride must be 1 or 2, got {last_stride!r}")
         if len(non_local) != 4 or any(not 0 <= int(c) <= int(n) for c, n in zip(non_local, layers)):
-            raise ConfigError(f"ResNet: non_local must give 4 counts, each between 0 and its stage's block count "
-                              f"{tuple(layers)}, got {non_local!r}")
+            raise ConfigError(
+                f"ResNet: non_local must give 4 counts, each between 0 and its stage's block count "
+                f"{tuple(layers)}, got {non_local!r}"
+            )
         self.arch = arch
         self.width = int(width)
         self.last_stride = int(last_stride)
@@ -271,10 +283,11 @@ class ResNet(nn.Module):
             if count:
                 name = f"layer{i + 1}"
                 stage = getattr(self, name)
-                setattr(self, name, NonLocalStage(stage, count, (2 ** i) * w * block.expansion))
+                setattr(self, name, NonLocalStage(stage, count, (2**i) * w * block.expansion))
 
-    def _make_layer(self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int,
-                    stride: int = 1) -> nn.Sequential:
+    def _make_layer(
+        self, block: type[BasicBlock] | type[Bottleneck], planes: int, blocks: int, stride: int = 1
+    ) -> nn.Sequential:
         downsample = None
         if stride != 1 or self.inplanes != planes * block.expansion:
             downsample = nn.Sequential(
@@ -316,7 +329,10 @@ def resnet101(**kw) -> ResNet:
 
 
 ARCHS: dict[str, Callable[..., ResNet]] = {
-    "resnet18": resnet18, "resnet34": resnet34, "resnet50": resnet50, "resnet101": resnet101,
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+    "resnet101": resnet101,
 }
 
 
@@ -334,12 +350,13 @@ def _unwrap(obj: object, where: str) -> dict[str, Tensor]:
     if not isinstance(obj, Mapping) or not obj:
         raise CheckpointError(
             f"{where}: not a state dict (got {type(obj).__name__}); expected a mapping of tensor "
-            "names to tensors, optionally wrapped as {'state_dict': ...}")
+            "names to tensors, optionally wrapped as {'state_dict': ...}"
+        )
     sd = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
     if not sd:
         raise CheckpointError(f"{where}: the mapping holds no tensors; is this a model checkpoint?")
     if all(k.startswith("module.") for k in sd):  # saved from DataParallel / DDP
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
@@ -348,11 +365,15 @@ def imagenet_location(arch: str, variant: str = "imagenet") -> tuple[str, Path]:
     where the torch hub cache keeps them (the file to provide by hand on an offline machine)."""
     urls = IMAGENET_URLS.get(arch)
     if urls is None:
-        raise CheckpointError(f"load_pretrained: no ImageNet weights known for arch {arch!r}; "
-                              f"known: {sorted(IMAGENET_URLS)}. Pass a local file path instead.")
+        raise CheckpointError(
+            f"load_pretrained: no ImageNet weights known for arch {arch!r}; "
+            f"known: {sorted(IMAGENET_URLS)}. Pass a local file path instead."
+        )
     if variant not in urls:
-        raise CheckpointError(f"load_pretrained: source {variant!r} is not available for {arch}; "
-                              f"use one of {sorted(urls)} or a local file path.")
+        raise CheckpointError(
+            f"load_pretrained: source {variant!r} is not available for {arch}; "
+            f"use one of {sorted(urls)} or a local file path."
+        )
     url = urls[variant]
     return url, Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[1]
 
@@ -378,10 +399,12 @@ def fetch_imagenet(arch: str, variant: str = "imagenet", *, progress: bool = Tru
     except (urllib.error.URLError, OSError) as e:
         raise CheckpointError(
             f"load_pretrained: could not download {url} ({e}). Without network access, put the "
-            f"file at {cached} (torch hub cache) or pass a local path as source.") from e
+            f"file at {cached} (torch hub cache) or pass a local path as source."
+        ) from e
     except RuntimeError as e:  # torch.hub reports a hash mismatch as RuntimeError
-        raise CheckpointError(f"load_pretrained: {url} failed to download ({e}); retry, or pass a local path "
-                              "as source.") from e
+        raise CheckpointError(
+            f"load_pretrained: {url} failed to download ({e}); retry, or pass a local path as source."
+        ) from e
     finally:
         socket.setdefaulttimeout(old_timeout)
     return cached
@@ -393,22 +416,24 @@ def _download(arch: str, variant: str, progress: bool) -> tuple[dict[str, Tensor
     old_timeout = socket.getdefaulttimeout()
     socket.setdefaulttimeout(DOWNLOAD_TIMEOUT_S)
     try:
-        obj = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=progress,
-                                                 check_hash=True)
+        obj = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=progress, check_hash=True)
     except (urllib.error.URLError, OSError) as e:
         raise CheckpointError(
             f"load_pretrained: could not download {url} ({e}). Without network access, put the "
-            f"file at {cached} (torch hub cache) or pass a local path as source.") from e
+            f"file at {cached} (torch hub cache) or pass a local path as source."
+        ) from e
     except RuntimeError as e:  # torch.hub reports a hash mismatch as RuntimeError
-        raise CheckpointError(f"load_pretrained: {url} failed to load ({e}); delete {cached} "
-                              "and retry, or pass a local path as source.") from e
+        raise CheckpointError(
+            f"load_pretrained: {url} failed to load ({e}); delete {cached} and retry, or pass a local path as source."
+        ) from e
     finally:
         socket.setdefaulttimeout(old_timeout)
     return _unwrap(obj, str(cached)), str(cached)
 
 
-def read_state_dict(source: str | os.PathLike, *, arch: str | None = None,
-                    progress: bool = True) -> tuple[dict[str, Tensor], str]:
+def read_state_dict(
+    source: str | os.PathLike, *, arch: str | None = None, progress: bool = True
+) -> tuple[dict[str, Tensor], str]:
     """Read a ResNet state dict from a local file or torchvision's ImageNet weights.
 
     Args:
@@ -422,18 +447,20 @@ def read_state_dict(source: str | os.PathLike, *, arch: str | None = None,
     """
     if isinstance(source, str) and source in ("imagenet", "imagenet-v2"):
         if arch is None:
-            raise CheckpointError(f"read_state_dict: source {source!r} needs arch= "
-                                  f"(one of {sorted(IMAGENET_URLS)})")
+            raise CheckpointError(f"read_state_dict: source {source!r} needs arch= (one of {sorted(IMAGENET_URLS)})")
         return _download(arch, source, progress)
     path = Path(source)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint {path}: file not found; pass an existing .pth file or "
-                              "'imagenet' for torchvision's ImageNet weights")
+        raise CheckpointError(
+            f"checkpoint {path}: file not found; pass an existing .pth file or "
+            "'imagenet' for torchvision's ImageNet weights"
+        )
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt / truncated / not a torch file
-        raise CheckpointError(f"checkpoint {path}: cannot be read by torch.load ({e}); "
-                              "is the file complete and a PyTorch state dict?") from e
+        raise CheckpointError(
+            f"checkpoint {path}: cannot be read by torch.load ({e}); is the file complete and a PyTorch state dict?"
+        ) from e
     return _unwrap(obj, str(path)), str(path)
 
 
@@ -442,10 +469,15 @@ def _first(keys: list[str], n: int = 5) -> str:
     return ", ".join(keys[:n]) + more
 
 
-def load_mapped_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor],
-                           key_map: Mapping[str, str], *, where: str = "<state dict>",
-                           strict: bool = True, allow_unused: Callable[[str], bool] | None = None,
-                           ) -> list[str]:
+def load_mapped_state_dict(
+    model: nn.Module,
+    state_dict: Mapping[str, Tensor],
+    key_map: Mapping[str, str],
+    *,
+    where: str = "<state dict>",
+    strict: bool = True,
+    allow_unused: Callable[[str], bool] | None = None,
+) -> list[str]:
     """Copy ``state_dict[key_map[k]]`` into ``model``'s entry ``k`` for every ``k`` in ``key_map``.
 
     Several model keys may map to the same source key (one checkpoint into several copies).
@@ -470,33 +502,32 @@ def load_mapped_state_dict(model: nn.Module, state_dict: Mapping[str, Tensor],
             continue
         src = state_dict[skey]
         if tuple(src.shape) != tuple(target[mkey].shape):
-            mismatched.append(f"{skey}: checkpoint {tuple(src.shape)} vs model "
-                              f"{tuple(target[mkey].shape)}")
+            mismatched.append(f"{skey}: checkpoint {tuple(src.shape)} vs model {tuple(target[mkey].shape)}")
             continue
         new_sd[mkey] = src.to(dtype=target[mkey].dtype)
         loaded.append(mkey)
     used = set(key_map.values())
-    unexpected = [k for k in state_dict if k not in used
-                  and not (allow_unused is not None and allow_unused(k))]
+    unexpected = [k for k in state_dict if k not in used and not (allow_unused is not None and allow_unused(k))]
     if mismatched:
         raise CheckpointError(
             f"checkpoint {where}: {len(mismatched)} shape mismatch(es): {_first(mismatched, 3)}. "
-            "Check that arch and width match the checkpoint (ImageNet weights need width=64).")
+            "Check that arch and width match the checkpoint (ImageNet weights need width=64)."
+        )
     if strict and (missing or unexpected):
         parts = []
         if missing:
             parts.append(f"missing keys [{_first(sorted(missing))}]")
         if unexpected:
             parts.append(f"unexpected keys [{_first(sorted(unexpected))}]")
-        raise CheckpointError(f"checkpoint {where}: " + "; ".join(parts) +
-                              ". Is it a torchvision ResNet of the same arch? "
-                              "Use strict=False to load only the matching entries.")
+        raise CheckpointError(
+            f"checkpoint {where}: " + "; ".join(parts) + ". Is it a torchvision ResNet of the same arch? "
+            "Use strict=False to load only the matching entries."
+        )
     model.load_state_dict(new_sd, strict=True)
     return loaded
 
 
-def load_pretrained(model: ResNet, source: str | os.PathLike, *, strict: bool = True,
-                    progress: bool = True) -> ResNet:
+def load_pretrained(model: ResNet, source: str | os.PathLike, *, strict: bool = True, progress: bool = True) -> ResNet:
     """Load torchvision-format weights into a :class:`ResNet`.
 
     Args:

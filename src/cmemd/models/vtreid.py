@@ -35,6 +35,7 @@ makes p a parameter); the prefix reduction only receives gradients from losses o
 ``accumulated_feats`` — use ``accumulate="cumsum"`` or ``"none"`` when no loss reads them, or DDP
 will find unused parameters.
 """
+
 from __future__ import annotations
 
 import copy
@@ -65,7 +66,10 @@ __all__ = [
 STAGE_NAMES = ("stem", "layer1", "layer2", "layer3", "layer4")
 _STAGE_MODULES = {
     "stem": ("conv1", "bn1", "relu", "maxpool"),
-    "layer1": ("layer1",), "layer2": ("layer2",), "layer3": ("layer3",), "layer4": ("layer4",),
+    "layer1": ("layer1",),
+    "layer2": ("layer2",),
+    "layer3": ("layer3",),
+    "layer4": ("layer4",),
 }
 POOLINGS = ("gem", "avg")
 ACCUMULATE = ("prefix", "cumsum", "none")
@@ -140,8 +144,11 @@ class ModelConfig:
         if not isinstance(self.width, int) or self.width < 1:
             raise bad("width", self.width, "must be a positive int (64 for ImageNet weights)")
         if self.modality_specific_stages not in range(5):
-            raise bad("modality_specific_stages", self.modality_specific_stages,
-                      "must be 0..4 (0 shared, 1 stem, 2 +layer1, 3 +layer2, 4 +layer3)")
+            raise bad(
+                "modality_specific_stages",
+                self.modality_specific_stages,
+                "must be 0..4 (0 shared, 1 stem, 2 +layer1, 3 +layer2, 4 +layer3)",
+            )
         if self.last_stride not in (1, 2):
             raise bad("last_stride", self.last_stride, "must be 1 or 2")
         if self.pooling not in POOLINGS:
@@ -163,8 +170,9 @@ class ModelConfig:
         if not isinstance(self.non_local, bool):
             raise bad("non_local", self.non_local, "must be true (AGW's non-local blocks) or false")
         if not self.use_local and self.test_feature != "global":
-            raise bad("test_feature", self.test_feature,
-                      "use_local=False has no local features; set test_feature='global'")
+            raise bad(
+                "test_feature", self.test_feature, "use_local=False has no local features; set test_feature='global'"
+            )
 
 
 @dataclass
@@ -176,16 +184,16 @@ class VTOutput:
     ``accumulated_feats`` is None when ``accumulate="none"``.
     """
 
-    global_feat: Tensor                      # N x C, pooled, pre-BN (CM-EMD cost is on this)
-    global_bn: Tensor                        # N x C
-    global_logits: Tensor                    # N x num_classes
-    local_feats: Tensor | None = None     # N x S x D_l (f_k)
-    local_bn: Tensor | None = None        # N x S x D_l (BN-neck of f_k)
+    global_feat: Tensor  # N x C, pooled, pre-BN (CM-EMD cost is on this)
+    global_bn: Tensor  # N x C
+    global_logits: Tensor  # N x num_classes
+    local_feats: Tensor | None = None  # N x S x D_l (f_k)
+    local_bn: Tensor | None = None  # N x S x D_l (BN-neck of f_k)
     local_logits: list[Tensor] | None = None
     accumulated_feats: Tensor | None = None  # N x S x D_l (a_k)
     accumulated_bn: Tensor | None = None  # N x S x D_l (BN-neck of a_k, with accumulated_heads)
     accumulated_logits: list[Tensor] | None = None  # S tensors N x num_classes (BN-neck + classifier of a_k)
-    holistic: Tensor | None = None        # N x (S*D_l)
+    holistic: Tensor | None = None  # N x (S*D_l)
     stripe_weights: Tensor | None = None  # S, softmax of the stripe logits
 
 
@@ -280,18 +288,23 @@ class VTReIDModel(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        template = ARCHS[cfg.arch](width=cfg.width, last_stride=cfg.last_stride,
-                                   zero_init_residual=cfg.zero_init_residual,
-                                   non_local=agw_non_local(cfg.arch) if cfg.non_local else (0, 0, 0, 0))
+        template = ARCHS[cfg.arch](
+            width=cfg.width,
+            last_stride=cfg.last_stride,
+            zero_init_residual=cfg.zero_init_residual,
+            non_local=agw_non_local(cfg.arch) if cfg.non_local else (0, 0, 0, 0),
+        )
         m = cfg.modality_specific_stages
         s = max(m, 3)
         self.specific_stages = STAGE_NAMES[:m]
         self.shared_stages = STAGE_NAMES[m:s]
         self.stream_stages = STAGE_NAMES[s:]
         self.num_modalities = 2
-        self.modality_parts = (nn.ModuleList([_part(template, self.specific_stages)
-                                              for _ in range(self.num_modalities)])
-                               if m > 0 else None)
+        self.modality_parts = (
+            nn.ModuleList([_part(template, self.specific_stages) for _ in range(self.num_modalities)])
+            if m > 0
+            else None
+        )
         self.shared = _part(template, self.shared_stages) if self.shared_stages else None
         self.global_stream = _part(template, self.stream_stages)
         self.local_stream = _part(template, self.stream_stages) if cfg.use_local else None
@@ -310,8 +323,7 @@ class VTReIDModel(nn.Module):
             self.local_pool = pool()
             self.local_reduce = nn.ModuleList([_reduction(c, D) for _ in range(S)])
             self.local_necks = nn.ModuleList([_bn_neck(D) for _ in range(S)])
-            self.local_classifiers = nn.ModuleList([_classifier(D, cfg.num_classes)
-                                                    for _ in range(S)])
+            self.local_classifiers = nn.ModuleList([_classifier(D, cfg.num_classes) for _ in range(S)])
             self.accum_reduce = _reduction(c, D) if cfg.accumulate == "prefix" else None
             # Identity supervision of each accumulated feature: without it an alignment loss alone can
             # collapse them to a constant (docs/method.md has the measurement).
@@ -325,8 +337,7 @@ class VTReIDModel(nn.Module):
     def feature_dim(self) -> int:
         """Columns of the eval-mode test feature."""
         local = self.cfg.num_stripes * self.cfg.local_dim
-        return {"global": self.channels, "local": local,
-                "concat": self.channels + local}[self.cfg.test_feature]
+        return {"global": self.channels, "local": local, "concat": self.channels + local}[self.cfg.test_feature]
 
     def stripe_weights(self) -> Tensor:
         """w = softmax of the S stripe logits (sums to 1)."""
@@ -356,18 +367,25 @@ class VTReIDModel(nn.Module):
             return x
         if layout is not None:
             layout.check(x.shape[0], "VTReIDModel.forward")
-            return self._run_parts(self.modality_parts, x, list(layout.modality_counts), layout.modality_order,
-                                   layout.modality_inverse)
+            return self._run_parts(
+                self.modality_parts, x, list(layout.modality_counts), layout.modality_order, layout.modality_inverse
+            )
         if modality is None:
-            raise ConfigError("VTReIDModel.forward: modality is required when "
-                              "modality_specific_stages > 0 (a tensor of 0 visible / 1 thermal)")
+            raise ConfigError(
+                "VTReIDModel.forward: modality is required when "
+                "modality_specific_stages > 0 (a tensor of 0 visible / 1 thermal)"
+            )
         modality = torch.as_tensor(modality, device=x.device).long().reshape(-1)
         if modality.numel() != x.shape[0]:
-            raise ConfigError(f"VTReIDModel.forward: modality has {modality.numel()} entries for "
-                              f"a batch of {x.shape[0]} images; give one value per image")
+            raise ConfigError(
+                f"VTReIDModel.forward: modality has {modality.numel()} entries for "
+                f"a batch of {x.shape[0]} images; give one value per image"
+            )
         if modality.numel() and (int(modality.min()) < 0 or int(modality.max()) > 1):
-            raise ConfigError("VTReIDModel.forward: modality values must be 0 (visible) or "
-                              f"1 (thermal), got {sorted(set(modality.tolist()))}")
+            raise ConfigError(
+                "VTReIDModel.forward: modality values must be 0 (visible) or "
+                f"1 (thermal), got {sorted(set(modality.tolist()))}"
+            )
         # Group the batch by modality: contiguous slices (views, no copy) when it already is, as the identity
         # sampler's batches are; otherwise one gather in and one gather back out.
         n = x.shape[0]
@@ -382,8 +400,9 @@ class VTReIDModel(nn.Module):
         return self._run_parts(self.modality_parts, x, counts, order, inverse)
 
     @staticmethod
-    def _run_parts(parts: nn.ModuleList, x: Tensor, counts: list[int], order: Tensor | None,
-                   inverse: Tensor | None) -> Tensor:
+    def _run_parts(
+        parts: nn.ModuleList, x: Tensor, counts: list[int], order: Tensor | None, inverse: Tensor | None
+    ) -> Tensor:
         """Each modality's images through its copy in ``parts``: ``counts`` per modality after sorting by
         ``order`` (None: already sorted); ``inverse`` restores the batch order."""
         xs = x if order is None else x.index_select(0, order)
@@ -391,8 +410,7 @@ class VTReIDModel(nn.Module):
         y = torch.cat(ys) if len(ys) > 1 else ys[0]
         return y if inverse is None else y.index_select(0, inverse)
 
-    def forward_output(self, x: Tensor, modality: Tensor | None = None,
-                       layout: BatchLayout | None = None) -> VTOutput:
+    def forward_output(self, x: Tensor, modality: Tensor | None = None, layout: BatchLayout | None = None) -> VTOutput:
         """Run the model and return every feature and logit as a :class:`VTOutput`. ``layout``: the batch's
         :class:`cmemd.layout.BatchLayout` (tensors on ``x``'s device), which saves the routing's host reads."""
         z = self._route(x, modality, layout)
@@ -407,23 +425,30 @@ class VTReIDModel(nn.Module):
         fmap = self.local_stream(z)
         rows = self.local_pool.rows(fmap)  # N x C x H
         bounds = _stripe_bounds(rows.shape[2], self.cfg.num_stripes)
-        f = torch.stack([red(self.local_pool.finish(rows[:, :, a:b].mean(dim=2)))
-                         for red, (a, b) in zip(self.local_reduce, bounds)], dim=1)
+        f = torch.stack(
+            [
+                red(self.local_pool.finish(rows[:, :, a:b].mean(dim=2)))
+                for red, (a, b) in zip(self.local_reduce, bounds)
+            ],
+            dim=1,
+        )
         f_bn = torch.stack([neck(f[:, k]) for k, neck in enumerate(self.local_necks)], dim=1)
         out.local_feats, out.local_bn = f, f_bn
         out.local_logits = [clf(f_bn[:, k]) for k, clf in enumerate(self.local_classifiers)]
         if self.cfg.accumulate == "prefix":
             assert self.accum_reduce is not None  # built in __init__ for accumulate="prefix"
-            prefix = torch.stack([self.local_pool.finish(rows[:, :, :b].mean(dim=2))
-                                  for _, b in bounds], dim=1)  # N x S x C
+            prefix = torch.stack(
+                [self.local_pool.finish(rows[:, :, :b].mean(dim=2)) for _, b in bounds], dim=1
+            )  # N x S x C
             n, s_, c = prefix.shape
             # One reduction for every k; its BN sees the N*S prefix features together.
             out.accumulated_feats = self.accum_reduce(prefix.reshape(n * s_, c)).reshape(n, s_, -1)
         elif self.cfg.accumulate == "cumsum":
             out.accumulated_feats = _cumsum_stripes(f)
         if out.accumulated_feats is not None and self.cfg.accumulated_heads:
-            out.accumulated_bn = torch.stack([neck(out.accumulated_feats[:, k])
-                                              for k, neck in enumerate(self.accum_necks)], dim=1)
+            out.accumulated_bn = torch.stack(
+                [neck(out.accumulated_feats[:, k]) for k, neck in enumerate(self.accum_necks)], dim=1
+            )
             out.accumulated_logits = [clf(out.accumulated_bn[:, k]) for k, clf in enumerate(self.accum_classifiers)]
         w = self.stripe_weights()
         out.stripe_weights = w
@@ -462,8 +487,9 @@ def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad or not trainable_only)
 
 
-def load_pretrained_backbone(model: VTReIDModel, source: str | os.PathLike, *,
-                             strict: bool = True, progress: bool = True) -> VTReIDModel:
+def load_pretrained_backbone(
+    model: VTReIDModel, source: str | os.PathLike, *, strict: bool = True, progress: bool = True
+) -> VTReIDModel:
     """Copy a torchvision-format ResNet state dict into every backbone copy of ``model``.
 
     Each modality-specific copy, the shared part and each stream's layer3/layer4 copy get the
@@ -477,9 +503,12 @@ def load_pretrained_backbone(model: VTReIDModel, source: str | os.PathLike, *,
         CheckpointError: as :func:`cmemd.models.resnet.load_pretrained`.
     """
     if not isinstance(model, VTReIDModel):
-        raise CheckpointError(f"load_pretrained_backbone: expected a VTReIDModel, got "
-                              f"{type(model).__name__}; use load_pretrained for a plain ResNet")
+        raise CheckpointError(
+            f"load_pretrained_backbone: expected a VTReIDModel, got "
+            f"{type(model).__name__}; use load_pretrained for a plain ResNet"
+        )
     sd, where = read_state_dict(source, arch=model.cfg.arch, progress=progress)
-    load_mapped_state_dict(model, sd, model.backbone_key_map(), where=where, strict=strict,
-                           allow_unused=lambda k: k.startswith("fc."))
+    load_mapped_state_dict(
+        model, sd, model.backbone_key_map(), where=where, strict=strict, allow_unused=lambda k: k.startswith("fc.")
+    )
     return model
