@@ -89,7 +89,10 @@ def data_stats(
     root: Path = typer.Argument(..., help="Dataset root (any known layout)."),
     layout: Optional[str] = typer.Option(
         None,
-        help="Benchmark name in cmemd.benchmarks.registry (an unknown one lists them); detected from the folder when omitted.",
+        help=(
+            "Benchmark name in cmemd.benchmarks.registry (an unknown one lists them); detected from the folder when "
+            "omitted."
+        ),
     ),
 ) -> None:
     """Print per-split, per-camera and per-modality image counts and the totals per modality."""
@@ -106,7 +109,10 @@ def data_check(
     root: Path = typer.Argument(..., help="Dataset root (any known layout)."),
     layout: Optional[str] = typer.Option(
         None,
-        help="Benchmark name in cmemd.benchmarks.registry (an unknown one lists them); detected from the folder when omitted.",
+        help=(
+            "Benchmark name in cmemd.benchmarks.registry (an unknown one lists them); detected from the folder when "
+            "omitted."
+        ),
     ),
     decode: bool = typer.Option(True, help="Decode every image (slow on the full datasets)."),
 ) -> None:
@@ -130,7 +136,10 @@ def data_synth(
     out: Path = typer.Option(..., "--out", help="Output folder (must be empty or absent unless --force)."),
     layout: str = typer.Option(
         "sysu",
-        help="Dataset layout to write: any benchmark in cmemd.benchmarks.registry with a generator (an unknown one lists them).",
+        help=(
+            "Dataset layout to write: any benchmark in cmemd.benchmarks.registry with a generator (an unknown one "
+            "lists them)."
+        ),
     ),
     ids: Optional[int] = typer.Option(None, help="Number of identities [the layout's default: sysu 300]."),
     seed: int = typer.Option(0, help="Seed; the same seed gives byte-identical files."),
@@ -151,10 +160,14 @@ def data_synth(
     force: bool = typer.Option(
         False,
         "--force",
-        help="Replace the synthetic set in a non-empty folder the generator made (its files are removed first); a folder cmemd did not make is refused.",
+        help=(
+            "Replace the synthetic set in a non-empty folder the generator made (its files are removed first); a "
+            "folder cmemd did not make is refused."
+        ),
     ),
 ) -> None:
-    """Generate the synthetic visible-thermal benchmark in a dataset's layout (any registered benchmark with a generator)."""
+    """Generate the synthetic visible-thermal benchmark in a dataset's layout (any registered benchmark with a
+    generator)."""
     import json
     import time
 
@@ -298,7 +311,7 @@ def train_cmd(
                 f"interrupted at epoch {e.epoch + 1} step {e.step} ({_signal_name(e.signum)}); the resumable "
                 f"checkpoint is {e.checkpoint}; resume with: {_resume_command()}"
             )
-        raise typer.Exit(code=e.exit_code)
+        raise typer.Exit(code=e.exit_code) from None
     except KeyboardInterrupt:
         # outside the training steps (setup, evaluation) or a second Ctrl-C: nothing is saved, nothing corrupted
         typer.secho(
@@ -307,7 +320,7 @@ def train_cmd(
             fg=typer.colors.RED,
             err=True,
         )
-        raise typer.Exit(code=130)
+        raise typer.Exit(code=130) from None
 
 
 def _signal_name(signum: int) -> str:
@@ -345,7 +358,11 @@ def eval_cmd(
     options: Optional[list[str]] = typer.Argument(
         None,
         metavar="[KEY=VALUE]...",
-        help="The benchmark's protocol options as KEY=VALUE (its eval.* settings; omitted ones keep the checkpoint's), e.g. SYSU-MM01 modes=[all,indoor] shots=10 method=official rand_perm=PATH trials=10; an unknown key lists the benchmark's options.",
+        help=(
+            "The benchmark's protocol options as KEY=VALUE (its eval.* settings; omitted ones keep the "
+            "checkpoint's), e.g. SYSU-MM01 modes=[all,indoor] shots=10 method=official rand_perm=PATH trials=10; an "
+            "unknown key lists the benchmark's options."
+        ),
     ),
     protocol: Optional[str] = typer.Option(
         None, help="Dataset whose protocol to run (default and only choice: the training dataset's)."
@@ -495,12 +512,19 @@ def eval_features_cmd(
     query: Path = typer.Argument(..., help="Query features .npz (arrays feats, pids, cams, paths)."),
     gallery: Path = typer.Argument(
         ...,
-        help="The gallery side as the benchmark's evaluate_features takes it (SYSU-MM01: the gallery POOL .npz, all visible test images; each trial draws from it).",
+        help=(
+            "The gallery side as the benchmark's evaluate_features takes it (SYSU-MM01: the gallery POOL .npz, all "
+            "visible test images; each trial draws from it)."
+        ),
     ),
     options: Optional[list[str]] = typer.Argument(
         None,
         metavar="[KEY=VALUE]...",
-        help="The protocol's options as KEY=VALUE (the keyword arguments of the benchmark's evaluate_features), e.g. SYSU-MM01 mode=indoor shots=10 method=official rand_perm=PATH trials=10, a two-direction benchmark direction=t2v (QUERY thermal); an unknown key lists the benchmark's options.",
+        help=(
+            "The protocol's options as KEY=VALUE (the keyword arguments of the benchmark's evaluate_features), e.g. "
+            "SYSU-MM01 mode=indoor shots=10 method=official rand_perm=PATH trials=10, a two-direction benchmark "
+            "direction=t2v (QUERY thermal); an unknown key lists the benchmark's options."
+        ),
     ),
     protocol: str = typer.Option(
         ..., help="Benchmark whose protocol to run (a name in cmemd.benchmarks.registry; an unknown one lists them)."
@@ -536,7 +560,7 @@ def eval_features_cmd(
         if "trial" in spec.feature_option_names():
             kwargs["trial"] = trial
         q, g = load_features(query), load_features(gallery)
-        runs = {"plain": None}
+        runs: dict[str, ReRanking | None] = {"plain": None}
         if rerank:
             runs["reranked"] = ReRanking(k1, k2, lambda_value)
         res = {
@@ -558,11 +582,17 @@ def eval_features_cmd(
 def demo_cmd(
     data_dir: Path = typer.Option(
         Path("data/demo_sysu"),
-        help="Where the synthetic SYSU-layout set goes (reused when it matches, regenerated only in a folder cmemd made).",
+        help=(
+            "Where the synthetic SYSU-layout set goes (reused when it matches, regenerated only in a folder cmemd "
+            "made)."
+        ),
     ),
     out_dir: Path = typer.Option(
         Path("runs/demo"),
-        help="Run directory (replaced on each demo run; only a run folder cmemd made is, any other non-empty folder is refused).",
+        help=(
+            "Run directory (replaced on each demo run; only a run folder cmemd made is, any other non-empty folder "
+            "is refused)."
+        ),
     ),
     config: Path = typer.Option(
         Path("synth_cmemd_global"),

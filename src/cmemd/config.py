@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 if typing.TYPE_CHECKING:
-    from importlib.resources.abc import Traversable
+    from importlib.abc import Traversable  # importlib.resources.abc from Python 3.11 on
 else:
     Traversable = Any
 
@@ -64,9 +64,13 @@ def _section(name: str, entries: list[tuple[str, Any, Any]], doc: str) -> type:
     """A dataclass of ``(name, type, default)`` entries: a YAML section mirroring a library object, so that
     every library option is reachable from a config and nothing is listed twice."""
 
-    def entry(n, tp, default):
+    def entry(n: str, tp: Any, default: Any) -> tuple[str, Any, Any]:
         if isinstance(default, (list, dict)):
-            return (n, tp, field(default_factory=lambda d=default: type(d)(d)))
+
+            def fresh(d: Any = default) -> Any:  # each config gets its own copy of a list or dict default
+                return type(d)(d)
+
+            return (n, tp, field(default_factory=fresh))
         return (n, tp, field(default=default))
 
     cls = make_dataclass(name, [entry(*e) for e in entries])
@@ -137,7 +141,8 @@ def _option_entries() -> list[tuple[str, Any, Any]]:
     for b in BENCHMARKS.values():
         hints = typing.get_type_hints(b.Options)
         for f in fields(b.Options):
-            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+            # a field without a default has a default_factory (the Options are dataclasses with defaults)
+            default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[operator]
             if f.name in out and out[f.name][0] != hints[f.name]:
                 raise ConfigError(
                     f"eval.{f.name}: the benchmarks {out[f.name][2]} and {b.name} declare it with "
@@ -189,8 +194,10 @@ class RunSettings:
 @dataclass
 class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelSettings = field(default_factory=ModelSettings)
-    loss: LossSettings = field(default_factory=LossSettings)
+    # model / loss / eval are built from library signatures at import (make_dataclass), which a type checker cannot
+    # see into: Any here; the parser reads each section's fields from its instance
+    model: Any = field(default_factory=ModelSettings)  # a ModelSettings instance
+    loss: Any = field(default_factory=LossSettings)  # a LossSettings instance
     optim: OptimSettings = field(default_factory=OptimSettings)
     eval: Any = field(default_factory=lambda: eval_settings_class()())  # an eval_settings_class() instance
     run: RunSettings = field(default_factory=RunSettings)
@@ -246,8 +253,11 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
             except yaml.YAMLError:
                 pass  # reported below as a wrong type
         if isinstance(value, (list, tuple)):
-            args = typing.get_args(tp)
-            return [_coerce(v, args[0], f"{key}[{i}]", source) for i, v in enumerate(value)] if args else list(value)
+            items: list[Any] = list(value)
+            item_type = typing.get_args(tp)
+            if not item_type:
+                return items
+            return [_coerce(v, item_type[0], f"{key}[{i}]", source) for i, v in enumerate(items)]
     else:
         return value
     name = getattr(tp, "__name__", str(tp))
@@ -285,7 +295,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
 
 
 def _packaged_dir() -> Traversable:
-    """The YAML configs shipped inside the package (``cmemd/configs``): a plain folder for wheel and editable installs."""
+    """The YAML configs shipped inside the package (``cmemd/configs``): a plain folder for wheel and editable
+    installs."""
     return importlib.resources.files("cmemd").joinpath("configs")
 
 
@@ -355,7 +366,7 @@ def _yaml_chain(path: Traversable | Path, depth: int = 0) -> list[tuple[str, dic
     # a packaged config's base is looked up beside it, i.e. among the packaged configs
     parent = path.parent if isinstance(path, Path) else _packaged_dir()
     chain = _yaml_chain(resolve_config(base, relative_to=parent), depth + 1) if base else []
-    return chain + [(str(path), data)]
+    return [*chain, (str(path), data)]
 
 
 def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) -> TrainConfig:

@@ -81,7 +81,8 @@ def evaluate_model(
 
     Returns ``{setting name: ProtocolResult}``, the benchmark's settings (e.g. SYSU-MM01's modes, features
     extracted once for the query and for the pool images the trials draw) with its ``eval.*`` options. With
-    ``cfg.eval.rerank`` each setting is followed by its k-reciprocal re-ranked result, named ``"<setting>, re-ranked (k-reciprocal, k1=.., k2=.., λ=..)"``.
+    ``cfg.eval.rerank`` each setting is followed by its k-reciprocal re-ranked result, named
+    ``"<setting>, re-ranked (k-reciprocal, k1=.., k2=.., λ=..)"``.
     With ``return_features=True`` returns ``(results, features)``, ``features`` = ``{"query": FeatureSet,
     "gallery": FeatureSet, "query_modality", "gallery_modality", "removal"}`` (every thermal test image against
     every visible one), for reports. ``spec``: the benchmark (default :func:`dataset_of`).

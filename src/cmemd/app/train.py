@@ -271,12 +271,12 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
         )
     mcfg = model_config(cfg, data.num_classes)
     with local_rank_zero_first(world):  # ImageNet weights fetched once per machine
-        model = build_model(mcfg).to(device)
+        model: torch.nn.Module = build_model(mcfg).to(device)
     objective = objective_from_config(cfg).to(device)
     # parameters the loss settings never give a gradient are frozen: DDP would wait for them forever
     frozen = objective.freeze_unused(model)
     if cfg.optim.channels_last:
-        model = model.to(memory_format=torch.channels_last)
+        model = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stub lacks it
     o = cfg.optim
     # parameter groups from the plain model: a DDP wrapper hides the backbone parts (build_optimizer unwraps too)
     optimizer = build_optimizer(
@@ -339,9 +339,10 @@ def _train(cfg: TrainConfig, *, resume: bool, progress: bool, evaluate_after: bo
     if rank == 0:  # after a successful resume only: a refused one leaves the run's record as it was
         _write_run_file(out_dir / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # dump_config's format
     if rank == 0 and progress:
+        batches: Any = loader.batch_sampler  # the identity sampler (build_train_loader)
         print(
             f"training on {data.description}: {len(data.records)} images, {data.num_classes} ids, "
-            f"{loader.batch_sampler.num_batches} steps/epoch x {o.epochs} epochs, device {device}, world size {world}; "
+            f"{batches.num_batches} steps/epoch x {o.epochs} epochs, device {device}, world size {world}; "
             f"model selection: {selection}",
             flush=True,
         )
@@ -548,7 +549,8 @@ def _diagnostics_hook(cfg: TrainConfig, spec: Benchmark, device: torch.device, p
 
 
 def _val_selector(cfg: TrainConfig, spec: Benchmark, device: torch.device):
-    """on_epoch_end hook: evaluate on the val ids (the dataset's ``val_options``), keep best.pt (by mAP), log a 'val' line."""
+    """on_epoch_end hook: evaluate on the val ids (the dataset's ``val_options``), keep best.pt (by mAP), log a
+    'val' line."""
     from cmemd.engine.checkpoint import save_checkpoint
 
     sets = spec.val_sets(cfg.data.root)
