@@ -24,8 +24,9 @@ result exact for them too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import numpy as np
 import torch
@@ -33,7 +34,7 @@ import torch
 from cmemd.errors import EvaluationError
 from cmemd.numerics import l2_normalize
 
-ArrayLike = Union[np.ndarray, torch.Tensor]
+ArrayLike = np.ndarray | torch.Tensor
 
 REMOVAL_RULES = ("none", "sysu-same-location", "same-pid-same-cam")
 CMC_KINDS = ("standard", "identity-dedup")
@@ -380,7 +381,9 @@ def _chunk_rows(num_gallery: int, chunk_size: int | None, num_query: int, memory
     return max(1, min(num_query, memory_budget // (_BYTES_PER_PAIR * max(num_gallery, 1))))
 
 
-def _summarise(parts: list[tuple[torch.Tensor, ...]], max_rank: int, removal: str, cmc: str, metric: str) -> EvalResult:
+def _summarise(
+    parts: Sequence[tuple[torch.Tensor, ...]], max_rank: int, removal: str, cmc: str, metric: str
+) -> EvalResult:
     valid = torch.cat([p[0] for p in parts]).cpu().numpy()
     ap = torch.cat([p[1] for p in parts]).cpu().numpy()[valid]
     inp = torch.cat([p[2] for p in parts]).cpu().numpy()[valid]
@@ -420,6 +423,7 @@ def _similarity(q: torch.Tensor, g: torch.Tensor, g_sq: torch.Tensor | None, met
     if metric == "cosine":
         return q @ g.T
     # Negative squared Euclidean distance: same order as the distance, no sqrt rounding.
+    assert g_sq is not None, "metric='euclidean' needs g_sq, the gallery's squared norms"
     return 2.0 * (q @ g.T) - (q * q).sum(1)[:, None] - g_sq[None, :]
 
 
@@ -562,18 +566,19 @@ def top_k(
         sim = _similarity(q, g, (g * g).sum(1) if metric == "euclidean" else None, metric)
         key = _order_keys(sim, torch.arange(G, device=dev))
         if removal != "none":
+            if query_pids is None or query_cams is None or gallery_pids is None or gallery_cams is None:
+                raise EvaluationError(
+                    f"removal={removal!r} needs query_pids, query_cams, gallery_pids and gallery_cams"
+                )
             labels = [
                 (query_pids, "query_pids", q.shape[0]),
                 (query_cams, "query_cams", q.shape[0]),
                 (gallery_pids, "gallery_pids", G),
                 (gallery_cams, "gallery_cams", G),
             ]
-            if any(x is None for x, _, _ in labels):
-                raise EvaluationError(
-                    f"removal={removal!r} needs query_pids, query_cams, gallery_pids and gallery_cams"
-                )
             qp, qc, gp, gc = (_check_labels(x, name, n, name.split("_")[0] + "_feats").to(dev) for x, name, n in labels)
             hidden = removed_pairs(removal, qp, qc, gp, gc)
+            assert hidden is not None, "removed_pairs gives a mask for every rule but 'none'"
             # after every kept item (largest keys), still ordered by gallery index
             key = torch.where(hidden, torch.arange(G, device=dev)[None, :] + (1 << 62), key)
             sim = sim.masked_fill(hidden, float("-inf"))

@@ -267,7 +267,7 @@ def modality_gap(
         q, g = np.flatnonzero(m == qm), np.flatnonzero(m == gm)
         r1[name] = _rank1(sim[np.ix_(q, g)], p[q], p[g], invalid[np.ix_(q, g)]) if len(q) and len(g) else float("nan")
     nan = float("nan")
-    mix = np.array(mix)
+    mix_arr = np.array(mix)
     dist = float(np.sqrt(max(np.mean(dists), 0.0))) if dists else nan
     spread = float(np.sqrt(np.mean(spreads))) if spreads else nan
     return ModalityGap(
@@ -280,8 +280,8 @@ def modality_gap(
         r1_t2v=r1["t2v"],
         num_ids=len(both),
         num_images=n,
-        mixing=float(mix.mean()) if len(mix) else nan,
-        overlap_share=float(np.mean(mix >= 0.5)) if len(mix) else nan,
+        mixing=float(mix_arr.mean()) if len(mix_arr) else nan,
+        overlap_share=float(np.mean(mix_arr >= 0.5)) if len(mix_arr) else nan,
     )
 
 
@@ -402,8 +402,8 @@ def plan_purity(
     for iv, it in groups:
         by_shape.setdefault((len(iv), len(it)), []).append((np.asarray(iv), np.asarray(it)))
     sv_plan, sv_uni, sv_max = [], [], []
-    nz_plan = {k: [] for k in nuisance}
-    nz_uni = {k: [] for k in nuisance}
+    nz_plan: dict[str, list[float]] = {k: [] for k in nuisance}
+    nz_uni: dict[str, list[float]] = {k: [] for k in nuisance}
     total = 0
     for shape_groups in by_shape.values():
         iv = np.stack([g[0] for g in shape_groups])

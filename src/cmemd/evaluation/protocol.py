@@ -89,7 +89,8 @@ class Side:
     def take(self, idx: np.ndarray | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         if idx is None:
             return self.feats, self.pids, self.cams
-        return tuple(x[torch.from_numpy(idx).to(x.device)] for x in (self.feats, self.pids, self.cams))
+        feats, pids, cams = (x[torch.from_numpy(idx).to(x.device)] for x in (self.feats, self.pids, self.cams))
+        return feats, pids, cams
 
 
 def evaluate_selections(
@@ -154,6 +155,7 @@ def evaluate_selections(
     for s in selections:
         q, g = (b, a) if s.transpose else (a, b)
         full = sim_t if s.transpose else sim
+        assert full is not None, "sim_t is computed whenever a selection is transposed"
         _, qp, qc = q.take(s.rows)
         _, gp, gc = g.take(s.cols)
         cols = None
@@ -205,6 +207,7 @@ def _reranked(
             if cols is not None:
                 gn = gn[cols]
             if shared:
+                assert ab is not None and bb is not None, "ab and bb are computed above when shared"
                 qg_full, qq_full, gg_full = (ab.T, bb, aa) if s.transpose else (ab, aa, bb)
                 qg, qq, gg = qg_full, qq_full, gg_full
                 if rows is not None:

@@ -253,6 +253,9 @@ def _stable_topk(d: torch.Tensor, k: int) -> torch.Tensor:
         if idx is None:
             return exact
         idx[rows] = exact
+    # idx is None only when k >= n; then every row is tied and returned above (d has at least one row: callers
+    # pass non-empty row blocks)
+    assert idx is not None, "_stable_topk: d must have at least one row"
     return idx
 
 
@@ -491,9 +494,9 @@ def _rerank_rows(
             if not bool((m > 0).all()):
                 bad = (torch.nonzero(m <= 0).flatten() + r0).tolist()
                 raise EvaluationError(
-                    f"re_ranking: column(s) {bad[:10]} of the combined [[q_q, q_g], [q_g^T, g_g]] distance matrix are all "
-                    "zero, so they cannot be normalised by their maximum; pass distances (not all zero), e.g. remove "
-                    "duplicated items or check the features"
+                    f"re_ranking: column(s) {bad[:10]} of the combined [[q_q, q_g], [q_g^T, g_g]] distance matrix "
+                    "are all zero, so they cannot be normalised by their maximum; pass distances (not all zero), "
+                    "e.g. remove duplicated items or check the features"
                 )
             scale[r0:r1] = m
             top[r0:r1] = _stable_topk(raw.div_(m[:, None]), K)

@@ -81,7 +81,8 @@ def rerank_label(rerank: dict[str, Any] | None) -> str:
 
 def combine_results(results: Sequence[ProtocolResult]) -> ProtocolResult:
     """Join the trials of several results of the same protocol and settings (e.g. the 10
-    numbered training splits of a benchmark, each evaluated with its own model) into one result with mean ± std over all."""
+    numbered training splits of a benchmark, each evaluated with its own model) into one result with mean ± std
+    over all."""
     if not results:
         raise EvaluationError("combine_results: got no results; pass at least one ProtocolResult")
     first = results[0]
