@@ -189,9 +189,11 @@ class Benchmark:
         feature_name: str | None = None,
         rerank: ReRanking | None = None,
         trial: int | None = None,
-        **options: Any,
     ) -> ProtocolResult:
-        """``cmemd eval-features``: the protocol on precomputed query and gallery features."""
+        """``cmemd eval-features``: the protocol on precomputed query and gallery features.
+
+        A benchmark adds its protocol options as keyword-only arguments with defaults (they are what
+        :meth:`feature_option_names` lists and ``cmemd eval-features`` accepts)."""
         raise NotImplementedError
 
     # ------------------------------------------------------------------ the wrong-layout guard

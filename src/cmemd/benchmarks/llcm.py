@@ -61,7 +61,9 @@ LAYOUT = (
 )
 
 
-def draw_one_per_camera(pids: Sequence[int], cams: Sequence[int], paths: Sequence[str], *, trial: int) -> np.ndarray:
+def draw_one_per_camera(
+    pids: Sequence[int] | np.ndarray, cams: Sequence[int] | np.ndarray, paths: Sequence[str], *, trial: int
+) -> np.ndarray:
     """Indices of one random image per (id, camera) for trial ``trial``, in draw order.
 
     As the authors' ``process_gallery_llcm``: Python's ``random`` seeded with ``trial``; ids in
@@ -92,11 +94,11 @@ def evaluate_llcm(
     visible_feats: ArrayLike,
     visible_pids: ArrayLike,
     visible_cams: ArrayLike,
-    visible_paths: Sequence[str],
+    visible_paths: Sequence[str] | np.ndarray,
     thermal_feats: ArrayLike,
     thermal_pids: ArrayLike,
     thermal_cams: ArrayLike,
-    thermal_paths: Sequence[str],
+    thermal_paths: Sequence[str] | np.ndarray,
     *,
     directions: Sequence[str] = ("t2v", "v2t"),
     trials: int | Sequence[int] = NUM_TRIALS,
@@ -140,7 +142,7 @@ def evaluate_llcm(
                 f"{name}: length {len(ps)} does not match the features ({n} rows); pass one path per image"
             )
     for name, cams in (("visible_cams", vc), ("thermal_cams", tc)):
-        bad = sorted(set(int(c) for c in torch.unique(cams).tolist()) - set(CAMS))
+        bad = sorted({int(c) for c in torch.unique(cams).tolist()} - set(CAMS))
         if bad:
             raise EvaluationError(
                 f"{name}: camera numbers {bad} are not LLCM cameras 1..9; pass the dataset's camera "
@@ -291,12 +293,12 @@ class LLCMBenchmark(Benchmark):
         vf, tf = featurize(vis, "visible"), featurize(th, "NIR")
         res = evaluate_llcm(
             vf,
-            [r.pid for r in vis],
-            [r.camid for r in vis],
+            np.asarray([r.pid for r in vis]),
+            np.asarray([r.camid for r in vis]),
             [r.path for r in vis],
             tf,
-            [r.pid for r in th],
-            [r.camid for r in th],
+            np.asarray([r.pid for r in th]),
+            np.asarray([r.camid for r in th]),
             [r.path for r in th],
             directions=list(o.directions),
             trials=o.trials,

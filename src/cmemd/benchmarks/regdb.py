@@ -13,6 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from cmemd.benchmarks.base import Benchmark, EvalOutput, Featurize, PreviewSheet, feature_set
@@ -223,7 +224,7 @@ class RegDBBenchmark(Benchmark):
         vis, th = list(sets[f"visible_trial{trial}"]), list(sets[f"thermal_trial{trial}"])
         vf = featurize(vis, "visible")
         tf = featurize(th, "thermal")
-        vp, tp = [r.pid for r in vis], [r.pid for r in th]
+        vp, tp = np.asarray([r.pid for r in vis]), np.asarray([r.pid for r in th])
         both = evaluate_regdb_directions(vf, vp, tf, tp, trial=trial, feature_name=feature_name)
         reranked = (
             evaluate_regdb_directions(vf, vp, tf, tp, trial=trial, feature_name=feature_name, rerank=rerank)
@@ -234,6 +235,7 @@ class RegDBBenchmark(Benchmark):
         for d, res in both.items():
             results[f"regdb trial {trial} {d}"] = res
             if d in reranked:
+                assert rerank is not None  # reranked is empty without it
                 results[f"regdb trial {trial} {d}, {rerank.label()}"] = reranked[d]
         report = None
         if return_features:

@@ -84,7 +84,7 @@ def gallery_cams_of(mode: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class RandPerm:
-    """The dataset authors' ``rand_perm_cam.mat``: ``perm[cam-1][pid-1]`` is a trials × n array of
+    """The dataset authors' ``rand_perm_cam.mat``: ``perm[cam-1][pid-1]`` is a trials x n array of
     1-based image numbers (n = images of that id in that camera; 0 columns when absent)."""
 
     path: str
@@ -105,7 +105,7 @@ class RandPerm:
 
 
 def load_rand_perm(path: str | Path) -> RandPerm:
-    """Read ``rand_perm_cam.mat`` (a 6×1 MATLAB cell of per-id cells), checking its structure."""
+    """Read ``rand_perm_cam.mat`` (a 6x1 MATLAB cell of per-id cells), checking its structure."""
     path = Path(path)
     if not path.is_file():
         raise DatasetError(
@@ -140,8 +140,8 @@ def load_rand_perm(path: str | Path) -> RandPerm:
 
 
 def draw_gallery(
-    pids: Sequence[int],
-    cams: Sequence[int],
+    pids: Sequence[int] | np.ndarray,
+    cams: Sequence[int] | np.ndarray,
     paths: Sequence[str],
     *,
     mode: str = "all",
@@ -284,7 +284,7 @@ def gallery_draws(
 
 
 def _check_cams(cams: np.ndarray, allowed: tuple[int, ...], name: str) -> None:
-    bad = sorted(set(int(c) for c in np.unique(cams)) - set(allowed))
+    bad = sorted({int(c) for c in np.unique(cams)} - set(allowed))
     if bad:
         raise EvaluationError(
             f"{name}: camera numbers {bad} are not SYSU-MM01 {'query' if allowed == QUERY_CAMS else 'gallery'} "
@@ -300,7 +300,7 @@ def evaluate_sysu(
     pool_feats: ArrayLike,
     pool_pids: ArrayLike,
     pool_cams: ArrayLike,
-    pool_paths: Sequence[str],
+    pool_paths: Sequence[str] | np.ndarray,
     *,
     mode: str = "all",
     shots: int = 1,
@@ -355,7 +355,8 @@ def evaluate_sysu(
     paths = [str(p) for p in pool_paths]
     if len(paths) != pf.shape[0]:
         raise EvaluationError(
-            f"pool_paths: length {len(paths)} does not match pool_feats ({pf.shape[0]} rows); pass one path per pool image"
+            f"pool_paths: length {len(paths)} does not match pool_feats ({pf.shape[0]} rows); "
+            "pass one path per pool image"
         )
     _check_cams(qc.cpu().numpy(), QUERY_CAMS, "query_cams")
     _check_cams(pc.cpu().numpy(), VISIBLE_CAMS, "pool_cams")
@@ -519,7 +520,8 @@ class SYSU(Benchmark):
         about 40% of the SYSU-MM01 pool); rows no trial reads stay zero."""
         o: SYSUOptions = self.options(**options)
         query, pool = list(sets["query"]), list(sets["gallery_pool"])
-        ids, cams, paths = [r.pid for r in pool], [r.camid for r in pool], [r.path for r in pool]
+        ids, cams = np.asarray([r.pid for r in pool]), np.asarray([r.camid for r in pool])
+        paths = [r.path for r in pool]
         rand_perm = load_rand_perm(o.rand_perm) if o.method == "official" and o.rand_perm is not None else o.rand_perm
         draws = {
             mode: gallery_draws(
@@ -541,8 +543,8 @@ class SYSU(Benchmark):
             for rr in (None, rerank) if rerank else (None,):  # eval.rerank: the plain table, then the re-ranked one
                 results[f"{name}, {rr.label()}" if rr else name] = evaluate_sysu(
                     qf,
-                    [r.pid for r in query],
-                    [r.camid for r in query],
+                    np.asarray([r.pid for r in query]),
+                    np.asarray([r.camid for r in query]),
                     pf,
                     ids,
                     cams,

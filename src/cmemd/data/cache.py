@@ -154,10 +154,7 @@ def _index_matches(index: dict[str, Any], paths: Sequence[str], height: int, wid
     images = index.get("images", [])
     if len(images) != len(paths):
         return False
-    for e, p in zip(images, paths):
-        if e["path"] != p or (e["size"], e["mtime_ns"]) != _stat(p):
-            return False
-    return True
+    return all(e["path"] == p and (e["size"], e["mtime_ns"]) == _stat(p) for e, p in zip(images, paths))
 
 
 def load_cache(
@@ -203,24 +200,24 @@ def build_cache(
     common parent directory of the paths is used. ``name`` names the files (default: a hash
     of the path list, so train and test sets of one dataset get separate caches).
     """
-    paths = [str(p) for p in paths]
-    if not paths:
+    str_paths = [str(p) for p in paths]
+    if not str_paths:
         raise DatasetError("build_cache: the path list is empty; nothing to cache")
     if dataset_root is None and cache_dir is None:
-        dataset_root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+        dataset_root = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in str_paths])
     d = resolve_cache_dir(cache_dir, dataset_root)
-    cached = load_cache(paths, height, width, cache_dir=d, name=name, interpolation=interpolation)
+    cached = load_cache(str_paths, height, width, cache_dir=d, name=name, interpolation=interpolation)
     if cached is not None:
         return cached
 
-    stem = cache_stem(paths, height, width, interpolation, name)
+    stem = cache_stem(str_paths, height, width, interpolation, name)
     index_path, array_path = d / f"{stem}.json", d / f"{stem}.npy"
     index_path.unlink(missing_ok=True)  # from here on no index vouches for the array
     # Every image is tried and every failure collected, so that one run names all the files to fix;
     # a single failure still leaves no cache (the temp array is removed below).
     problems: dict[int, str] = {}  # path index -> problem, so they are listed in path order
     stats: list[tuple[int, int]] = []
-    for i, p in enumerate(paths):
+    for i, p in enumerate(str_paths):
         try:
             stats.append(_stat(p))
         except DatasetError as e:
@@ -229,10 +226,10 @@ def build_cache(
     fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{stem}.", suffix=".npy.tmp")
     os.close(fd)
     try:
-        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(paths), height, width, 3))
+        arr = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.uint8, shape=(len(str_paths), height, width, 3))
         for i, p in enumerate(
             progress_bar(
-                paths, desc=f"caching {len(paths)} images at {height}x{width}", disable=not progress, unit="img"
+                str_paths, desc=f"caching {len(str_paths)} images at {height}x{width}", disable=not progress, unit="img"
             )
         ):
             if i in problems:  # missing: already listed
@@ -243,7 +240,7 @@ def build_cache(
                 problems[i] = str(e)
         if problems:
             raise DatasetError(
-                f"image cache: {len(problems)} of {len(paths)} images cannot be read, so nothing was "
+                f"image cache: {len(problems)} of {len(str_paths)} images cannot be read, so nothing was "
                 "cached; replace or remove them (`cmemd data check <root>` lists every dataset problem)",
                 [problems[i] for i in sorted(problems)],
             )
@@ -260,7 +257,7 @@ def build_cache(
         "interpolation": interpolation,
         "layout": "NHWC uint8",
         "array_bytes": array_path.stat().st_size,
-        "images": [{"path": p, "size": s, "mtime_ns": m} for p, (s, m) in zip(paths, stats)],
+        "images": [{"path": p, "size": s, "mtime_ns": m} for p, (s, m) in zip(str_paths, stats)],
     }
     fd, tmp = tempfile.mkstemp(dir=d, prefix=f".{stem}.", suffix=".json.tmp")
     try:

@@ -80,12 +80,13 @@ class ReIDDataset(Dataset):
         missing = {r.modality for r in self.records} - set(self.transforms)
         if missing:
             raise DatasetError(f"ReIDDataset: no transform for modality {sorted(missing)}; pass one per modality")
-        if cache is not None:
-            if len(cache) != len(self.records) or any(p != str(r.path) for p, r in zip(cache.paths, self.records)):
-                raise DatasetError(
-                    f"ReIDDataset: the cache at {cache.array_path} was built for other paths than these records; "
-                    "build it with build_cache([r.path for r in records], ...)"
-                )
+        if cache is not None and (
+            len(cache) != len(self.records) or any(p != str(r.path) for p, r in zip(cache.paths, self.records))
+        ):
+            raise DatasetError(
+                f"ReIDDataset: the cache at {cache.array_path} was built for other paths than these records; "
+                "build it with build_cache([r.path for r in records], ...)"
+            )
         self.cache = cache
         self.seed = int(seed)
         self.epoch = 0

@@ -66,7 +66,9 @@ def list_images(folder: Path) -> tuple[list[str], list[str], list[str]]:
     problems of entries that cannot be followed (a symlink loop, no permission), each naming its path.
 
     Symlinks are followed: an image or folder linked in from elsewhere counts as if it were here."""
-    images, others, problems = [], [], []
+    images: list[str] = []
+    others: list[str] = []
+    problems: list[str] = []
     try:
         with os.scandir(folder) as it:
             for e in it:

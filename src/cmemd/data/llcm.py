@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmemd.data.fs import is_symlink_loop, list_images, loop_message, missing_or_loop, read_id_file
-from cmemd.data.records import ImageRecord, path_label_lines
+from cmemd.data.records import MODALITIES, ImageRecord, Modality, is_modality, path_label_lines
 from cmemd.errors import DatasetError
 
 #: Cameras per modality: the visible sensors of cam1..cam9 and the NIR sensors the authors' code reads.
@@ -55,7 +55,7 @@ def camera_of(rel_path: str) -> int | None:
 
 
 def read_train_list(
-    path: str | Path, root: str | Path, modality: str, *, check_exists: bool = True
+    path: str | Path, root: str | Path, modality: Modality, *, check_exists: bool = True
 ) -> list[ImageRecord]:
     """Parse ``idx/train_vis.txt`` / ``idx/train_nir.txt``; every malformed line is reported at once."""
     path, root = Path(path), Path(root)
@@ -103,7 +103,7 @@ def train_records(root: str | Path) -> list[ImageRecord]:
             )
         )
     records, problems = [], []
-    for m in ("visible", "thermal"):
+    for m in MODALITIES:
         try:
             records += read_train_list(root / "idx" / TRAIN_LIST[m], root, m)
         except DatasetError as e:
@@ -200,7 +200,7 @@ class LLCM:
     def test(self, modality: str) -> list[ImageRecord]:
         """Every test image of one modality, ids ascending, then cameras, then sorted file names
         (the order the authors' code lists them in); pids are the dataset's ids."""
-        if modality not in TEST_FOLDER:
+        if not is_modality(modality):  # the keys of TEST_FOLDER and MODALITY_CAMS
             raise DatasetError(f"modality must be 'visible' or 'thermal' (NIR), got {modality!r}")
         out = []
         for pid in self.test_ids:

@@ -5,12 +5,17 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeGuard
 
 from cmemd.errors import DatasetError
 
 Modality = Literal["visible", "thermal"]
-MODALITIES: tuple[str, str] = ("visible", "thermal")
+MODALITIES: tuple[Modality, Modality] = ("visible", "thermal")
+
+
+def is_modality(modality: str) -> TypeGuard[Modality]:
+    """True when ``modality`` is one of ``MODALITIES`` (narrows a ``str`` to ``Modality`` for the type checker)."""
+    return modality in MODALITIES
 
 
 def modality_index(modality: str) -> int:

@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cmemd.data.fs import is_symlink_loop, loop_message, missing_or_loop
-from cmemd.data.records import ImageRecord, path_label_lines
+from cmemd.data.records import MODALITIES, ImageRecord, Modality, path_label_lines
 from cmemd.errors import DatasetError
 
 #: The one camera -> modality map of RegDB (one aligned dual-camera rig).
-CAMERA_MODALITY: dict[int, str] = {1: "visible", 2: "thermal"}
+CAMERA_MODALITY: dict[int, Modality] = {1: "visible", 2: "thermal"}
 MODALITY_CAMERA: dict[str, int] = {m: c for c, m in CAMERA_MODALITY.items()}
 MODALITY_FOLDER: dict[str, str] = {"visible": "Visible", "thermal": "Thermal"}
 TRIALS: tuple[int, ...] = tuple(range(1, 11))
@@ -38,7 +38,9 @@ def idx_path(root: str | Path, split: str, modality: str, trial: int) -> Path:
     return Path(root) / "idx" / f"{split}_{modality}_{trial}.txt"
 
 
-def read_idx_file(path: str | Path, root: str | Path, modality: str, *, check_exists: bool = True) -> list[ImageRecord]:
+def read_idx_file(
+    path: str | Path, root: str | Path, modality: Modality, *, check_exists: bool = True
+) -> list[ImageRecord]:
     """Parse one idx file into records; every malformed line is reported at once."""
     path, root = Path(path), Path(root)
     if not path.is_file():
@@ -100,7 +102,7 @@ class RegDB:
         """(visible, thermal) records of one split of a trial; the problems of both idx files raised together."""
         self._check_trial(trial)
         out, problems = [], []
-        for m in ("visible", "thermal"):
+        for m in MODALITIES:
             try:
                 out.append(read_idx_file(idx_path(self.root, split, m, trial), self.root, m))
             except DatasetError as e:

@@ -249,7 +249,7 @@ class Shot:
     clutter: tuple[tuple[float, float, float, float, int, float], ...]  # x, y, w, h (fractions), colour, temp
 
 
-def sample_shot(r: np.random.Generator, config: SynthConfig, view_bias: Sequence[float]) -> Shot:
+def sample_shot(r: np.random.Generator, config: SynthConfig, view_bias: np.ndarray | Sequence[float]) -> Shot:
     """Draw the nuisance of one image. ``view_bias`` is the camera's view distribution."""
     v = config.variation
     if r.random() < v:
@@ -398,7 +398,7 @@ def render_labels(ident: Identity, shot: Shot, h: int, w: int) -> tuple[np.ndarr
     head = _ellipse(yy, xx, head_cy, cx + (0.01 * u * facing if side else 0.0), head_ry, head_rx)
 
     def paint_arm(i: int) -> None:
-        m, t, hand = arms[i]
+        m, t, _hand = arms[i]
         sleeve_end = {"none": 0.0, "short": 0.38, "long": 0.93}[ident.sleeve]
         L[m] = SKIN
         L[m & (t < sleeve_end)] = UP

@@ -14,11 +14,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from cmemd.data.fs import is_symlink_loop, list_images, loop_message, missing_or_loop, read_id_file
-from cmemd.data.records import ImageRecord
+from cmemd.data.records import ImageRecord, Modality
 from cmemd.errors import DatasetError
 
 #: The one camera -> modality map of SYSU-MM01.
-CAMERA_MODALITY: dict[int, str] = {1: "visible", 2: "visible", 3: "thermal", 4: "visible", 5: "visible", 6: "thermal"}
+CAMERA_MODALITY: dict[int, Modality] = {
+    1: "visible",
+    2: "visible",
+    3: "thermal",
+    4: "visible",
+    5: "visible",
+    6: "thermal",
+}
 VISIBLE_CAMS: tuple[int, ...] = tuple(c for c, m in CAMERA_MODALITY.items() if m == "visible")
 THERMAL_CAMS: tuple[int, ...] = tuple(c for c, m in CAMERA_MODALITY.items() if m == "thermal")
 SPLIT_FILES: dict[str, str] = {"train": "train_id.txt", "val": "val_id.txt", "test": "test_id.txt"}

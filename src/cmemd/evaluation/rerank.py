@@ -59,8 +59,8 @@ from cmemd.evaluation.results import rerank_label
 _TWO_THIRDS = 2.0 / 3  # the reference's float64 constant
 # (query entry, gallery entry) pairs per block of the Jaccard sums: int32/float32 temporaries of 1 MiB each
 _PAIR_BLOCK = 1 << 18
-# Side of the square tiles of a transposing copy (512 x 512 float32, 1 MiB: about 5 times faster than one whole
-# transposing copy on the 1 MiB-L2 machine of docs/results/rerank_speed.md, 2.5 times with 256 x 256 tiles)
+# Side of the square tiles of a transposing copy (512 x 512 float32, 1 MiB: a tile that fits a typical L2 cache; the
+# re-ranking benchmark, bench/rerank_speed.py, measures the choice)
 _TILE = 512
 
 
