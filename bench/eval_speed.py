@@ -36,7 +36,7 @@ import numpy as np  # noqa: E402
 import torch
 
 from cmemd.benchmarks.regdb import evaluate_regdb_directions
-from cmemd.benchmarks.sysu import draw_gallery, evaluate_sysu
+from cmemd.benchmarks.sysu import SAME_LOCATION, draw_gallery, evaluate_sysu
 from cmemd.evaluation import combine_results, evaluate, evaluate_similarity
 from cmemd.evaluation.metrics import _BYTES_PER_PAIR, DEFAULT_MEMORY_BUDGET, _chunk_rows
 
@@ -187,7 +187,7 @@ def main() -> None:
         t_ours, res = timed(lambda: evaluate_sysu(qf, qp, qc, pf, pp, pc, paths, shots=shots, trials=10), repeat=3)
         t_ref, (ref, t_loop, dists) = timed(lambda: field_sysu(qf, qp, qc, pf, pp, pc, paths, shots, 10))
         sims = [(torch.from_numpy(-d), g) for d, g in dists]
-        t_metrics, _ = timed(lambda: [evaluate_similarity(s_, qp, qc, pp[g], pc[g], removal="sysu-same-location",
+        t_metrics, _ = timed(lambda: [evaluate_similarity(s_, qp, qc, pp[g], pc[g], removal=SAME_LOCATION,
                                                           cmc="identity-dedup") for s_, g in sims], repeat=3)
         del sims, dists
         diff = [max(abs(r.cmc[0] - f[0][0]) for r, f in zip(res.trials, ref)),
@@ -262,7 +262,7 @@ def floor_section(prob, repeats: int, lines: list[str], baseline=None, baseline_
         return qt @ torch.from_numpy(gf).T
 
     def ours(gf, gp, gc, fn=evaluate):
-        return fn(qf, qp, qc, gf, gp, gc, removal="sysu-same-location", cmc="identity-dedup")
+        return fn(qf, qp, qc, gf, gp, gc, removal=SAME_LOCATION, cmc="identity-dedup")
 
     identical = None
     if baseline is not None:
@@ -296,7 +296,7 @@ def floor_section(prob, repeats: int, lines: list[str], baseline=None, baseline_
     per_trial = {name: np.median(v, axis=0) for name, v in tt.items()}
     ratio = {name: np.median(tt[name] / tt["floor"], axis=0) for name in names if name != "floor"}
     lines.append("## The generic path against its floor (SYSU-MM01 single-shot size)\n")
-    lines.append(f"`evaluate(query, ..., gallery, ..., removal='sysu-same-location', cmc='identity-dedup')` on each "
+    lines.append(f"`evaluate(query, ..., gallery, ..., removal=SAME_LOCATION, cmc='identity-dedup')` (SYSU-MM01's rule) on each "
                  f"trial's gallery (3,803 queries x {len(trials[0])}-ish gallery images, 2048-d float32, 10 trials) "
                  "against the similarity matmul it must compute (`query @ gallery.T`, float32), back to back for each "
                  f"trial, {repeats} repetitions of the 10 trials, the order of the contenders rotating with the "

@@ -26,7 +26,7 @@ import numpy as np
 
 from cmemd.errors import ConfigError, EvaluationError
 from cmemd.evaluation.features import FeatureSet
-from cmemd.evaluation.metrics import REMOVAL_RULES
+from cmemd.evaluation.metrics import REMOVAL_RULES, Removal, check_removal, removal_name
 from cmemd.evaluation.metrics import top_k as ranked_top_k
 from cmemd.evaluation.results import METRIC_NAMES, ProtocolResult, rerank_label
 from cmemd.numerics import l2_normalize_np
@@ -118,13 +118,16 @@ def _normalise(f: np.ndarray) -> np.ndarray:
 
 
 def ranked_lists(
-    query: FeatureSet, gallery: FeatureSet, rows: np.ndarray, *, top_k: int = 10, removal: str = "none"
+    query: FeatureSet, gallery: FeatureSet, rows: np.ndarray, *, top_k: int = 10, removal: Removal = "none"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-``top_k`` gallery indices and cosine scores for the queries ``rows`` (ties by gallery
     index, as the evaluation ranks: ``cmemd.evaluation.metrics.top_k``); the removal rule hides what it hides
-    (``sysu-same-location``: cam2 from cam3 queries; ``same-pid-same-cam``: the query's id in its camera)."""
-    if removal not in REMOVALS:
-        raise EvaluationError(f"report: removal {removal!r} is not supported here; use one of {REMOVALS}")
+    (a ``SameLocation`` rule: its gallery cameras from its query cameras, e.g. SYSU-MM01's cam2 from cam3
+    queries; ``same-pid-same-cam``: the query's id in its camera)."""
+    try:
+        check_removal(removal)
+    except EvaluationError as e:
+        raise EvaluationError(f"report: {e}") from None
     return ranked_top_k(
         query.feats[rows],
         gallery.feats,
@@ -245,7 +248,7 @@ def plot_ranked_lists(
     out: Path,
     *,
     top_k: int,
-    removal: str,
+    removal: Removal,
     query_modality: str,
     gallery_modality: str,
 ) -> Path:
@@ -410,7 +413,7 @@ def write_report(
     *,
     query_modality: str = "thermal",
     gallery_modality: str = "visible",
-    removal: str = "none",
+    removal: Removal = "none",
     title: str = "cmemd evaluation report",
     num_queries: int = 6,
     top_k: int = 10,
@@ -427,7 +430,8 @@ def write_report(
     Args:
         results: ``{setting name: ProtocolResult}`` as ``evaluate_model`` returns.
         query, gallery: features with pids, cams and image paths (the ranked lists show the images).
-        removal: gallery items hidden per query in the ranked lists (a rule of ``cmemd.evaluation.REMOVAL_RULES``).
+        removal: gallery items hidden per query in the ranked lists (a rule of ``cmemd.evaluation.REMOVAL_RULES``
+            or a benchmark's ``cmemd.evaluation.SameLocation`` rule; the page shows its name).
         num_queries: queries drawn (seeded) for the ranked lists; top_k: images per list.
         max_ids, max_points: identities / points in the embedding plot.
         embedding: ``tsne`` or ``pca``.
@@ -479,7 +483,7 @@ def write_report(
     info = {
         "query": f"{len(query)} {query_modality} images",
         "gallery": f"{len(gallery)} {gallery_modality} images",
-        "ranked lists": f"{len(rows)} seeded queries against the whole gallery above (removal {removal})",
+        "ranked lists": f"{len(rows)} seeded queries against the whole gallery above (removal {removal_name(removal)})",
     }
     info.update({str(k): str(v) for k, v in (notes or {}).items()})
     info_html = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in info.items())

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cmemd.evaluation import SameLocation
+
 
 def similarity(qf, gf, metric):
     qf = np.asarray(qf, dtype=np.float64)
@@ -26,8 +28,11 @@ def reference_from_similarity(sim, qp, qc, gp, gc, removal, cmc, max_rank=20):
         order = np.argsort(-sim[i], kind="stable")
         if removal == "none":
             keep = np.ones(len(gp), bool)
-        elif removal == "sysu-same-location":
-            keep = ~((qc[i] == 3) & (gc == 2))
+        elif isinstance(removal, SameLocation):
+            keep = np.ones(len(gp), bool)
+            for q, g in removal.pairs:
+                if qc[i] == q:
+                    keep &= gc != g
         elif removal == "same-pid-same-cam":
             keep = ~((gp == qp[i]) & (gc == qc[i]))
         else:

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from cmemd.errors import EvaluationError
+from cmemd.benchmarks.sysu import SAME_LOCATION
 from cmemd.evaluation import evaluate, evaluate_similarity
 
 
@@ -13,7 +14,7 @@ def test_perfect_features_give_one_everywhere():
     ids = np.repeat(np.arange(5), 3)
     g = np.eye(5)[ids]
     q = np.eye(5)[np.arange(5)]
-    r = evaluate(q, np.arange(5), np.full(5, 3), g, ids, np.full(15, 1), removal="sysu-same-location", cmc="identity-dedup")
+    r = evaluate(q, np.arange(5), np.full(5, 3), g, ids, np.full(15, 1), removal=SAME_LOCATION, cmc="identity-dedup")
     assert r.cmc[0] == 1.0 and r.mAP == 1.0 and r.mINP == 1.0
     np.testing.assert_array_equal(r.first_hit, np.ones(5))
 
@@ -50,10 +51,10 @@ GC = np.array([2, 2, 1, 4, 1])
 def test_sysu_same_location_removal_changes_the_answer_for_cam3_only():
     none = evaluate_similarity(SIM, [1], [3], GP, GC, removal="none")
     assert none.first_hit[0] == 2 and none.ap[0] == pytest.approx((1 / 2 + 2 / 5) / 2)
-    sysu = evaluate_similarity(SIM, [1], [3], GP, GC, removal="sysu-same-location")
+    sysu = evaluate_similarity(SIM, [1], [3], GP, GC, removal=SAME_LOCATION)
     # A and B (cam2) are gone whatever their id: C, E, D -> the only match is 3rd.
     assert sysu.first_hit[0] == 3 and sysu.ap[0] == pytest.approx(1 / 3) and sysu.inp[0] == pytest.approx(1 / 3)
-    cam6 = evaluate_similarity(SIM, [1], [6], GP, GC, removal="sysu-same-location")
+    cam6 = evaluate_similarity(SIM, [1], [6], GP, GC, removal=SAME_LOCATION)
     assert cam6.first_hit[0] == 2 and cam6.ap[0] == pytest.approx(none.ap[0])
     # Market rule differs: it drops only B (same id, same camera) for a cam2 query.
     market = evaluate_similarity(SIM, [1], [2], GP, GC, removal="same-pid-same-cam")
@@ -61,8 +62,8 @@ def test_sysu_same_location_removal_changes_the_answer_for_cam3_only():
 
 
 def test_identity_dedup_counts_each_gallery_id_once():
-    std = evaluate_similarity(SIM, [1], [3], GP, GC, removal="sysu-same-location", cmc="standard")
-    dedup = evaluate_similarity(SIM, [1], [3], GP, GC, removal="sysu-same-location", cmc="identity-dedup")
+    std = evaluate_similarity(SIM, [1], [3], GP, GC, removal=SAME_LOCATION, cmc="standard")
+    dedup = evaluate_similarity(SIM, [1], [3], GP, GC, removal=SAME_LOCATION, cmc="identity-dedup")
     assert std.first_hit[0] == 3  # C, E are both id 3
     assert dedup.first_hit[0] == 2  # ids in order: 3, 1
     assert std.cmc[1] == 0.0 and dedup.cmc[1] == 1.0
@@ -72,7 +73,7 @@ def test_identity_dedup_counts_each_gallery_id_once():
 def test_query_without_true_match_is_excluded_and_counted():
     sim = np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.4]])
     # Query 1 (id 7) has no match; query 2 (cam3) only matches a cam2 image, removed.
-    r = evaluate_similarity(sim, [1, 7, 2], [6, 6, 3], [1, 2], [1, 2], removal="sysu-same-location")
+    r = evaluate_similarity(sim, [1, 7, 2], [6, 6, 3], [1, 2], [1, 2], removal=SAME_LOCATION)
     np.testing.assert_array_equal(r.valid_mask, [True, False, False])
     assert r.num_valid == 1 and r.num_excluded == 2 and len(r.ap) == 1
 

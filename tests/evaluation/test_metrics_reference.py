@@ -9,10 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cmemd.errors import EvaluationError
-from cmemd.evaluation import evaluate, evaluate_similarity
+from cmemd.benchmarks.sysu import SAME_LOCATION
+from cmemd.evaluation import SameLocation, evaluate, evaluate_similarity
 from tests.evaluation.eval_reference import reference, reference_from_similarity
 
-REMOVALS = ["none", "sysu-same-location", "same-pid-same-cam"]
+# SYSU-MM01's one-pair rule and a made-up rule of several pairs (one query camera in two of them): each pair is
+# filled by index on its own grid, the reference masks query by query.
+SEVERAL = SameLocation("several-rooms", ((3, 2), (6, 1), (3, 5)))
+REMOVALS = ["none", SAME_LOCATION, SEVERAL, "same-pid-same-cam"]
 CMCS = ["standard", "identity-dedup"]
 
 # Vectors whose L2-normalisation and dot products are exact in any float format and summation

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from cmemd.benchmarks.regdb import evaluate_regdb, evaluate_regdb_directions
-from cmemd.benchmarks.sysu import evaluate_sysu
+from cmemd.benchmarks.sysu import SAME_LOCATION, evaluate_sysu
 from cmemd.errors import EvaluationError
 from cmemd.evaluation import (
     combine_results,
@@ -63,7 +63,7 @@ def test_each_trial_equals_evaluating_its_gallery_directly(draw, mode, shots):
     allowed = {1, 2, 4, 5} if mode == "all" else {1, 2}
     for g, r in zip(galleries, res.trials):
         assert set(pc[g]) == allowed and r.info["gallery_size"] == len(g)
-        direct = evaluate(qf, qp, qc, pf[g], pp[g], pc[g], removal="sysu-same-location", cmc="identity-dedup")
+        direct = evaluate(qf, qp, qc, pf[g], pp[g], pc[g], removal=SAME_LOCATION, cmc="identity-dedup")
         np.testing.assert_array_equal(r.first_hit, direct.first_hit)
         np.testing.assert_allclose(r.ap, direct.ap, atol=1e-12)
         np.testing.assert_allclose(r.inp, direct.inp, atol=1e-12)

@@ -16,7 +16,7 @@ from cmemd.evaluation import (
     to_json,
 )
 from cmemd.benchmarks.regdb import evaluate_regdb, evaluate_regdb_directions
-from cmemd.benchmarks.sysu import evaluate_sysu
+from cmemd.benchmarks.sysu import SAME_LOCATION, evaluate_sysu
 from cmemd.errors import EvaluationError
 import cmemd.evaluation.protocol as protocols
 
@@ -47,7 +47,7 @@ def test_sysu_trials_equal_re_ranking_each_gallery_by_hand(metric):
         g = stand_in_draw(pp, pc, paths, mode="all", shots=1, trial=t, method="python-random", rand_perm=None)
         # the mapping: Euclidean distances of the ranked features (squared inside re-ranking)
         dist = re_ranking_brute(euclid(q, p[g]), euclid(q, q), euclid(p[g], p[g]), 6, 3, 0.3)
-        direct = evaluate_similarity(-dist, qp, qc, pp[g], pc[g], removal="sysu-same-location", cmc="identity-dedup")
+        direct = evaluate_similarity(-dist, qp, qc, pp[g], pc[g], removal=SAME_LOCATION, cmc="identity-dedup")
         np.testing.assert_array_equal(r.first_hit, direct.first_hit)
         np.testing.assert_allclose(r.ap, direct.ap, atol=1e-6)
         assert r.info["gallery_size"] == len(g)
@@ -133,7 +133,7 @@ def test_public_function_matches_protocol_mapping():
     q, p = unit(qf), unit(pf[g])
     dist = re_ranking(euclid(q, p), euclid(q, q), euclid(p, p))
     res = evaluate_sysu(qf, qp, qc, pf, pp, pc, paths, trials=1, draw=stand_in_draw, rerank=True)
-    direct = evaluate_similarity(-dist, qp, qc, pp[g], pc[g], removal="sysu-same-location", cmc="identity-dedup")
+    direct = evaluate_similarity(-dist, qp, qc, pp[g], pc[g], removal=SAME_LOCATION, cmc="identity-dedup")
     np.testing.assert_array_equal(res.trials[0].first_hit, direct.first_hit)
     np.testing.assert_allclose(res.trials[0].ap, direct.ap, atol=1e-6)
 

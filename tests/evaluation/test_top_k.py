@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from cmemd.errors import EvaluationError
-from cmemd.evaluation.metrics import top_k
+from cmemd.benchmarks.sysu import SAME_LOCATION
+from cmemd.evaluation.metrics import SameLocation, top_k
 from tests.evaluation.eval_reference import similarity
 
 
@@ -15,8 +16,10 @@ def _brute(qf, gf, k, removal, qp, qc, gp, gc):
     for i in range(len(qf)):
         if removal == "same-pid-same-cam":
             hidden = (gp == qp[i]) & (gc == qc[i])
-        elif removal == "sysu-same-location":
-            hidden = (qc[i] == 3) & (gc == 2)
+        elif isinstance(removal, SameLocation):
+            hidden = np.zeros(len(gf), bool)
+            for q, g in removal.pairs:
+                hidden |= (qc[i] == q) & (gc == g)
         else:
             hidden = np.zeros(len(gf), bool)
         kept = [j for j in np.argsort(-sim[i], kind="stable") if not hidden[j]]
@@ -24,7 +27,9 @@ def _brute(qf, gf, k, removal, qp, qc, gp, gc):
     return np.array(out)
 
 
-@pytest.mark.parametrize("removal", ["none", "same-pid-same-cam", "sysu-same-location"])
+@pytest.mark.parametrize(
+    "removal", ["none", "same-pid-same-cam", SAME_LOCATION, SameLocation("two-rooms", ((3, 2), (6, 1)))]
+)
 @pytest.mark.parametrize("k", [1, 3, 40])
 def test_matches_a_stable_sort_with_ties(removal, k):
     rng = np.random.default_rng(k)

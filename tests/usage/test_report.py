@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 pytest.importorskip("matplotlib")
 
 from cmemd.cli import app  # noqa: E402
+from cmemd.benchmarks.sysu import SAME_LOCATION  # noqa: E402
 from cmemd.evaluation.features import FeatureSet  # noqa: E402
 from cmemd.report import ranked_lists, tsne, write_report  # noqa: E402
 
@@ -60,12 +61,12 @@ def _brute_force_top(q, qc, g, gc, k, removal):
     out = []
     for i in range(len(q)):
         scores = [(-(float(q[i] @ g[j]) / np.linalg.norm(q[i]) / np.linalg.norm(g[j])), j) for j in range(len(g))
-                  if not (removal == "sysu-same-location" and qc[i] == 3 and gc[j] == 2)]
+                  if not (removal is SAME_LOCATION and qc[i] == 3 and gc[j] == 2)]
         out.append([j for _, j in sorted(scores)[:k]])
     return out
 
 
-@pytest.mark.parametrize("removal", ["none", "sysu-same-location"])
+@pytest.mark.parametrize("removal", ["none", SAME_LOCATION])
 def test_ranked_lists_match_brute_force(removal):
     rng = np.random.default_rng(1)
     q = FeatureSet(rng.normal(size=(7, 5)).astype(np.float32), np.arange(7), rng.choice([3, 6], 7), np.array(["q"] * 7))

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("matplotlib")
 
-from cmemd.benchmarks.sysu import evaluate_sysu  # noqa: E402
+from cmemd.benchmarks.sysu import SAME_LOCATION, evaluate_sysu  # noqa: E402
 from cmemd.evaluation.features import FeatureSet  # noqa: E402
 from cmemd.report import write_report  # noqa: E402
 from tests.evaluation.test_protocols import stand_in_draw, sysu_like  # noqa: E402
@@ -24,7 +24,7 @@ def _report(tmp_path, rerank: bool):
     g = FeatureSet(pf, pp, pc, np.array([f"missing/{p}" for p in paths]))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # grey tiles for the missing images
-        index = write_report(tmp_path / ("rr" if rerank else "plain"), results, q, g, removal="sysu-same-location",
+        index = write_report(tmp_path / ("rr" if rerank else "plain"), results, q, g, removal=SAME_LOCATION,
                              embedding="pca", num_queries=2, top_k=3)
     return index.read_text()
 
@@ -37,6 +37,7 @@ def test_re_ranked_table_beside_the_plain_one(tmp_path):
     assert "re-ranked (k-reciprocal, k1=20, k2=6, λ=0.3): transductive" in page
     assert page.count("mean ± std") == 2 and page.count("<td>trial 1</td>") == 2
     assert "no re-ranking" in page  # the plain table's description says so
+    assert "(removal sysu-same-location)" in page  # the rule's name, as results record it
 
 
 def test_plain_report_has_no_re_ranked_table(tmp_path):

@@ -6,8 +6,8 @@ gallery from the pool of visible test images of the mode's cameras (all-search c
 cam1, 2), one (single-shot) or ten (multi-shot) images per (id, camera). The pool is featurised ONCE; each
 trial selects its gallery by indices, and the similarities are computed once against the union of all
 trials' galleries, each trial taking its columns in draw order (draw order decides how exact ties rank, as in
-the field's code). Removal ``sysu-same-location`` (a cam3 query drops cam2 gallery images), CMC
-``identity-dedup``.
+the field's code). Removal :data:`SAME_LOCATION`, named ``sysu-same-location`` (a cam3 query drops cam2 gallery
+images), CMC ``identity-dedup``.
 
 Trials are numbered 0..9. For ``python-random`` the trial is the seed given to Python's ``random`` (what the
 field's public code does with ``for trial in range(10)``); for ``official`` it is the row of the dataset
@@ -42,6 +42,8 @@ from cmemd.evaluation.metrics import (
     DEFAULT_MEMORY_BUDGET,
     METRICS,
     ArrayLike,
+    Removal,
+    SameLocation,
     check_choice,
     check_feat_pair,
     check_labels,
@@ -60,12 +62,15 @@ SHOTS = (1, 10)
 GALLERY_METHODS = ("python-random", "official")
 NUM_TRIALS = 10
 LAYOUT = "cam1..cam6/<id>/<k>.jpg and exp/{train,val,test}_id.txt"
+#: The removal rule: cam3 (thermal) and cam2 (visible) watch the same room, so a cam3 query drops every cam2 gallery
+#: image, whatever its identity. The one place the cameras are written; results record its name.
+SAME_LOCATION = SameLocation("sysu-same-location", ((3, 2),))
 #: Rank-1/mAP within and across modalities on the test ids (no gallery draws), what calibrating the synthetic
 #: benchmark watches: name -> (query cameras, gallery cameras, removal rule).
-MODALITY_PAIRS: dict[str, tuple[tuple[int, ...], tuple[int, ...], str]] = {
+MODALITY_PAIRS: dict[str, tuple[tuple[int, ...], tuple[int, ...], Removal]] = {
     "v2v": ((1, 2), (4, 5), "none"),
     "t2t": ((3,), (6,), "none"),
-    "t2v": (THERMAL_CAMS, VISIBLE_CAMS, "sysu-same-location"),
+    "t2v": (THERMAL_CAMS, VISIBLE_CAMS, SAME_LOCATION),
 }
 
 DrawFn = Callable[..., np.ndarray]
@@ -283,13 +288,17 @@ def gallery_draws(
     return draws
 
 
+def _same_location_text() -> str:
+    return ", ".join(f"cam{q} query drops cam{g} gallery" for q, g in SAME_LOCATION.pairs)
+
+
 def _check_cams(cams: np.ndarray, allowed: tuple[int, ...], name: str) -> None:
     bad = sorted({int(c) for c in np.unique(cams)} - set(allowed))
     if bad:
         raise EvaluationError(
             f"{name}: camera numbers {bad} are not SYSU-MM01 {'query' if allowed == QUERY_CAMS else 'gallery'} "
             f"cameras {list(allowed)}; pass the dataset's camera numbers (cam1..cam6, not 0-based indices), "
-            "which the same-location rule (cam3 query drops cam2 gallery) depends on"
+            f"which the same-location rule ({_same_location_text()}) depends on"
         )
 
 
@@ -341,7 +350,7 @@ def evaluate_sysu(
         raise EvaluationError(f"shots={shots!r} is unknown; use 1 (single-shot) or 10 (multi-shot)")
     check_choice(method, GALLERY_METHODS, "method")
     check_choice(metric, METRICS, "metric")
-    check_options("sysu-same-location", "identity-dedup", max_rank)
+    check_options(SAME_LOCATION, "identity-dedup", max_rank)
     trial_ids = trial_list(trials)
     params = as_reranking(rerank)
     if method == "official" and rand_perm is None:
@@ -386,7 +395,7 @@ def evaluate_sysu(
         method=method,
         feature_name=feature_name,
         metric=metric,
-        removal="sysu-same-location",
+        removal=SAME_LOCATION.name,
         cmc="identity-dedup",
         rand_perm=str(getattr(rand_perm, "path", rand_perm)) if method == "official" else None,
         rerank=params.to_dict() if params else None,
@@ -401,7 +410,7 @@ def evaluate_sysu(
         Side(qf, qp, qc, "query_feats"),
         Side(pf[ut], pp[ut], pc[ut], "pool_feats"),
         selections,
-        removal="sysu-same-location",
+        removal=SAME_LOCATION,
         cmc="identity-dedup",
         metric=metric,
         max_rank=max_rank,
@@ -563,7 +572,7 @@ class SYSU(Benchmark):
             report = {
                 "query": feature_set(qf, query),
                 "gallery": feature_set(pf, pool),
-                "removal": "sysu-same-location",
+                "removal": SAME_LOCATION,
                 "query_modality": "thermal",
                 "gallery_modality": "visible",
             }

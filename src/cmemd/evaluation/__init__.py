@@ -10,6 +10,8 @@ from cmemd.evaluation.metrics import (
     METRICS,
     REMOVAL_RULES,
     EvalResult,
+    Removal,
+    SameLocation,
     evaluate,
     evaluate_similarity,
 )
@@ -30,6 +32,8 @@ __all__ = [
     "CMC_KINDS",
     "METRICS",
     "REMOVAL_RULES",
+    "Removal",
+    "SameLocation",
     "METRIC_NAMES",
     "EvalResult",
     "ProtocolResult",

@@ -36,13 +36,47 @@ from cmemd.numerics import l2_normalize
 
 ArrayLike = np.ndarray | torch.Tensor
 
-REMOVAL_RULES = ("none", "sysu-same-location", "same-pid-same-cam")
+#: The removal rules named by a string; a :class:`SameLocation` rule is the other kind of ``removal=``.
+REMOVAL_RULES = ("none", "same-pid-same-cam")
 CMC_KINDS = ("standard", "identity-dedup")
 METRICS = ("cosine", "euclidean")
 
-# SYSU-MM01: cam3 (IR) and cam2 (RGB) watch the same room.
-SYSU_QUERY_CAM = 3
-SYSU_REMOVED_GALLERY_CAM = 2
+
+@dataclass(frozen=True)
+class SameLocation:
+    """Removal rule of cameras that watch the same place: a query of camera ``q`` loses every gallery item of
+    camera ``g``, whatever its identity, for each ``(q, g)`` in ``pairs`` (e.g. SYSU-MM01's cam3 queries and
+    cam2 gallery). A benchmark defines its rule once and passes it as ``removal=``; ``name`` is what results,
+    settings and reports record."""
+
+    name: str
+    pairs: tuple[tuple[int, int], ...]
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name or self.name in REMOVAL_RULES:
+            raise EvaluationError(
+                f"SameLocation.name={self.name!r}: give a non-empty name other than {REMOVAL_RULES} (results record it)"
+            )
+        pairs = tuple(self.pairs) if isinstance(self.pairs, (tuple, list)) else ()
+        ok = bool(pairs) and all(
+            isinstance(p, (tuple, list))
+            and len(p) == 2
+            and all(isinstance(c, (int, np.integer)) and not isinstance(c, bool) for c in p)
+            for p in pairs
+        )
+        if not ok:
+            raise EvaluationError(
+                f"SameLocation {self.name!r}: pairs={self.pairs!r} must be a non-empty tuple of "
+                "(query camera, gallery camera) integer pairs, e.g. ((3, 2),)"
+            )
+        object.__setattr__(self, "pairs", tuple((int(q), int(g)) for q, g in pairs))
+
+    def __str__(self) -> str:
+        return self.name
+
+
+#: What ``removal=`` accepts: a name of :data:`REMOVAL_RULES` or a :class:`SameLocation` rule.
+Removal = str | SameLocation
 
 _MAX_KEY = torch.iinfo(torch.int64).max
 # Bytes per (query, gallery) element of the working tensors of one chunk (similarity, keys,
@@ -105,6 +139,21 @@ def _as_tensor(x: ArrayLike, name: str) -> torch.Tensor:
 def _check_choice(value: str, choices: tuple[str, ...], name: str) -> None:
     if value not in choices:
         raise EvaluationError(f"{name}={value!r} is unknown; use one of {', '.join(repr(c) for c in choices)}")
+
+
+def _check_removal(removal: Removal) -> None:
+    if isinstance(removal, SameLocation):
+        return
+    if not isinstance(removal, str) or removal not in REMOVAL_RULES:
+        raise EvaluationError(
+            f"removal={removal!r} is unknown; use one of {', '.join(repr(c) for c in REMOVAL_RULES)} or a "
+            "benchmark's cmemd.evaluation.SameLocation rule (e.g. cmemd.benchmarks.sysu.SAME_LOCATION)"
+        )
+
+
+def removal_name(removal: Removal) -> str:
+    """The name results record for a removal rule: the string itself, or a :class:`SameLocation`'s ``name``."""
+    return removal.name if isinstance(removal, SameLocation) else removal
 
 
 def _nonfinite_rows(t: torch.Tensor) -> list[int]:
@@ -273,16 +322,20 @@ def _order_keys(sim: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
 
 
 def removed_pairs(
-    removal: str, qp: torch.Tensor, qc: torch.Tensor, gp: torch.Tensor, gc: torch.Tensor
+    removal: Removal, qp: torch.Tensor, qc: torch.Tensor, gp: torch.Tensor, gc: torch.Tensor
 ) -> torch.Tensor | None:
     """(Q, G) bool mask of the gallery items ``removal`` hides from each query; None for ``"none"``.
 
-    ``sysu-same-location``: a cam3 query loses every cam2 item; ``same-pid-same-cam``: items with the
-    query's id and camera number. The one definition of the rules (the ranking and the report use it).
+    A :class:`SameLocation` rule: a query of camera q loses every item of camera g, for each of its (q, g)
+    pairs; ``same-pid-same-cam``: items with the query's id and camera number. The one definition of the rules
+    (the ranking and the report use it; the ranking fills a SameLocation rule by index, the same pairs).
     """
-    _check_choice(removal, REMOVAL_RULES, "removal")
-    if removal == "sysu-same-location":
-        return (qc == SYSU_QUERY_CAM)[:, None] & (gc == SYSU_REMOVED_GALLERY_CAM)[None, :]
+    _check_removal(removal)
+    if isinstance(removal, SameLocation):
+        mask = torch.zeros(len(qc), len(gc), dtype=torch.bool, device=qc.device)
+        for q, g in removal.pairs:
+            mask |= (qc == q)[:, None] & (gc == g)[None, :]
+        return mask
     if removal == "same-pid-same-cam":
         return (qp[:, None] == gp[None, :]) & (qc[:, None] == gc[None, :])
     return None
@@ -293,7 +346,7 @@ def _rank_chunk(
     qp: torch.Tensor,
     qc: torch.Tensor,
     g: _Gallery,
-    removal: str,
+    removal: Removal,
     cmc: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per query of the chunk: (valid, ap, inp, first_hit). ``sim`` columns follow ``g.order``."""
@@ -301,13 +354,14 @@ def _rank_chunk(
     dev = sim.device
     key = _order_keys(sim, g.order)
     del sim
-    if removal == "sysu-same-location":
-        # The rule's (cam3 query, cam2 item) pairs form a grid of rows x columns: filled by index, a fraction of
+    if isinstance(removal, SameLocation):
+        # Each (query camera, gallery camera) pair hides a grid of rows x columns: filled by index, a fraction of
         # the chunk, instead of a full (n, G) mask read (the same pairs as removed_pairs).
-        rows = torch.nonzero(qc == SYSU_QUERY_CAM).flatten()
-        cols = torch.nonzero(g.cams == SYSU_REMOVED_GALLERY_CAM).flatten()
-        if rows.numel() and cols.numel():
-            key.index_put_((rows[:, None], cols[None, :]), torch.tensor(_MAX_KEY, device=dev))
+        for q, c in removal.pairs:
+            rows = torch.nonzero(qc == q).flatten()
+            cols = torch.nonzero(g.cams == c).flatten()
+            if rows.numel() and cols.numel():
+                key.index_put_((rows[:, None], cols[None, :]), torch.tensor(_MAX_KEY, device=dev))
     else:
         removed = removed_pairs(removal, qp, qc, g.pids, g.cams)
         if removed is not None:
@@ -382,7 +436,7 @@ def _chunk_rows(num_gallery: int, chunk_size: int | None, num_query: int, memory
 
 
 def _summarise(
-    parts: Sequence[tuple[torch.Tensor, ...]], max_rank: int, removal: str, cmc: str, metric: str
+    parts: Sequence[tuple[torch.Tensor, ...]], max_rank: int, removal: Removal, cmc: str, metric: str
 ) -> EvalResult:
     valid = torch.cat([p[0] for p in parts]).cpu().numpy()
     ap = torch.cat([p[1] for p in parts]).cpu().numpy()[valid]
@@ -391,7 +445,7 @@ def _summarise(
     nv = int(valid.sum())
     if nv == 0:
         raise EvaluationError(
-            f"no query has a true match in the gallery after removal={removal!r} ({len(valid)} queries); "
+            f"no query has a true match in the gallery after removal={removal_name(removal)!r} ({len(valid)} queries); "
             "check that query and gallery pids use the same labels and that the removal rule fits the dataset"
         )
     ks = np.arange(1, max_rank + 1)
@@ -406,14 +460,14 @@ def _summarise(
         inp=inp,
         first_hit=first,
         valid_mask=valid,
-        removal=removal,
+        removal=removal_name(removal),
         cmc_kind=cmc,
         metric=metric,
     )
 
 
-def _check_options(removal: str, cmc: str, max_rank: int) -> None:
-    _check_choice(removal, REMOVAL_RULES, "removal")
+def _check_options(removal: Removal, cmc: str, max_rank: int) -> None:
+    _check_removal(removal)
     _check_choice(cmc, CMC_KINDS, "cmc")
     if not isinstance(max_rank, (int, np.integer)) or max_rank < 1:
         raise EvaluationError(f"max_rank={max_rank!r} must be a positive integer (20 for the usual Rank-1..20)")
@@ -438,7 +492,7 @@ def evaluate(
     gallery_pids: ArrayLike,
     gallery_cams: ArrayLike,
     *,
-    removal: str = "none",
+    removal: Removal = "none",
     cmc: str = "standard",
     metric: str = "cosine",
     max_rank: int = 20,
@@ -451,10 +505,12 @@ def evaluate(
     Args:
         query_feats, gallery_feats: (N, D) float arrays or tensors.
         query_pids, query_cams, gallery_pids, gallery_cams: 1-D integer labels, one per row.
-        removal: gallery items dropped per query — ``"none"``; ``"sysu-same-location"`` (a cam3
-            query drops every cam2 gallery image, SYSU-MM01); ``"same-pid-same-cam"`` (Market-1501).
-        cmc: ``"standard"`` (RegDB, Market) or ``"identity-dedup"`` (SYSU-MM01: each gallery id
-            counts once, at its best-ranked image). mAP/mINP always use the full ranked list.
+        removal: gallery items dropped per query — ``"none"``; ``"same-pid-same-cam"`` (the items with the
+            query's id and camera number); or a :class:`SameLocation` rule (a query of camera q drops every
+            gallery item of camera g, for each of its (q, g) pairs; e.g. SYSU-MM01's cam3/cam2). Results record
+            the rule's name.
+        cmc: ``"standard"`` or ``"identity-dedup"`` (each gallery id counts once, at its best-ranked image).
+            mAP/mINP always use the full ranked list.
         metric: ``"cosine"`` (on L2-normalised features, whatever their scale; zero-norm rows raise) or
             ``"euclidean"`` (on the raw features; entries so large or small that squared distances over- or
             underflow raise).
@@ -503,7 +559,7 @@ def evaluate_similarity(
     gallery_pids: ArrayLike,
     gallery_cams: ArrayLike,
     *,
-    removal: str = "none",
+    removal: Removal = "none",
     cmc: str = "standard",
     max_rank: int = 20,
     chunk_size: int | None = None,
@@ -538,7 +594,7 @@ def top_k(
     gallery_feats: ArrayLike,
     k: int,
     *,
-    removal: str = "none",
+    removal: Removal = "none",
     query_pids: ArrayLike | None = None,
     query_cams: ArrayLike | None = None,
     gallery_pids: ArrayLike | None = None,
@@ -552,7 +608,7 @@ def top_k(
     Items ``removal`` hides (labels needed unless ``"none"``) rank after every other item, by index, with score
     ``-inf``. ``k`` is capped at the gallery size. The ranked lists of the report and ``cmemd search`` use it.
     """
-    _check_choice(removal, REMOVAL_RULES, "removal")
+    _check_removal(removal)
     _check_choice(metric, METRICS, "metric")
     if not isinstance(k, (int, np.integer)) or k < 1:
         raise EvaluationError(f"k={k!r} must be a positive integer (the number of matches to list)")
@@ -568,7 +624,7 @@ def top_k(
         if removal != "none":
             if query_pids is None or query_cams is None or gallery_pids is None or gallery_cams is None:
                 raise EvaluationError(
-                    f"removal={removal!r} needs query_pids, query_cams, gallery_pids and gallery_cams"
+                    f"removal={removal_name(removal)!r} needs query_pids, query_cams, gallery_pids and gallery_cams"
                 )
             labels = [
                 (query_pids, "query_pids", q.shape[0]),
@@ -594,7 +650,7 @@ def _evaluate_checked_similarity(
     qc: torch.Tensor,
     gp: torch.Tensor,
     gc: torch.Tensor,
-    removal: str,
+    removal: Removal,
     cmc: str,
     max_rank: int,
     step: int,
@@ -626,6 +682,7 @@ def _evaluate_checked_similarity(
 
 as_tensor = _as_tensor
 check_choice = _check_choice
+check_removal = _check_removal
 check_feats = _check_feats
 check_feat_pair = _check_feat_pair
 check_labels = _check_labels

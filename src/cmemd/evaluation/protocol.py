@@ -14,6 +14,9 @@ direction) uses, in draw order. :func:`evaluate_selections` runs every selection
   (A-B and B-B when they fit 4 x ``memory_budget``, else per selection), each selection is re-ranked on its own
   query and gallery sets, then ranked with the same removal and CMC rules.
 
+``removal`` is a rule name of :data:`~cmemd.evaluation.metrics.REMOVAL_RULES` or a benchmark's
+:class:`~cmemd.evaluation.metrics.SameLocation` rule.
+
 Exact ties rank by gallery position, so the order of a selection's columns (the draw order) matters.
 """
 
@@ -28,6 +31,7 @@ import torch
 from cmemd.errors import EvaluationError
 from cmemd.evaluation.metrics import (
     EvalResult,
+    Removal,
     chunk_rows,
     evaluate,
     evaluate_checked_similarity,
@@ -98,7 +102,7 @@ def evaluate_selections(
     b: Side,
     selections: Sequence[Selection],
     *,
-    removal: str,
+    removal: Removal,
     cmc: str,
     metric: str,
     max_rank: int,
@@ -178,7 +182,7 @@ def _reranked(
     a: Side,
     b: Side,
     selections: Sequence[Selection],
-    removal: str,
+    removal: Removal,
     cmc: str,
     metric: str,
     max_rank: int,

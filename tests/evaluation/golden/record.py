@@ -26,6 +26,7 @@ import scipy.io
 from cmemd.benchmarks.registry import get_benchmark as _get  # (recorded before issue 26 through cmemd.data.registry)
 from cmemd.data.records import ImageRecord
 from cmemd.evaluation import FeatureSet, ReRanking, to_dict
+from cmemd.evaluation.metrics import removal_name
 
 HERE = Path(__file__).resolve().parent
 GOLDEN = HERE / "protocols.json.gz"
@@ -101,7 +102,7 @@ def _report(out) -> dict | None:
             rep[k] = {"feats": hashlib.sha256(np.ascontiguousarray(v.feats).tobytes()).hexdigest(),
                       "pids": v.pids.tolist(), "cams": v.cams.tolist(), "paths": [str(p) for p in v.paths]}
         else:
-            rep[k] = v
+            rep[k] = removal_name(v) if k == "removal" else v  # a SameLocation rule is recorded by its name
     return rep
 
 
