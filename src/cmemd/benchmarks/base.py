@@ -62,6 +62,24 @@ def feature_set(feats: np.ndarray, records: Sequence[ImageRecord]) -> FeatureSet
     )
 
 
+def thermal_query_report(
+    query_feats: np.ndarray,
+    query: Sequence[ImageRecord],
+    gallery_feats: np.ndarray,
+    gallery: Sequence[ImageRecord],
+    removal: Any,
+) -> dict[str, Any]:
+    """The ``report`` of an :class:`EvalOutput`: thermal queries against the visible gallery (every test image of
+    each), with the protocol's removal rule, for the modality gap and the HTML report."""
+    return {
+        "query": feature_set(query_feats, query),
+        "gallery": feature_set(gallery_feats, gallery),
+        "removal": removal,
+        "query_modality": "thermal",
+        "gallery_modality": "visible",
+    }
+
+
 def refuse_rerank(title: str, rerank: ReRanking | None) -> None:
     """Raise :class:`EvaluationError` when a protocol without re-ranking is asked for it."""
     if rerank:
@@ -232,6 +250,7 @@ __all__ = [
     "NoOptions",
     "PreviewSheet",
     "feature_set",
+    "thermal_query_report",
     "refuse_rerank",
     "wrong_layout",
 ]

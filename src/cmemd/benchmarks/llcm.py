@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from cmemd.benchmarks.base import Benchmark, EvalOutput, Featurize, PreviewSheet, feature_set, refuse_rerank
+from cmemd.benchmarks.base import Benchmark, EvalOutput, Featurize, PreviewSheet, refuse_rerank, thermal_query_report
 from cmemd.data.llcm import LLCM, MODALITY_CAMS, TEST_FOLDER, looks_like_llcm, train_records
 from cmemd.data.preview import images_in, pick_evenly
 from cmemd.data.records import ImageRecord
@@ -307,13 +307,7 @@ class LLCMBenchmark(Benchmark):
         results = {f"llcm {d}": r for d, r in res.items()}
         report = None
         if return_features:
-            report = {
-                "query": feature_set(tf, th),
-                "gallery": feature_set(vf, vis),
-                "removal": "same-pid-same-cam",
-                "query_modality": "thermal",
-                "gallery_modality": "visible",
-            }
+            report = thermal_query_report(tf, th, vf, vis, "same-pid-same-cam")
         return EvalOutput(results, report)
 
     def evaluate_features(

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from cmemd.benchmarks.base import Benchmark, EvalOutput, Featurize, PreviewSheet, feature_set
+from cmemd.benchmarks.base import Benchmark, EvalOutput, Featurize, PreviewSheet, thermal_query_report
 from cmemd.data.preview import images_in, pick_evenly
 from cmemd.data.records import ImageRecord
 from cmemd.data.regdb import CAMERA_MODALITY, TRIALS, RegDB, looks_like_regdb
@@ -239,13 +239,7 @@ class RegDBBenchmark(Benchmark):
                 results[f"regdb trial {trial} {d}, {rerank.label()}"] = reranked[d]
         report = None
         if return_features:
-            report = {
-                "query": feature_set(tf, th),
-                "gallery": feature_set(vf, vis),
-                "removal": "none",
-                "query_modality": "thermal",
-                "gallery_modality": "visible",
-            }
+            report = thermal_query_report(tf, th, vf, vis, "none")
         return EvalOutput(results, report)
 
     def evaluate_features(

@@ -31,7 +31,7 @@ import numpy as np
 import scipy.io
 import torch
 
-from cmemd.benchmarks.base import Benchmark, EvalOutput, Featurize, PreviewSheet, feature_set
+from cmemd.benchmarks.base import Benchmark, EvalOutput, Featurize, PreviewSheet, thermal_query_report
 from cmemd.data.preview import images_in, pick_evenly
 from cmemd.data.records import ImageRecord
 from cmemd.data.synth import generate_sysu
@@ -569,13 +569,7 @@ class SYSU(Benchmark):
                 )
         report = None
         if return_features:
-            report = {
-                "query": feature_set(qf, query),
-                "gallery": feature_set(pf, pool),
-                "removal": SAME_LOCATION,
-                "query_modality": "thermal",
-                "gallery_modality": "visible",
-            }
+            report = thermal_query_report(qf, query, pf, pool, SAME_LOCATION)
         return EvalOutput(results, report)
 
     def evaluate_features(
