@@ -397,10 +397,7 @@ def fetch_imagenet(arch: str, variant: str = "imagenet", *, progress: bool = Tru
         # written to a temporary file and moved into place: a failed download leaves no partial file
         torch.hub.download_url_to_file(url, str(cached), prefix.group(1) if prefix else None, progress=progress)
     except (urllib.error.URLError, OSError) as e:
-        raise CheckpointError(
-            f"load_pretrained: could not download {url} ({e}). Without network access, put the "
-            f"file at {cached} (torch hub cache) or pass a local path as source."
-        ) from e
+        raise _offline(url, cached, e) from e
     except RuntimeError as e:  # torch.hub reports a hash mismatch as RuntimeError
         raise CheckpointError(
             f"load_pretrained: {url} failed to download ({e}); retry, or pass a local path as source."
@@ -408,6 +405,14 @@ def fetch_imagenet(arch: str, variant: str = "imagenet", *, progress: bool = Tru
     finally:
         socket.setdefaulttimeout(old_timeout)
     return cached
+
+
+def _offline(url: str, cached: Path, err: Exception) -> CheckpointError:
+    """The error for weights that cannot be downloaded: where to put the file by hand instead."""
+    return CheckpointError(
+        f"load_pretrained: could not download {url} ({err}). Without network access, put the "
+        f"file at {cached} (torch hub cache) or pass a local path as source."
+    )
 
 
 def _download(arch: str, variant: str, progress: bool) -> tuple[dict[str, Tensor], str]:
@@ -418,10 +423,7 @@ def _download(arch: str, variant: str, progress: bool) -> tuple[dict[str, Tensor
     try:
         obj = torch.hub.load_state_dict_from_url(url, map_location="cpu", progress=progress, check_hash=True)
     except (urllib.error.URLError, OSError) as e:
-        raise CheckpointError(
-            f"load_pretrained: could not download {url} ({e}). Without network access, put the "
-            f"file at {cached} (torch hub cache) or pass a local path as source."
-        ) from e
+        raise _offline(url, cached, e) from e
     except RuntimeError as e:  # torch.hub reports a hash mismatch as RuntimeError
         raise CheckpointError(
             f"load_pretrained: {url} failed to load ({e}); delete {cached} and retry, or pass a local path as source."
