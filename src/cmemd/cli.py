@@ -474,7 +474,7 @@ def extract_cmd(
     ),
 ) -> None:
     """Save the features of the benchmark's test sets as .npz, one file per set (SYSU-MM01: query + gallery_pool)."""
-    from cmemd.app.evaluate import evaluation_sets, load_trained
+    from cmemd.app.evaluate import eval_loader_settings, evaluation_sets, load_trained
     from cmemd.app.runtime import resolve_device
     from cmemd.engine.extract import extract_features
     from cmemd.evaluation.features import save_features
@@ -484,7 +484,8 @@ def extract_cmd(
         check_output_folder(out_dir, "--out-dir")  # before the model is loaded
         dev = resolve_device(device)
         model, cfg = load_trained(checkpoint, device=dev)
-        sets = evaluation_sets(cfg, str(data) if data else None)
+        root = str(data) if data else None
+        sets = evaluation_sets(cfg, root)
         flip = cfg.eval.flip if flip is None else flip
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, recs in sets.items():
@@ -498,6 +499,7 @@ def extract_cmd(
                 progress=True,
                 desc=name,
                 flip=flip,
+                **eval_loader_settings(cfg, dev, root),  # workers, cache, pinned memory: as `cmemd eval`
             )
             path = save_features(
                 out_dir / f"{name}.npz", feats, [r.pid for r in recs], [r.camid for r in recs], [r.path for r in recs]

@@ -19,6 +19,8 @@ from cmemd.app.train import model_config, train
 from cmemd.config import load_config
 from cmemd.errors import ConfigError
 
+from tests.usage.conftest import tiny_checkpoint  # noqa: F401  (fixture)
+
 from .conftest import tiny_overrides
 
 CUDA, CUDA1, CPU = torch.device("cuda"), torch.device("cuda", 1), torch.device("cpu")
@@ -273,3 +275,28 @@ def test_features_with_workers_and_cache_equal_plain_extraction(tiny_sysu, tmp_p
                             pin_memory=torch.cuda.is_available(), **kw)
     cached_again = extract_features(model, recs, use_cache=True, cache_dir=str(tmp_path / "c"), **kw)
     assert plain.shape[0] == len(recs) and np.array_equal(plain, fast) and np.array_equal(plain, cached_again)
+
+
+def test_extract_uses_the_data_settings_like_eval(tiny_checkpoint, tiny_sysu, tmp_path, monkeypatch):
+    """`cmemd extract` gives the test loader the checkpoint's workers / cache / pinned-memory settings, with the
+    dataset root it reads (here --data), as `cmemd eval` does."""
+    from typer.testing import CliRunner
+
+    import cmemd.engine.extract as engine_extract
+    from cmemd.cli import app
+
+    seen = []
+    real = engine_extract.extract_features
+
+    def spy(model, records, **kw):
+        seen.append({k: kw.get(k) for k in ("num_workers", "use_cache", "cache_dir", "dataset_root", "pin_memory")})
+        return real(model, records, **kw)
+
+    monkeypatch.setattr(engine_extract, "extract_features", spy)
+    res = CliRunner().invoke(app, ["extract", "--checkpoint", str(tiny_checkpoint), "--out-dir", str(tmp_path / "f"),
+                                   "--data", str(tiny_sysu), "--device", "cpu"])
+    assert res.exit_code == 0, res.output
+    _, cfg = app_evaluate.load_trained(tiny_checkpoint)
+    expected = eval_loader_settings(cfg, "cpu", str(tiny_sysu))
+    assert len(seen) == 2 and all(s == expected for s in seen), (seen, expected)
+    assert expected["dataset_root"] == str(tiny_sysu)
