@@ -369,6 +369,18 @@ def _yaml_chain(path: Traversable | Path, depth: int = 0) -> list[tuple[str, dic
     return [*chain, (str(path), data)]
 
 
+def _yaml_value(raw: str, what: str, example_list: str) -> Any:
+    """The value of a ``key=value`` string from the command line, parsed as YAML ('' for an empty one); ConfigError
+    names ``what`` and how to write a value."""
+    try:
+        return yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(
+            f"{what}: the value is not valid YAML ({str(e).splitlines()[0]}); write a number, a word, or a list "
+            f"like {example_list}"
+        ) from None
+
+
 def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) -> TrainConfig:
     """Apply ``section.key=value`` strings (values parsed as YAML scalars, then type-checked)."""
     for ov in overrides:
@@ -376,13 +388,7 @@ def apply_overrides(cfg: TrainConfig, overrides: list[str] | tuple[str, ...]) ->
             raise ConfigError(f"override {ov!r}: expected key=value, e.g. optim.lr=0.05")
         key, raw = ov.split("=", 1)
         parts = key.strip().split(".")
-        try:
-            value: Any = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(
-                f"override {ov!r}: the value is not valid YAML ({str(e).splitlines()[0]}); "
-                "write a number, a word, or a list like [10, 20]"
-            ) from None
+        value = _yaml_value(raw, f"override {ov!r}", "[10, 20]")
         nested: Any = value
         for p in reversed(parts):
             nested = {p: nested}
@@ -436,6 +442,15 @@ class Range:
         if self.lo is not None and (v <= self.lo if self.lo_open else v < self.lo):
             return False
         return self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+
+    def outside(self, value: Any) -> list[Any]:
+        """The numbers of ``value`` (one, or a list's entries; None and non-numbers are not this check's business)
+        that the range does not admit."""
+        return [
+            v
+            for v in (value if isinstance(value, list) else [value])
+            if isinstance(v, (int, float)) and not self.admits(v)
+        ]
 
     def describe(self, integer: bool) -> str:
         kind = "an integer" if integer else "a finite number"
@@ -523,13 +538,12 @@ def _check_ranges(cfg: TrainConfig) -> None:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         rng = RANGES[key]
-        for v in value if isinstance(value, list) else [value]:
-            if v is not None and not rng.admits(v):
-                default = getattr(getattr(defaults, section), name)
-                raise ConfigError(
-                    f"{key}={value!r}: must be {rng.describe(base is int)}; set it in the config or "
-                    f"override it ({key}=...; the default is {'null' if default is None else default})"
-                )
+        if rng.outside(value):
+            default = getattr(getattr(defaults, section), name)
+            raise ConfigError(
+                f"{key}={value!r}: must be {rng.describe(base is int)}; set it in the config or "
+                f"override it ({key}=...; the default is {'null' if default is None else default})"
+            )
 
 
 def validate(cfg: TrainConfig) -> None:
@@ -579,18 +593,12 @@ def option_values(pairs: list[str] | tuple[str, ...], types: dict[str, Any], own
             raise ConfigError(
                 f"{pair!r}: {key!r} is not an option of {owner}; its options: {', '.join(sorted(types)) or 'none'}"
             )
-        try:
-            value: Any = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as e:
-            raise ConfigError(
-                f"{pair!r}: the value is not valid YAML ({str(e).splitlines()[0]}); write a number, "
-                "a word, or a list like [all, indoor]"
-            ) from None
+        value = _yaml_value(raw, repr(pair), "[all, indoor]")
         value = _coerce(value, types[key], key, "command line")
         rng = RANGES.get(f"eval.{key}")
-        for v in value if isinstance(value, list) else [value]:
-            if rng is not None and isinstance(v, (int, float)) and not rng.admits(v):
-                raise ConfigError(f"{key}={value!r}: must be {rng.describe(isinstance(v, int))}")
+        bad = rng.outside(value) if rng is not None else []
+        if rng is not None and bad:
+            raise ConfigError(f"{key}={value!r}: must be {rng.describe(isinstance(bad[0], int))}")
         out[key] = value
     return out
 
