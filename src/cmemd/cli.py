@@ -474,7 +474,7 @@ def extract_cmd(
     ),
 ) -> None:
     """Save the features of the benchmark's test sets as .npz, one file per set (SYSU-MM01: query + gallery_pool)."""
-    from cmemd.app.evaluate import eval_loader_settings, evaluation_sets, load_trained
+    from cmemd.app.evaluate import evaluation_sets, extraction_settings, load_trained
     from cmemd.app.runtime import resolve_device
     from cmemd.engine.extract import extract_features
     from cmemd.evaluation.features import save_features
@@ -489,18 +489,7 @@ def extract_cmd(
         flip = cfg.eval.flip if flip is None else flip
         out_dir.mkdir(parents=True, exist_ok=True)
         for name, recs in sets.items():
-            feats = extract_features(
-                model,
-                recs,
-                height=cfg.data.height,
-                width=cfg.data.width,
-                batch_size=cfg.eval.batch_size,
-                device=dev,
-                progress=True,
-                desc=name,
-                flip=flip,
-                **eval_loader_settings(cfg, dev, root),  # workers, cache, pinned memory: as `cmemd eval`
-            )
+            feats = extract_features(model, recs, progress=True, desc=name, **extraction_settings(cfg, dev, root, flip))
             path = save_features(
                 out_dir / f"{name}.npz", feats, [r.pid for r in recs], [r.camid for r in recs], [r.path for r in recs]
             )

@@ -67,6 +67,22 @@ def eval_loader_settings(cfg: TrainConfig, device: Any, root: str | None = None)
     )
 
 
+def extraction_settings(
+    cfg: TrainConfig, device: Any, root: str | None = None, flip: bool | None = None
+) -> dict[str, Any]:
+    """The keyword arguments of :func:`~cmemd.engine.extract.extract_features` for a model trained with ``cfg``:
+    its input size, ``eval.batch_size``, test-time flip (``flip``, default ``eval.flip``) and the test loader's
+    :func:`eval_loader_settings`. ``cmemd eval``, ``cmemd extract`` and the per-epoch validation all extract so."""
+    return dict(
+        height=cfg.data.height,
+        width=cfg.data.width,
+        batch_size=cfg.eval.batch_size,
+        device=device,
+        flip=cfg.eval.flip if flip is None else flip,
+        **eval_loader_settings(cfg, device, root),
+    )
+
+
 def evaluate_model(
     model: torch.nn.Module,
     cfg: TrainConfig,
@@ -93,15 +109,7 @@ def evaluate_model(
     spec = dataset_of(cfg, spec)
     rerank = ReRanking(e.rerank_k1, e.rerank_k2, e.rerank_lambda) if e.rerank else None
     sets = evaluation_sets(cfg, root, spec=spec)
-    kw = dict(
-        height=d.height,
-        width=d.width,
-        batch_size=e.batch_size,
-        device=device,
-        progress=progress,
-        flip=e.flip,
-        **eval_loader_settings(cfg, device, root),
-    )
+    kw = dict(progress=progress, **extraction_settings(cfg, device, root))
 
     def featurize(records, desc):
         return extract_features(model, records, desc=desc, **kw)

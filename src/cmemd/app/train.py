@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import yaml
 
-from cmemd.app.evaluate import dataset_of, eval_loader_settings, evaluate_model, modality_gap_of, save_results
+from cmemd.app.evaluate import dataset_of, evaluate_model, extraction_settings, modality_gap_of, save_results
 from cmemd.app.runtime import (
     TrainingInterrupted,
     configure_backends,
@@ -554,14 +554,7 @@ def _val_selector(cfg: TrainConfig, spec: Benchmark, device: torch.device):
     from cmemd.engine.checkpoint import save_checkpoint
 
     sets = spec.val_sets(cfg.data.root)
-    kw = dict(
-        height=cfg.data.height,
-        width=cfg.data.width,
-        batch_size=cfg.eval.batch_size,
-        device=device,
-        flip=cfg.eval.flip,
-        **eval_loader_settings(cfg, device),
-    )
+    kw = extraction_settings(cfg, device)
 
     def on_epoch_end(trainer: Trainer, epoch: int) -> None:
         model = unwrap(trainer.model)
