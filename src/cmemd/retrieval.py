@@ -69,12 +69,12 @@ def list_images(folder: str | Path) -> list[Path]:
             dirnames[:] = []
             continue
         seen.add(real)
-        for name in dirnames + filenames:
+        for name in filenames:  # a looping link is listed here too (os.walk cannot tell it is a folder)
             p = Path(dirpath) / name
-            if is_symlink_loop(p):
-                loops.append(loop_message(p, "image or folder"))
-            elif name in filenames and p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
+            if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file():
                 files.append(p)
+            elif is_symlink_loop(p):
+                loops.append(loop_message(p, "image or folder"))
     if loops:
         raise DatasetError("\n".join(loops))
     if not files:
