@@ -14,7 +14,7 @@ import torch
 from cmemd.engine.objective import Objective
 from cmemd.engine.sync_count import SYNC_KINDS, count_host_syncs
 from cmemd.engine.terms import LoggedTerms
-from cmemd.errors import SolverError
+from cmemd.errors import SolverError, TrainingError
 from cmemd.layout import BatchLayout
 from cmemd.losses import cmdl_loss, cmemd_loss, group_identities
 from cmemd.models import ModelConfig, VTReIDModel
@@ -165,6 +165,9 @@ def test_layout_matches_the_tensor_grouping():
     assert torch.equal(layout.modality_order, order)
     assert torch.equal(order[layout.modality_inverse], torch.arange(len(pids)))
     assert BatchLayout.from_labels([1, 1, 2, 2], [0, 0, 1, 1]).modality_order is None
+    assert BatchLayout.from_tensors(pids, mods) == layout  # the tensors' labels read to the host, same layout
+    with pytest.raises(TrainingError, match="must both be"):
+        BatchLayout.from_tensors(pids, mods[:-1])
 
 
 @pytest.mark.parametrize("alignment,extra", [("cmemd", {}), ("cmemd", {"emd_solver": "sinkhorn"}),
@@ -220,8 +223,6 @@ def test_non_finite_feature_without_the_check_gives_a_non_finite_loss():
 
 
 def test_a_layout_for_another_batch_is_refused():
-    from cmemd.errors import TrainingError
-
     layout = BatchLayout.from_labels([0, 0, 1, 1], [0, 1, 0, 1])
     with pytest.raises(TrainingError, match="layout describes 4 samples but the batch has 6"):
         cmemd_loss(torch.randn(6, 3), torch.zeros(6, dtype=torch.long), torch.tensor([0, 1] * 3), layout=layout)
